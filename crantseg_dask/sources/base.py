@@ -1,0 +1,216 @@
+"""The one interface every data source implements, its metadata, and the spec tasks carry.
+
+Operations import only this module. A ``SourceSpec`` (small, frozen, picklable, tokenizable) goes
+into the Dask graph; each worker process turns it into a live ``SegmentationSource`` through
+``crantseg_dask.sources.open_source`` (a per-process cache). Live clients never travel in a graph.
+
+All IDs are uint64. All timestamps are aware UTC datetimes, resolved once by the caller.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Mapping
+
+import numpy as np
+
+from .._ids import IDLayout
+
+__all__ = ["SourceSpec", "VolumeMeta", "SegmentationSource"]
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How to reach a dataset. Equal specs share one live source per process.
+
+    kind : "local" (an embedded dataset directory) or "cave" (a CAVE deployment).
+    path : dataset directory (local).
+    server, datastack : CAVE global server address and datastack name (cave).
+    name : the user-facing dataset name ("local", "latest", "sandbox", a path ...).
+    options : extra settings as sorted (key, value) pairs (retry policy, batch sizes ...).
+    """
+
+    kind: str
+    name: str
+    path: str | None = None
+    server: str | None = None
+    datastack: str | None = None
+    options: tuple[tuple[str, object], ...] = field(default=())
+
+    def option(self, key: str, default=None):
+        return dict(self.options).get(key, default)
+
+
+@dataclass(frozen=True)
+class VolumeMeta:
+    """Geometry of the supervoxel volume and the chunked graph.
+
+    Per-mip tuples are indexed by mip. Voxel boxes are half-open [lo, hi) in absolute voxels.
+    """
+
+    layout: IDLayout
+    resolution: tuple[tuple[float, float, float], ...]   # nm per voxel, per mip
+    voxel_offset: tuple[tuple[int, int, int], ...]
+    size: tuple[tuple[int, int, int], ...]
+    chunk_size: tuple[tuple[int, int, int], ...]          # storage chunk, per mip
+    encoding: tuple[str, ...]
+    graph_chunk: tuple[int, int, int]                     # mip-0 voxels
+    viewer_resolution: tuple[float, float, float] = (8.0, 8.0, 42.0)
+    chunks_start_at_voxel_offset: bool = True
+    cseg_block_size: tuple[tuple[int, int, int], ...] = ()
+    keys: tuple[str, ...] = ()
+
+    @property
+    def n_layers(self) -> int:
+        return self.layout.n_layers
+
+    @property
+    def mips(self) -> range:
+        return range(len(self.resolution))
+
+    def check_mip(self, mip: int) -> int:
+        from ..errors import InvalidInputError
+
+        if not isinstance(mip, (int, np.integer)) or isinstance(mip, bool) or not 0 <= mip < len(self.resolution):
+            raise InvalidInputError(f"mip={mip!r} is not available; this volume has mips 0..{len(self.resolution) - 1}")
+        return int(mip)
+
+    def bounds(self, mip: int = 0) -> np.ndarray:
+        """(2, 3) int64 [[lo], [hi]) voxel box of the volume at ``mip``."""
+        lo = np.array(self.voxel_offset[mip], dtype=np.int64)
+        return np.stack([lo, lo + np.array(self.size[mip], dtype=np.int64)])
+
+    def bounds_nm(self, mip: int = 0) -> np.ndarray:
+        return self.bounds(mip) * np.array(self.resolution[mip])
+
+    def graph_chunk_of(self, voxels0: np.ndarray) -> np.ndarray:
+        """Graph (L1/L2) chunk coordinates of absolute mip-0 voxels, (N, 3) int64."""
+        v = np.asarray(voxels0, dtype=np.int64)
+        if self.chunks_start_at_voxel_offset:
+            v = v - np.array(self.voxel_offset[0])
+        return v // np.array(self.graph_chunk)
+
+    def graph_chunk_box(self, chunk: np.ndarray, layer: int = 2) -> np.ndarray:
+        """(2, 3) mip-0 voxel box of a layer-``layer`` chunk (clipped to the volume)."""
+        scale = 2 ** max(layer - 2, 0)
+        span = np.array(self.graph_chunk) * scale
+        lo = np.asarray(chunk, dtype=np.int64) * span
+        if self.chunks_start_at_voxel_offset:
+            lo = lo + np.array(self.voxel_offset[0])
+        b = self.bounds(0)
+        return np.stack([np.maximum(lo, b[0]), np.minimum(lo + span, b[1])])
+
+    @classmethod
+    def from_info(cls, info: Mapping, graph: Mapping | None = None, *, viewer_resolution=(8, 8, 42),
+                  chunks_start_at_voxel_offset: bool | None = None) -> "VolumeMeta":
+        """From a precomputed (or graphene) info; ``graph`` defaults to ``info["graph"]``."""
+        graph = graph if graph is not None else info["graph"]
+        scales = info["scales"]
+        if chunks_start_at_voxel_offset is None:
+            chunks_start_at_voxel_offset = bool(info.get("chunks_start_at_voxel_offset", False))
+        return cls(
+            layout=IDLayout.from_graph_info(graph),
+            resolution=tuple(tuple(float(r) for r in s["resolution"]) for s in scales),
+            voxel_offset=tuple(tuple(int(v) for v in s["voxel_offset"]) for s in scales),
+            size=tuple(tuple(int(v) for v in s["size"]) for s in scales),
+            chunk_size=tuple(tuple(int(v) for v in s["chunk_sizes"][0]) for s in scales),
+            encoding=tuple(s["encoding"] for s in scales),
+            graph_chunk=tuple(int(v) for v in graph["chunk_size"]),
+            viewer_resolution=tuple(float(v) for v in viewer_resolution),
+            chunks_start_at_voxel_offset=chunks_start_at_voxel_offset,
+            cseg_block_size=tuple(tuple(s.get("compressed_segmentation_block_size", (8, 8, 8))) for s in scales),
+            keys=tuple(s["key"] for s in scales),
+        )
+
+
+class SegmentationSource(abc.ABC):
+    """Batch access to one segmentation dataset: voxels, the chunked graph, its history.
+
+    Every method takes and returns arrays (never one request per ID). Unknown IDs follow the
+    server's conventions (``roots`` gives 0); failed reads raise ``SourceError`` after retries.
+    """
+
+    spec: SourceSpec
+
+    @property
+    @abc.abstractmethod
+    def meta(self) -> VolumeMeta:
+        """Volume geometry and ID layout."""
+
+    # -- voxels -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def read_chunk(self, chunk: tuple[int, int, int], mip: int) -> np.ndarray:
+        """Storage chunk ``chunk`` (grid index) at ``mip`` as an (X, Y, Z) uint64 array."""
+
+    def supervoxels_at(self, voxels: np.ndarray, mip: int) -> np.ndarray:
+        """Supervoxel at each absolute voxel (N, 3) at ``mip``; 0 outside the volume.
+
+        Points are grouped by storage chunk; each chunk is read once."""
+        from ._chunks import lookup_points
+
+        return lookup_points(self, voxels, mip)
+
+    @abc.abstractmethod
+    def cutout(self, box: np.ndarray, mip: int) -> np.ndarray:
+        """Supervoxels in the half-open voxel box ``box`` (2, 3) at ``mip``, (X, Y, Z) uint64.
+        The box must lie inside the volume."""
+
+    # -- the chunked graph --------------------------------------------------------------------
+    @abc.abstractmethod
+    def roots(self, ids: np.ndarray, timestamp: datetime, stop_layer: int | None = None) -> np.ndarray:
+        """Ancestor of each node at ``stop_layer`` (default: root) at ``timestamp``.
+
+        0 -> 0; unknown IDs -> 0; IDs at or above ``stop_layer`` are returned unchanged."""
+
+    @abc.abstractmethod
+    def leaves(self, node: int, stop_layer: int = 1, bounds: np.ndarray | None = None) -> np.ndarray:
+        """Descendants of ``node`` at ``stop_layer`` (sorted uint64), optionally only those in L2
+        chunks overlapping the mip-0 voxel box ``bounds`` (2, 3). Timeless."""
+
+    def leaves_many(self, nodes: np.ndarray, stop_layer: int = 1, bounds=None) -> dict[int, np.ndarray]:
+        return {int(n): self.leaves(int(n), stop_layer, bounds) for n in np.asarray(nodes, np.uint64)}
+
+    @abc.abstractmethod
+    def children(self, node: int) -> np.ndarray:
+        """Direct children of ``node`` (sorted uint64; empty for supervoxels)."""
+
+    @abc.abstractmethod
+    def is_latest(self, roots: np.ndarray, timestamp: datetime) -> np.ndarray:
+        """True where the root exists at ``timestamp`` and has not been superseded by then."""
+
+    @abc.abstractmethod
+    def root_timestamps(self, roots: np.ndarray) -> np.ndarray:
+        """Creation time of each root, float unix seconds."""
+
+    @abc.abstractmethod
+    def lineage(self, roots: np.ndarray, past: datetime | None = None, future: datetime | None = None):
+        """networkx.DiGraph of the roots' history (edges old -> new); nodes carry ``timestamp``
+        (creation, unix s) and, when superseded, ``operation_id`` (the operation that ended them)."""
+
+    @abc.abstractmethod
+    def latest_roots(self, root: int, timestamp: datetime) -> np.ndarray:
+        """Roots alive at ``timestamp`` that descend from ``root`` (itself if alive)."""
+
+    @abc.abstractmethod
+    def l2_graph(self, root: int) -> np.ndarray:
+        """(E, 2) uint64 edges between the root's L2 nodes."""
+
+    # -- materialization ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def materialization_versions(self) -> dict[int, datetime]:
+        """Version -> timestamp of every materialization."""
+
+    def materialization_timestamp(self, version: int | None = None) -> datetime:
+        """Timestamp of materialization ``version`` (default: the latest)."""
+        from ..errors import InvalidTimestampError
+
+        versions = self.materialization_versions()
+        if not versions:
+            raise InvalidTimestampError(f"dataset {self.spec.name!r} has no materialization versions")
+        v = max(versions) if version is None else int(version)
+        if v not in versions:
+            raise InvalidTimestampError(
+                f"materialization version {v} does not exist in {self.spec.name!r}; known: {sorted(versions)}"
+            )
+        return versions[v]

@@ -1,0 +1,285 @@
+"""The ``local`` source: an embedded dataset read directly, no HTTP.
+
+Voxels come from the precomputed layer on ``file://`` through the shared chunk reader; the chunked
+graph comes from the dataset's ``graph/`` tables (node children, time-versioned parent cells) and
+its recorded edit log (root lineage, materializations). This is also the state the local CAVE
+server serves.
+"""
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from datetime import datetime, timezone
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..dataset.layout import load_json, read_params
+from ..errors import UnknownIDError
+from ._chunks import ChunkReader, cutout_from_chunks
+from .base import SegmentationSource, SourceSpec, VolumeMeta
+
+__all__ = ["LocalSource"]
+
+
+def _ms(ts: datetime) -> int:
+    """Milliseconds, truncated (PCG stores and compares at millisecond resolution)."""
+    return int(np.floor(ts.timestamp() * 1000))
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+class LocalSource(SegmentationSource):
+    """A dataset directory written by ``crantseg make-dataset``."""
+
+    def __init__(self, spec: SourceSpec):
+        self.spec = spec
+        self.path = Path(spec.path)
+        self.params = read_params(self.path)
+        self.info = load_json(self.path / "dataset.json")
+        self.segmentation_info = load_json(self.path / "segmentation" / "info")
+        self._meta = VolumeMeta.from_info(
+            self.segmentation_info, self.info["graph"], viewer_resolution=self.params.viewer_resolution,
+            chunks_start_at_voxel_offset=self.info.get("chunks_start_at_voxel_offset", True),
+        )
+        self.cloudpath = f"file://{self.path / 'segmentation'}"
+        self._reader = ChunkReader(self.cloudpath, self._meta, fill_missing=False)
+        g = self.path / "graph"
+        self.node_ids = np.load(g / "node_ids.npy")
+        self.node_created_ms = np.load(g / "node_created_ms.npy")
+        self.children_ptr = np.load(g / "children_ptr.npy")
+        self.children_flat = np.load(g / "children.npy")
+        self.parent_child = np.load(g / "parent_child.npy")
+        self.parent_ms = np.load(g / "parent_ms.npy")
+        self.parent_id = np.load(g / "parent_id.npy")
+        self.edits = load_json(self.path / "history" / "edits.json")
+        self._index_roots()
+
+    # -- metadata -----------------------------------------------------------------------------
+    @property
+    def meta(self) -> VolumeMeta:
+        return self._meta
+
+    def __repr__(self) -> str:
+        return f"LocalSource({str(self.path)!r})"
+
+    # -- voxels -------------------------------------------------------------------------------
+    def read_chunk(self, chunk, mip: int) -> np.ndarray:
+        return self._reader.read(chunk, mip)
+
+    def cutout(self, box, mip: int) -> np.ndarray:
+        return cutout_from_chunks(self, box, mip)
+
+    # -- node tables --------------------------------------------------------------------------
+    def _find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Index of each ID in the node table and whether it is known."""
+        ids = np.asarray(ids, dtype=np.uint64)
+        pos = np.clip(np.searchsorted(self.node_ids, ids), 0, len(self.node_ids) - 1)
+        return pos, self.node_ids[pos] == ids
+
+    def _require(self, node: int) -> int:
+        pos, known = self._find(np.array([node], dtype=np.uint64))
+        if not known[0]:
+            raise UnknownIDError(f"node {node} is not in dataset {self.spec.name!r}")
+        return int(pos[0])
+
+    @lru_cache(maxsize=64)
+    def _parents_at(self, ms: int) -> tuple[np.ndarray, np.ndarray]:
+        """(children, parents) of the parent cells in force at ``ms``: the last cell with time <= ms."""
+        m = self.parent_ms <= ms
+        child, parent = self.parent_child[m], self.parent_id[m]
+        if child.size == 0:
+            return child, parent
+        last = np.r_[child[1:] != child[:-1], True]
+        return child[last], parent[last]
+
+    def roots(self, ids, timestamp: datetime, stop_layer: int | None = None) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.uint64)
+        layout = self.meta.layout
+        stop = self.meta.n_layers if stop_layer is None else int(stop_layer)
+        ms = _ms(timestamp)
+        child, parent = self._parents_at(ms)
+        cur = ids.copy()
+        pos, known = self._find(cur)
+        alive = known & (self.node_created_ms[pos] <= ms)
+        done = (cur == 0) | (layout.layer(cur) >= stop)
+        cur[~done & ~alive] = 0
+        todo = ~done & alive
+        while todo.any():
+            q = cur[todo]
+            p = np.clip(np.searchsorted(child, q), 0, max(len(child) - 1, 0))
+            hit = (child[p] == q) if len(child) else np.zeros(q.shape, bool)
+            nxt = np.where(hit, parent[p] if len(child) else 0, 0).astype(np.uint64)
+            cur[todo] = nxt
+            todo &= (cur != 0) & (layout.layer(cur) < stop)
+        return cur
+
+    def children(self, node: int) -> np.ndarray:
+        i = self._require(int(node))
+        return self.children_flat[self.children_ptr[i]: self.children_ptr[i + 1]].copy()
+
+    def leaves(self, node: int, stop_layer: int = 1, bounds=None) -> np.ndarray:
+        self._require(int(node))
+        layout = self.meta.layout
+        frontier = np.array([node], dtype=np.uint64)
+        out = []
+        while frontier.size:
+            layers = layout.layer(frontier)
+            if bounds is not None:
+                frontier = frontier[self._overlaps(frontier, layers, np.asarray(bounds))]
+                layers = layout.layer(frontier)
+            at = layers <= stop_layer
+            out.append(frontier[at])
+            expand = frontier[~at]
+            if not expand.size:
+                break
+            pos, _ = self._find(expand)
+            frontier = np.concatenate(
+                [self.children_flat[self.children_ptr[i]: self.children_ptr[i + 1]] for i in pos]
+            ) if len(pos) else np.zeros(0, np.uint64)
+        return np.sort(np.concatenate(out)) if out else np.zeros(0, np.uint64)
+
+    def _overlaps(self, nodes, layers, bounds) -> np.ndarray:
+        """Whether each node's chunk (at its layer) overlaps the mip-0 voxel box ``bounds``."""
+        keep = np.ones(len(nodes), dtype=bool)
+        coords = self.meta.layout.chunk_coords(nodes)
+        for k, (c, layer) in enumerate(zip(coords, layers)):
+            if layer >= self.meta.n_layers:
+                continue
+            box = self.meta.graph_chunk_box(c, max(int(layer), 2))
+            keep[k] = bool(np.all(box[0] < bounds[1]) and np.all(box[1] > bounds[0]))
+        return keep
+
+    # -- roots and history --------------------------------------------------------------------
+    def _index_roots(self) -> None:
+        e = self.edits
+        self.root_created: dict[int, int] = {o["root"]: e["ingest_ms"] for o in e["initial_objects"]}
+        self.root_superseded: dict[int, int] = {}
+        self.root_ended_by: dict[int, int] = {}
+        self.successors: dict[int, list[int]] = defaultdict(list)
+        self.predecessors: dict[int, list[int]] = defaultdict(list)
+        self.root_links: dict[int, list] = {o["root"]: o["links"] for o in e["initial_objects"]}
+        self.operations = {op["id"]: op for op in e["operations"]}
+        for op in e["operations"]:
+            new = [n["root"] for n in op["new_roots"]]
+            for n in op["new_roots"]:
+                self.root_created[n["root"]] = op["ts_ms"]
+                self.root_links[n["root"]] = n["links"]
+            for old in op["old_roots"]:
+                self.root_superseded[old] = op["ts_ms"]
+                self.root_ended_by[old] = op["id"]
+                self.successors[old] += new
+                for n in new:
+                    self.predecessors[n].append(old)
+
+    def is_latest(self, roots, timestamp: datetime) -> np.ndarray:
+        ms = _ms(timestamp)
+        out = np.zeros(len(np.atleast_1d(roots)), dtype=bool)
+        for k, r in enumerate(np.atleast_1d(np.asarray(roots, dtype=np.uint64)).tolist()):
+            c = self.root_created.get(r)
+            s = self.root_superseded.get(r)
+            out[k] = c is not None and c <= ms and not (s is not None and s <= ms)
+        return out
+
+    def root_timestamps(self, roots) -> np.ndarray:
+        out = []
+        for r in np.atleast_1d(np.asarray(roots, dtype=np.uint64)).tolist():
+            if r not in self.root_created:
+                raise UnknownIDError(f"{r} is not a root of dataset {self.spec.name!r}")
+            out.append(self.root_created[r] / 1000)
+        return np.array(out, dtype=float)
+
+    def root_expired(self, roots, timestamp: datetime) -> np.ndarray:
+        """Superseding time of each root (unix s), or ``timestamp`` for roots still current then."""
+        ms = _ms(timestamp)
+        out = []
+        for r in np.atleast_1d(np.asarray(roots, dtype=np.uint64)).tolist():
+            if r not in self.root_created:
+                raise UnknownIDError(f"{r} is not a root of dataset {self.spec.name!r}")
+            s = self.root_superseded.get(r)
+            out.append((s if s is not None and s <= ms else ms) / 1000)
+        return np.array(out, dtype=float)
+
+    def lineage(self, roots, past: datetime | None = None, future: datetime | None = None):
+        """PyChunkedGraph's expansion: backwards while a node was created at or after ``past``,
+        forwards while it was created at or before ``future`` (one hop beyond each cut-off)."""
+        import networkx as nx
+
+        past_ms = _ms(past) if past is not None else 0
+        future_ms = _ms(future) if future is not None else 1 << 62
+        g = nx.DiGraph()
+        todo = deque(int(r) for r in np.atleast_1d(np.asarray(roots, dtype=np.uint64)))
+        for r in todo:
+            if r not in self.root_created:
+                raise UnknownIDError(f"{r} is not a root of dataset {self.spec.name!r}")
+        seen = set()
+        while todo:
+            r = todo.popleft()
+            if r in seen:
+                continue
+            seen.add(r)
+            g.add_node(r, timestamp=self.root_created[r] / 1000)
+            if self.root_created[r] >= past_ms:
+                for p in self.predecessors.get(r, []):
+                    g.add_edge(p, r)
+                    todo.append(p)
+            if self.root_created[r] <= future_ms:
+                for s in self.successors.get(r, []):
+                    g.add_edge(r, s)
+                    todo.append(s)
+        for n in g.nodes:
+            g.nodes[n]["timestamp"] = self.root_created[n] / 1000
+            if g.out_degree(n):
+                g.nodes[n]["operation_id"] = self.root_ended_by[n]
+        return g
+
+    def latest_roots(self, root: int, timestamp: datetime) -> np.ndarray:
+        root = int(root)
+        if root not in self.root_created:
+            raise UnknownIDError(f"{root} is not a root of dataset {self.spec.name!r}")
+        ms = _ms(timestamp)
+        step = self.successors if self.root_created[root] <= ms else self.predecessors
+        out, todo, seen = set(), [root], set()
+        while todo:
+            r = todo.pop()
+            if r in seen:
+                continue
+            seen.add(r)
+            if self.is_latest([r], timestamp)[0]:
+                out.add(r)
+            else:
+                todo += step.get(r, [])
+        return np.array(sorted(out), dtype=np.uint64)
+
+    def l2_graph(self, root: int) -> np.ndarray:
+        l2s = self.leaves(int(root), stop_layer=2)
+        sv_to_l2 = {}
+        for l2 in l2s.tolist():
+            for sv in self.children(l2).tolist():
+                sv_to_l2[sv] = l2
+        edges = set()
+        for a, b in self._agglomeration_edges(int(root)):
+            la, lb = sv_to_l2.get(a), sv_to_l2.get(b)
+            if la is not None and lb is not None and la != lb:
+                edges.add((min(la, lb), max(la, lb)))
+        return np.array(sorted(edges), dtype=np.uint64).reshape(-1, 2)
+
+    @cached_property
+    def _sv_tables(self):
+        h = self.path / "history"
+        return np.load(h / "supervoxels.npy"), np.load(h / "sv_fragment.npy"), np.load(h / "contacts.npy")
+
+    def _agglomeration_edges(self, root: int):
+        svs, frag, contacts = self._sv_tables
+        leaves = self.leaves(root)
+        fr = np.unique(frag[np.searchsorted(svs, leaves)])
+        fa = frag[np.searchsorted(svs, contacts[:, 0])]
+        fb = frag[np.searchsorted(svs, contacts[:, 1])]
+        inside = (fa == fb) & np.isin(fa, fr)
+        return [tuple(e) for e in contacts[inside].tolist()] + [tuple(e) for e in self.root_links.get(root, [])]
+
+    # -- materialization ----------------------------------------------------------------------
+    def materialization_versions(self) -> dict[int, datetime]:
+        return {m["version"]: _dt(m["ts_ms"]) for m in self.edits["materializations"]}
