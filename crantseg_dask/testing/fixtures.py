@@ -1,0 +1,30 @@
+"""pytest plugin: the tiny embedded dataset, its truth, and a source spec for it.
+
+Load it from a conftest with ``pytest_plugins = ["crantseg_dask.testing.fixtures"]``.
+"""
+from __future__ import annotations
+
+import pytest
+
+from ..dataset.generate import make_dataset
+from ..dataset.layout import PRESETS
+from ..dataset.truth import Truth
+from ..sources.base import SourceSpec
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory):
+    """Directory of a freshly generated ``tiny`` dataset (about a second)."""
+    return make_dataset(PRESETS["tiny"], tmp_path_factory.mktemp("datasets") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def truth(tiny_path) -> Truth:
+    """Brute-force ground truth of the tiny dataset."""
+    return Truth(tiny_path)
+
+
+@pytest.fixture(scope="session")
+def local_spec(tiny_path) -> SourceSpec:
+    """``SourceSpec`` of the tiny dataset through the ``local`` source (pass it as ``dataset=``)."""
+    return SourceSpec(kind="local", name="tiny", path=str(tiny_path))
