@@ -28,3 +28,23 @@ def truth(tiny_path) -> Truth:
 def local_spec(tiny_path) -> SourceSpec:
     """``SourceSpec`` of the tiny dataset through the ``local`` source (pass it as ``dataset=``)."""
     return SourceSpec(kind="local", name="tiny", path=str(tiny_path))
+
+
+@pytest.fixture(scope="session")
+def cave_spec(tiny_path, tmp_path_factory):
+    """``SourceSpec`` of the tiny dataset served by the local CAVE server (real caveclient and
+    cloud-volume on 127.0.0.1). Skips only while the server module does not exist yet."""
+    try:
+        from ..server.testing import cave_spec_for  # provided by the server work
+    except ImportError:
+        pytest.skip("local CAVE server not available yet")
+    with cave_spec_for(tiny_path, tmp_path_factory.mktemp("cave-home")) as spec:
+        yield spec
+
+
+@pytest.fixture(params=["local", "cave"])
+def spec(request, local_spec):
+    """The tiny dataset through each source in turn: pass as ``dataset=spec``."""
+    if request.param == "local":
+        return local_spec
+    return request.getfixturevalue("cave_spec")
