@@ -37,7 +37,7 @@ class DatasetParams:
     """Everything that determines a generated dataset (with the generator version)."""
 
     seed: int = 0
-    size: tuple[int, int, int] = (240, 224, 56)          # mip-0 voxels
+    size: tuple[int, int, int] = (304, 288, 72)          # mip-0 voxels (ragged edges on x, z)
     voxel_offset: tuple[int, int, int] = (96, 160, 8)    # mip-0 voxels
     resolution: tuple[int, int, int] = (16, 16, 42)      # nm at mip 0
     viewer_resolution: tuple[int, int, int] = (8, 8, 42)
@@ -45,7 +45,7 @@ class DatasetParams:
     storage_chunk: tuple[int, int, int] = (32, 32, 16)   # precomputed chunk at every mip
     n_mips: int = 3                                      # mips 0..n_mips-1, 2x2x1 steps
     n_layers: int = 8
-    n_neurons: int = 10
+    n_neurons: int = 12
     radius_nm: tuple[float, float] = (55.0, 90.0)        # neurite radius range
     step_nm: float = 180.0                               # skeleton segment length
     branch_length_nm: float = 3000.0                     # mean branch length
