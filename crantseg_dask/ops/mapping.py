@@ -1,27 +1,53 @@
 """Supervoxels to roots and roots to supervoxels, over deduplicated ID batches.
 
-(The eager wrappers ``supervoxels_to_roots`` and ``roots_to_supervoxels`` are added by the
-ID-operations work; the kernel and builder below are shared with the location operations.)
+``roots_kernel``/``roots_graph`` are the shared deduplicated-supervoxel roots code (also used by
+the location operations). ``supervoxels_to_roots`` and ``roots_to_supervoxels`` are crantpy's eager
+functions; ``supervoxels_to_roots_graph`` and ``roots_to_supervoxels_graph`` their lazy builders.
 """
 from __future__ import annotations
 
+import time
 from datetime import datetime
+from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 
+from .._cache import LeavesCache, dataset_identity
+from .._graph import compute
+from .._validate import as_ids
+from ..config import data_dir, resolve_dataset, resolve_timestamp, setting
+from ..errors import InvalidInputError
 from ..sources import SourceSpec, open_source
+from .validity import is_valid_root
 
-__all__ = ["roots_kernel", "roots_graph"]
+__all__ = ["roots_kernel", "roots_graph", "supervoxels_to_roots", "supervoxels_to_roots_graph",
+           "leaves_kernel", "roots_to_supervoxels", "roots_to_supervoxels_graph", "parse_root_ids"]
+
+LEAVES_PER_TASK = 16  # roots per leaves_many request (real neurons have ~1e5 supervoxels each)
+
+
+def _with_retry(fn, retry: float | None):
+    """Call ``fn()``; on any exception (not KeyboardInterrupt) wait ``retry`` s and call it once
+    more when ``retry`` is not None (crantpy's rule, checklist 16)."""
+    try:
+        return fn()
+    except Exception:
+        if retry is None:
+            raise
+        time.sleep(retry)
+        return fn()
 
 
 def roots_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_layer: int | None = None,
-                 batch_size: int = 10_000) -> np.ndarray:
+                 batch_size: int = 10_000, *, retry: float | None = None) -> np.ndarray:
     """Root (or ``stop_layer`` ancestor) of each ID in a block, same shape, uint64.
 
     The block's IDs are deduplicated and zeros dropped; the unique IDs go to the source in batches
     of at most ``batch_size``; results are scattered back. Pure given the source's state at
-    ``timestamp``."""
+    ``timestamp``. ``retry``: seconds to wait before the one retry of a failed batch (None: no
+    retry, the first exception propagates)."""
     ids = np.asarray(ids, dtype=np.uint64)
     uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
     out = np.zeros(uniq.shape, dtype=np.uint64)
@@ -30,12 +56,184 @@ def roots_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_la
         source = open_source(spec)
         for start in range(0, nz.size, batch_size):
             sel = nz[start: start + batch_size]
-            out[sel] = source.roots(uniq[sel], timestamp, stop_layer)
-    return out[inverse].reshape(ids.shape)
+            out[sel] = _with_retry(lambda: source.roots(uniq[sel], timestamp, stop_layer), retry)
+    return out[inverse.ravel()].reshape(ids.shape)
 
 
 def roots_graph(ids: da.Array, spec: SourceSpec, timestamp: datetime, stop_layer: int | None = None,
-                batch_size: int = 10_000) -> da.Array:
+                batch_size: int = 10_000, *, retry: float | None = None) -> da.Array:
     """Lazy ``roots_kernel`` over every block of a uint64 Dask array (one task per block)."""
     return ids.map_blocks(roots_kernel, spec=spec, timestamp=timestamp, stop_layer=stop_layer,
-                          batch_size=batch_size, dtype=np.uint64, meta=np.empty((0,) * ids.ndim, np.uint64))
+                          batch_size=batch_size, retry=retry, dtype=np.uint64,
+                          meta=np.empty((0,) * ids.ndim, np.uint64))
+
+
+# -- supervoxels_to_roots ---------------------------------------------------------------------
+def _prepare(timestamp, stop_layer, batch_size, retry, dataset):
+    """Resolve dataset, timestamp (once), stop layer and retry policy for one call."""
+    spec = resolve_dataset(dataset)
+    source = open_source(spec)
+    n = source.meta.n_layers
+    if isinstance(stop_layer, bool) or not isinstance(stop_layer, (int, np.integer)) or not 1 <= stop_layer <= n:
+        raise InvalidInputError(f"stop_layer ({stop_layer}) must be between 1 and {n} inclusive.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InvalidInputError(f"batch_size={batch_size!r} must be a positive integer")
+    ts = resolve_timestamp(timestamp, source)
+    wait = float(setting("retry-wait", 1.0)) if retry else None
+    return spec, ts, int(stop_layer), int(batch_size), wait
+
+
+def _as_id_array(ids: Any) -> np.ndarray:
+    """IDs of any shape as a uint64 array of that shape (1-D for scalars and lists)."""
+    if isinstance(ids, np.ndarray) and ids.ndim > 1:
+        return as_ids(ids.ravel(), name="ids").reshape(ids.shape)
+    return as_ids(ids, name="ids")
+
+
+def supervoxels_to_roots(ids, timestamp="mat", clear_cache=False, batch_size=10000, stop_layer=8,
+                         retry=True, progress=True, *, dataset=None) -> np.ndarray:
+    """Root IDs (or ``stop_layer`` ancestors) of supervoxels (or any node IDs) at a time.
+
+    The IDs are deduplicated and zeros dropped on the client; the unique IDs become a Dask array
+    with chunks of ``batch_size``, one task (one source request) per chunk, run in parallel; the
+    results are scattered back into the input's shape and order.
+
+    Parameters
+    ----------
+    ids : int, str, array-like
+        Node IDs (uint64 range; a numeric string is one ID). Arrays of any shape are accepted.
+    timestamp : None, str, int, datetime
+        Time of the graph state: "mat" (default, crantpy's) / "mat_latest" = latest
+        materialization, "mat_<N>" = version N, None = now, ISO 8601 (naive = UTC), unix seconds
+        (any numeric type), datetime. Resolved once per call.
+    clear_cache : bool
+        Accepted for compatibility; there is no volume to rebuild.
+    batch_size : int
+        Maximum unique IDs per request (>= 1). The result does not depend on it.
+    stop_layer : int
+        Layer to stop at (8 = roots for CRANT; 2 gives L2 IDs). IDs already at or above it are
+        returned unchanged (outdated root IDs included).
+    retry : bool
+        Retry a failed batch once after ~1 s (``crantseg.retry-wait``); otherwise the first
+        exception propagates.
+    progress : bool
+        Show a progress bar (local schedulers).
+    dataset : str or SourceSpec, optional
+        Dataset (default: the configured default).
+
+    Returns
+    -------
+    numpy.ndarray of int64
+        Same shape and order as ``ids``; duplicates preserved; 0 for input 0 and for IDs unknown
+        at ``timestamp`` (the server's fail-to-zero).
+
+    Raises
+    ------
+    InvalidInputError (ValueError)
+        ``stop_layer`` outside 1..n_layers, bad ``batch_size``, bad IDs or timestamp.
+    """
+    arr = _as_id_array(ids)
+    spec, ts, stop, bs, wait = _prepare(timestamp, stop_layer, batch_size, retry, dataset)
+    uniq, inverse = np.unique(arr.ravel(), return_inverse=True)
+    nz = uniq[uniq != 0]
+    out = np.zeros(uniq.shape, dtype=np.uint64)
+    if nz.size:
+        # one task per batch_size chunk; roots_kernel sends each chunk as one request
+        lazy = roots_graph(da.from_array(nz, chunks=bs, name=False), spec, ts, stop, bs, retry=wait)
+        (res,) = compute(lazy, progress=progress and nz.size >= bs, desc="supervoxels_to_roots")
+        out[uniq != 0] = res
+    return out[inverse.ravel()].reshape(arr.shape).astype(np.int64)
+
+
+def supervoxels_to_roots_graph(ids: da.Array, timestamp="mat", batch_size: int = 10000, stop_layer: int = 8,
+                               retry: bool = True, *, dataset=None) -> da.Array:
+    """Lazy ``supervoxels_to_roots`` over an integer Dask array: int64, same shape and chunks.
+
+    The timestamp is resolved now (once, at build time). Each block is deduplicated inside its
+    task and sent in requests of at most ``batch_size`` unique IDs."""
+    spec, ts, stop, bs, wait = _prepare(timestamp, stop_layer, batch_size, retry, dataset)
+    return roots_graph(ids.astype(np.uint64), spec, ts, stop, bs, retry=wait).astype(np.int64)
+
+
+# -- roots_to_supervoxels ---------------------------------------------------------------------
+def parse_root_ids(x: Any) -> np.ndarray:
+    """Root IDs from IDs, numeric strings (a single string is ONE ID), neurons (``.id``),
+    NeuronLists, or objects with ``get_roots()``; 1-D uint64 (NaN/None -> 0)."""
+    if hasattr(x, "get_roots"):
+        x = x.get_roots()
+    elif hasattr(x, "id") and not isinstance(x, (str, bytes, np.ndarray)):
+        x = x.id
+    elif isinstance(x, (list, tuple)) and any(hasattr(v, "id") for v in x):
+        x = [getattr(v, "id", v) for v in x]
+    return as_ids(x, name="neurons", nan="zero")
+
+
+def leaves_kernel(roots: np.ndarray, spec: SourceSpec) -> dict[int, np.ndarray]:
+    """Supervoxels (sorted uint64) of each root in one batch: one ``leaves_many`` request."""
+    got = open_source(spec).leaves_many(np.asarray(roots, dtype=np.uint64), stop_layer=1)
+    return {int(r): np.sort(np.asarray(got[int(r)], dtype=np.uint64)) for r in np.asarray(roots).tolist()}
+
+
+def roots_to_supervoxels_graph(neurons, *, dataset=None, batch: int = LEAVES_PER_TASK):
+    """Lazy leaves of roots: a ``dask.delayed`` dict {int root: uint64 supervoxels}, one task per
+    ``batch`` unique roots plus a merge task. No cache is read or written."""
+    spec = resolve_dataset(dataset)
+    roots = np.unique(parse_root_ids(neurons))
+    is_valid_root(roots, dataset=spec, raise_exc=True)
+    parts = [dask.delayed(leaves_kernel, pure=True)(roots[i: i + batch], spec)
+             for i in range(0, len(roots), batch)]
+    return dask.delayed(lambda ds: {k: v for d in ds for k, v in d.items()}, pure=True)(parts)
+
+
+def _leaves_cache(spec: SourceSpec) -> LeavesCache:
+    return LeavesCache(data_dir() / "_cache" / "leaves", dataset_identity(spec))
+
+
+def roots_to_supervoxels(neurons, clear_cache=False, progress=True, *, dataset=None) -> dict:
+    """Supervoxels making up each root.
+
+    Leaves come from the persistent cache (``<data-dir>/_cache/leaves``, keyed by dataset identity
+    and root: a root's leaves never change) or, for misses, from parallel ``leaves_many`` tasks of
+    up to 16 roots each; misses are then written to the cache.
+
+    Parameters
+    ----------
+    neurons : int, str, iterable, neuron(s)
+        Root IDs; a single numeric string is ONE ID (crantpy splits it into digits: fixed).
+        Duplicates collapse.
+    clear_cache : bool
+        Bypass the cache for reading and writing (always fetch).
+    progress : bool
+        Show a progress bar (local schedulers).
+    dataset : str or SourceSpec, optional
+        Dataset (default: the configured default).
+
+    Returns
+    -------
+    dict
+        ``{numpy.int64 root: numpy.ndarray[uint64] sorted supervoxels}``, keys in ascending root
+        order (crantpy: cached first, then misses). Empty input gives ``{}``.
+
+    Raises
+    ------
+    InvalidIDError (ValueError)
+        An ID (0 included) whose layer is not the root layer, before any request.
+    UnknownIDError (KeyError) or SourceError
+        A root-layer ID the dataset does not know.
+    """
+    spec = resolve_dataset(dataset)
+    roots = np.unique(parse_root_ids(neurons))
+    if roots.size == 0:
+        return {}
+    is_valid_root(roots, dataset=spec, raise_exc=True)
+    cache = _leaves_cache(spec)
+    found = {} if clear_cache else {int(r): cache.get(int(r)) for r in roots.tolist()}
+    missing = np.array([r for r in roots.tolist() if found.get(r) is None], dtype=np.uint64)
+    if missing.size:
+        lazy = roots_to_supervoxels_graph(missing, dataset=spec)
+        (got,) = compute(lazy, progress=progress, desc="roots_to_supervoxels")
+        found.update(got)
+        if not clear_cache:
+            for r, leaves in got.items():
+                cache.put(r, leaves)
+    return {np.int64(r): found[int(r)] for r in roots.tolist()}
