@@ -1,0 +1,142 @@
+"""Plan point work by storage chunk: key rows, sort, split into partitions, invert (pure numpy).
+
+The location operations answer many points from few chunk reads. On the client, before any
+task runs, each row is keyed by the storage chunk holding it (``chunk_keys``); the rows are
+sorted by key and split into partitions of at most ``partition_size`` rows that keep one chunk's
+rows in one partition whenever the chunk has no more rows than that (``plan_partitions``). One
+Dask task answers one partition; ``Plan.order`` maps sorted positions to input rows, so results
+go back into input order with ``out[plan.order] = sorted_results`` (or ``sorted[plan.inverse]``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Plan", "chunk_keys", "nm_to_voxels", "plan_partitions"]
+
+_CLIP = float(2**62)
+
+
+def nm_to_voxels(locs_nm: np.ndarray, resolution) -> np.ndarray:
+    """Voxel index ``floor(nm / resolution)`` of each row, (N, 3) int64.
+
+    Values beyond +-2**62 voxels are clipped (they are outside any volume anyway), so no float
+    to int cast overflows.
+    """
+    v = np.floor(np.asarray(locs_nm, dtype=np.float64).reshape(-1, 3) / np.asarray(resolution, np.float64))
+    return np.clip(v, -_CLIP, _CLIP).astype(np.int64)
+
+
+def chunk_keys(voxels: np.ndarray, bounds: np.ndarray, chunk_size) -> np.ndarray:
+    """Linear storage-chunk key of each voxel, (N,) int64; -1 outside the volume.
+
+    Parameters
+    ----------
+    voxels : (N, 3) int
+        Absolute voxel coordinates at one mip.
+    bounds : (2, 3) int
+        Half-open voxel box ``[[lo], [hi])`` of the volume at that mip; chunks start at ``lo``.
+    chunk_size : (3,) int
+        Storage chunk shape at that mip.
+
+    Returns
+    -------
+    (N,) int64
+        ``(cx * gy + cy) * gz + cz`` for chunk grid index ``(cx, cy, cz)`` on a ``(gx, gy, gz)``
+        grid, so sorting keys sorts rows x-major by chunk; -1 for rows outside ``bounds``.
+    """
+    v = np.asarray(voxels, dtype=np.int64).reshape(-1, 3)
+    lo, hi = np.asarray(bounds, dtype=np.int64)
+    cs = np.asarray(chunk_size, dtype=np.int64)
+    inside = np.all((v >= lo) & (v < hi), axis=1)
+    grid = -(-(hi - lo) // cs)
+    c = (v - lo) // cs
+    key = (c[:, 0] * grid[1] + c[:, 1]) * grid[2] + c[:, 2]
+    return np.where(inside, key, -1)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How N rows are ordered and split.
+
+    order : (N,) int64
+        Input row at each sorted position (rows sorted by chunk key, stable).
+    inverse : (N,) int64
+        Sorted position of each input row: ``sorted_values[inverse]`` is in input order.
+    sizes : tuple of int
+        Rows per partition, in sorted order; they sum to N (empty input: ``()``).
+    keys : (N,) int64
+        Chunk key at each sorted position.
+    """
+
+    order: np.ndarray
+    inverse: np.ndarray
+    sizes: tuple[int, ...]
+    keys: np.ndarray
+
+    @property
+    def n_partitions(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Start of each partition in sorted positions, (P + 1,) with the total last."""
+        return np.r_[0, np.cumsum(self.sizes, dtype=np.int64)].astype(np.int64)
+
+    def restore(self, sorted_values: np.ndarray) -> np.ndarray:
+        """Values given in sorted order, put back into input order (a new array)."""
+        return np.asarray(sorted_values)[self.inverse]
+
+
+def _split_sizes(group_sizes: np.ndarray, limit: int) -> list[int]:
+    """Greedy packing of consecutive groups into partitions of at most ``limit`` rows.
+
+    A group that fits is never split; a group larger than ``limit`` starts a new partition and
+    is cut into pieces of ``limit`` rows (its remainder may share with the next groups)."""
+    sizes: list[int] = []
+    cur = 0
+    for g in group_sizes.tolist():
+        if cur and cur + g > limit:
+            sizes.append(cur)
+            cur = 0
+        while g > limit:
+            sizes.append(limit)
+            g -= limit
+        cur += g
+    if cur:
+        sizes.append(cur)
+    return sizes
+
+
+def plan_partitions(keys: np.ndarray, partition_size: int) -> Plan:
+    """Sort rows by chunk key and split them into partitions of at most ``partition_size`` rows.
+
+    Rows of one chunk stay in one partition unless the chunk alone has more than
+    ``partition_size`` rows. Rows with key -1 (outside the volume) sort first and need no read.
+
+    Parameters
+    ----------
+    keys : (N,) int
+        Chunk key per input row (``chunk_keys``).
+    partition_size : int
+        Maximum rows per partition, >= 1.
+
+    Raises
+    ------
+    ValueError
+        ``partition_size`` < 1 or not an integer.
+    """
+    if isinstance(partition_size, bool) or not isinstance(partition_size, (int, np.integer)) \
+            or partition_size < 1:
+        raise ValueError(f"partition_size={partition_size!r} must be an integer >= 1")
+    keys = np.asarray(keys, dtype=np.int64).ravel()
+    order = np.argsort(keys, kind="stable").astype(np.int64)
+    ks = keys[order]
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order), dtype=np.int64)
+    if len(ks) == 0:
+        return Plan(order, inverse, (), ks)
+    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    group_sizes = np.diff(np.r_[starts, len(ks)])
+    return Plan(order, inverse, tuple(_split_sizes(group_sizes, int(partition_size))), ks)

@@ -1,0 +1,245 @@
+"""Locations to supervoxels and roots, as chunked Dask graphs.
+
+The steps (DESIGN.md section 2; dask-image's ``map_coordinates`` pattern):
+
+1. validate the locations once, at the boundary (``_validate.as_locations``), before any read;
+2. key each point by the storage chunk holding it at the requested mip, sort, and split into
+   partitions of at most ``crantseg.partition-size`` rows that keep a chunk's points together
+   (``_chunking.plan_partitions``);
+3. one task per partition: ``_supervoxels_block`` reads each touched chunk once
+   (``SegmentationSource.supervoxels_at``); roots go through the shared deduplicating
+   ``ops.mapping.roots_kernel``;
+4. one final task puts the results back into input order.
+
+crantpy reads one voxel per point (about 1 s per point against the real servers) and turns every
+error into ID 0; here a failed read raises ``SourceError``.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask import delayed
+
+from .._chunking import Plan, chunk_keys, nm_to_voxels, plan_partitions
+from .._graph import compute
+from .._validate import as_coordinates, as_locations
+from ..config import resolve_dataset, resolve_timestamp, setting
+from ..errors import InvalidLocationError
+from ..sources import SourceSpec, open_source
+from .mapping import roots_graph
+
+__all__ = ["locs_to_segments", "locs_to_segments_graph", "locs_to_supervoxels",
+           "locs_to_supervoxels_graph", "plan_locations"]
+
+
+# -- kernel -----------------------------------------------------------------------------------
+def _supervoxels_block(locs_nm: np.ndarray, spec: SourceSpec, mip: int) -> np.ndarray:
+    """Supervoxel under each nm location of one block, (K,) uint64 in block order.
+
+    ``floor(nm / resolution[mip])`` gives the voxel; points outside the volume and background give
+    0; the source reads each touched storage chunk once. A failed read raises ``SourceError``.
+    """
+    locs_nm = np.asarray(locs_nm, dtype=np.float64).reshape(-1, 3)
+    if not np.isfinite(locs_nm).all():  # only reachable through the lazy API on Dask input
+        row = int(np.argmax(~np.isfinite(locs_nm).all(axis=1)))
+        raise InvalidLocationError(f"locs block row {row} = {tuple(locs_nm[row].tolist())!r}: "
+                                   "coordinates must be finite")
+    if len(locs_nm) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    source = open_source(spec)
+    voxels = nm_to_voxels(locs_nm, source.meta.resolution[mip])
+    return np.asarray(source.supervoxels_at(voxels, mip), dtype=np.uint64)
+
+
+def _take(blocks: list[np.ndarray], index: np.ndarray) -> np.ndarray:
+    return np.concatenate(blocks)[index]
+
+
+# -- planning ---------------------------------------------------------------------------------
+def _partition_size(value: int | None = None) -> int:
+    """Rows per partition: ``value`` or the ``crantseg.partition-size`` setting (>= 1)."""
+    v = setting("partition-size", 200_000) if value is None else value
+    try:
+        v = int(v)
+    except (TypeError, ValueError):
+        v = 0
+    if v < 1:
+        raise ValueError(f"partition size {value if value is not None else v!r} must be an integer >= 1 "
+                         "(argument partition_size= or setting crantseg.partition-size)")
+    return v
+
+
+def plan_locations(locs_nm: np.ndarray, spec: SourceSpec, mip: int = 0,
+                   partition_size_: int | None = None) -> Plan:
+    """Partition plan of (N, 3) nm locations by storage chunk at ``mip`` (client side, numpy)."""
+    meta = open_source(spec).meta
+    voxels = nm_to_voxels(locs_nm, meta.resolution[mip])
+    keys = chunk_keys(voxels, meta.bounds(mip), meta.chunk_size[mip])
+    return plan_partitions(keys, _partition_size(partition_size_))
+
+
+def _sorted_array(a: np.ndarray, plan: Plan) -> da.Array:
+    """``a`` (N, ...) in plan order as a Dask array with one block per partition."""
+    s = np.ascontiguousarray(a[plan.order])
+    return da.from_array(s, chunks=(plan.sizes,) + s.shape[1:], name=False)
+
+
+def _restore_graph(sorted_values: da.Array, plan: Plan) -> da.Array:
+    """One task that puts per-partition results (sorted order) back into input order."""
+    blocks = sorted_values.to_delayed().ravel().tolist()
+    out = delayed(_take, pure=True)(blocks, plan.inverse)
+    return da.from_delayed(out, shape=(len(plan.inverse),), dtype=sorted_values.dtype)
+
+
+def _open(dataset: Any) -> tuple[SourceSpec, Any]:
+    spec = resolve_dataset(dataset)
+    return spec, open_source(spec)
+
+
+# -- graph builders ---------------------------------------------------------------------------
+def locs_to_supervoxels_graph(locs, mip: int = 0, *, dataset=None,
+                              partition_size: int | None = None) -> da.Array:
+    """Lazy supervoxel IDs at nm locations: a uint64 Dask array of length N, input order.
+
+    Parameters
+    ----------
+    locs : dask.array.Array, numpy.ndarray, array-like or pandas.DataFrame
+        (N, 3) locations in nm. A Dask array is used block by block (each block groups its own
+        points by chunk: sort the input spatially for best locality); anything else is validated,
+        planned by storage chunk into partitions and restored to input order in the graph.
+    mip : int
+        Scale to query.
+    dataset : str or SourceSpec, optional
+    partition_size : int, optional
+        Rows per partition (default: setting ``crantseg.partition-size``); numpy input only.
+    """
+    spec, source = _open(dataset)
+    mip = source.meta.check_mip(mip)
+    if isinstance(locs, da.Array):
+        if locs.ndim != 2 or locs.shape[1] != 3:
+            raise InvalidLocationError(f"`locs` has shape {locs.shape}; expected (N, 3) rows of [x, y, z]")
+        locs = locs.astype(np.float64).rechunk({1: 3})
+        return locs.map_blocks(_supervoxels_block, spec=spec, mip=mip, drop_axis=1,
+                               dtype=np.uint64, meta=np.empty((0,), np.uint64))
+    locs_nm = as_locations(locs)
+    plan = plan_locations(locs_nm, spec, mip, partition_size)
+    if not len(locs_nm):
+        return da.zeros((0,), dtype=np.uint64, chunks=((0,),))
+    svs = _sorted_array(locs_nm, plan).map_blocks(
+        _supervoxels_block, spec=spec, mip=mip, drop_axis=1, dtype=np.uint64,
+        meta=np.empty((0,), np.uint64))
+    return _restore_graph(svs, plan)
+
+
+def locs_to_segments_graph(locs, timestamp: datetime | str | int | None = None, *, dataset=None,
+                           partition_size: int | None = None) -> da.Array:
+    """Lazy root IDs at nm locations: a uint64 Dask array of length N, input order.
+
+    ``timestamp`` is resolved once, here (None = now). Supervoxels come from mip 0; each
+    partition's supervoxels are deduplicated before the roots request (``roots_kernel``).
+    See ``locs_to_supervoxels_graph`` for ``locs`` and ``partition_size``.
+    """
+    spec, source = _open(dataset)
+    ts = resolve_timestamp(timestamp, source)
+    batch = int(setting("batch-size", 10_000))
+    if isinstance(locs, da.Array):
+        return roots_graph(locs_to_supervoxels_graph(locs, 0, dataset=spec), spec, ts, None, batch)
+    locs_nm = as_locations(locs)
+    if not len(locs_nm):
+        return da.zeros((0,), dtype=np.uint64, chunks=((0,),))
+    plan = plan_locations(locs_nm, spec, 0, partition_size)
+    svs = _sorted_array(locs_nm, plan).map_blocks(
+        _supervoxels_block, spec=spec, mip=0, drop_axis=1, dtype=np.uint64,
+        meta=np.empty((0,), np.uint64))
+    return _restore_graph(roots_graph(svs, spec, ts, None, batch), plan)
+
+
+# -- eager API --------------------------------------------------------------------------------
+def locs_to_supervoxels(locs, mip: int = 0, coordinates: str = "nm", progress: bool = True, *,
+                        dataset=None) -> np.ndarray:
+    """Supervoxel IDs at given locations.
+
+    Parameters
+    ----------
+    locs : array-like (N, 3) or pandas.DataFrame
+        x/y/z locations; a DataFrame must have ``x``, ``y``, ``z`` columns. One point ``[x, y, z]``
+        is read as (1, 3).
+    mip : int
+        Scale to query (0 = 16 x 16 x 42 nm). Higher mips read less but small supervoxels may
+        vanish there.
+    coordinates : {"nm", "voxel"}
+        Units of ``locs``: nanometres, or voxels of the viewer grid (8 x 8 x 42 nm), which are
+        multiplied by the viewer resolution first. "nanometer(s)" and "voxels" are accepted too.
+    progress : bool
+        Show a progress bar (local schedulers).
+    dataset : str or SourceSpec, optional
+        Dataset (default: setting ``crantseg.dataset``).
+
+    Returns
+    -------
+    numpy.ndarray of uint64, shape (N,)
+        Supervoxel at voxel ``floor(nm / resolution[mip])`` of each location, in input order
+        (duplicates give identical IDs). Background and locations outside the volume give 0.
+
+    Raises
+    ------
+    InvalidLocationError
+        NaN/inf, a shape other than (N, 3), a DataFrame without x/y/z columns; before any read.
+    InvalidInputError
+        Unknown ``coordinates`` or ``mip``.
+    SourceError
+        A chunk could not be read (after retries). Unlike crantpy, a failed read never becomes 0.
+    """
+    as_coordinates(coordinates)
+    spec, source = _open(dataset)
+    mip = source.meta.check_mip(mip)
+    locs_nm = as_locations(locs, coordinates=coordinates, viewer_resolution=source.meta.viewer_resolution)
+    if not len(locs_nm):
+        return np.zeros(0, dtype=np.uint64)
+    (out,) = compute(locs_to_supervoxels_graph(locs_nm, mip, dataset=spec), progress=progress,
+                     desc="locs_to_supervoxels")
+    return np.asarray(out, dtype=np.uint64)
+
+
+def locs_to_segments(locs, timestamp=None, coordinates: str = "nm", progress: bool = True, *,
+                     dataset=None) -> np.ndarray:
+    """Root IDs at given locations.
+
+    Parameters
+    ----------
+    locs : array-like (N, 3) or pandas.DataFrame
+        x/y/z locations (see ``locs_to_supervoxels``); always looked up at mip 0.
+    timestamp : None, str, int, datetime
+        Roots at this time, resolved once before any task runs: None = now, "mat"/"mat_latest" =
+        latest materialization, "mat_<N>" = version N, ISO 8601 (naive = UTC), unix seconds.
+    coordinates : {"nm", "voxel"}
+        Units of ``locs`` (voxels are on the 8 x 8 x 42 nm viewer grid).
+    progress : bool
+        Show a progress bar.
+    dataset : str or SourceSpec, optional
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (N,)
+        Root at ``timestamp`` of the supervoxel under each location, in input order; 0 for
+        background and locations outside the volume.
+
+    Raises
+    ------
+    InvalidLocationError, InvalidInputError, InvalidTimestampError
+        Bad locations, units or timestamp; before any read.
+    SourceError
+        A chunk or roots request failed after retries (never turned into 0).
+    """
+    as_coordinates(coordinates)
+    spec, source = _open(dataset)
+    ts = resolve_timestamp(timestamp, source)
+    locs_nm = as_locations(locs, coordinates=coordinates, viewer_resolution=source.meta.viewer_resolution)
+    if not len(locs_nm):
+        return np.zeros(0, dtype=np.int64)
+    (out,) = compute(locs_to_segments_graph(locs_nm, ts, dataset=spec), progress=progress,
+                     desc="locs_to_segments")
+    return np.asarray(out).astype(np.int64)
