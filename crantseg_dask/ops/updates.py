@@ -1,0 +1,384 @@
+"""Is a root current, and what replaced it: ``is_latest_roots`` and ``update_ids``.
+
+Kernels work on one batch of unique root IDs (one ``is_latest`` request; one ``leaves_many`` plus
+one ``roots`` request for the overlap step). Builders map them over Dask arrays; the eager wrappers
+deduplicate on the client, run one task per batch and scatter results back in input order.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from os import PathLike
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+
+from .._cache import TTLCache, dataset_identity
+from .._graph import compute
+from .._validate import as_ids
+from ..config import resolve_dataset, resolve_timestamp
+from ..errors import InvalidInputError
+from ..sources import SourceSpec, open_source
+from .mapping import parse_root_ids, roots_graph
+from .validity import is_valid_root
+
+__all__ = ["is_latest_kernel", "is_latest_roots", "is_latest_roots_graph", "overlap_kernel",
+           "update_kernel", "update_ids", "update_ids_graph", "UPDATE_DTYPE", "update_cache"]
+
+log = logging.getLogger("crantseg")
+
+UPDATE_DTYPE = np.dtype([("new_id", np.uint64), ("confidence", np.float64)])
+OVERLAP_BATCH = 64  # outdated roots per overlap task
+COLUMNS = ["old_id", "new_id", "confidence", "changed"]
+#: per-ID results of update_ids, keyed by (dataset identity, timestamp, stop_layer, kind, id)
+update_cache = TTLCache(max_age=7200.0)
+
+
+# -- kernels ----------------------------------------------------------------------------------
+def is_latest_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime) -> np.ndarray:
+    """Whether each root is current at ``timestamp`` (bool, same shape). 0 is False; unknown IDs
+    and roots created after ``timestamp`` are False. One request for the block's unique IDs."""
+    ids = np.asarray(ids, dtype=np.uint64)
+    uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
+    out = np.zeros(uniq.shape, dtype=bool)
+    nz = uniq != 0
+    if nz.any():
+        out[nz] = open_source(spec).is_latest(uniq[nz], timestamp)
+    return out[inverse.ravel()].reshape(ids.shape)
+
+
+def _leaves(source, roots: np.ndarray, stop_layer: int) -> list[np.ndarray | None]:
+    """Layer-``stop_layer`` nodes of each root; None for a root whose lookup fails."""
+    try:
+        got = source.leaves_many(roots, stop_layer=stop_layer)
+        return [np.asarray(got[int(r)], dtype=np.uint64) for r in roots.tolist()]
+    except Exception:  # one bad root must not sink the batch: retry one by one
+        out = []
+        for r in roots.tolist():
+            try:
+                out.append(np.asarray(source.leaves(int(r), stop_layer=stop_layer), dtype=np.uint64))
+            except Exception as e:
+                log.warning("update_ids: no layer-%d nodes for %d (%s)", stop_layer, r, e)
+                out.append(None)
+        return out
+
+
+def overlap_kernel(roots: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_layer: int) -> np.ndarray:
+    """Best successor of each (outdated) root by overlap, as ``UPDATE_DTYPE`` records (1-D).
+
+    For each root: its layer-``stop_layer`` nodes (timeless), their roots at ``timestamp``; the
+    root that is current at ``timestamp`` and holds the most nodes wins (ties: smallest ID),
+    confidence = its share of all the old root's nodes. No current candidate or a failed lookup
+    gives (old root, 0.0)."""
+    roots = np.asarray(roots, dtype=np.uint64).ravel()
+    out = np.zeros(roots.shape, dtype=UPDATE_DTYPE)
+    out["new_id"] = roots
+    if roots.size == 0:
+        return out
+    source = open_source(spec)
+    nodes = _leaves(source, roots, stop_layer)
+    lens = np.array([0 if n is None else len(n) for n in nodes], dtype=np.int64)
+    if lens.sum() == 0:
+        return out
+    flat = np.concatenate([n for n in nodes if n is not None])
+    owner = np.repeat(np.arange(len(roots)), lens)
+    uniq, inv = np.unique(flat, return_inverse=True)
+    new = np.zeros(uniq.shape, np.uint64)
+    nz = uniq != 0
+    new[nz] = source.roots(uniq[nz], timestamp, None)
+    new = new[inv.ravel()]
+    keep = new != 0
+    pairs, counts = np.unique(np.stack([owner[keep].astype(np.uint64), new[keep]], axis=1), axis=0,
+                              return_counts=True)
+    if len(pairs):  # only current candidates compete (nodes of expired L2 nodes lead to old roots)
+        cand = np.unique(pairs[:, 1])
+        current = cand[source.is_latest(cand, timestamp)]
+        keep = np.isin(pairs[:, 1], current)
+        pairs, counts = pairs[keep], counts[keep]
+    if not len(pairs):
+        return out
+    order = np.lexsort((pairs[:, 1], -counts, pairs[:, 0]))  # per owner: most nodes, then smallest ID
+    pairs, counts = pairs[order], counts[order]
+    first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
+    who = pairs[first, 0].astype(np.intp)
+    out["new_id"][who] = pairs[first, 1]
+    out["confidence"][who] = counts[first] / lens[who]
+    return out
+
+
+def update_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_layer: int) -> np.ndarray:
+    """``update_ids`` on one block without supervoxels: current roots -> (id, 1.0), outdated ->
+    ``overlap_kernel``, 0 -> (0, 0.0). Same shape as ``ids``, ``UPDATE_DTYPE``."""
+    ids = np.asarray(ids, dtype=np.uint64)
+    uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
+    out = np.zeros(uniq.shape, dtype=UPDATE_DTYPE)
+    latest = is_latest_kernel(uniq, spec, timestamp)
+    out["new_id"] = uniq
+    out["confidence"][latest] = 1.0
+    stale = ~latest & (uniq != 0)
+    out[stale] = overlap_kernel(uniq[stale], spec, timestamp, stop_layer)
+    return out[inverse.ravel()].reshape(ids.shape)
+
+
+# -- is_latest_roots --------------------------------------------------------------------------
+def is_latest_roots_graph(ids: da.Array, timestamp=None, *, dataset=None) -> da.Array:
+    """Lazy ``is_latest_roots`` over a Dask array of root IDs: bool, same shape and chunks.
+    The timestamp is resolved once, now."""
+    spec = resolve_dataset(dataset)
+    ts = resolve_timestamp(timestamp, open_source(spec))
+    return ids.astype(np.uint64).map_blocks(is_latest_kernel, spec=spec, timestamp=ts, dtype=bool,
+                                            meta=np.empty((0,) * ids.ndim, bool))
+
+
+def is_latest_roots(x, timestamp=None, dataset=None, progress=True, batch_size=100_000,
+                    validate_ids=True, use_http_session=True) -> np.ndarray:
+    """Whether root IDs are current (not superseded) at a time.
+
+    Parameters
+    ----------
+    x : int, str or iterable
+        Root IDs (a numeric string is one ID); NaN/None count as 0.
+    timestamp : None, str, int, datetime
+        None = now; "mat"/"mat_latest"/"mat_<N>"; ISO 8601 (naive = UTC); unix seconds; datetime.
+        Resolved once and sent as an aware UTC time (crantpy sends a naive ISO string that the
+        server rejects, so every timestamped call fails there: fixed).
+    progress : bool
+        Show a progress bar (local schedulers).
+    batch_size : int
+        Unique IDs per request; one Dask task per batch.
+    validate_ids : bool
+        Raise if a non-zero ID is not at the root layer, before any request.
+    use_http_session : bool
+        Accepted for compatibility; the source owns its session.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        Input length and order. True iff the root exists at ``timestamp`` and has not been
+        superseded at or before it. Zeros are always False (crantpy: True in mixed input, False
+        when all are zero: fixed); unknown IDs are False.
+
+    Raises
+    ------
+    InvalidIDError (ValueError)
+        With ``validate_ids``: "Invalid root IDs found: {...}".
+    InvalidTimestampError (ValueError)
+        "Invalid materialization timestamp format" for e.g. "mat_x".
+    """
+    ids = as_ids(x, name="x", nan="zero")
+    spec = resolve_dataset(dataset)
+    if validate_ids and ids.any():
+        is_valid_root(ids[ids != 0], dataset=spec, raise_exc=True)
+    ts = resolve_timestamp(timestamp, open_source(spec))
+    if ids.size == 0:
+        return np.zeros(0, dtype=bool)
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    out = np.zeros(uniq.shape, dtype=bool)
+    nz = uniq != 0
+    if nz.any():
+        lazy = da.from_array(uniq[nz], chunks=max(int(batch_size), 1), name=False).map_blocks(
+            is_latest_kernel, spec=spec, timestamp=ts, dtype=bool, meta=np.empty((0,), bool))
+        (out[nz],) = compute(lazy, progress=progress, desc="is_latest_roots")
+    return out[inverse]
+
+
+# -- update_ids -------------------------------------------------------------------------------
+def update_ids_graph(ids: da.Array, timestamp=None, stop_layer: int = 2, *, dataset=None) -> da.Array:
+    """Lazy ``update_ids`` (chunked-graph path, no supervoxels) over a Dask array of root IDs:
+    ``UPDATE_DTYPE`` records (``new_id`` uint64, ``confidence`` float64), same shape and chunks."""
+    spec = resolve_dataset(dataset)
+    source = open_source(spec)
+    stop = _stop_layer(stop_layer, source.meta.n_layers)
+    ts = resolve_timestamp(timestamp, source)
+    return ids.astype(np.uint64).map_blocks(update_kernel, spec=spec, timestamp=ts, stop_layer=stop,
+                                            dtype=UPDATE_DTYPE, meta=np.empty((0,) * ids.ndim, UPDATE_DTYPE))
+
+
+def _stop_layer(stop_layer, n_layers: int) -> int:
+    if isinstance(stop_layer, bool) or not isinstance(stop_layer, (int, np.integer)) \
+            or not 1 <= stop_layer <= n_layers:
+        raise InvalidInputError(f"stop_layer ({stop_layer}) must be between 1 and {n_layers} inclusive.")
+    return int(stop_layer)
+
+
+def _read_annotations(annotations) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted roots, their supervoxels) from a DataFrame or a CSV/parquet path with root_id and
+    supervoxel_id columns; NaN/0 rows dropped; the first row per root wins."""
+    if isinstance(annotations, (str, PathLike)):
+        p = str(annotations)
+        annotations = (pd.read_parquet(p) if p.endswith((".parquet", ".pq"))
+                       else pd.read_csv(p, dtype={"root_id": str, "supervoxel_id": str}))
+    if not isinstance(annotations, pd.DataFrame) or not {"root_id", "supervoxel_id"} <= set(annotations.columns):
+        raise InvalidInputError("annotations must be a DataFrame, CSV or parquet file with "
+                                "'root_id' and 'supervoxel_id' columns")
+    r = as_ids(annotations["root_id"], name="annotations.root_id", nan="zero")
+    s = as_ids(annotations["supervoxel_id"], name="annotations.supervoxel_id", nan="zero")
+    keep = (r != 0) & (s != 0)
+    r, s = r[keep], s[keep]
+    uniq, first = np.unique(r, return_index=True)
+    if len(uniq) < len(r):
+        n_multi = int((np.bincount(np.searchsorted(uniq, r)) > 1).sum())
+        log.warning("Multiple supervoxel IDs found for %d root IDs. Using first occurrence for each.", n_multi)
+    return uniq, s[first]
+
+
+def _supervoxels(roots, supervoxels, frame, rows, use_annotations, annotations) -> np.ndarray:
+    """Supervoxel per row of ``roots`` (0 = none): the argument, else the frame's column, then
+    the annotation table for rows still without one."""
+    sv = np.zeros(len(roots), np.uint64)
+    if supervoxels is not None:
+        given = as_ids(supervoxels, name="supervoxels", nan="zero")
+        if len(given) == len(roots):
+            sv = given
+        else:
+            log.warning("supervoxels has %d entries but there are %d valid root IDs; ignoring it",
+                        len(given), len(roots))
+    elif frame is not None and "supervoxel_id" in frame.columns:
+        sv = as_ids(frame["supervoxel_id"], name="supervoxel_id", nan="zero")[rows]
+    if use_annotations and annotations is not None and (sv == 0).any():
+        ar, asv = _read_annotations(annotations)
+        pos = np.clip(np.searchsorted(ar, roots), 0, max(len(ar) - 1, 0))
+        hit = (sv == 0) & (ar[pos] == roots) if len(ar) else np.zeros(len(roots), bool)
+        sv = np.where(hit, asv[pos] if len(ar) else 0, sv).astype(np.uint64)
+    return sv
+
+
+def update_ids(x, supervoxels=None, timestamp=None, stop_layer=2, progress=True, dataset=None,
+               use_annotations=True, clear_cache=False, *, annotations=None) -> pd.DataFrame:
+    """Update root IDs to their current versions at a time.
+
+    Rows whose root is current pass through (confidence 1). Outdated rows with a supervoxel get
+    that supervoxel's root at ``timestamp`` (confidence 1). The rest get the current root holding
+    the largest share of the old root's layer-``stop_layer`` nodes (confidence = that share,
+    ties to the smallest ID), checked to be current; no such root or a failed lookup keeps the old
+    ID with confidence 0. Current-ness checks and the overlap step run as Dask tasks over batches
+    of unique roots (no per-ID request loop).
+
+    Parameters
+    ----------
+    x : IDs, neuron(s) or pandas.DataFrame
+        Root IDs (a single numeric string is one ID), or a DataFrame with a ``root_id`` column and
+        optionally ``supervoxel_id``.
+    supervoxels : IDs, optional
+        One supervoxel per valid root (row-aligned); another length logs a warning and is ignored.
+    timestamp : None, str, int, datetime
+        None = now; "mat..."; ISO (naive = UTC); unix s. Resolved once (crantpy fails on any
+        timestamp: fixed).
+    stop_layer : int
+        Layer whose nodes are compared in the overlap step (default 2).
+    dataset : str or SourceSpec, optional
+        Dataset (default: the configured default).
+    use_annotations : bool
+        Fill missing supervoxels from ``annotations``.
+    clear_cache : bool
+        Drop every cached per-ID result and recompute.
+    annotations : DataFrame, str or path, optional
+        Table (or CSV/parquet file) of ``root_id, supervoxel_id`` replacing crantpy's SeaTable
+        lookup; the first row per root wins.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``old_id, new_id, confidence (float64), changed (bool)``. List input: one row per
+        valid ID (0/NaN dropped) in input order, IDs int64. DataFrame input: every row, same index
+        and order, followed by all the input's columns; invalid rows (0/NaN/None, or not at the
+        root layer) keep their value with confidence 0.
+
+    Notes
+    -----
+    Per-ID chunked-graph results are cached in this process for 2 h, keyed by (dataset identity,
+    resolved timestamp, stop_layer, id) (crantpy keys by ID alone and swallows ``clear_cache``:
+    fixed). ``timestamp=None`` resolves to a new "now" per call, so it never reuses results.
+
+    Raises
+    ------
+    InvalidInputError (ValueError)
+        "DataFrame must contain 'root_id' column"; ``stop_layer`` outside 1..n_layers; malformed
+        IDs or timestamps.
+    """
+    frame = x if isinstance(x, pd.DataFrame) else None
+    if frame is not None:
+        if "root_id" not in frame.columns:
+            raise InvalidInputError("DataFrame must contain 'root_id' column")
+        ids = as_ids(frame["root_id"], name="root_id", nan="zero")
+    else:
+        ids = parse_root_ids(x)
+    spec = resolve_dataset(dataset)
+    source = open_source(spec)
+    layout = source.meta.layout
+    stop = _stop_layer(stop_layer, layout.n_layers)
+    ts = resolve_timestamp(timestamp, source)
+    if clear_cache:
+        update_cache.clear()
+    update_cache.prune()
+    valid = ids != 0
+    rows = np.flatnonzero(valid)
+    if frame is None and not valid.any():
+        log.warning("No valid root IDs found; returning an empty DataFrame.")
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(COLUMNS, ["int64", "int64", "float64", "bool"])})
+    roots = ids[rows]
+    sv = _supervoxels(roots, supervoxels, frame, rows, use_annotations, annotations)
+    new, conf = _update(roots, sv, spec, ts, stop, layout, progress)
+    full_new, full_conf = ids.copy(), np.zeros(len(ids))
+    full_new[rows], full_conf[rows] = new, conf
+    if frame is None:
+        old = roots.astype(np.int64)
+        return pd.DataFrame({"old_id": old, "new_id": new.astype(np.int64), "confidence": conf,
+                             "changed": new.astype(np.int64) != old})
+    old_col = frame["root_id"]
+    if valid.all():
+        new_col = full_new.astype(np.int64)
+    else:
+        new_col = old_col.to_numpy(dtype=object).copy()
+        new_col[rows] = [int(v) for v in full_new[rows]]
+    out = pd.DataFrame({"old_id": old_col.to_numpy(), "new_id": new_col, "confidence": full_conf,
+                        "changed": valid & (full_new != ids)}, index=frame.index)
+    extra = frame[[c for c in frame.columns if c not in COLUMNS]]
+    return pd.concat([out, extra], axis=1)
+
+
+def _update(roots, sv, spec, ts, stop, layout, progress):
+    """new_id (uint64) and confidence for each valid row; see ``update_ids``."""
+    ident = (dataset_identity(spec), ts.isoformat(), stop)
+    new, conf = roots.copy(), np.zeros(len(roots))
+    good = layout.layer(roots) == layout.n_layers  # other layers cannot be updated: confidence 0
+    uniq = np.unique(roots[good])
+    cached = {int(r): update_cache.get(ident + ("latest", int(r))) for r in uniq.tolist()}
+    need = np.array([r for r, v in cached.items() if v is None], dtype=np.uint64)
+    lazy = []
+    if need.size:
+        lazy.append(da.from_array(need, chunks=100_000, name=False).map_blocks(
+            is_latest_kernel, spec=spec, timestamp=ts, dtype=bool, meta=np.empty((0,), bool)))
+    use_sv = good & (sv != 0)
+    if use_sv.any():
+        svu, sv_inv = np.unique(sv[use_sv], return_inverse=True)
+        lazy.append(roots_graph(da.from_array(svu, chunks=10_000, name=False), spec, ts))
+    got = list(compute(*lazy, progress=progress, desc="update_ids")) if lazy else []
+    if need.size:
+        for r, v in zip(need.tolist(), got.pop(0).tolist()):
+            cached[r] = v
+            update_cache.put(ident + ("latest", r), v)
+    latest = np.array([bool(cached.get(int(r), False)) for r in roots.tolist()]) & good
+    conf[latest] = 1.0
+    pending = good & ~latest
+    if use_sv.any():
+        sv_root = np.zeros(len(roots), np.uint64)
+        sv_root[use_sv] = got.pop(0)[sv_inv.ravel()]
+        hit = pending & (sv_root != 0)
+        new[hit], conf[hit] = sv_root[hit], 1.0
+        pending &= ~hit
+    stale = np.unique(roots[pending])
+    best = {int(r): update_cache.get(ident + ("overlap", int(r))) for r in stale.tolist()}
+    todo = np.array([r for r, v in best.items() if v is None], dtype=np.uint64)
+    if todo.size:
+        lazy = da.from_array(todo, chunks=OVERLAP_BATCH, name=False).map_blocks(
+            overlap_kernel, spec=spec, timestamp=ts, stop_layer=stop, dtype=UPDATE_DTYPE,
+            meta=np.empty((0,), UPDATE_DTYPE))
+        (res,) = compute(lazy, progress=progress, desc="update_ids overlap")
+        for r, rec in zip(todo.tolist(), res.tolist()):
+            best[r] = (int(rec[0]), float(rec[1]))
+            update_cache.put(ident + ("overlap", r), best[r])
+    for k in np.flatnonzero(pending):
+        new[k], conf[k] = best[int(roots[k])]
+    return new, conf
