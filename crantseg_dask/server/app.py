@@ -1,0 +1,134 @@
+"""The tornado application, and running it on pre-bound sockets (in a thread for tests).
+
+Tornado ships with dask's ``distributed`` (already a dependency), is a maintained asynchronous
+server that never adds trailing-slash redirects on its own, reads bodies of GET requests, and
+inflates gzip request bodies (``decompress_request``). Asynchronous handlers let the fault mode
+hold stalled requests without blocking the others.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from dataclasses import dataclass, field
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from . import chunkedgraph, info, materialize
+from ._base import NotFoundHandler, access_log
+from .state import Faults, ServedDataset
+
+__all__ = ["make_app", "bind", "serve_forever", "serve_in_thread", "RunningServer"]
+
+
+def make_app(state: ServedDataset) -> tornado.web.Application:
+    """The CAVE-compatible application for ``state``: info, chunkedgraph, materialize routes."""
+    handlers = info.routes(state) + chunkedgraph.routes(state) + materialize.routes(state)
+    return tornado.web.Application(
+        handlers,
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"state": state},
+        log_function=access_log,
+        compress_response=False,
+        serve_traceback=False,
+    )
+
+
+def bind(host: str = "127.0.0.1", port: int = 0) -> list[socket.socket]:
+    """Listening sockets on ``host:port`` (port 0: a free port, known before serving starts)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return tornado.netutil.bind_sockets(port, address=host, family=family)
+
+
+def address_of(sockets: list[socket.socket]) -> str:
+    host, port = sockets[0].getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _serve(state: ServedDataset, sockets, stop: asyncio.Event, started=None) -> None:
+    server = tornado.httpserver.HTTPServer(make_app(state), decompress_request=True, xheaders=False)
+    server.add_sockets(sockets)
+    if started is not None:
+        started()
+    try:
+        await stop.wait()
+    finally:
+        server.stop()
+        await asyncio.wait_for(server.close_all_connections(), timeout=2)
+
+
+def serve_forever(state: ServedDataset, sockets) -> None:
+    """Serve on ``sockets`` in this thread until interrupted (``crantseg serve``)."""
+    async def main():
+        await _serve(state, sockets, asyncio.Event())
+
+    asyncio.run(main())
+
+
+@dataclass
+class RunningServer:
+    """A server running in a background thread. ``stop()`` ends it; usable as a context manager."""
+
+    address: str
+    datastack: str
+    table: str
+    token: str = field(repr=False)
+    state: ServedDataset = field(repr=False)
+    _thread: threading.Thread = field(repr=False)
+    _loop: asyncio.AbstractEventLoop = field(repr=False)
+    _stop: asyncio.Event = field(repr=False)
+
+    def set_faults(self, faults: Faults | None = None, **kw) -> None:
+        """Change the fault mode while running (``Faults(**kw)`` when no object is given)."""
+        self.state.faults = faults if faults is not None else Faults(**kw)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> "RunningServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve_in_thread(dataset, *, host: str = "127.0.0.1", port: int = 0, sockets=None,
+                    datastack: str | None = None, token: str | None = None,
+                    faults: Faults | None = None) -> RunningServer:
+    """Start a server for the dataset directory ``dataset`` in a daemon thread.
+
+    The socket is bound before the thread starts (port 0 picks a free port), so the returned
+    ``address`` is usable at once. Returns a ``RunningServer`` with ``address``, ``datastack``,
+    ``token`` and ``stop()``.
+    """
+    state = dataset if isinstance(dataset, ServedDataset) else ServedDataset(
+        dataset, datastack=datastack, token=token, faults=faults)
+    sockets = sockets or bind(host, port)
+    ready = threading.Event()
+    box = {}
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        stop = asyncio.Event()
+        box.update(loop=loop, stop=stop)
+        try:
+            loop.run_until_complete(_serve(state, sockets, stop, started=ready.set))
+        finally:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
+
+    thread = threading.Thread(target=run, name=f"crantseg-server-{state.datastack}", daemon=True)
+    thread.start()
+    if not ready.wait(timeout=30):
+        raise RuntimeError("the CAVE server thread did not start within 30 s")
+    return RunningServer(address=address_of(sockets), datastack=state.datastack, table=state.table,
+                         token=state.token, state=state, _thread=thread, _loop=box["loop"], _stop=box["stop"])
