@@ -1,0 +1,225 @@
+"""locs_to_supervoxels / locs_to_segments: checklist items 21-30, against brute-force truth."""
+from __future__ import annotations
+
+import re
+import shutil
+from datetime import datetime, timezone
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+
+from crantseg_dask.errors import InvalidInputError, InvalidLocationError, SourceError
+from crantseg_dask.ops.locations import (locs_to_segments, locs_to_segments_graph,
+                                         locs_to_supervoxels, locs_to_supervoxels_graph)
+from crantseg_dask.sources.base import SourceSpec
+
+PARTITIONINGS = [None, 1, 5, 37]  # default (one partition), tiny, small, ragged
+
+
+@pytest.fixture(scope="module")
+def points(truth):
+    """nm locations: one inside each of 300 supervoxels, plus random points in and around the volume."""
+    rng = np.random.default_rng(7)
+    res = truth.resolution(0)
+    anchors = truth.sv_anchor[rng.choice(len(truth.sv_anchor), 300, replace=False)]
+    on = (anchors + rng.random(anchors.shape)) * res
+    off, size = truth.bounds(0)
+    rand = rng.uniform((off - 20) * res, (off + size + 20) * res, size=(200, 3))
+    return np.concatenate([on, rand])
+
+
+def now_roots(truth, svs):
+    return truth.root_of(svs, datetime.now(timezone.utc)).astype(np.int64)
+
+
+def partitioned(k):
+    return dask.config.set({"crantseg.partition-size": k}) if k else dask.config.set({})
+
+
+# -- 21, 27, 28: dtype, order, values over partitionings and mips -------------------------------
+@pytest.mark.parametrize("mip", [0, 1, 2])
+@pytest.mark.parametrize("k", PARTITIONINGS)
+def test_supervoxels_match_truth(spec, truth, points, mip, k):
+    with partitioned(k):
+        out = locs_to_supervoxels(points, mip=mip, progress=False, dataset=spec)
+    assert out.dtype == np.uint64 and out.shape == (len(points),)
+    expected = truth.supervoxel_at_nm(points, mip)
+    assert np.array_equal(out, expected)
+    assert (expected > 0).sum() > 100 and (expected == 0).sum() > 20  # both kinds present
+
+
+@pytest.mark.parametrize("k", PARTITIONINGS)
+def test_segments_match_truth(spec, truth, points, k):
+    with partitioned(k):
+        out = locs_to_segments(points, progress=False, dataset=spec)
+    assert out.dtype == np.int64 and out.shape == (len(points),)
+    assert np.array_equal(out, now_roots(truth, truth.supervoxel_at_nm(points, 0)))
+
+
+def test_duplicates_and_permutation(spec, truth, points):
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, len(points), 900)  # many duplicates, shuffled
+    with partitioned(11):
+        out = locs_to_supervoxels(points[idx], progress=False, dataset=spec)
+        base = locs_to_supervoxels(points, progress=False, dataset=spec)
+    assert np.array_equal(out, base[idx])
+    assert np.array_equal(out, truth.supervoxel_at_nm(points[idx], 0))
+
+
+# -- 22: floor(nm / res) ----------------------------------------------------------------------
+@pytest.mark.parametrize("mip", [0, 1, 2])
+def test_nm_to_voxel_is_floor(spec, truth, mip):
+    res = truth.resolution(mip)
+    off, size = truth.bounds(mip)
+    vol = truth.volume(mip)
+    # voxels whose +x neighbour holds a different non-zero supervoxel: a boundary to probe
+    diff = (vol[:-1] != vol[1:]) & (vol[:-1] > 0) & (vol[1:] > 0)
+    idx = np.argwhere(diff)[:20] + off
+    corner = (idx + [1, 0, 0]) * res + [0, res[1] / 2, res[2] / 2]  # on the boundary plane
+    locs = np.concatenate([corner, corner - [1e-6, 0, 0], corner + [res[0] - 1e-6, 0, 0]])
+    out = locs_to_supervoxels(locs, mip=mip, progress=False, dataset=spec)
+    n = len(idx)
+    assert np.array_equal(out[:n], truth.supervoxel_at(idx + [1, 0, 0], mip))   # exact corner
+    assert np.array_equal(out[n:2 * n], truth.supervoxel_at(idx, mip))          # just below
+    assert np.array_equal(out[2 * n:], truth.supervoxel_at(idx + [1, 0, 0], mip))
+    assert not np.array_equal(out[:n], out[n:2 * n])
+
+
+# -- 23: voxel coordinates are on the 8 x 8 x 42 viewer grid ---------------------------------------
+@pytest.mark.parametrize("unit", ["voxel", "voxels", "VOXEL"])
+def test_voxel_coordinates_scale_by_viewer_resolution(spec, truth, points, unit):
+    vox = points / np.array([8.0, 8.0, 42.0])
+    out = locs_to_supervoxels(vox, coordinates=unit, progress=False, dataset=spec)
+    assert np.array_equal(out, truth.supervoxel_at_nm(vox * [8, 8, 42], 0))
+    seg = locs_to_segments(vox, coordinates=unit, progress=False, dataset=spec)
+    assert np.array_equal(seg, now_roots(truth, out))
+
+
+# -- 24: outside the volume and background give 0 ------------------------------------------------
+def test_outside_and_background_are_zero(spec, truth):
+    res = truth.resolution(0)
+    off, size = truth.bounds(0)
+    bg = np.argwhere(truth.volume(0) == 0)[:5] + off
+    far = np.array([[-1e9, 0, 0], [0, 0, 0], (off + size) * res, (off - 1) * res, [1e12, 1e12, 1e12]])
+    locs = np.concatenate([(bg + 0.5) * res, far])
+    assert not locs_to_supervoxels(locs, progress=False, dataset=spec).any()
+    assert not locs_to_segments(locs, progress=False, dataset=spec).any()
+
+
+# -- 25: DataFrames ---------------------------------------------------------------------------
+def test_dataframe_input(spec, truth, points):
+    df = pd.DataFrame({"z": points[:, 2], "id": np.arange(len(points)), "x": points[:, 0],
+                       "y": points[:, 1]}, index=np.arange(len(points))[::-1])
+    out = locs_to_supervoxels(df, progress=False, dataset=spec)
+    assert np.array_equal(out, truth.supervoxel_at_nm(points, 0))
+    str_df = df[["x", "y", "z"]].astype(str)  # numeric strings are converted
+    assert np.array_equal(locs_to_supervoxels(str_df, progress=False, dataset=spec), out)
+
+
+@pytest.mark.parametrize("fn", [locs_to_supervoxels, locs_to_segments])
+def test_dataframe_missing_column(local_spec, fn):
+    with pytest.raises(ValueError, match=re.escape("[x, y, z] columns")):
+        fn(pd.DataFrame({"x": [1.0], "y": [2.0]}), progress=False, dataset=local_spec)
+
+
+# -- 26: empty ----------------------------------------------------------------------------------
+def test_empty(spec):
+    for empty in ([], np.zeros((0, 3)), pd.DataFrame({"x": [], "y": [], "z": []})):
+        a = locs_to_supervoxels(empty, progress=False, dataset=spec)
+        b = locs_to_segments(empty, progress=False, dataset=spec)
+        assert a.dtype == np.uint64 and a.shape == (0,)
+        assert b.dtype == np.int64 and b.shape == (0,)
+
+
+def test_single_point(spec, truth, points):
+    p = points[0]
+    assert locs_to_supervoxels(p, progress=False, dataset=spec).tolist() == \
+        truth.supervoxel_at_nm(p[None], 0).tolist()
+
+
+# -- 29: timestamps ------------------------------------------------------------------------------
+def test_timestamps(spec, truth, points):
+    svs = truth.supervoxel_at_nm(points, 0)
+    mat = locs_to_segments(points, timestamp="mat", progress=False, dataset=spec)
+    assert np.array_equal(mat, truth.root_of(svs, truth.materialization()).astype(np.int64))
+    now = locs_to_segments(points, timestamp=None, progress=False, dataset=spec)
+    assert np.array_equal(now, now_roots(truth, svs))
+    assert not np.array_equal(mat, now)  # edits after the last materialization are seen
+    t = truth.operation_times()[5]
+    at = locs_to_segments(points, timestamp=int(t.timestamp()), progress=False, dataset=spec)
+    assert np.array_equal(at, truth.root_of(svs, t).astype(np.int64))
+    v2 = locs_to_segments(points, timestamp="mat_2", progress=False, dataset=spec)
+    assert np.array_equal(v2, truth.root_of(svs, truth.materialization(2)).astype(np.int64))
+
+
+# -- 30: failed reads raise; bad input raises before any read ----------------------------------------
+@pytest.fixture(scope="module")
+def broken_spec(tiny_path, tmp_path_factory):
+    """A copy of the tiny dataset whose mip-0 chunks are all deleted."""
+    path = tmp_path_factory.mktemp("broken") / "tiny"
+    shutil.copytree(tiny_path, path)
+    for f in (path / "segmentation" / "16_16_42").iterdir():
+        f.unlink()
+    return SourceSpec(kind="local", name="broken", path=str(path))
+
+
+def test_failed_read_raises_not_zero(broken_spec, truth, points):
+    with pytest.raises(SourceError, match="missing"):
+        locs_to_supervoxels(points, progress=False, dataset=broken_spec)
+    with pytest.raises(SourceError):
+        locs_to_segments(points, progress=False, dataset=broken_spec)
+    # mip 1 is intact; points outside the volume need no read
+    assert np.array_equal(locs_to_supervoxels(points, mip=1, progress=False, dataset=broken_spec),
+                          truth.supervoxel_at_nm(points, 1))
+    assert not locs_to_supervoxels([[-1e6, 0, 0]], progress=False, dataset=broken_spec).any()
+
+
+@pytest.mark.parametrize("bad, err, match", [
+    ([[1.0, 2.0, np.nan]], InvalidLocationError, "finite"),
+    ([[1.0, np.inf, 3.0], [0, 0, 0]], InvalidLocationError, "finite"),
+    ([[1.0, 2.0]], InvalidLocationError, "shape"),
+    (np.zeros((2, 3, 1)), InvalidLocationError, "shape"),
+    ([[1, 2, "a"]], InvalidLocationError, "numbers"),
+    (pd.DataFrame({"x": [1], "y": [2], "q": [3]}), InvalidLocationError, "z"),
+])
+@pytest.mark.parametrize("fn", [locs_to_supervoxels, locs_to_segments])
+def test_bad_input_raises_before_any_read(broken_spec, fn, bad, err, match):
+    with pytest.raises(err, match=match):
+        fn(bad, progress=False, dataset=broken_spec)
+
+
+def test_bad_units_mip_timestamp(broken_spec):
+    with pytest.raises(InvalidInputError, match="not a known unit"):
+        locs_to_supervoxels([[0, 0, 0]], coordinates="furlongs", dataset=broken_spec)
+    with pytest.raises(InvalidInputError, match="mip"):
+        locs_to_supervoxels([[0, 0, 0]], mip=7, dataset=broken_spec)
+    with pytest.raises(InvalidInputError, match="timestamp"):
+        locs_to_segments([[0, 0, 0]], timestamp="yesterday-ish", dataset=broken_spec)
+
+
+# -- lazy builders ------------------------------------------------------------------------------
+@pytest.mark.parametrize("chunks", [500, 1, 64, 123])
+def test_graph_over_dask_blocks(spec, truth, points, chunks):
+    d = da.from_array(points, chunks=(chunks if chunks > 1 else 7, 3))
+    sv = locs_to_supervoxels_graph(d, mip=1, dataset=spec)
+    assert isinstance(sv, da.Array) and sv.dtype == np.uint64
+    assert np.array_equal(sv.compute(), truth.supervoxel_at_nm(points, 1))
+    seg = locs_to_segments_graph(d, timestamp="mat", dataset=spec)
+    assert np.array_equal(seg.compute(), truth.root_of(truth.supervoxel_at_nm(points, 0),
+                                                       truth.materialization()))
+
+
+def test_graph_from_numpy_partitions(local_spec, truth, points):
+    g = locs_to_supervoxels_graph(points, dataset=local_spec, partition_size=16)
+    n_parts = len(locs_to_supervoxels_graph(points, dataset=local_spec, partition_size=10**6).dask)
+    assert len(g.dask) > n_parts  # more partitions, more tasks
+    assert np.array_equal(g.compute(), truth.supervoxel_at_nm(points, 0))
+
+
+def test_graph_nan_in_dask_block_raises(local_spec):
+    d = da.from_array(np.array([[0.0, 0, 0], [np.nan, 1, 1]]), chunks=(1, 3))
+    with pytest.raises(InvalidLocationError, match="finite"):
+        locs_to_supervoxels_graph(d, dataset=local_spec).compute()
