@@ -1,0 +1,65 @@
+"""``crantseg run`` and ``crantseg status``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import CrantsegError
+from ..persist import status
+from .operations import OPERATIONS
+from .runner import run_job
+
+__all__ = ["run_main", "status_main", "add_cluster_arguments"]
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--scheduler", help="tcp://HOST:PORT of a running scheduler, or a scheduler file (.json)")
+    g.add_argument("--cluster", help="a cluster spec YAML (see cluster/)")
+    p.add_argument("--workers", type=int, default=2, help="workers of the default LocalCluster (default 2)")
+    p.add_argument("--performance-report", help="write a Dask performance report (HTML) here")
+
+
+def run_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="crantseg run", description="Run an operation over a table as a resumable job.")
+    p.add_argument("operation", choices=sorted(OPERATIONS))
+    p.add_argument("--input", required=True, help="parquet, CSV or Zarr table")
+    p.add_argument("--output", required=True, help="Zarr group to write (OUT.zarr)")
+    p.add_argument("--dataset", help="latest | sandbox | local | tiny | demo | a dataset directory")
+    p.add_argument("--timestamp", help='None (now), "mat", "mat_<N>", ISO 8601 or unix seconds')
+    p.add_argument("--resume", action="store_true", help="finish an interrupted job (only unfinished partitions run)")
+    p.add_argument("--force", action="store_true", help="replace an existing output, or resume despite changes")
+    p.add_argument("--partition-size", type=int, help="rows per task (default: crantseg.partition-size)")
+    p.add_argument("--coordinates", default="nm", help="units of x, y, z: nm or voxel (8x8x42 nm)")
+    p.add_argument("--mip", type=int, default=0, help="mip for locs-to-supervoxels")
+    p.add_argument("--id-column", default="target_id", help="snap: the column holding each row's target ID")
+    p.add_argument("--search-radius", type=float, default=160.0, help="snap: radius in nm")
+    p.add_argument("--no-progress", action="store_true")
+    add_cluster_arguments(p)
+    a = p.parse_args(argv)
+    extra = {"coordinates": a.coordinates}
+    if a.operation == "locs-to-supervoxels":
+        extra["mip"] = a.mip
+    if a.operation == "snap":
+        extra.update(id_column=a.id_column, search_radius=a.search_radius)
+    try:
+        summary = run_job(a.operation, a.input, a.output, dataset=a.dataset, timestamp=a.timestamp,
+                          scheduler=a.scheduler, cluster=a.cluster, resume=a.resume, force=a.force,
+                          partition_size=a.partition_size, progress=not a.no_progress,
+                          performance_report=a.performance_report, n_workers=a.workers, **extra)
+    except CrantsegError as e:
+        print(f"crantseg run: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+def status_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="crantseg status", description="Progress of a job's Zarr output.")
+    p.add_argument("output")
+    a = p.parse_args(argv)
+    s = status(a.output)
+    print(f"{a.output}: {s['operation']} on {s['dataset']}, {s['partitions_done']}/{s['partitions']} partitions "
+          f"done ({s['rows']} rows){', complete' if s['complete'] else ''}")
+    return 0

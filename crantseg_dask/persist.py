@@ -1,0 +1,123 @@
+"""Zarr v3 groups for batch jobs: one array per column, a done-mask, provenance, resume.
+
+Layout of a job group (all arrays 1-D of length N rows, chunk length = partition size, so each
+partition task owns whole chunks of every array)::
+
+    row            int64   the input row each entry came from (rows are stored grouped by chunk)
+    <inputs>       the input columns the operation needs (x, y, z in nm, target_id ...)
+    <outputs>      one array per output column (supervoxel_id, root_id, snapped_x ... status)
+    _done          uint8 (n_partitions,), chunk 1: written AFTER a partition's data
+
+Attributes under ``crantseg``: package version, operation, arguments, resolved timestamp, dataset,
+input fingerprint, partition size. ``_done`` is explicit because an all-zero output chunk is
+indistinguishable from an unwritten one. A killed worker or driver loses at most the partitions in
+flight: ``resume`` reruns exactly those whose ``_done`` entry is 0, rewriting whole chunks.
+
+Rows are stored grouped by storage chunk (for locality); ``read_output`` returns them in input
+order. Plain zarr, xarray (``xr.open_zarr(path)``) and pandas (through ``read_output``) all open it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from .errors import InvalidInputError
+
+__all__ = ["JobStore", "fingerprint", "read_output", "status"]
+
+FORMAT = 1
+
+
+def fingerprint(columns: dict[str, np.ndarray]) -> str:
+    """sha256 over the names, dtypes and bytes of the input columns."""
+    h = hashlib.sha256()
+    for name in sorted(columns):
+        a = np.ascontiguousarray(columns[name])
+        h.update(name.encode()), h.update(str(a.dtype).encode()), h.update(a.tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class JobStore:
+    """A job's Zarr group, opened for writing partitions."""
+
+    path: str
+
+    @property
+    def group(self) -> zarr.Group:
+        return zarr.open_group(self.path, mode="r+")
+
+    @property
+    def attrs(self) -> dict:
+        return dict(zarr.open_group(self.path, mode="r").attrs["crantseg"])
+
+    @classmethod
+    def create(cls, path: str, *, inputs: dict[str, np.ndarray], outputs: dict[str, tuple[str, object]],
+               partition_size: int, attrs: dict) -> "JobStore":
+        """Create the group: write the inputs, allocate the outputs and an all-zero ``_done``."""
+        n = len(next(iter(inputs.values())))
+        chunk = max(1, min(partition_size, max(n, 1)))
+        n_parts = -(-n // chunk)
+        g = zarr.open_group(path, mode="w")
+        for name, a in inputs.items():
+            arr = g.create_array(name, shape=(n,), chunks=(chunk,), dtype=a.dtype, dimension_names=("row",),
+                                 fill_value=0)
+            if n:
+                arr[:] = a
+        for name, (dtype, fill) in outputs.items():
+            g.create_array(name, shape=(n,), chunks=(chunk,), dtype=dtype, dimension_names=("row",),
+                           fill_value=fill)
+        g.create_array("_done", shape=(n_parts,), chunks=(1,), dtype="uint8", dimension_names=("partition",),
+                       fill_value=0)
+        g.attrs["crantseg"] = {**attrs, "format": FORMAT, "n_rows": n, "partition_size": chunk,
+                               "n_partitions": n_parts, "outputs": sorted(outputs)}
+        return cls(path)
+
+    def partition(self, i: int) -> slice:
+        a = self.attrs
+        return slice(i * a["partition_size"], min((i + 1) * a["partition_size"], a["n_rows"]))
+
+    def read(self, names, i: int) -> dict[str, np.ndarray]:
+        g, sl = zarr.open_group(self.path, mode="r"), self.partition(i)
+        return {name: np.asarray(g[name][sl]) for name in names}
+
+    def write(self, i: int, columns: dict[str, np.ndarray]) -> None:
+        """Write partition ``i``'s outputs, then mark it done (the order matters for resume)."""
+        g, sl = self.group, self.partition(i)
+        for name, a in columns.items():
+            g[name][sl] = a
+        g["_done"][i] = 1
+
+    def done(self) -> np.ndarray:
+        return np.asarray(zarr.open_group(self.path, mode="r")["_done"][:]).astype(bool)
+
+
+def status(path: str) -> dict:
+    """Progress of a job group: partitions done / total, rows, operation, timestamp."""
+    store = JobStore(str(path))
+    a, done = store.attrs, store.done()
+    return {"operation": a["operation"], "dataset": a["dataset"], "timestamp": a.get("timestamp"),
+            "partitions_done": int(done.sum()), "partitions": int(done.size), "rows": a["n_rows"],
+            "complete": bool(done.all())}
+
+
+def read_output(path: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A job's columns as a DataFrame in input row order (index = input row)."""
+    g = zarr.open_group(str(path), mode="r")
+    a = dict(g.attrs["crantseg"])
+    if not np.asarray(g["_done"][:]).all():
+        raise InvalidInputError(f"job {path} is not complete ({status(path)['partitions_done']} of "
+                                f"{a['n_partitions']} partitions); finish it with `crantseg run ... --resume`")
+    names = columns or [n for n in g.array_keys() if n not in ("_done", "row")]
+    df = pd.DataFrame({n: np.asarray(g[n][:]) for n in names}, index=pd.Index(np.asarray(g["row"][:]), name="row"))
+    return df.sort_index()
+
+
+def canonical(obj) -> str:
+    """Deterministic JSON used to compare job arguments on resume."""
+    return json.dumps(obj, sort_keys=True, default=str)
