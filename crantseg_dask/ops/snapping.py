@@ -1,0 +1,359 @@
+"""Snap locations onto a segment: ``snap_to_id`` and the per-row table form ``snap_table``.
+
+Steps: validate once; plan rows by the mip-0 storage chunk holding them (``_chunking``); one task
+per partition (``_snap_arrays``) looks up the supervoxel under every row, keeps rows already on
+their target, and for the others reads ONE cutout per storage chunk group (nearby points share
+it), finds the target's voxels (optionally eroded), and picks the voxel whose centre is nearest
+in true anisotropic nm distance. Results go back into input order.
+
+A target is a root (or any node above layer 1: its supervoxels are its leaves, which never change,
+so snapping by root needs no timestamp) or a supervoxel.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+
+from .._chunking import Plan, chunk_keys, nm_to_voxels, plan_partitions
+from .._graph import compute
+from .._validate import as_coordinates, as_ids, as_locations
+from ..config import resolve_dataset
+from ..errors import InvalidIDError, InvalidInputError
+from ..sources import SourceSpec, open_source
+from .locations import _partition_size
+
+__all__ = ["STATUS", "snap_table", "snap_table_graph", "snap_to_id", "snap_to_id_graph"]
+
+#: status codes of ``snap_table`` rows, by code
+STATUS = ("on_target", "snapped", "not_found", "background_skipped", "out_of_bounds")
+ON_TARGET, SNAPPED, NOT_FOUND, BACKGROUND, OUT_OF_BOUNDS = range(5)
+OUT_COLUMNS = ["snapped_x", "snapped_y", "snapped_z", "distance_nm", "status"]
+
+
+@lru_cache(maxsize=4096)
+def _target_leaves(spec: SourceSpec, target: int) -> np.ndarray:
+    """Sorted supervoxels of ``target`` (itself for a supervoxel). Timeless, so cached per process."""
+    source = open_source(spec)
+    if int(source.meta.layout.layer(np.array([target], np.uint64))[0]) == 1:
+        return np.array([target], dtype=np.uint64)
+    return np.sort(np.asarray(source.leaves(int(target)), dtype=np.uint64))
+
+
+def _eroded(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` whose 6 face neighbours are all in ``mask`` (outside = background)."""
+    out = mask.copy()
+    for axis in range(3):
+        m = np.moveaxis(mask, axis, 0)
+        o = np.moveaxis(out, axis, 0)
+        o[1:] &= m[:-1]
+        o[:-1] &= m[1:]
+        o[0] = False
+        o[-1] = False
+    return out
+
+
+def _nearest(p: np.ndarray, cand: np.ndarray, lo: np.ndarray, res: np.ndarray, r: float):
+    """Index into ``cand`` (voxel indices relative to ``lo``, lexicographic) of the voxel whose
+    centre is nearest to ``p`` within ``r`` nm (first in x, y, z order among ties), and its
+    squared distance; (-1, inf) when none."""
+    c = (cand + lo + 0.5) * res
+    dx, dy, dz = c[:, 0] - p[0], c[:, 1] - p[1], c[:, 2] - p[2]
+    d2 = dx * dx + dy * dy + dz * dz
+    d2 = np.where(d2 <= r * r, d2, np.inf)
+    if not len(d2) or not np.isfinite(d2.min()):
+        return -1, np.inf
+    j = int(np.argmin(d2))
+    return j, float(d2[j])
+
+
+# -- kernel -----------------------------------------------------------------------------------
+def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap_zero: bool,
+                 search_radius: float, erode: bool = True):
+    """Snap one block of rows; pure given the dataset.
+
+    Returns (K, 3) float64 nm coordinates (snapped voxel's minimum corner, else the input), (K,)
+    float64 distance in nm from the input to the chosen voxel's centre (0 on target, NaN when not
+    snapped), (K,) int8 status codes (``STATUS``)."""
+    locs_nm = np.asarray(locs_nm, dtype=np.float64).reshape(-1, 3)
+    targets = np.asarray(targets, dtype=np.uint64).ravel()
+    n = len(locs_nm)
+    out, dist = locs_nm.copy(), np.full(n, np.nan)
+    status = np.full(n, NOT_FOUND, dtype=np.int8)
+    if n == 0:
+        return out, dist, status
+    source = open_source(spec)
+    meta = source.meta
+    res = np.array(meta.resolution[0], dtype=np.float64)
+    bounds = meta.bounds(0)
+    vox = nm_to_voxels(locs_nm, res)
+    inside = np.all((vox >= bounds[0]) & (vox < bounds[1]), axis=1)
+    sv = np.asarray(source.supervoxels_at(vox, 0), dtype=np.uint64)
+    on = np.zeros(n, dtype=bool)
+    for t in np.unique(targets).tolist():
+        rows = targets == t
+        on[rows] = np.isin(sv[rows], _target_leaves(spec, t)) & (sv[rows] != 0)
+    status[on] = ON_TARGET
+    dist[on] = 0.0
+    skip = ~on & (sv == 0) & (not snap_zero)
+    status[skip] = np.where(inside[skip], BACKGROUND, OUT_OF_BOUNDS)
+    todo = np.flatnonzero(~on & ~skip)
+    if todo.size:
+        r = float(search_radius)
+        lo_v = np.floor((locs_nm[todo] - r) / res).astype(np.int64)
+        hi_v = np.floor((locs_nm[todo] + r) / res).astype(np.int64)  # inclusive
+        key = chunk_keys(np.clip(vox[todo], bounds[0], bounds[1] - 1), bounds, meta.chunk_size[0])
+        for k in np.unique(key).tolist():
+            g = np.flatnonzero(key == k)
+            box = np.stack([np.maximum(lo_v[g].min(0) - 1, bounds[0]),
+                            np.minimum(hi_v[g].max(0) + 2, bounds[1])])
+            if np.any(box[1] <= box[0]):
+                continue
+            cut = source.cutout(box, 0)
+            for t in np.unique(targets[todo[g]]).tolist():
+                mask = np.isin(cut, _target_leaves(spec, t))
+                mask = _eroded(mask) if erode else mask
+                for i in g[targets[todo[g]] == t]:
+                    a = np.maximum(lo_v[i] - box[0], 0)
+                    b = np.minimum(hi_v[i] + 1 - box[0], box[1] - box[0])
+                    if np.any(b <= a):
+                        continue
+                    cand = np.argwhere(mask[a[0]:b[0], a[1]:b[1], a[2]:b[2]])
+                    j, d2 = _nearest(locs_nm[todo[i]], cand, box[0] + a, res, r)
+                    if j >= 0:
+                        row = todo[i]
+                        out[row] = (cand[j] + box[0] + a) * res
+                        dist[row] = np.sqrt(d2)
+                        status[row] = SNAPPED
+        missed = todo[status[todo] == NOT_FOUND]
+        status[missed] = np.where(inside[missed], NOT_FOUND, OUT_OF_BOUNDS)
+    return out, dist, status
+
+
+def _snap_frame(df: pd.DataFrame, spec: SourceSpec, id_column: str, columns, snap_zero: bool,
+                search_radius: float, erode: bool, resolution) -> pd.DataFrame:
+    """Kernel on one pandas partition: the five output columns, same index."""
+    locs = df[list(columns)].to_numpy(dtype=np.float64) * np.asarray(resolution, np.float64)
+    xyz, dist, status = _snap_arrays(locs, df[id_column].to_numpy(np.uint64), spec, snap_zero,
+                                     search_radius, erode)
+    return pd.DataFrame({"snapped_x": xyz[:, 0], "snapped_y": xyz[:, 1], "snapped_z": xyz[:, 2],
+                         "distance_nm": dist,
+                         "status": pd.Categorical.from_codes(status, categories=list(STATUS))},
+                        index=df.index)
+
+
+def _meta_frame() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=np.float64) for c in OUT_COLUMNS[:4]}
+                        | {"status": pd.Categorical.from_codes([], categories=list(STATUS))})
+
+
+# -- planning and graphs ------------------------------------------------------------------------
+def _plan(locs_nm: np.ndarray, spec: SourceSpec, partition_size: int | None) -> Plan:
+    meta = open_source(spec).meta
+    b = meta.bounds(0)
+    vox = np.clip(nm_to_voxels(locs_nm, meta.resolution[0]), b[0], b[1] - 1)
+    return plan_partitions(chunk_keys(vox, b, meta.chunk_size[0]), _partition_size(partition_size))
+
+
+def _check_radius(search_radius) -> float:
+    try:
+        r = float(search_radius)
+    except (TypeError, ValueError):
+        r = float("nan")
+    if not np.isfinite(r) or r < 0:
+        raise InvalidInputError(f"search_radius={search_radius!r} must be a finite number of nm >= 0")
+    return r
+
+
+def _snap_partitions(locs_nm, targets, spec, snap_zero, r, erode, partition_size=None):
+    """Delayed ``_snap_arrays`` per planned partition, and the plan."""
+    plan = _plan(locs_nm, spec, partition_size)
+    off = plan.offsets
+    s_locs, s_tgt = locs_nm[plan.order], targets[plan.order]
+    parts = [dask.delayed(_snap_arrays, pure=True)(s_locs[a:b], s_tgt[a:b], spec, snap_zero, r, erode)
+             for a, b in zip(off[:-1], off[1:])]
+    return parts, plan
+
+
+def _run(locs_nm, targets, spec, snap_zero, r, erode, progress, desc):
+    """Eager: compute every partition, concatenate, restore input order."""
+    parts, plan = _snap_partitions(locs_nm, targets, spec, snap_zero, r, erode)
+    done = compute(*parts, progress=progress, desc=desc) if parts else []
+    if not done:
+        return locs_nm.copy(), np.zeros(0), np.zeros(0, np.int8)
+    xyz = plan.restore(np.concatenate([d[0] for d in done]))
+    dist = plan.restore(np.concatenate([d[1] for d in done]))
+    status = plan.restore(np.concatenate([d[2] for d in done]))
+    return xyz, dist, status
+
+
+def _one_target(id, spec) -> int:
+    ids = as_ids(id, name="id")
+    if ids.size != 1 or ids[0] == 0:
+        raise InvalidIDError(f"id={id!r}: give exactly one non-zero root or supervoxel ID")
+    _target_leaves(spec, int(ids[0]))  # unknown IDs raise here, before any voxel read
+    return int(ids[0])
+
+
+def snap_to_id_graph(locs: da.Array, id, snap_zero: bool = False, search_radius: float = 160, *,
+                     dataset=None, erode: bool = True) -> da.Array:
+    """Lazy ``snap_to_id`` over the blocks of an (N, 3) float64 nm Dask array -> (N, 3) float64 nm.
+
+    Each block groups its own points by chunk; unsnappable rows keep their coordinates."""
+    spec = resolve_dataset(dataset)
+    target, r = _one_target(id, spec), _check_radius(search_radius)
+    locs = locs.astype(np.float64).rechunk({1: 3})
+
+    def block(b):
+        return _snap_arrays(b, np.full(len(b), target, np.uint64), spec, snap_zero, r, erode)[0]
+
+    return locs.map_blocks(block, dtype=np.float64, meta=np.empty((0, 3), np.float64))
+
+
+def snap_table_graph(df, id_column: str = "id", snap_zero: bool = False, search_radius: float = 160,
+                     coordinates: str = "nm", columns=("x", "y", "z"), *, dataset=None,
+                     erode: bool = True):
+    """Lazy ``snap_table`` over the partitions of a Dask DataFrame (one task per partition).
+
+    Returns a Dask DataFrame with the input's index and columns ``snapped_x, snapped_y,
+    snapped_z`` (float64 nm), ``distance_nm`` (float64) and ``status`` (categorical, ``STATUS``).
+    For locality, partition the input spatially (``snap_table`` does this for pandas input)."""
+    spec = resolve_dataset(dataset)
+    unit, r = as_coordinates(coordinates), _check_radius(search_radius)
+    resolution = open_source(spec).meta.viewer_resolution if unit == "voxel" else (1.0, 1.0, 1.0)
+    return df.map_partitions(_snap_frame, spec, id_column, tuple(columns), bool(snap_zero), r,
+                             bool(erode), tuple(resolution), meta=_meta_frame())
+
+
+# -- eager API --------------------------------------------------------------------------------
+def snap_to_id(locs, id, snap_zero: bool = False, search_radius: float = 160, coordinates: str = "nm",
+               verbose: bool = True, *, dataset=None, erode: bool = True) -> np.ndarray:
+    """Snap locations to the nearest voxel of a given segment.
+
+    Locations whose supervoxel already belongs to ``id`` are returned unchanged; only the others
+    are searched, and points in one storage chunk share one cutout.
+
+    Parameters
+    ----------
+    locs : array-like (N, 3) or pandas.DataFrame
+        x/y/z locations (DataFrame: ``x``, ``y``, ``z`` columns). Not modified.
+    id : int
+        Target: a root ID (or any node above layer 1; its supervoxels are its leaves, which never
+        change, so no timestamp is involved) or a supervoxel ID.
+    snap_zero : bool
+        If False, locations on background (supervoxel 0) or outside the volume are not moved.
+    search_radius : float
+        Radius in nm: candidate voxels have their centre within this Euclidean distance.
+    coordinates : {"nm", "voxel"}
+        Units of ``locs``; voxels are on the 8 x 8 x 42 nm viewer grid. The output is nm anyway.
+    verbose : bool
+        Print crantpy's summary messages.
+    dataset : str or SourceSpec, optional
+    erode : bool
+        Only consider voxels of ``id`` whose 6 face neighbours also belong to ``id`` (outside the
+        volume counts as background), as crantpy does; False considers every voxel of ``id``.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (N, 3), nm, input order
+        A snapped row is the minimum corner of the chosen voxel on the mip-0 grid (multiples of
+        16 x 16 x 42 nm), so ``locs_to_segments`` / ``locs_to_supervoxels`` map it back to ``id``.
+        Rows that could not be snapped keep their ORIGINAL coordinates: crantpy's docstring promises
+        [0, 0, 0] but its code keeps the input (checklist item 67), and so do we.
+
+    Raises
+    ------
+    InvalidLocationError, InvalidInputError, InvalidIDError
+        Bad locations, units, radius, or ``id`` not exactly one non-zero ID; before any voxel read.
+    UnknownIDError
+        ``id`` is not in the dataset.
+    SourceError
+        A read failed after retries. Locations outside the volume never raise.
+
+    Notes
+    -----
+    Fixed crantpy bugs (reference section 4.14): crantpy measures L1 distance in voxel-index space,
+    so one 42 nm z step counts as one 16 nm xy step; here the distance is the true nm distance to
+    voxel centres, over a ball rather than a cube. crantpy checks membership with roots "now" but
+    searches cutouts with roots at the last materialization, so a root edited since then never
+    snaps; here both use the (timeless) leaves of ``id``. Among equally near voxels the first in
+    x, then y, then z order wins.
+    """
+    as_coordinates(coordinates)
+    spec = resolve_dataset(dataset)
+    source = open_source(spec)
+    locs_nm = as_locations(locs, coordinates=coordinates, viewer_resolution=source.meta.viewer_resolution)
+    r = _check_radius(search_radius)
+    target = _one_target(id, spec)
+    xyz, _, status = _run(locs_nm, np.full(len(locs_nm), target, np.uint64), spec, bool(snap_zero), r,
+                          bool(erode), verbose, "snap_to_id")
+    if verbose:
+        searched = np.isin(status, (SNAPPED, NOT_FOUND)) | (bool(snap_zero) & (status == OUT_OF_BOUNDS))
+        k = int(searched.sum())
+        if k == 0:
+            print("All locations already on the correct segment!")
+        else:
+            m = int((searched & (status != SNAPPED)).sum())
+            print(f"{k} of {len(locs_nm)} locations needed to be snapped. Of these {m} locations "
+                  "could not be snapped - consider increasing `search_radius`.")
+    return xyz
+
+
+def snap_table(df: pd.DataFrame, id_column: str = "id", snap_zero: bool = False,
+               search_radius: float = 160, coordinates: str = "nm", columns=("x", "y", "z"),
+               progress: bool = True, *, dataset=None, erode: bool = True) -> pd.DataFrame:
+    """Snap every row of a table to its own target ID (e.g. a synapse table's pre or post root).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        One location per row in ``columns`` and a target root or supervoxel ID in ``id_column``.
+    id_column : str
+        Column of target IDs (non-zero integers).
+    snap_zero, search_radius, coordinates, erode, dataset
+        As in ``snap_to_id``.
+    columns : sequence of 3 str
+        Coordinate columns.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    pandas.DataFrame, same index and row order as ``df``
+        ``snapped_x, snapped_y, snapped_z`` (float64 nm; the input location unless snapped),
+        ``distance_nm`` (float64: 0 on target, nm from the input to the chosen voxel's centre
+        when snapped, NaN otherwise) and ``status`` (categorical): ``on_target``, ``snapped``,
+        ``not_found`` (searched, nothing within the radius), ``background_skipped`` (on background
+        with ``snap_zero=False``), ``out_of_bounds`` (outside the volume and not snapped).
+
+    Raises
+    ------
+    InvalidLocationError, InvalidIDError, InvalidInputError
+        Missing columns, non-finite coordinates, missing/zero/negative target IDs; before any read.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise InvalidInputError(f"snap_table expects a pandas.DataFrame, got {type(df).__name__}")
+    columns = tuple(columns)
+    if len(columns) != 3 or id_column not in df.columns:
+        missing = [c for c in (*columns, id_column) if c not in df.columns]
+        raise InvalidInputError(f"snap_table: columns {missing or list(columns)} are missing or not "
+                                f"three; found {[str(c) for c in df.columns]}")
+    as_coordinates(coordinates)
+    spec = resolve_dataset(dataset)
+    source = open_source(spec)
+    locs = df[list(columns)].rename(columns=dict(zip(columns, "xyz")))
+    locs_nm = as_locations(locs, coordinates=coordinates, viewer_resolution=source.meta.viewer_resolution)
+    targets = as_ids(df[id_column], name=id_column)
+    if (targets == 0).any():
+        row = int(np.argmax(targets == 0))
+        raise InvalidIDError(f"{id_column}[{row}] = 0: every row needs a non-zero target ID")
+    r = _check_radius(search_radius)
+    xyz, dist, status = _run(locs_nm, targets, spec, bool(snap_zero), r, bool(erode), progress,
+                             "snap_table")
+    return pd.DataFrame({"snapped_x": xyz[:, 0], "snapped_y": xyz[:, 1], "snapped_z": xyz[:, 2],
+                         "distance_nm": dist,
+                         "status": pd.Categorical.from_codes(status.astype(np.int8), categories=list(STATUS))},
+                        index=df.index)
