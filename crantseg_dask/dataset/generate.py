@@ -185,5 +185,5 @@ def make_dataset(params: DatasetParams, out, *, overwrite: bool = False, progres
         },
     })
     tmp.rename(out)
-    log.info("dataset %s written to %s in %.1f s", params.name, out, time.perf_counter() - t0)
+    log.debug("dataset %s written to %s in %.1f s", params.name, out, time.perf_counter() - t0)
     return out
