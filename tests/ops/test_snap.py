@@ -1,0 +1,216 @@
+"""snap_to_id / snap_table: checklist items 63-68 against a brute-force search over the truth volume."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from functools import lru_cache
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+
+from crantseg_dask.errors import InvalidIDError, InvalidInputError, InvalidLocationError
+from crantseg_dask.ops.locations import locs_to_segments, locs_to_supervoxels
+from crantseg_dask.ops.snapping import snap_table, snap_table_graph, snap_to_id
+
+R = 160.0
+
+
+# -- brute force ------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def _candidates(truth, target: int, erode: bool):
+    """Absolute mip-0 voxels (lexicographic) of target, eroded with outside = background."""
+    vol = truth.volume(0)
+    leaves = [target] if int(truth.layout.layer(np.array([target], np.uint64))[0]) == 1 \
+        else truth.leaves(target)
+    m = np.pad(np.isin(vol, leaves), 1)
+    if erode:
+        core = m[1:-1, 1:-1, 1:-1].copy()
+        for axis in range(3):
+            for s in (-1, 1):
+                core &= np.roll(m, s, axis=axis)[1:-1, 1:-1, 1:-1]
+        m = np.pad(core, 1)
+    return np.argwhere(m[1:-1, 1:-1, 1:-1]) + truth.bounds(0)[0]
+
+
+def brute(truth, locs, targets, snap_zero=False, r=R, erode=True):
+    """Expected (xyz, status) per row, straight from the truth volume."""
+    res = truth.resolution(0)
+    off, size = truth.bounds(0)
+    svs = truth.supervoxel_at_nm(locs, 0)
+    xyz, status, dist = locs.astype(float).copy(), [], []
+    for i, (p, t) in enumerate(zip(locs, targets)):
+        leaves = truth.leaves(t) if truth.layout.layer(np.array([t], np.uint64))[0] > 1 else [t]
+        v = np.floor(p / res)
+        inside = bool(np.all((v >= off) & (v < off + size)))
+        if svs[i] and svs[i] in leaves:
+            status.append("on_target"); dist.append(0.0)
+            continue
+        if svs[i] == 0 and not snap_zero:
+            status.append("background_skipped" if inside else "out_of_bounds"); dist.append(np.nan)
+            continue
+        cand = _candidates(truth, int(t), erode)
+        c = (cand + 0.5) * res
+        dx, dy, dz = c[:, 0] - p[0], c[:, 1] - p[1], c[:, 2] - p[2]
+        d2 = dx * dx + dy * dy + dz * dz
+        d2 = np.where(d2 <= r * r, d2, np.inf)
+        if len(d2) and np.isfinite(d2.min()):
+            j = int(np.argmin(d2))
+            xyz[i] = cand[j] * res
+            status.append("snapped"); dist.append(np.sqrt(d2[j]))
+        else:
+            status.append("not_found" if inside else "out_of_bounds"); dist.append(np.nan)
+    return xyz, np.array(status), np.array(dist)
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def targets(truth):
+    """The two largest roots alive now."""
+    roots = sorted(truth.roots_at(datetime.now(timezone.utc)))
+    sizes = {r: len(truth.voxels_of(r)) for r in roots}
+    return sorted(sizes, key=sizes.get)[-2:]
+
+
+@pytest.fixture(scope="module")
+def near(truth, targets):
+    """Locations jittered around the target's voxels (on, near, far), plus out-of-volume points."""
+    rng = np.random.default_rng(11)
+    res = truth.resolution(0)
+    vox = truth.voxels_of(targets[-1])
+    p = (vox[rng.choice(len(vox), 150)] + rng.random((150, 3))) * res + rng.normal(0, 120, (150, 3))
+    off, size = truth.bounds(0)
+    edge = (np.array([off[0], off[1] + size[1] // 2, off[2] + size[2] // 2]) - [3, 0, 0]) * res
+    return np.concatenate([p, edge[None], [[-1e6, -1e6, -1e6]]])
+
+
+# -- 63, 65, 66, 67: values against brute force, over partitionings ----------------------------
+@pytest.mark.parametrize("k", [None, 1, 6, 29])
+@pytest.mark.parametrize("snap_zero", [False, True])
+def test_snap_matches_brute_force(spec, truth, targets, near, k, snap_zero):
+    target = targets[-1]
+    before = near.copy()
+    with dask.config.set({"crantseg.partition-size": k} if k else {}):
+        out = snap_to_id(near, target, snap_zero=snap_zero, verbose=False, dataset=spec)
+    assert np.array_equal(near, before)                      # 63: input untouched
+    assert out.dtype == np.float64 and out.shape == near.shape
+    xyz, status, _ = brute(truth, near, [target] * len(near), snap_zero)
+    assert np.array_equal(out, xyz)
+    assert set(status) >= {"on_target", "snapped", "not_found"}
+    moved = status == "snapped"
+    assert moved.sum() >= 5
+    res = truth.resolution(0)
+    assert np.array_equal(out[moved] / res, np.round(out[moved] / res))   # 66: mip-0 grid corner
+    seg = locs_to_segments(out[moved], progress=False, dataset=spec)
+    assert (seg == target).all()                                          # 66: maps back to id
+    kept = status != "snapped"
+    assert np.array_equal(out[kept], near[kept])                          # 64, 65, 67
+    if not snap_zero:
+        assert (status == "background_skipped").any()
+
+
+def test_supervoxel_target_and_no_erosion(spec, truth, targets, near):
+    sv = int(truth.leaves(targets[-1])[len(truth.leaves(targets[-1])) // 2])
+    out = snap_to_id(near, sv, search_radius=400, verbose=False, dataset=spec, erode=False)
+    xyz, status, _ = brute(truth, near, [sv] * len(near), r=400, erode=False)
+    assert np.array_equal(out, xyz)
+    assert (locs_to_supervoxels(out[status == "snapped"], progress=False, dataset=spec) == sv).all()
+
+
+def test_voxel_input_returns_nm(spec, truth, targets, near):
+    vox = near / [8, 8, 42]
+    out = snap_to_id(vox, targets[-1], coordinates="voxel", verbose=False, dataset=spec)
+    xyz, _, _ = brute(truth, vox * [8, 8, 42], [targets[-1]] * len(vox))
+    assert np.array_equal(out, xyz)
+
+
+def test_tiny_radius_and_far_points_keep_coordinates(spec, truth, targets, near):
+    out = snap_to_id(near, targets[-1], search_radius=0, snap_zero=True, verbose=False, dataset=spec)
+    xyz, status, _ = brute(truth, near, [targets[-1]] * len(near), True, r=0)
+    assert np.array_equal(out, xyz)
+    assert np.array_equal(out[status != "on_target"], near[status != "on_target"])
+
+
+# -- 64, 68: messages ---------------------------------------------------------------------------
+def test_messages(spec, truth, targets, near, capsys):
+    out = snap_to_id(near, targets[-1], verbose=True, dataset=spec)
+    _, status, _ = brute(truth, near, [targets[-1]] * len(near))
+    k = int(np.isin(status, ["snapped", "not_found"]).sum())
+    m = int((status == "not_found").sum())
+    text = capsys.readouterr().out
+    assert f"{k} of {len(near)} locations needed to be snapped" in text
+    assert f"Of these {m} locations could not be snapped" in text
+    on = near[status == "on_target"]
+    again = snap_to_id(on, targets[-1], verbose=True, dataset=spec)
+    assert np.array_equal(again, on)
+    assert "All locations already on the correct segment!" in capsys.readouterr().out
+    snap_to_id(near, targets[-1], verbose=False, dataset=spec)
+    assert capsys.readouterr().out == ""
+    assert out.shape == near.shape
+
+
+# -- the table form -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def table(truth, targets, near):
+    rng = np.random.default_rng(5)
+    tgt = np.array(targets, dtype=np.uint64)[rng.integers(0, 2, len(near))]
+    df = pd.DataFrame({"x": near[:, 0], "y": near[:, 1], "z": near[:, 2], "root": tgt,
+                       "keep": np.arange(len(near))}, index=np.arange(len(near)) * 10 + 3)
+    return df
+
+
+@pytest.mark.parametrize("k", [None, 4, 33])
+def test_snap_table(spec, truth, table, k):
+    with dask.config.set({"crantseg.partition-size": k} if k else {}):
+        out = snap_table(table, id_column="root", progress=False, dataset=spec)
+    locs = table[["x", "y", "z"]].to_numpy()
+    xyz, status, dist = brute(truth, locs, table["root"].to_numpy())
+    assert out.index.equals(table.index)
+    assert list(out.columns) == ["snapped_x", "snapped_y", "snapped_z", "distance_nm", "status"]
+    assert np.array_equal(out[["snapped_x", "snapped_y", "snapped_z"]].to_numpy(), xyz)
+    assert out["status"].astype(str).tolist() == status.tolist()
+    np.testing.assert_allclose(out["distance_nm"].to_numpy(), dist, equal_nan=True)
+    assert (out["distance_nm"].dropna() <= R).all()
+
+
+def test_snap_table_graph_over_dask_partitions(spec, truth, table):
+    ddf = dd.from_pandas(table, npartitions=5)
+    lazy = snap_table_graph(ddf, id_column="root", dataset=spec)
+    out = lazy.compute()
+    xyz, status, _ = brute(truth, table[["x", "y", "z"]].to_numpy(), table["root"].to_numpy())
+    assert out.index.equals(table.index)
+    assert np.array_equal(out[["snapped_x", "snapped_y", "snapped_z"]].to_numpy(), xyz)
+    assert out["status"].astype(str).tolist() == status.tolist()
+
+
+# -- bad input ------------------------------------------------------------------------------------
+def test_bad_input(local_spec, targets, near, table):
+    t = targets[-1]
+    with pytest.raises(InvalidLocationError, match="finite"):
+        snap_to_id([[0, 0, np.nan]], t, dataset=local_spec)
+    with pytest.raises(InvalidLocationError, match="shape"):
+        snap_to_id([[0, 0]], t, dataset=local_spec)
+    with pytest.raises(InvalidInputError, match="unit"):
+        snap_to_id(near, t, coordinates="parsecs", dataset=local_spec)
+    with pytest.raises(InvalidInputError, match="search_radius"):
+        snap_to_id(near, t, search_radius=-5, dataset=local_spec)
+    with pytest.raises(InvalidIDError, match="exactly one"):
+        snap_to_id(near, [t, t], dataset=local_spec)
+    with pytest.raises(InvalidIDError):
+        snap_to_id(near, 0, dataset=local_spec)
+    with pytest.raises(KeyError):
+        snap_to_id(near, (8 << 56) + 999_999, dataset=local_spec)
+    with pytest.raises(InvalidInputError, match=re.escape("['root2']")):
+        snap_table(table, id_column="root2", dataset=local_spec)
+    with pytest.raises(InvalidIDError, match="non-zero"):
+        snap_table(table.assign(root=0), id_column="root", dataset=local_spec)
+
+
+def test_empty(local_spec, targets):
+    out = snap_to_id(np.zeros((0, 3)), targets[-1], verbose=False, dataset=local_spec)
+    assert out.shape == (0, 3) and out.dtype == np.float64
+    df = snap_table(pd.DataFrame({"x": [], "y": [], "z": [], "id": []}).astype({"id": np.uint64}),
+                    "id", progress=False, dataset=local_spec)
+    assert len(df) == 0 and "status" in df
