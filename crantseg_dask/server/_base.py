@@ -49,6 +49,7 @@ class ApiHandler(tornado.web.RequestHandler):
 
     # -- before the route -----------------------------------------------------------------------
     async def prepare(self) -> None:
+        self.state.n_requests += 1
         cookie = self.request.cookies.get("middle_auth_token")
         if not self.state.authorized(self.request.headers.get("Authorization"),
                                      cookie.value if cookie is not None else None):
@@ -64,7 +65,7 @@ class ApiHandler(tornado.web.RequestHandler):
             await asyncio.sleep(faults.stall_s)
             raise ApiError(status, "fault mode: stalled request")
         if kind == "fail":
-            if status == 429:
+            if status in (429, 503):
                 self.set_header("Retry-After", "0")
             raise ApiError(status, f"fault mode: injected {status}")
 
@@ -175,10 +176,15 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def _handle_request_exception(self, e: BaseException) -> None:
         if isinstance(e, UnknownIDError):
-            e = ApiError(404, str(e), error="unknown_id")
+            mapped = ApiError(404, str(e), error="unknown_id")
         elif isinstance(e, InvalidInputError):
-            e = ApiError(400, str(e))
-        super()._handle_request_exception(e)
+            mapped = ApiError(400, str(e))
+        else:
+            return super()._handle_request_exception(e)
+        try:  # tornado reads sys.exc_info(): raise the mapped error so that it is the current one
+            raise mapped from e
+        except ApiError as m:
+            return super()._handle_request_exception(m)
 
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, tornado.web.HTTPError):

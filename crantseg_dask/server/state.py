@@ -56,6 +56,8 @@ class Faults:
     stall_rate : share of requests held for ``stall_s`` seconds (past a client's timeout) before
         being answered 503.
     seed : seed of the RNG, so a run's fault pattern is reproducible.
+    script : answers for the next requests, in order, before the rates apply (tests): a status
+        (503, 429, 500 ...), ``"stall"``, or 200 for a normal answer.
     """
 
     fail_rate: float = 0.0
@@ -63,7 +65,9 @@ class Faults:
     stall_rate: float = 0.0
     stall_s: float = 60.0
     seed: int = 0
+    script: list = field(default_factory=list)
     rng: random.Random = field(init=False, repr=False)
+    injected: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         for name in ("fail_rate", "stall_rate"):
@@ -76,10 +80,20 @@ class Faults:
 
     @property
     def active(self) -> bool:
-        return bool(self.fail_rate or self.latency_ms or self.stall_rate)
+        return bool(self.fail_rate or self.latency_ms or self.stall_rate or self.script)
 
     def draw(self) -> tuple[str | None, int]:
         """('stall' | 'fail' | None, status) for the next request."""
+        kind, status = self._draw()
+        self.injected += kind is not None
+        return kind, status
+
+    def _draw(self) -> tuple[str | None, int]:
+        if self.script:
+            step = self.script.pop(0)
+            if step == "stall":
+                return "stall", 503
+            return (None, 200) if int(step) == 200 else ("fail", int(step))
         u = self.rng.random()
         if u < self.stall_rate:
             return "stall", 503
@@ -102,6 +116,7 @@ class ServedDataset:
         self.table = params.table
         self.token = check_token(token) if token is not None else new_token()
         self.faults = faults or Faults()
+        self.n_requests = 0  # requests received (all routes, all answers)
         self.viewer_resolution = [float(v) for v in params.viewer_resolution]
         self._ops = sorted(self.source.operations.values(), key=lambda op: op["ts_ms"])
 

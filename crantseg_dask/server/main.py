@@ -1,0 +1,76 @@
+"""``crantseg serve``: serve an embedded dataset over the CAVE protocol on 127.0.0.1.
+
+    crantseg serve --dataset DIR [--port N] [--host H] [--datastack NAME] [--token HEX32]
+                   [--fail-rate P] [--latency-ms MS] [--stall-rate P] [--stall-seconds S] [--seed N]
+
+Prints the address, datastack and token, then serves until interrupted. Point the package at it
+with ``cave_dataset(address, datastack, token=token)``, or caveclient with
+``CAVEclient(datastack, server_address=address, auth_token=token)``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+__all__ = ["main", "parser"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crantseg serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", required=True, help="dataset directory written by `crantseg make-dataset`, "
+                                                    "or a preset name (tiny, demo)")
+    p.add_argument("--port", type=int, default=0, help="port (0: pick a free one; default 0)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--datastack", default=None, help="datastack name (default: the dataset's)")
+    p.add_argument("--token", default=None, help="token clients must send (32 hex chars; default: a new one)")
+    p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered 503 or 429")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every request, ms")
+    p.add_argument("--stall-rate", type=float, default=0.0, help="share of requests held --stall-seconds")
+    p.add_argument("--stall-seconds", type=float, default=60.0, help="how long a stalled request is held")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault RNG")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every request (never the token)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from ..dataset.layout import PRESETS, is_dataset_dir
+    from ..errors import CrantsegError
+    from .app import address_of, bind, serve_forever
+    from .state import Faults, ServedDataset
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s")
+    dataset = args.dataset
+    try:
+        if not is_dataset_dir(dataset) and dataset in PRESETS:
+            from ..config import local_dataset_path
+
+            dataset = local_dataset_path(dataset)
+        faults = Faults(fail_rate=args.fail_rate, latency_ms=args.latency_ms, stall_rate=args.stall_rate,
+                        stall_s=args.stall_seconds, seed=args.seed)
+        state = ServedDataset(dataset, datastack=args.datastack, token=args.token, faults=faults)
+        sockets = bind(args.host, args.port)
+    except (CrantsegError, OSError) as e:
+        print(f"crantseg serve: {e}", file=sys.stderr)
+        return 2
+    address = address_of(sockets)
+    print(f"crantseg serve: dataset {state.path}")
+    print(f"  address:   {address}")
+    print(f"  datastack: {state.datastack}")
+    print(f"  token:     {state.token}")
+    if faults.active:
+        print(f"  faults:    fail_rate={faults.fail_rate} latency_ms={faults.latency_ms} "
+              f"stall_rate={faults.stall_rate} stall_seconds={faults.stall_s} seed={faults.seed}")
+    print(f'  use it:    cave_dataset("{address}", "{state.datastack}", token="{state.token}")')
+    print("Press Ctrl+C to stop.", flush=True)
+    try:
+        serve_forever(state, sockets)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

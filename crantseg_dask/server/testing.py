@@ -1,0 +1,66 @@
+"""pytest fixtures for the local CAVE server (import them into a test module or conftest).
+
+    from crantseg_dask.server.testing import cave_home, cave_server, cave_spec  # noqa: F401
+
+``cave_home`` points HOME (and cloud-volume's / cloud-files' directories) at a temporary
+directory for the session, so caveclient and cloud-volume write nothing under the real home.
+``cave_server`` serves the tiny dataset (fixture ``tiny_path``) in a thread on a pre-bound
+port-0 socket of 127.0.0.1. ``cave_spec`` is a ``SourceSpec`` for it with a short retry backoff.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ..config import cave_dataset
+from .app import RunningServer, serve_in_thread
+from .state import Faults
+
+__all__ = ["cave_home", "cave_server", "cave_spec", "fast_spec", "FAST_RETRIES"]
+
+#: Retry settings for tests: same policy, waits in milliseconds.
+FAST_RETRIES = {"retries": 8, "backoff": 0.005, "backoff-max": 0.05, "timeout": 10.0}
+
+
+@pytest.fixture(scope="session")
+def cave_home(tmp_path_factory):
+    """A temporary HOME for the session (restored afterwards)."""
+    home = tmp_path_factory.mktemp("home")
+    keys = ("HOME", "CLOUD_VOLUME_DIR", "CLOUD_FILES_DIR", "NO_PROXY", "no_proxy")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(HOME=str(home), CLOUD_VOLUME_DIR=str(home / ".cloudvolume"),
+                      CLOUD_FILES_DIR=str(home / ".cloudfiles"))
+    for k in ("NO_PROXY", "no_proxy"):
+        parts = [p for p in os.environ.get(k, "").split(",") if p]
+        os.environ[k] = ",".join(dict.fromkeys(parts + ["127.0.0.1", "localhost"]))
+    yield home
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def cave_server(tiny_path, cave_home) -> RunningServer:
+    """The tiny dataset served on 127.0.0.1 (no faults) for the whole session."""
+    server = serve_in_thread(tiny_path)
+    yield server
+    server.stop()
+
+
+def fast_spec(server: RunningServer, **options):
+    """``SourceSpec`` of ``server`` with the token and test retry settings."""
+    return cave_dataset(server.address, server.datastack, name="tiny-cave",
+                        **{"token": server.token, **FAST_RETRIES, **options})
+
+
+@pytest.fixture(scope="session")
+def cave_spec(cave_server):
+    return fast_spec(cave_server)
+
+
+def faulty_server(tiny_path, **faults) -> RunningServer:
+    """A separate server with ``Faults(**faults)`` (stop it when done)."""
+    return serve_in_thread(tiny_path, faults=Faults(**faults))

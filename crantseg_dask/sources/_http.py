@@ -1,0 +1,229 @@
+"""HTTP for remote sources: one pooled transport per process and one narrow retry policy.
+
+* **Pool.** One urllib3 ``PoolManager`` per process, shared by every ``requests`` session we
+  touch: the process session (``session()``) and every caveclient service session (``mount()``
+  puts our adapter on them). The adapter does no retries of its own and applies the policy's
+  timeout to every request (caveclient sets none).
+* **Retries.** ``RetryPolicy.call`` retries only connection errors, timeouts, 429 and
+  502/503/504, with full-jitter exponential backoff capped at ``backoff_max``. Any other failure
+  raises at once: 401/403 as ``AuthError``, anything else as ``SourceError``, each naming the
+  endpoint, the status and a truncated body. A request that exhausts its retries raises too; it
+  is never turned into an ID 0.
+
+Settings come from ``crantseg.http.*`` (crantseg.yaml), overridable per dataset with
+``SourceSpec`` options of the same names (``retries``, ``backoff``, ``backoff-max``, ``timeout``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3 import PoolManager
+from urllib3.util.retry import Retry
+
+from ..errors import AuthError, SourceError
+
+__all__ = ["RetryPolicy", "TRANSIENT_STATUS", "session", "mount", "is_transient", "error_for", "request"]
+
+log = logging.getLogger("crantseg.http")
+
+TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
+T = TypeVar("T")
+
+_BODY_CHARS = 300
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry transient failures.
+
+    retries : retries after the first attempt (0: try once).
+    backoff : seconds; attempt k waits uniform(0, min(backoff_max, backoff * 2**k)).
+    backoff_max : cap of one wait, seconds.
+    timeout : connect and read timeout of one request, seconds.
+    """
+
+    retries: int = 6
+    backoff: float = 0.5
+    backoff_max: float = 20.0
+    timeout: float = 30.0
+
+    @classmethod
+    def from_spec(cls, spec=None) -> "RetryPolicy":
+        """The policy from ``crantseg.http.*`` settings, overridden by the spec's options."""
+        from ..config import setting
+
+        def get(key, cast):
+            v = spec.option(key) if spec is not None else None
+            if v is None:
+                v = setting(f"http.{key}", getattr(cls, key.replace("-", "_")))
+            return cast(v)
+
+        return cls(retries=get("retries", int), backoff=get("backoff", float),
+                   backoff_max=get("backoff-max", float), timeout=get("timeout", float))
+
+    def delay(self, attempt: int, rng=random) -> float:
+        """Full-jitter wait before retry number ``attempt`` (0-based)."""
+        return rng.uniform(0.0, min(self.backoff_max, self.backoff * (2 ** attempt)))
+
+    def call(self, fn: Callable[[], T], endpoint: str, *, sleep=time.sleep) -> T:
+        """``fn()`` with transient failures retried; other failures raised as crantseg errors.
+
+        ``endpoint`` names the call in messages (e.g. ``"POST roots_binary"``)."""
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except Exception as e:  # classified below; anything unknown is re-raised untouched
+                if not is_transient(e):
+                    mapped = error_for(e, endpoint)
+                    if mapped is None:
+                        raise
+                    raise mapped from e
+                if attempt == self.retries:
+                    raise SourceError(
+                        f"{endpoint} failed after {self.retries + 1} attempts; last error: {_describe(e)}"
+                    ) from e
+                wait = self.delay(attempt)
+                log.debug("%s: %s; retry %d/%d in %.2fs", endpoint, _describe(e), attempt + 1, self.retries, wait)
+                sleep(wait)
+        raise AssertionError("unreachable")
+
+
+def _response_of(e: BaseException):
+    r = getattr(e, "response", None)
+    return r if isinstance(r, requests.Response) else None
+
+
+def is_transient(e: BaseException) -> bool:
+    """Connection errors, timeouts, and HTTP 429/502/503/504: worth another attempt."""
+    if isinstance(e, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)):
+        return True
+    r = _response_of(e)
+    return r is not None and r.status_code in TRANSIENT_STATUS
+
+
+def truncated_body(r: requests.Response, limit: int = _BODY_CHARS) -> str:
+    """The JSON ``message`` of an error body, else its first ``limit`` characters."""
+    content = r.content or b""
+    try:
+        d = json.loads(content)
+        if isinstance(d, dict) and "message" in d:
+            return str(d["message"])[:limit]
+    except (ValueError, UnicodeDecodeError):
+        pass
+    text = content[:limit].decode("utf-8", errors="replace")
+    return text + (f"... ({len(content)} bytes)" if len(content) > limit else "")
+
+
+def error_for(e: BaseException, endpoint: str) -> SourceError | None:
+    """The crantseg error for a non-transient failure ``e`` (None: not an HTTP failure)."""
+    r = _response_of(e)
+    if r is not None and r.status_code >= 400:
+        url = r.request.url.split("?")[0] if r.request is not None and r.request.url else "?"
+        body = truncated_body(r)
+        if r.status_code in (401, 403):
+            err: SourceError = AuthError(
+                f"{endpoint}: the server refused the token (HTTP {r.status_code}) at {url}: {body}. Pass the "
+                "right token as cave_dataset(..., token=...) or store it with caveclient "
+                "(client.auth.save_token); `crantseg serve` prints the token of a local server"
+            )
+        else:
+            err = SourceError(f"{endpoint}: HTTP {r.status_code} from {url}: {body}")
+        err.status = r.status_code
+        try:
+            err.payload = r.json()
+        except ValueError:
+            err.payload = None
+        return err
+    name = type(e).__name__
+    if name == "AuthException":  # caveclient: a redirect happened (a login page)
+        return AuthError(f"{endpoint}: the server redirected to a login page; the token is missing or wrong")
+    if isinstance(e, requests.RequestException):
+        return SourceError(f"{endpoint}: {_describe(e)}")
+    return None
+
+
+def _describe(e: BaseException) -> str:
+    r = _response_of(e)
+    if r is not None:
+        return f"HTTP {r.status_code}: {truncated_body(r, 120)}"
+    return f"{type(e).__name__}: {str(e)[:200]}"
+
+
+# -- the pooled transport ----------------------------------------------------------------------
+_lock = threading.Lock()
+_pool: tuple[int, PoolManager] | None = None
+_session: tuple[int, requests.Session] | None = None
+
+
+def _pool_manager() -> PoolManager:
+    """The process's urllib3 pool (rebuilt after a fork)."""
+    global _pool
+    with _lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), PoolManager(num_pools=16, maxsize=32, block=False))
+        return _pool[1]
+
+
+class PooledAdapter(HTTPAdapter):
+    """A requests adapter over the process pool: no retries of its own, a default timeout."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        super().__init__(max_retries=Retry(total=0, read=False, redirect=False, raise_on_status=False))
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        self.poolmanager = _pool_manager()
+
+    def send(self, request, stream=False, timeout=None, **kwargs):
+        return super().send(request, stream=stream, timeout=self.timeout if timeout is None else timeout, **kwargs)
+
+    def close(self) -> None:  # the pool is shared: closing one session must not close it
+        for proxy in self.proxy_manager.values():
+            proxy.clear()
+
+
+def mount(s: requests.Session, policy: RetryPolicy) -> requests.Session:
+    """Put the pooled adapter (no own retries, ``policy.timeout``) on session ``s``."""
+    adapter = PooledAdapter(policy.timeout)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    return s
+
+
+def session(policy: RetryPolicy | None = None) -> requests.Session:
+    """The process's own session (for requests made without caveclient)."""
+    global _session
+    with _lock:
+        if _session is None or _session[0] != os.getpid():
+            _session = (os.getpid(), requests.Session())
+            fresh = True
+        else:
+            fresh = False
+    s = _session[1]
+    if fresh:
+        mount(s, policy or RetryPolicy())
+    return s
+
+
+def request(method: str, url: str, *, policy: RetryPolicy, endpoint: str | None = None,
+            headers: dict | None = None, **kwargs) -> requests.Response:
+    """One request on the process session under ``policy``; raises for any non-2xx answer."""
+    s = session(policy)
+
+    def once() -> requests.Response:
+        r = s.request(method, url, headers=headers, timeout=policy.timeout, allow_redirects=False, **kwargs)
+        if r.status_code >= 300:
+            r.raise_for_status() if r.status_code >= 400 else None
+            raise SourceError(f"{endpoint or url}: unexpected redirect (HTTP {r.status_code})")
+        return r
+
+    return policy.call(once, endpoint or f"{method} {url.split('?')[0]}")

@@ -1,0 +1,311 @@
+"""The ``cave`` source: any CAVE deployment through the real ``caveclient`` and cloud-volume.
+
+The only module that imports caveclient and cloudvolume. The same code talks to the CRANT
+servers (``latest``, ``sandbox``) and to a local ``crantseg serve``; only the spec differs.
+
+* Chunked graph and materialization: ``caveclient.CAVEclient(datastack,
+  server_address=spec.server, auth_token=token, write_server_cache=False)``. Its service sessions
+  get the process's pooled adapter (``_http.mount``) and every call runs under one
+  ``RetryPolicy`` (transient failures only; see ``_http``). caveclient's own retries are off.
+* Voxels: ``read_chunk`` reads whole storage chunks of the graphene info's ``data_dir`` with the
+  shared ``ChunkReader`` (missing chunks are background, as cloud-volume's ``fill_missing``);
+  ``cutout`` uses cloud-volume's ``graphene://`` frontend on the same server.
+* IDs travel in batches of ``batch-size`` (binary ``roots_binary``; ``leaves_many``,
+  ``is_latest_roots`` as JSON). Timestamps go out as aware UTC datetimes (caveclient sends
+  them as unix seconds).
+* Token: the spec option ``token``, else caveclient's usual mechanism (``~/.cloudvolume/secrets``).
+"""
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+from functools import cached_property
+
+import numpy as np
+
+from ..errors import OutOfBoundsError, SourceError, UnknownIDError
+from . import _http
+from ._chunks import ChunkReader
+from .base import SegmentationSource, SourceSpec, VolumeMeta
+
+__all__ = ["CaveSource"]
+
+
+def _u64(ids) -> np.ndarray:
+    return np.atleast_1d(np.asarray(ids, dtype=np.uint64))
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+
+
+def _seconds(dt: datetime) -> float:
+    """Unix seconds at millisecond precision (PCG's resolution), without float noise."""
+    return round(_aware(dt).timestamp() * 1000) / 1000
+
+
+class CaveSource(SegmentationSource):
+    """A datastack on a CAVE server (``SourceSpec(kind="cave", server=..., datastack=...)``)."""
+
+    def __init__(self, spec: SourceSpec):
+        if not spec.server or not spec.datastack:
+            raise SourceError(f"a cave dataset needs a server and a datastack, got {spec!r}")
+        self.spec = spec
+        self.policy = _http.RetryPolicy.from_spec(spec)
+        from ..config import setting
+
+        self.batch_size = int(spec.option("batch-size") or setting("batch-size", 10000))
+        self._lock = threading.RLock()
+        self._token = spec.option("token")
+        self.client = self._call(self._make_client, "CAVEclient construction")
+        self.token = self.client.auth.token
+        info = self.segmentation_info
+        self._meta = VolumeMeta.from_info(info, viewer_resolution=self._viewer_resolution())
+        self.data_dir = info["data_dir"]
+        self._reader = ChunkReader(self.data_dir, self._meta, fill_missing=True)
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"CaveSource({self.spec.server!r}, {self.spec.datastack!r})"
+
+    # -- clients --------------------------------------------------------------------------------
+    def _call(self, fn, endpoint: str):
+        return self.policy.call(fn, endpoint)
+
+    def _make_client(self):
+        from caveclient import CAVEclient
+
+        client = CAVEclient(datastack_name=self.spec.datastack, server_address=self.spec.server,
+                            auth_token=self._token, write_server_cache=False, max_retries=0)
+        _http.mount(client.info.session, self.policy)
+        return client
+
+    def _service(self, name: str):
+        """A caveclient service client (built lazily, under the retry policy, on our pool)."""
+        with self._lock:
+            attr = f"_svc_{name}"
+            svc = self.__dict__.get(attr)
+            if svc is None:
+                svc = self._call(lambda: getattr(self.client, name), f"{name} client construction")
+                _http.mount(svc.session, self.policy)
+                self.__dict__[attr] = svc
+            return svc
+
+    @property
+    def cg(self):
+        return self._service("chunkedgraph")
+
+    @property
+    def mat(self):
+        return self._service("materialize")
+
+    @cached_property
+    def segmentation_info(self) -> dict:
+        cg = self.cg
+        return self._call(lambda: cg.segmentation_info, "GET segmentation info")
+
+    def _viewer_resolution(self):
+        try:
+            return tuple(float(v) for v in self.client.info.viewer_resolution())
+        except (KeyError, TypeError):
+            return (8.0, 8.0, 42.0)
+
+    def cloudvolume(self, mip: int = 0):
+        """cloud-volume's graphene frontend on this server at ``mip`` (used for cutouts)."""
+        with self._lock:
+            cache = self.__dict__.setdefault("_cloudvolumes", {})
+            if mip not in cache:
+                from cloudvolume import CloudVolume
+
+                path = self.client.info.segmentation_source(format_for="cloudvolume")
+
+                def make():
+                    return CloudVolume(path, secrets={"token": self.token}, fill_missing=True, bounded=True,
+                                       progress=False, mip=mip)
+
+                cache[mip] = self._call(make, "cloud-volume construction")
+            return cache[mip]
+
+    # -- metadata -------------------------------------------------------------------------------
+    @property
+    def meta(self) -> VolumeMeta:
+        return self._meta
+
+    # -- voxels ---------------------------------------------------------------------------------
+    def read_chunk(self, chunk, mip: int) -> np.ndarray:
+        return self._reader.read(chunk, self._meta.check_mip(mip))
+
+    def cutout(self, box, mip: int) -> np.ndarray:
+        mip = self._meta.check_mip(mip)
+        box = np.asarray(box, dtype=np.int64).reshape(2, 3)
+        lo, hi = self._meta.bounds(mip)
+        if np.any(box[0] < lo) or np.any(box[1] > hi) or np.any(box[1] <= box[0]):
+            raise OutOfBoundsError(
+                f"cutout box {box.tolist()} must be non-empty and inside the volume {[lo.tolist(), hi.tolist()]} "
+                f"at mip {mip}"
+            )
+        from cloudvolume import Bbox
+
+        cv = self.cloudvolume(mip)
+        bbox = Bbox(box[0], box[1])
+        img = self._call(lambda: cv.download(bbox, agglomerate=False), "cloud-volume cutout")
+        return np.asarray(img)[..., 0].astype(np.uint64, copy=False)
+
+    # -- ID helpers -----------------------------------------------------------------------------
+    def _batches(self, ids: np.ndarray):
+        for i in range(0, len(ids), self.batch_size):
+            yield ids[i: i + self.batch_size]
+
+    def _id_call(self, fn, endpoint: str, ids):
+        """``fn()``; an unknown-ID answer becomes ``UnknownIDError`` naming the IDs.
+
+        The local server answers 404 ``{"error": "unknown_id"}``; PyChunkedGraph answers 500 or
+        400, so then the IDs are checked with ``valid_nodes`` to tell unknown IDs from failures."""
+        try:
+            return self._call(fn, endpoint)
+        except SourceError as e:
+            status, payload = getattr(e, "status", None), getattr(e, "payload", None)
+            if status == 404 and isinstance(payload, dict) and payload.get("error") == "unknown_id":
+                raise UnknownIDError(f"{payload.get('message')} ({self.spec.name!r}, {endpoint})") from None
+            if status in (400, 500):
+                ids = _u64(ids)
+                valid = self._valid(ids)
+                if not valid.all():
+                    raise UnknownIDError(
+                        f"{ids[~valid].tolist()[:10]} not known to dataset {self.spec.name!r} ({endpoint})"
+                    ) from None
+            raise
+
+    def _valid(self, ids: np.ndarray) -> np.ndarray:
+        cg = self.cg
+        return self._call(lambda: cg.is_valid_nodes(ids), "GET valid_nodes")
+
+    # -- the chunked graph ----------------------------------------------------------------------
+    def roots(self, ids, timestamp: datetime, stop_layer: int | None = None) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.uint64)
+        flat = ids.reshape(-1)
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        out = np.zeros(len(uniq), dtype=np.uint64)
+        query = np.flatnonzero(uniq != 0)
+        ts = _aware(timestamp)
+        cg = self.cg
+        for i in range(0, len(query), self.batch_size):
+            rows = query[i: i + self.batch_size]
+            batch = uniq[rows]
+            got = self._call(lambda: cg.get_roots(batch, timestamp=ts, stop_layer=stop_layer),
+                             "POST roots_binary")
+            if len(got) != len(batch):
+                raise SourceError(f"POST roots_binary answered {len(got)} IDs for {len(batch)}")
+            out[rows] = got
+        return out[inverse].reshape(ids.shape)
+
+    def leaves(self, node: int, stop_layer: int = 1, bounds=None) -> np.ndarray:
+        cg = self.cg
+        b = None if bounds is None else np.asarray(bounds, dtype=np.int64).reshape(2, 3).T
+        got = self._id_call(lambda: cg.get_leaves(int(node), bounds=b, stop_layer=int(stop_layer)),
+                            "GET leaves", [node])
+        return np.sort(np.asarray(got).astype(np.uint64))
+
+    def leaves_many(self, nodes, stop_layer: int = 1, bounds=None) -> dict[int, np.ndarray]:
+        nodes = _u64(nodes)
+        uniq = np.unique(nodes)
+        b = None if bounds is None else np.asarray(bounds, dtype=np.int64).reshape(2, 3).T
+        cg = self.cg
+        found: dict[int, np.ndarray] = {}
+        for batch in self._batches(uniq):
+            got = self._id_call(lambda: cg.get_leaves_many(batch, bounds=b, stop_layer=int(stop_layer)),
+                                "POST leaves_many", batch)
+            for k, v in got.items():
+                found[int(k)] = np.sort(np.atleast_1d(np.asarray(v)).astype(np.uint64))
+        return {int(n): found[int(n)] for n in nodes}
+
+    def children(self, node: int) -> np.ndarray:
+        cg = self.cg
+        got = self._id_call(lambda: cg.get_children(int(node)), "GET children", [node])
+        return np.sort(np.asarray(got).astype(np.uint64))
+
+    def is_latest(self, roots, timestamp: datetime) -> np.ndarray:
+        roots = _u64(roots)
+        uniq, inverse = np.unique(roots, return_inverse=True)
+        out = np.zeros(len(uniq), dtype=bool)
+        ts = _aware(timestamp)
+        cg = self.cg
+        for i in range(0, len(uniq), self.batch_size):
+            batch = uniq[i: i + self.batch_size]
+            out[i: i + len(batch)] = self._call(lambda: cg.is_latest_roots(batch, timestamp=ts),
+                                                "POST is_latest_roots")
+        return out[inverse]
+
+    def root_timestamps(self, roots) -> np.ndarray:
+        roots = _u64(roots)
+        uniq, inverse = np.unique(roots, return_inverse=True)
+        out = np.zeros(len(uniq), dtype=float)
+        cg = self.cg
+        for i in range(0, len(uniq), self.batch_size):
+            batch = uniq[i: i + self.batch_size]
+            got = self._id_call(lambda: cg.get_root_timestamps(batch), "POST root_timestamps", batch)
+            if len(got) != len(batch):
+                raise UnknownIDError(f"some of {batch.tolist()[:10]} are not roots of {self.spec.name!r}")
+            out[i: i + len(batch)] = [_seconds(t) for t in got]
+        return out[inverse]
+
+    def lineage(self, roots, past: datetime | None = None, future: datetime | None = None):
+        roots = _u64(roots)
+        cg = self.cg
+        # an explicit future: caveclient <= 8.2.1 drops it when None (it sends `name=...`)
+        fut = _aware(future) if future is not None else datetime.now(timezone.utc)
+        g = self._id_call(lambda: cg.get_lineage_graph(roots, timestamp_past=_aware(past), timestamp_future=fut,
+                                                       as_nx_graph=True),
+                          "POST lineage_graph_multiple", roots)
+        import networkx as nx
+
+        out = nx.DiGraph()
+        for n, attrs in g.nodes(data=True):
+            d = {"timestamp": float(attrs["timestamp"])}
+            if attrs.get("operation_id") is not None:
+                d["operation_id"] = int(attrs["operation_id"])
+            out.add_node(int(n), **d)
+        out.add_edges_from((int(a), int(b)) for a, b in g.edges())
+        return out
+
+    def latest_roots(self, root: int, timestamp: datetime) -> np.ndarray:
+        """Walk the lineage from ``root`` (forwards, or backwards when ``timestamp`` precedes the
+        root's creation) to the roots alive at ``timestamp``: one timestamp and one lineage call."""
+        root = int(root)
+        ts = _aware(timestamp)
+        created = datetime.fromtimestamp(self.root_timestamps([root])[0], tz=timezone.utc)
+        forward = created <= ts
+        g = self.lineage([root], past=min(created, ts), future=max(created, ts))
+        t = _seconds(ts)
+
+        def alive(n) -> bool:
+            if g.nodes[n]["timestamp"] > t:
+                return False
+            ends = [g.nodes[s]["timestamp"] for s in g.successors(n)]
+            return not ends or min(ends) > t
+
+        out, todo, seen = set(), [root], set()
+        while todo:
+            r = todo.pop()
+            if r in seen:
+                continue
+            seen.add(r)
+            if alive(r):
+                out.add(r)
+            else:
+                todo += list(g.successors(r) if forward else g.predecessors(r))
+        return np.array(sorted(out), dtype=np.uint64)
+
+    def l2_graph(self, root: int) -> np.ndarray:
+        cg = self.cg
+        edges = self._id_call(lambda: cg.level2_chunk_graph(int(root)), "GET lvl2_graph", [root])
+        e = np.asarray(edges, dtype=np.uint64).reshape(-1, 2)
+        e = np.unique(np.sort(e, axis=1), axis=0) if len(e) else e
+        return e
+
+    # -- materialization ------------------------------------------------------------------------
+    def materialization_versions(self) -> dict[int, datetime]:
+        mat = self.mat
+        metas = self._call(lambda: mat.get_versions_metadata(expired=True), "GET versions metadata")
+        return {int(m["version"]): _aware(m["time_stamp"]) for m in metas}
