@@ -359,7 +359,7 @@ def _update(roots, sv, spec, ts, stop, layout, progress):
         for r, v in zip(need.tolist(), got.pop(0).tolist()):
             cached[r] = v
             update_cache.put(ident + ("latest", r), v)
-    latest = np.array([bool(cached.get(int(r), False)) for r in roots.tolist()]) & good
+    latest = np.array([bool(cached.get(int(r), False)) for r in roots.tolist()], dtype=bool) & good
     conf[latest] = 1.0
     pending = good & ~latest
     if use_sv.any():

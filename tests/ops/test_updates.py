@@ -1,0 +1,307 @@
+"""is_latest_roots / update_ids: checklist 5-8 and 31-41, anchor §8 items 7, 10, 12, 15."""
+import collections
+import dataclasses
+import logging
+from datetime import datetime, timedelta, timezone
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+
+from crantseg_dask.dataset.generate import make_dataset
+from crantseg_dask.dataset.layout import PRESETS
+from crantseg_dask.dataset.truth import Truth
+from crantseg_dask.ops import updates
+from crantseg_dask.ops.updates import (
+    UPDATE_DTYPE,
+    is_latest_kernel,
+    is_latest_roots,
+    is_latest_roots_graph,
+    overlap_kernel,
+    update_cache,
+    update_ids,
+    update_ids_graph,
+)
+from crantseg_dask.sources import open_source
+
+STAMPS = ["before", "between", "mat_2", "now"]
+COLUMNS = ["old_id", "new_id", "confidence", "changed"]
+
+
+def when(truth, label):
+    """(argument to pass, time the truth is evaluated at)."""
+    ops = truth.operation_times()
+    if label == "before":
+        t = truth.created(truth.all_roots[0]) + (ops[0] - truth.created(truth.all_roots[0])) / 2
+        return t, t
+    if label == "between":
+        t = (ops[9] + (ops[10] - ops[9]) / 2).replace(microsecond=0)
+        return t.replace(tzinfo=None).isoformat(), t
+    if label == "mat_2":
+        return "mat_2", truth.materialization(2)
+    return None, ops[-1] + timedelta(days=1)
+
+
+def expect_update(truth, root, t):
+    """Truth's answer: current -> (root, 1); else the current root holding the most of the old
+    root's L2 nodes (an L2 node counts for R when it is, unchanged, an L2 node of R at t)."""
+    root = int(root)
+    if truth.is_latest(root, t):
+        return root, 1.0
+    if root not in truth.objects:
+        return root, 0.0
+    groups, votes = truth.l2_groups(root), collections.Counter()
+    for g in groups:
+        r = int(truth.root_of(g[:1], t)[0])
+        if r and truth.is_latest(r, t) and any(len(h) == len(g) and (h == g).all() for h in truth.l2_groups(r)):
+            votes[r] += 1
+    if not votes:
+        return root, 0.0
+    best = min(votes, key=lambda k: (-votes[k], k))
+    return best, votes[best] / len(groups)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    update_cache.clear()
+    yield
+    update_cache.clear()
+
+
+@pytest.fixture(scope="module")
+def unknown_root(truth):
+    return truth.all_roots.max() + np.uint64(1000)
+
+
+def count_calls(monkeypatch, src, names=("is_latest", "roots", "leaves", "leaves_many")):
+    calls = collections.Counter()
+    for name in names:
+        real = getattr(src, name)
+        monkeypatch.setattr(src, name, (lambda n, f: lambda *a, **k: (calls.update([n]), f(*a, **k))[1])(name, real))
+    return calls
+
+
+# -- is_latest_roots --------------------------------------------------------------------------
+@pytest.mark.parametrize("label", STAMPS)
+def test_is_latest_truth_c5_c6_bug7_bug12(spec, truth, unknown_root, label):
+    arg, t = when(truth, label)
+    roots = truth.all_roots
+    x = np.concatenate([roots, roots[:5], [0, unknown_root, 0]])[::-1].copy()
+    got = is_latest_roots(x, timestamp=arg, dataset=spec, progress=False)
+    exp = np.array([truth.is_latest(r, t) for r in x])  # 0 and unknown: False
+    assert got.dtype == bool and len(got) == len(x)
+    np.testing.assert_array_equal(got, exp)
+    assert not got[x == 0].any()  # anchor bug 12: zeros False in mixed input too
+
+
+def test_is_latest_empty_all_zero_c5(local_spec):
+    assert is_latest_roots([], dataset=local_spec).dtype == bool
+    assert is_latest_roots([], dataset=local_spec).shape == (0,)
+    np.testing.assert_array_equal(is_latest_roots([0, 0], dataset=local_spec, progress=False), [False, False])
+
+
+def test_validate_ids_before_request_c6(spec, truth, monkeypatch):
+    src = open_source(spec)
+    monkeypatch.setattr(src, "is_latest", lambda *a, **k: pytest.fail("request made"))
+    with pytest.raises(ValueError, match="Invalid root IDs found"):
+        is_latest_roots([truth.all_roots[0], truth.supervoxels[0]], dataset=spec)
+
+
+def test_mat_strings_c7(spec, truth):
+    roots = truth.all_roots
+    latest = np.array([truth.is_latest(r, truth.materialization()) for r in roots])
+    for arg in ("mat", "mat_latest"):
+        np.testing.assert_array_equal(is_latest_roots(roots, timestamp=arg, dataset=spec, progress=False), latest)
+    v1 = np.array([truth.is_latest(r, truth.materialization(1)) for r in roots])
+    np.testing.assert_array_equal(is_latest_roots(roots, timestamp="mat_1", dataset=spec, progress=False), v1)
+    for fn in (is_latest_roots, update_ids):
+        with pytest.raises(ValueError, match="Invalid materialization timestamp format"):
+            fn(roots[:2], timestamp="mat_x", dataset=spec)
+    with pytest.raises(ValueError, match="does not exist"):
+        is_latest_roots(roots[:2], timestamp="mat_99", dataset=spec)
+
+
+def test_timestamp_forms_c8_bug15(spec, truth):
+    """ISO without zone = UTC; ints, np.int32 and floats are unix SECONDS (the anchor reads
+    np.int32/floats as nanoseconds); aware datetimes convert exactly; sub-seconds truncate."""
+    ops = truth.operation_times()
+    t = ops[12] + timedelta(seconds=3)
+    roots = truth.all_roots
+    exp = np.array([truth.is_latest(r, t) for r in roots])
+    assert exp.any() and not np.array([truth.is_latest(r, datetime(1970, 1, 2, tzinfo=timezone.utc)) for r in roots]).any()
+    u = int(t.timestamp())
+    forms = [u, np.int64(u), np.int32(u), float(u) + 0.7, t.replace(tzinfo=None).isoformat(),
+             t.astimezone(timezone(timedelta(hours=5))), t.isoformat().replace("+00:00", "Z")]
+    for form in forms:
+        np.testing.assert_array_equal(is_latest_roots(roots, timestamp=form, dataset=spec, progress=False), exp,
+                                      err_msg=repr(form))
+    day = datetime(2025, 6, 5, tzinfo=timezone.utc)
+    assert day.timestamp() == 1749081600
+    np.testing.assert_array_equal(is_latest_roots(roots, timestamp="2025-06-05", dataset=spec, progress=False),
+                                  [truth.is_latest(r, day) for r in roots])
+
+
+def test_resolved_once(local_spec, truth, monkeypatch):
+    calls = []
+    real = updates.resolve_timestamp
+    monkeypatch.setattr(updates, "resolve_timestamp", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    is_latest_roots(truth.all_roots, timestamp="mat", batch_size=3, dataset=local_spec, progress=False)
+    assert len(calls) == 1
+    update_ids(truth.all_roots, timestamp="mat", dataset=local_spec, progress=False)
+    assert len(calls) == 2
+
+
+def test_is_latest_kernel_and_graph(local_spec, truth):
+    t = truth.operation_times()[20]
+    x = np.r_[truth.all_roots, 0, truth.all_roots[:3]]
+    exp = np.array([truth.is_latest(r, t) for r in x])
+    np.testing.assert_array_equal(is_latest_kernel(x, local_spec, t), exp)
+    for chunks in (1, 10, len(x)):
+        g = is_latest_roots_graph(da.from_array(x, chunks=chunks), timestamp=t, dataset=local_spec)
+        np.testing.assert_array_equal(g.compute(), exp)
+
+
+# -- update_ids -------------------------------------------------------------------------------
+@pytest.mark.parametrize("label", STAMPS)
+def test_update_truth_c31_c32_c34_c35_c41(spec, truth, unknown_root, label):
+    arg, t = when(truth, label)
+    x = np.concatenate([truth.all_roots, truth.all_roots[:4], [unknown_root]])
+    df = update_ids(x, timestamp=arg, dataset=spec, progress=False)
+    assert list(df.columns) == COLUMNS and len(df) == len(x)
+    assert df.confidence.dtype == np.float64 and df.changed.dtype == bool and df.new_id.dtype == np.int64
+    np.testing.assert_array_equal(df.old_id.to_numpy(), x.astype(np.int64))
+    for old, new, conf, changed in df.itertuples(index=False):
+        e = expect_update(truth, old, t)
+        assert (new, conf) == (e[0], pytest.approx(e[1])), old
+        assert changed == (new != old)
+    assert df.confidence[df.old_id == int(unknown_root)].tolist() == [0.0]
+
+
+def test_supervoxel_path_c33_c36(spec, truth):
+    ops = truth.operation_times()
+    t = ops[-1]
+    stale = [r for r in truth.all_roots if not truth.is_latest(r, t)][:6]
+    svs = [truth.leaves(r)[len(truth.leaves(r)) // 2] for r in stale]
+    exp = truth.root_of(np.array(svs, np.uint64), t).astype(np.int64)
+    df = update_ids(stale, supervoxels=svs, timestamp=t, dataset=spec, progress=False)
+    np.testing.assert_array_equal(df.new_id, exp)
+    assert (df.confidence == 1.0).all()
+    frame = pd.DataFrame({"root_id": stale, "supervoxel_id": svs, "note": list("abcdef")}, index=list("uvwxyz"))
+    out = update_ids(frame, timestamp=t, dataset=spec, progress=False)
+    np.testing.assert_array_equal(out.new_id, exp)
+    assert list(out.index) == list("uvwxyz") and list(out.note) == list("abcdef")
+
+
+def test_dataframe_rows_c36_c37(local_spec, truth):
+    with pytest.raises(ValueError, match="DataFrame must contain 'root_id' column"):
+        update_ids(pd.DataFrame({"id": [1]}), dataset=local_spec)
+    t = truth.operation_times()[-1]
+    r = truth.all_roots
+    frame = pd.DataFrame({"root_id": pd.Series([int(r[0]), 0, None, int(r[-1])], dtype=object),
+                          "w": [1, 2, 3, 4]})
+    out = update_ids(frame, timestamp=t, dataset=local_spec, progress=False)
+    assert len(out) == 4 and list(out.w) == [1, 2, 3, 4] and list(out.columns[:4]) == COLUMNS
+    assert out.confidence[1] == 0.0 and out.confidence[2] == 0.0 and not out.changed[1:3].any()
+    assert out.new_id[1] == 0 and out.new_id[2] is None
+    assert out.new_id[0] == expect_update(truth, r[0], t)[0]
+    assert out.new_id[3] == expect_update(truth, r[-1], t)[0]
+    empty = update_ids(pd.DataFrame({"root_id": [0, None]}), dataset=local_spec, progress=False)
+    assert len(empty) == 2 and (empty.confidence == 0).all()
+
+
+def test_list_invalid_dropped_c37_c38(local_spec, truth):
+    for bad in ([0, np.nan, None], [], [0]):
+        df = update_ids(bad, dataset=local_spec)
+        assert list(df.columns) == COLUMNS and len(df) == 0
+    r = truth.all_roots
+    df = update_ids([int(r[3]), 0, int(r[1]), np.nan, int(r[3])], timestamp="mat", dataset=local_spec, progress=False)
+    assert df.old_id.tolist() == [int(r[3]), int(r[1]), int(r[3])]
+    single = update_ids(str(int(r[1])), timestamp="mat", dataset=local_spec, progress=False)
+    assert single.old_id.tolist() == [int(r[1])]  # one numeric string is one ID
+
+
+def test_supervoxels_wrong_length_ignored_c39(local_spec, truth, caplog):
+    t = truth.operation_times()[-1]
+    stale = [r for r in truth.all_roots if not truth.is_latest(r, t)][:3]
+    with caplog.at_level(logging.WARNING, logger="crantseg"):
+        df = update_ids(stale, supervoxels=truth.supervoxels[:2], timestamp=t, dataset=local_spec, progress=False)
+    assert "ignoring" in caplog.text
+    assert [tuple(v) for v in df[["new_id", "confidence"]].itertuples(index=False)] == \
+        [expect_update(truth, r, t) for r in stale]
+
+
+def test_cache_c40_bug10(spec, truth, monkeypatch):
+    """Cached per (dataset, timestamp, stop_layer, id); clear_cache recomputes."""
+    calls = count_calls(monkeypatch, open_source(spec))
+    roots = truth.all_roots
+    ops = truth.operation_times()
+    t1, t2 = ops[5], ops[-1]
+    a = update_ids(roots, timestamp=t1, dataset=spec, progress=False)
+    assert calls["is_latest"] and calls["leaves_many"] + calls["leaves"]
+    calls.clear()
+    b = update_ids(roots, timestamp=t1, dataset=spec, progress=False)
+    assert not calls and a.equals(b)
+    c = update_ids(roots, timestamp=t2, dataset=spec, progress=False)  # another time: not the cached answer
+    assert calls["is_latest"]
+    for df, t in ((a, t1), (c, t2)):
+        assert [tuple(v) for v in df[["new_id", "confidence"]].itertuples(index=False)] == \
+            [pytest.approx(expect_update(truth, r, t)) for r in roots]
+    calls.clear()
+    update_ids(roots, timestamp=t1, dataset=spec, progress=False, clear_cache=True)
+    assert calls["is_latest"]
+
+
+def test_partial_hit_keeps_supervoxels_bug10(local_spec, truth):
+    t = truth.operation_times()[-1]
+    stale = [r for r in truth.all_roots if not truth.is_latest(r, t)][:6]
+    svs = [truth.leaves(r)[0] for r in stale]
+    update_ids(stale[:3], timestamp=t, dataset=local_spec, progress=False)
+    df = update_ids(stale, supervoxels=svs, timestamp=t, dataset=local_spec, progress=False)
+    np.testing.assert_array_equal(df.new_id, truth.root_of(np.array(svs, np.uint64), t).astype(np.int64))
+    assert (df.confidence == 1.0).all()
+
+
+def test_cache_keyed_by_dataset_bug10(local_spec, truth, tmp_path_factory):
+    path = make_dataset(dataclasses.replace(PRESETS["tiny"], seed=11), tmp_path_factory.mktemp("other") / "d")
+    other = type(local_spec)(kind="local", name="other", path=str(path))
+    t2 = Truth(path)
+    t = max(truth.operation_times()[-1], t2.operation_times()[-1])
+    common = np.intersect1d(truth.all_roots, t2.all_roots)
+    assert len(common)
+    a = update_ids(common, timestamp=t, dataset=local_spec, progress=False)
+    b = update_ids(common, timestamp=t, dataset=other, progress=False)
+    for df, tr in ((a, truth), (b, t2)):
+        assert df.new_id.tolist() == [expect_update(tr, r, t)[0] for r in common]
+
+
+def test_annotations(local_spec, truth, tmp_path, caplog):
+    t = truth.operation_times()[-1]
+    stale = [int(r) for r in truth.all_roots if not truth.is_latest(r, t)][:4]
+    svs = [int(truth.leaves(r)[-1]) for r in stale]
+    exp = truth.root_of(np.array(svs, np.uint64), t).astype(np.int64).tolist()
+    table = pd.DataFrame({"root_id": [str(r) for r in stale] + [str(stale[0])],
+                          "supervoxel_id": [str(s) for s in svs] + [str(svs[1])]})
+    table.to_csv(tmp_path / "a.csv", index=False)
+    table.to_parquet(tmp_path / "a.parquet")
+    for ann in (table, tmp_path / "a.csv", str(tmp_path / "a.parquet")):
+        with caplog.at_level(logging.WARNING, logger="crantseg"):
+            df = update_ids(stale, timestamp=t, dataset=local_spec, annotations=ann, progress=False)
+        assert df.new_id.tolist() == exp and (df.confidence == 1.0).all()
+    assert "Multiple supervoxel IDs found for 1 root IDs" in caplog.text
+    off = update_ids(stale, timestamp=t, dataset=local_spec, annotations=table, use_annotations=False, progress=False)
+    assert [tuple(v) for v in off[["new_id", "confidence"]].itertuples(index=False)] == \
+        [pytest.approx(expect_update(truth, r, t)) for r in stale]
+
+
+def test_overlap_kernel_and_graph(local_spec, truth, unknown_root):
+    t = truth.operation_times()[25]
+    stale = np.array([r for r in truth.all_roots if not truth.is_latest(r, t)] + [unknown_root], np.uint64)
+    rec = overlap_kernel(stale, local_spec, t, 2)
+    assert rec.dtype == UPDATE_DTYPE
+    assert [(int(a), float(b)) for a, b in rec.tolist()] == [pytest.approx(expect_update(truth, r, t)) for r in stale]
+    x = np.r_[truth.all_roots, 0]
+    for chunks in (1, 17, len(x)):
+        got = update_ids_graph(da.from_array(x, chunks=chunks), timestamp=t, dataset=local_spec).compute()
+        exp = [expect_update(truth, r, t) if r else (0, 0.0) for r in x]
+        assert [(int(a), float(b)) for a, b in got.tolist()] == [pytest.approx(e) for e in exp]
