@@ -1,0 +1,227 @@
+"""Batch jobs: results against truth, bad input, resume after a killed driver, killed workers,
+a cluster started with the plain `dask` commands, and the dashboard answering during a job."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from crantseg_dask.cluster import dashboard_link, make_client
+from crantseg_dask.errors import InvalidInputError
+from crantseg_dask.jobs import run_job
+from crantseg_dask.persist import read_output, status
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    with make_client(n_workers=2) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def synapses(truth, tmp_path_factory):
+    """A table of 30k locations (some outside the volume) with their expected answers."""
+    rng = np.random.default_rng(5)
+    off, size = truth.bounds(0)
+    vox = rng.integers(off - 4, off + size + 4, size=(30_000, 3))
+    vox[:2000] = truth.sv_anchor[rng.integers(0, len(truth.sv_anchor), 2000)]
+    df = pd.DataFrame((vox + rng.random(vox.shape)) * truth.resolution(0), columns=["x", "y", "z"])
+    df["note"] = "kept"
+    d = tmp_path_factory.mktemp("synapses")
+    df.to_parquet(d / "syn.parquet")
+    df.to_csv(d / "syn.csv", index=False)
+    ts = truth.materialization()
+    sv = truth.supervoxel_at(vox)
+    return {"dir": d, "df": df, "sv": sv, "root": truth.root_of(sv, ts), "ts": ts}
+
+
+def _check(out, synapses):
+    result = read_output(out)
+    np.testing.assert_array_equal(result.index, np.arange(len(synapses["df"])))
+    np.testing.assert_array_equal(result["supervoxel_id"], synapses["sv"])
+    np.testing.assert_array_equal(result["root_id"], synapses["root"])
+    return result
+
+
+def _arrays(path):
+    g = zarr.open_group(str(path), mode="r")
+    return {k: np.asarray(g[k][:]) for k in g.array_keys()}
+
+
+def test_clean_run_matches_truth_and_opens_with_xarray(client, synapses, tiny_path, tmp_path):
+    import xarray as xr
+
+    out = tmp_path / "clean.zarr"
+    s = run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, dataset=str(tiny_path),
+                timestamp="mat", partition_size=4000, client=client, progress=False)
+    assert s["ran"] == s["partitions"] == 8
+    _check(out, synapses)
+    attrs = zarr.open_group(str(out), mode="r").attrs["crantseg"]
+    assert attrs["operation"] == "locs-to-segments" and attrs["fingerprint"] and attrs["version"]
+    assert attrs["timestamp"] == synapses["ts"].isoformat()
+    ds = xr.open_zarr(str(out), consolidated=False)
+    assert ds.sizes["row"] == len(synapses["df"])
+    np.testing.assert_array_equal(ds["root_id"].sortby("row").values, synapses["root"])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "zarr"])
+def test_csv_and_zarr_inputs(client, synapses, tiny_path, tmp_path, fmt):
+    src = synapses["dir"] / "syn.csv"
+    if fmt == "zarr":
+        src = tmp_path / "in.zarr"
+        g = zarr.open_group(str(src), mode="w")
+        for c in "xyz":
+            g.create_array(c, data=synapses["df"][c].to_numpy())
+    run_job("locs-to-segments", src, tmp_path / "o.zarr", dataset=str(tiny_path), timestamp="mat",
+            partition_size=10_000, client=client, progress=False)
+    _check(tmp_path / "o.zarr", synapses)
+
+
+@pytest.mark.parametrize("table, match", [
+    (pd.DataFrame({"x": [1.0], "y": [2.0]}), r"\[x, y, z\] columns"),
+    (pd.DataFrame({"x": [1.0, np.nan, 3.0], "y": [1.0, 2, 3], "z": [1.0, 2, 3]}), r"\[1\]"),
+    (pd.DataFrame({"x": ["a", "b"], "y": [1.0, 2], "z": [1.0, 2]}), r"'a'"),
+    (pd.DataFrame({"x": [], "y": [], "z": []}), "empty"),
+])
+def test_bad_input_fails_before_any_work(tiny_path, tmp_path, table, match):
+    path = tmp_path / "bad.parquet"
+    table.to_parquet(path)
+    with pytest.raises(InvalidInputError, match=match):
+        run_job("locs-to-segments", path, tmp_path / "o.zarr", dataset=str(tiny_path), progress=False)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_supervoxels_to_roots_needs_its_column(tiny_path, tmp_path):
+    pd.DataFrame({"sv": [1, 2]}).to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(InvalidInputError, match="supervoxel_id"):
+        run_job("supervoxels-to-roots", tmp_path / "t.parquet", tmp_path / "o.zarr", dataset=str(tiny_path))
+
+
+def test_existing_output_needs_resume_or_force_and_changed_input_is_refused(client, synapses, tiny_path, tmp_path):
+    out = tmp_path / "o.zarr"
+    kw = dict(dataset=str(tiny_path), timestamp="mat", partition_size=10_000, client=client, progress=False)
+    run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, **kw)
+    with pytest.raises(InvalidInputError, match="--resume"):
+        run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, **kw)
+    assert run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, resume=True, **kw)["ran"] == 0
+    changed = synapses["df"].iloc[:100]
+    with pytest.raises(InvalidInputError, match="another input"):
+        run_job("locs-to-segments", changed, out, resume=True, **kw)
+    with pytest.raises(InvalidInputError, match="another input"):
+        run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, resume=True,
+                **{**kw, "timestamp": "mat_1"})
+    assert run_job("locs-to-segments", changed, out, resume=True, force=True, **kw)["rows"] == 100
+
+
+def _wait_done(path, at_least, timeout=60.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            done = np.asarray(zarr.open_group(str(path), mode="r")["_done"][:])
+            if done.sum() >= at_least:
+                return done
+        except Exception:
+            pass
+        time.sleep(0.02)
+    raise TimeoutError(f"{path}: fewer than {at_least} partitions done after {timeout} s")
+
+
+def test_killed_driver_then_resume_runs_only_unfinished_partitions(client, synapses, tiny_path, tmp_path):
+    out = tmp_path / "o.zarr"
+    cmd = [sys.executable, "-m", "crantseg_dask.cli", "run", "locs-to-segments", "--input",
+           str(synapses["dir"] / "syn.parquet"), "--output", str(out), "--dataset", str(tiny_path),
+           "--timestamp", "mat", "--partition-size", "100", "--no-progress", "--workers", "1"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_done(out, 20)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = _wait_done(out, 0)
+    n_done = int(done.sum())
+    assert 20 <= n_done < done.size, "the driver died mid-job"
+    s = run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, dataset=str(tiny_path),
+                timestamp="mat", partition_size=100, resume=True, client=client, progress=False)
+    assert s["ran"] == done.size - n_done
+    _check(out, synapses)
+
+
+def test_killed_worker_still_finishes_with_identical_output(synapses, tiny_path, tmp_path):
+    clean, out = tmp_path / "clean.zarr", tmp_path / "o.zarr"
+    kw = dict(dataset=str(tiny_path), timestamp="mat", partition_size=100, progress=False)
+    with make_client(n_workers=2) as c:
+        run_job("locs-to-segments", synapses["dir"] / "syn.parquet", clean, client=c, **kw)
+        pids = c.run(os.getpid)
+        job = threading.Thread(target=run_job, args=("locs-to-segments", synapses["dir"] / "syn.parquet", out),
+                               kwargs={**kw, "client": c})
+        job.start()
+        done = _wait_done(out, 10)
+        assert not done.all()
+        os.kill(next(iter(pids.values())), signal.SIGKILL)
+        job.join(120)
+        assert not job.is_alive()
+        assert set(c.run(os.getpid).values()) != set(pids.values()), "a worker was replaced"
+    assert status(out)["complete"]
+    a, b = _arrays(clean), _arrays(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    _check(out, synapses)
+
+
+def test_dashboard_answers_while_a_job_runs(client, synapses, tiny_path, tmp_path):
+    import urllib.request
+
+    link = dashboard_link(client)
+    assert link and link.startswith("http://127.0.0.1:")
+    job = threading.Thread(target=run_job, args=("locs-to-segments", synapses["dir"] / "syn.parquet",
+                                                  tmp_path / "o.zarr"),
+                           kwargs=dict(dataset=str(tiny_path), partition_size=100, client=client, progress=False))
+    job.start()
+    _wait_done(tmp_path / "o.zarr", 2)
+    with urllib.request.urlopen(link, timeout=30) as r:
+        assert r.status == 200 and b"Dask" in r.read()
+    job.join(120)
+
+
+def test_scheduler_and_two_workers_from_the_cluster_script(synapses, tiny_path, tmp_path):
+    from distributed import Client
+
+    sched = tmp_path / "scheduler.json"
+    proc = subprocess.Popen(["bash", str(ROOT / "cluster" / "start-local.sh"), "2", str(sched)],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            if sched.exists() and sched.stat().st_size:
+                break
+            time.sleep(0.1)
+        with Client(scheduler_file=str(sched), timeout=60) as c:
+            c.wait_for_workers(2, timeout=60)
+            assert len(c.scheduler_info()["workers"]) == 2
+        s = run_job("locs-to-segments", synapses["dir"] / "syn.parquet", tmp_path / "o.zarr",
+                    dataset=str(tiny_path), timestamp="mat", partition_size=5000, scheduler=str(sched),
+                    progress=False)
+        assert s["ran"] == 6
+        _check(tmp_path / "o.zarr", synapses)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_status_command(client, synapses, tiny_path, tmp_path, capsys):
+    from crantseg_dask.cli import main
+
+    out = tmp_path / "o.zarr"
+    run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, dataset=str(tiny_path),
+            partition_size=10_000, client=client, progress=False)
+    assert main(["status", str(out)]) == 0
+    assert "3/3 partitions done (30000 rows), complete" in capsys.readouterr().out
