@@ -38,13 +38,16 @@ update_cache = TTLCache(max_age=7200.0)
 # -- kernels ----------------------------------------------------------------------------------
 def is_latest_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime) -> np.ndarray:
     """Whether each root is current at ``timestamp`` (bool, same shape). 0 is False; unknown IDs
-    and roots created after ``timestamp`` are False. One request for the block's unique IDs."""
+    and roots created after ``timestamp`` are False, and so are non-root IDs (PCG reports existing
+    L2 nodes as "latest"; only root semantics are meaningful). One request per block."""
     ids = np.asarray(ids, dtype=np.uint64)
     uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
     out = np.zeros(uniq.shape, dtype=bool)
     nz = uniq != 0
     if nz.any():
-        out[nz] = open_source(spec).is_latest(uniq[nz], timestamp)
+        source = open_source(spec)
+        layout = source.meta.layout
+        out[nz] = source.is_latest(uniq[nz], timestamp) & (layout.layer(uniq[nz]) == layout.n_layers)
     return out[inverse.ravel()].reshape(ids.shape)
 
 

@@ -305,3 +305,13 @@ def test_overlap_kernel_and_graph(local_spec, truth, unknown_root):
         got = update_ids_graph(da.from_array(x, chunks=chunks), timestamp=t, dataset=local_spec).compute()
         exp = [expect_update(truth, r, t) if r else (0, 0.0) for r in x]
         assert [(int(a), float(b)) for a, b in got.tolist()] == [pytest.approx(e) for e in exp]
+
+
+def test_non_root_ids_not_latest(spec, truth):
+    """Without validation, supervoxel IDs are never "latest" (PCG's L2 quirk is not exposed) and
+    update_ids leaves them unchanged with confidence 0."""
+    x = [int(truth.supervoxels[0]), int(truth.all_roots[-1])]
+    got = is_latest_roots(x, validate_ids=False, timestamp=None, dataset=spec, progress=False)
+    np.testing.assert_array_equal(got, [False, truth.is_latest(x[1], truth.operation_times()[-1])])
+    df = update_ids(x[:1], dataset=spec, progress=False)
+    assert df.new_id.tolist() == x[:1] and df.confidence.tolist() == [0.0]
