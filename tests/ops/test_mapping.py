@@ -22,9 +22,9 @@ STAMPS = ["before", "between", "mat_2", "now"]
 def when(truth, label):
     """(argument to pass, time the truth is evaluated at) for a timestamp label."""
     ops = truth.operation_times()
-    if label == "before":  # after ingest, before the first edit (a datetime)
-        t = truth.created(truth.all_roots[0]) + (ops[0] - truth.created(truth.all_roots[0])) / 2
-        return t, t
+    if label == "before":  # after ingest, before the first edit
+        t = (truth.created(truth.all_roots[0]) + (ops[0] - truth.created(truth.all_roots[0])) / 2).replace(microsecond=0)
+        return int(t.timestamp()), t  # unix seconds
     if label == "between":  # between edits 10 and 11, as a naive ISO string (UTC)
         t = (ops[9] + (ops[10] - ops[9]) / 2).replace(microsecond=0)
         return t.replace(tzinfo=None).isoformat(), t

@@ -33,8 +33,8 @@ def when(truth, label):
     """(argument to pass, time the truth is evaluated at)."""
     ops = truth.operation_times()
     if label == "before":
-        t = truth.created(truth.all_roots[0]) + (ops[0] - truth.created(truth.all_roots[0])) / 2
-        return t, t
+        t = (truth.created(truth.all_roots[0]) + (ops[0] - truth.created(truth.all_roots[0])) / 2).replace(microsecond=0)
+        return int(t.timestamp()), t  # unix seconds
     if label == "between":
         t = (ops[9] + (ops[10] - ops[9]) / 2).replace(microsecond=0)
         return t.replace(tzinfo=None).isoformat(), t
