@@ -44,6 +44,17 @@ def synapses(truth, tmp_path_factory):
     return {"dir": d, "df": df, "sv": sv, "root": truth.root_of(sv, ts), "ts": ts}
 
 
+@pytest.fixture(scope="module")
+def small(synapses):
+    """The first 8000 rows: 80 partitions of 100 rows for the fault tests."""
+    n = 8000
+    d = synapses["dir"] / "small"
+    d.mkdir()
+    synapses["df"].iloc[:n].to_parquet(d / "syn.parquet")
+    return {**synapses, "dir": d, "df": synapses["df"].iloc[:n], "sv": synapses["sv"][:n],
+            "root": synapses["root"][:n]}
+
+
 def _check(out, synapses):
     result = read_output(out)
     np.testing.assert_array_equal(result.index, np.arange(len(synapses["df"])))
@@ -135,27 +146,29 @@ def _wait_done(path, at_least, timeout=60.0):
     raise TimeoutError(f"{path}: fewer than {at_least} partitions done after {timeout} s")
 
 
-def test_killed_driver_then_resume_runs_only_unfinished_partitions(client, synapses, tiny_path, tmp_path):
+def test_killed_driver_then_resume_runs_only_unfinished_partitions(client, small, tiny_path, tmp_path):
+    synapses = small
     out = tmp_path / "o.zarr"
     cmd = [sys.executable, "-m", "crantseg_dask.cli", "run", "locs-to-segments", "--input",
            str(synapses["dir"] / "syn.parquet"), "--output", str(out), "--dataset", str(tiny_path),
            "--timestamp", "mat", "--partition-size", "100", "--no-progress", "--workers", "1"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_done(out, 20)
+        _wait_done(out, 10)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     done = _wait_done(out, 0)
     n_done = int(done.sum())
-    assert 20 <= n_done < done.size, "the driver died mid-job"
+    assert 10 <= n_done < done.size, "the driver died mid-job"
     s = run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, dataset=str(tiny_path),
                 timestamp="mat", partition_size=100, resume=True, client=client, progress=False)
     assert s["ran"] == done.size - n_done
     _check(out, synapses)
 
 
-def test_killed_worker_still_finishes_with_identical_output(synapses, tiny_path, tmp_path):
+def test_killed_worker_still_finishes_with_identical_output(small, tiny_path, tmp_path):
+    synapses = small
     clean, out = tmp_path / "clean.zarr", tmp_path / "o.zarr"
     kw = dict(dataset=str(tiny_path), timestamp="mat", partition_size=100, progress=False)
     with make_client(n_workers=2) as c:
@@ -178,7 +191,8 @@ def test_killed_worker_still_finishes_with_identical_output(synapses, tiny_path,
     _check(out, synapses)
 
 
-def test_dashboard_answers_while_a_job_runs(client, synapses, tiny_path, tmp_path):
+def test_dashboard_answers_while_a_job_runs(client, small, tiny_path, tmp_path):
+    synapses = small
     import urllib.request
 
     link = dashboard_link(client)
