@@ -11,7 +11,8 @@
   is never turned into an ID 0.
 
 Settings come from ``crantseg.http.*`` (crantseg.yaml), overridable per dataset with
-``SourceSpec`` options of the same names (``retries``, ``backoff``, ``backoff-max``, ``timeout``).
+``SourceSpec`` options of the same names (``retries``, ``backoff``, ``backoff-max`` or
+``backoff_max``, ``timeout``), e.g. ``cave_dataset(server, datastack, retries=3, timeout=10)``.
 """
 from __future__ import annotations
 
@@ -62,7 +63,9 @@ class RetryPolicy:
         from ..config import setting
 
         def get(key, cast):
-            v = spec.option(key) if spec is not None else None
+            v = None
+            if spec is not None:  # "backoff-max" or backoff_max (a keyword of cave_dataset)
+                v = spec.option(key, spec.option(key.replace("-", "_")))
             if v is None:
                 v = setting(f"http.{key}", getattr(cls, key.replace("-", "_")))
             return cast(v)
@@ -165,11 +168,14 @@ _session: tuple[int, requests.Session] | None = None
 
 
 def _pool_manager() -> PoolManager:
-    """The process's urllib3 pool (rebuilt after a fork)."""
+    """The process's urllib3 pool (rebuilt after a fork); size from ``crantseg.http.pool-maxsize``."""
     global _pool
     with _lock:
         if _pool is None or _pool[0] != os.getpid():
-            _pool = (os.getpid(), PoolManager(num_pools=16, maxsize=32, block=False))
+            from ..config import setting
+
+            size = int(setting("http.pool-maxsize", 32))
+            _pool = (os.getpid(), PoolManager(num_pools=16, maxsize=size, block=False))
         return _pool[1]
 
 
@@ -221,8 +227,8 @@ def request(method: str, url: str, *, policy: RetryPolicy, endpoint: str | None 
 
     def once() -> requests.Response:
         r = s.request(method, url, headers=headers, timeout=policy.timeout, allow_redirects=False, **kwargs)
+        r.raise_for_status()  # HTTPError carries the response: classified by policy.call
         if r.status_code >= 300:
-            r.raise_for_status() if r.status_code >= 400 else None
             raise SourceError(f"{endpoint or url}: unexpected redirect (HTTP {r.status_code})")
         return r
 

@@ -51,12 +51,13 @@ class CaveSource(SegmentationSource):
 
     def __init__(self, spec: SourceSpec):
         if not spec.server or not spec.datastack:
-            raise SourceError(f"a cave dataset needs a server and a datastack, got {spec!r}")
+            raise SourceError(f"a cave dataset needs a server and a datastack, got server={spec.server!r}, "
+                              f"datastack={spec.datastack!r}")
         self.spec = spec
         self.policy = _http.RetryPolicy.from_spec(spec)
         from ..config import setting
 
-        self.batch_size = int(spec.option("batch-size") or setting("batch-size", 10000))
+        self.batch_size = int(spec.option("batch-size", spec.option("batch_size")) or setting("batch-size", 10000))
         self._lock = threading.RLock()
         self._token = spec.option("token")
         self.client = self._call(self._make_client, "CAVEclient construction")
