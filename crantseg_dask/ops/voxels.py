@@ -37,6 +37,16 @@ _NO_SVIDS = np.zeros(0, np.uint64)
 
 
 # -- kernels ------------------------------------------------------------------------------------
+def _member(block: np.ndarray, svs: np.ndarray) -> np.ndarray:
+    """``np.isin(block, svs)``; fastremap's hash set beyond a handful of IDs (sort-based
+    ``np.isin`` took 1.9 s against 0.04 s on 8 M voxels and 2.6 k supervoxels)."""
+    if len(svs) <= 4:
+        return np.isin(block, svs)
+    import fastremap
+
+    return fastremap.mask_except(block, svs.tolist()) != 0
+
+
 def _box_voxels(spec: SourceSpec, mip: int, box: np.ndarray, read_box: np.ndarray, svs: np.ndarray,
                 lut, key_origin: np.ndarray, key_shape: np.ndarray, want_sv: bool):
     """Root voxels in the voxel box ``box`` at ``mip``: (linear keys int64, svids uint64 or None).
@@ -48,7 +58,7 @@ def _box_voxels(spec: SourceSpec, mip: int, box: np.ndarray, read_box: np.ndarra
     block = np.asarray(open_source(spec).cutout(read_box, mip))
     inner_at = box[0] - read_box[0]
     inner = tuple(slice(a, a + n) for a, n in zip(inner_at, box[1] - box[0]))
-    keep = np.isin(block[inner], svs)
+    keep = _member(block[inner], svs)
     if lut is not None and keep.any():
         keep &= ~_interface(block, lut)[inner]
     xs, ys, zs = np.nonzero(keep)
@@ -60,7 +70,7 @@ def _box_voxels(spec: SourceSpec, mip: int, box: np.ndarray, read_box: np.ndarra
 def _interface(block: np.ndarray, lut) -> np.ndarray:
     """Voxels of ``block`` in the root with a face neighbour in an L2 node not joined to theirs."""
     lut_svs, lut_group, joined, n = lut
-    member = np.isin(block, lut_svs)
+    member = _member(block, lut_svs)
     group = np.full(block.shape, -1, dtype=np.int64)
     group[member] = lut_group[np.searchsorted(lut_svs, block[member])]
     removed = np.zeros(block.shape, dtype=bool)
@@ -134,10 +144,53 @@ def _chunk_boxes(meta: VolumeMeta, coords: np.ndarray, mip: int, f: np.ndarray) 
     return np.stack([lo, hi], axis=1)
 
 
-def _slabs_disjoint(meta: VolumeMeta, f: np.ndarray) -> bool:
-    """Whether chunks with different x coordinates have disjoint x ranges at the mip."""
-    base = meta.voxel_offset[0][0] if meta.chunks_start_at_voxel_offset else 0
-    return meta.graph_chunk[0] % f[0] == 0 and base % f[0] == 0
+def _plan_tasks(meta: VolumeMeta, mip: int, coords: np.ndarray, boxes: np.ndarray, sv_chunk: np.ndarray):
+    """Group graph chunks into read tasks: [(box (2, 3), indices into the supervoxels)].
+
+    Chunks whose boxes start in the same storage chunk at ``mip`` share a task reading the union
+    box, so a storage chunk holding several graph chunks (at mips > 0, graph chunks shrink) is
+    decoded once. Each supervoxel lies in exactly one graph chunk, so no voxel is kept twice."""
+    cs = np.array(meta.chunk_size[mip])
+    tile = (boxes[:, 0] - meta.bounds(mip)[0]) // cs
+    tiles, tile_of = np.unique(tile, axis=0, return_inverse=True)
+    tile_of = tile_of.reshape(-1)
+    ch_key = _pack(coords)
+    order = np.argsort(ch_key)
+    pos = np.searchsorted(ch_key[order], _pack(sv_chunk))
+    sv_tile = tile_of[order[np.clip(pos, 0, len(order) - 1)]]
+    sv_tile[(pos >= len(order)) | (ch_key[order[np.clip(pos, 0, len(order) - 1)]] != _pack(sv_chunk))] = -1
+    sv_order = np.argsort(sv_tile, kind="stable")
+    starts = np.searchsorted(sv_tile[sv_order], np.arange(len(tiles)), side="left")
+    ends = np.searchsorted(sv_tile[sv_order], np.arange(len(tiles)), side="right")
+    out = []
+    for t in range(len(tiles)):
+        mine = boxes[tile_of == t]
+        box = np.stack([mine[:, 0].min(axis=0), mine[:, 1].max(axis=0)])
+        out.append((box, sv_order[starts[t]:ends[t]]))
+    return out
+
+
+def _pack(c: np.ndarray) -> np.ndarray:
+    c = np.asarray(c, dtype=np.int64).reshape(-1, 3)
+    return (c[:, 0] << 42) | (c[:, 1] << 21) | c[:, 2]
+
+
+def _x_slabs(boxes: np.ndarray) -> list[np.ndarray]:
+    """Partition task boxes into groups with pairwise disjoint x ranges, in increasing x: each
+    group's sorted voxels then follow the previous group's (x-major order needs no global sort)."""
+    if not len(boxes):
+        return []
+    order = np.argsort(boxes[:, 0, 0], kind="stable")
+    slabs, current, reach = [], [order[0]], boxes[order[0], 1, 0]
+    for i in order[1:]:
+        if boxes[i, 0, 0] < reach:
+            current.append(i)
+            reach = max(reach, boxes[i, 1, 0])
+        else:
+            slabs.append(np.array(current))
+            current, reach = [i], boxes[i, 1, 0]
+    slabs.append(np.array(current))
+    return slabs
 
 
 def _thin_lut(source, root: int, l2: np.ndarray, svs: np.ndarray):
@@ -227,21 +280,13 @@ def get_voxels_graph(x, mip: int = 0, bounds=None, sv_map: bool = False, thin: b
             part = kernel(spec, mip, cut, read_box(cut), svs, lut_d, key_origin, key_shape, want_sv,
                           dask_key_name=f"get_voxels-cutout-{token}")
             slabs.append(merge([part], key_origin, key_shape, want_sv, dask_key_name=f"get_voxels-merge-{token}-0"))
-    else:  # 4. one task per graph chunk, one merge per x-slab
-        order = np.lexsort(coords.T[::-1])
-        coords, boxes = coords[order], boxes[order]
-        sv_key = (sv_chunk[:, 0] * (1 << 21) + sv_chunk[:, 1]) * (1 << 21) + sv_chunk[:, 2]
-        ch_key = (coords[:, 0] * (1 << 21) + coords[:, 1]) * (1 << 21) + coords[:, 2]
-        sv_order = np.argsort(sv_key, kind="stable")
-        starts = np.searchsorted(sv_key[sv_order], ch_key, side="left")
-        ends = np.searchsorted(sv_key[sv_order], ch_key, side="right")
-        parts = [kernel(spec, mip, b, read_box(b), svs[sv_order[s:e]], lut_d, key_origin, key_shape, want_sv,
+    else:  # 4. one task per read tile of graph chunks, one merge per x-slab
+        tasks = _plan_tasks(meta, mip, coords, boxes, sv_chunk)
+        parts = [kernel(spec, mip, b, read_box(b), svs[idx], lut_d, key_origin, key_shape, want_sv,
                         dask_key_name=f"get_voxels-chunk-{token}-{i}")
-                 for i, (b, s, e) in enumerate(zip(boxes, starts, ends))]
-        groups = np.unique(coords[:, 0], return_inverse=True)[1] if _slabs_disjoint(meta, f) \
-            else np.zeros(len(coords), np.int64)
-        for j in range(int(groups.max()) + 1 if len(groups) else 0):
-            slabs.append(merge([parts[i] for i in np.flatnonzero(groups == j)], key_origin, key_shape, want_sv,
+                 for i, (b, idx) in enumerate(tasks)]
+        for j, members in enumerate(_x_slabs(np.array([b for b, _ in tasks]).reshape(-1, 2, 3))):
+            slabs.append(merge([parts[i] for i in members], key_origin, key_shape, want_sv,
                                dask_key_name=f"get_voxels-merge-{token}-{j}"))
     if not slabs:
         voxels, svids = da.from_array(_NO_VOXELS, chunks=-1), da.from_array(_NO_SVIDS, chunks=-1)
