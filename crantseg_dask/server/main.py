@@ -17,7 +17,8 @@ __all__ = ["main", "parser"]
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="crantseg serve", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="crantseg serve",
+                                description="Serve an embedded dataset over the CAVE protocol (127.0.0.1 by default).")
     p.add_argument("--dataset", required=True, help="dataset directory written by `crantseg make-dataset`, "
                                                     "or a preset name (tiny, demo)")
     p.add_argument("--port", type=int, default=0, help="port (0: pick a free one; default 0)")
@@ -25,7 +26,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--datastack", default=None, help="datastack name (default: the dataset's)")
     p.add_argument("--token", default=None, help="token clients must send (32 hex chars; default: a new one)")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered 503 or 429")
-    p.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every request, ms")
+    p.add_argument("--latency-ms", "--latency", dest="latency_ms", type=float, default=0.0,
+                   help="delay added to every request, ms")
     p.add_argument("--stall-rate", type=float, default=0.0, help="share of requests held --stall-seconds")
     p.add_argument("--stall-seconds", type=float, default=60.0, help="how long a stalled request is held")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault RNG")

@@ -129,3 +129,18 @@ def test_no_traffic_beyond_loopback(cave_server, cave_home, truth, monkeypatch):
     assert hosts == {"127.0.0.1"}, seen
     assert set(looked_up) <= {"127.0.0.1"}, looked_up
     assert not (cave_home / ".cloudvolume" / "secrets" / "cave_datastack_to_server_map.json").exists()
+
+
+def test_open_source_and_eager_ops_over_cave(cave_spec, truth):
+    """The public ops run unchanged on the cave source (timestamp "mat" via materialize)."""
+    from crantseg_dask.ops.mapping import roots_to_supervoxels, supervoxels_to_roots
+    from crantseg_dask.sources import open_source
+
+    assert isinstance(open_source(cave_spec), CaveSource)
+    svs = truth.supervoxels
+    got = supervoxels_to_roots(svs, timestamp="mat_2", batch_size=300, progress=False, dataset=cave_spec)
+    np.testing.assert_array_equal(got.astype(np.uint64), truth.root_of(svs, truth.materialization(2)))
+    roots = truth.all_roots[:4]
+    leaves = roots_to_supervoxels(roots, progress=False, dataset=cave_spec)
+    for r in roots.tolist():
+        np.testing.assert_array_equal(np.sort(np.asarray(leaves[r], dtype=np.uint64)), truth.leaves(r))
