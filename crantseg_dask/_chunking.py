@@ -24,8 +24,11 @@ def nm_to_voxels(locs_nm: np.ndarray, resolution) -> np.ndarray:
     Values beyond +-2**62 voxels are clipped (they are outside any volume anyway), so no float
     to int cast overflows.
     """
-    v = np.floor(np.asarray(locs_nm, dtype=np.float64).reshape(-1, 3) / np.asarray(resolution, np.float64))
-    return np.clip(v, -_CLIP, _CLIP).astype(np.int64)
+    v = np.asarray(locs_nm, dtype=np.float64).reshape(-1, 3) / np.asarray(resolution, np.float64)
+    np.floor(v, out=v)
+    if v.size and (v.min() < -_CLIP or v.max() > _CLIP):
+        np.clip(v, -_CLIP, _CLIP, out=v)
+    return v.astype(np.int64)
 
 
 def chunk_keys(voxels: np.ndarray, bounds: np.ndarray, chunk_size) -> np.ndarray:

@@ -50,8 +50,14 @@ def _supervoxels_block(locs_nm: np.ndarray, spec: SourceSpec, mip: int) -> np.nd
     if len(locs_nm) == 0:
         return np.zeros(0, dtype=np.uint64)
     source = open_source(spec)
-    voxels = nm_to_voxels(locs_nm, source.meta.resolution[mip])
-    return np.asarray(source.supervoxels_at(voxels, mip), dtype=np.uint64)
+    return _voxels_block(nm_to_voxels(locs_nm, source.meta.resolution[mip]), spec, mip)
+
+
+def _voxels_block(voxels: np.ndarray, spec: SourceSpec, mip: int) -> np.ndarray:
+    """Supervoxel at each absolute voxel (K, 3) int64 at ``mip``, (K,) uint64; 0 outside."""
+    if len(voxels) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    return np.asarray(open_source(spec).supervoxels_at(voxels, mip), dtype=np.uint64)
 
 
 def _take(blocks: list[np.ndarray], index: np.ndarray) -> np.ndarray:
@@ -73,12 +79,23 @@ def _partition_size(value: int | None = None) -> int:
 
 
 def plan_locations(locs_nm: np.ndarray, spec: SourceSpec, mip: int = 0,
-                   partition_size_: int | None = None) -> Plan:
-    """Partition plan of (N, 3) nm locations by storage chunk at ``mip`` (client side, numpy)."""
+                   partition_size_: int | None = None) -> tuple[Plan, np.ndarray]:
+    """Partition plan of (N, 3) nm locations by storage chunk at ``mip`` (client side, numpy),
+    and the (N, 3) int64 voxels at ``mip`` in input order."""
     meta = open_source(spec).meta
     voxels = nm_to_voxels(locs_nm, meta.resolution[mip])
     keys = chunk_keys(voxels, meta.bounds(mip), meta.chunk_size[mip])
-    return plan_partitions(keys, _partition_size(partition_size_))
+    return plan_partitions(keys, _partition_size(partition_size_)), voxels
+
+
+def _planned_supervoxels(locs_nm: np.ndarray, spec: SourceSpec, mip: int,
+                         partition_size: int | None) -> tuple[da.Array, Plan]:
+    """Supervoxels of validated nm locations, one task per planned partition (sorted order)."""
+    plan, voxels = plan_locations(locs_nm, spec, mip, partition_size)
+    svs = _sorted_array(voxels, plan).map_blocks(
+        _voxels_block, spec=spec, mip=mip, drop_axis=1, dtype=np.uint64,
+        meta=np.empty((0,), np.uint64))
+    return svs, plan
 
 
 def _sorted_array(a: np.ndarray, plan: Plan) -> da.Array:
@@ -97,6 +114,22 @@ def _restore_graph(sorted_values: da.Array, plan: Plan) -> da.Array:
 def _open(dataset: Any) -> tuple[SourceSpec, Any]:
     spec = resolve_dataset(dataset)
     return spec, open_source(spec)
+
+
+def _supervoxels_graph(locs_nm: np.ndarray, spec: SourceSpec, mip: int,
+                       partition_size: int | None = None) -> da.Array:
+    if not len(locs_nm):
+        return da.zeros((0,), dtype=np.uint64, chunks=((0,),))
+    svs, plan = _planned_supervoxels(locs_nm, spec, mip, partition_size)
+    return _restore_graph(svs, plan)
+
+
+def _segments_graph(locs_nm: np.ndarray, spec: SourceSpec, ts: datetime,
+                    partition_size: int | None = None) -> da.Array:
+    if not len(locs_nm):
+        return da.zeros((0,), dtype=np.uint64, chunks=((0,),))
+    svs, plan = _planned_supervoxels(locs_nm, spec, 0, partition_size)
+    return _restore_graph(roots_graph(svs, spec, ts, None, int(setting("batch-size", 10_000))), plan)
 
 
 # -- graph builders ---------------------------------------------------------------------------
@@ -124,14 +157,7 @@ def locs_to_supervoxels_graph(locs, mip: int = 0, *, dataset=None,
         locs = locs.astype(np.float64).rechunk({1: 3})
         return locs.map_blocks(_supervoxels_block, spec=spec, mip=mip, drop_axis=1,
                                dtype=np.uint64, meta=np.empty((0,), np.uint64))
-    locs_nm = as_locations(locs)
-    plan = plan_locations(locs_nm, spec, mip, partition_size)
-    if not len(locs_nm):
-        return da.zeros((0,), dtype=np.uint64, chunks=((0,),))
-    svs = _sorted_array(locs_nm, plan).map_blocks(
-        _supervoxels_block, spec=spec, mip=mip, drop_axis=1, dtype=np.uint64,
-        meta=np.empty((0,), np.uint64))
-    return _restore_graph(svs, plan)
+    return _supervoxels_graph(as_locations(locs), spec, mip, partition_size)
 
 
 def locs_to_segments_graph(locs, timestamp: datetime | str | int | None = None, *, dataset=None,
@@ -147,14 +173,7 @@ def locs_to_segments_graph(locs, timestamp: datetime | str | int | None = None, 
     batch = int(setting("batch-size", 10_000))
     if isinstance(locs, da.Array):
         return roots_graph(locs_to_supervoxels_graph(locs, 0, dataset=spec), spec, ts, None, batch)
-    locs_nm = as_locations(locs)
-    if not len(locs_nm):
-        return da.zeros((0,), dtype=np.uint64, chunks=((0,),))
-    plan = plan_locations(locs_nm, spec, 0, partition_size)
-    svs = _sorted_array(locs_nm, plan).map_blocks(
-        _supervoxels_block, spec=spec, mip=0, drop_axis=1, dtype=np.uint64,
-        meta=np.empty((0,), np.uint64))
-    return _restore_graph(roots_graph(svs, spec, ts, None, batch), plan)
+    return _segments_graph(as_locations(locs), spec, ts, partition_size)
 
 
 # -- eager API --------------------------------------------------------------------------------
@@ -199,7 +218,7 @@ def locs_to_supervoxels(locs, mip: int = 0, coordinates: str = "nm", progress: b
     locs_nm = as_locations(locs, coordinates=coordinates, viewer_resolution=source.meta.viewer_resolution)
     if not len(locs_nm):
         return np.zeros(0, dtype=np.uint64)
-    (out,) = compute(locs_to_supervoxels_graph(locs_nm, mip, dataset=spec), progress=progress,
+    (out,) = compute(_supervoxels_graph(locs_nm, spec, mip), progress=progress,
                      desc="locs_to_supervoxels")
     return np.asarray(out, dtype=np.uint64)
 
@@ -240,6 +259,6 @@ def locs_to_segments(locs, timestamp=None, coordinates: str = "nm", progress: bo
     locs_nm = as_locations(locs, coordinates=coordinates, viewer_resolution=source.meta.viewer_resolution)
     if not len(locs_nm):
         return np.zeros(0, dtype=np.int64)
-    (out,) = compute(locs_to_segments_graph(locs_nm, ts, dataset=spec), progress=progress,
+    (out,) = compute(_segments_graph(locs_nm, spec, ts), progress=progress,
                      desc="locs_to_segments")
     return np.asarray(out).astype(np.int64)
