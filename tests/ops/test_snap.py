@@ -224,3 +224,58 @@ def test_empty(local_spec, targets):
     df = snap_table(pd.DataFrame({"x": [], "y": [], "z": [], "id": []}).astype({"id": np.uint64}),
                     "id", progress=False, dataset=local_spec)
     assert len(df) == 0 and "status" in df
+
+
+# -- timeless targets and the lazy array builder ------------------------------------------------------
+def test_root_created_after_last_materialization(spec, truth):
+    """crantpy searches cutouts with roots at the last materialization, so a newer root never snaps."""
+    now = datetime.now(timezone.utc)
+    mat = truth.materialization()
+    fresh = [r for r in truth.roots_at(now) if truth.created(r) > mat]
+    root = max(fresh, key=lambda r: len(truth.leaves(r)))
+    rng = np.random.default_rng(4)
+    vox = truth.voxels_of(root)
+    locs = (vox[rng.choice(len(vox), 60)] + 0.5) * truth.resolution(0) + rng.normal(0, 60, (60, 3))
+    out = snap_to_id(locs, root, verbose=False, dataset=spec)
+    xyz, status, _ = brute(truth, locs, [root] * len(locs))
+    assert np.array_equal(out, xyz) and (status == "snapped").any()
+    assert (locs_to_segments(out[status == "snapped"], progress=False, dataset=spec) == root).all()
+
+
+def test_outdated_root_uses_its_leaves(spec, truth):
+    old = next(r for r in truth.all_roots.tolist() if truth.superseded(r) is not None
+               and len(truth.leaves(r)) > 20)
+    rng = np.random.default_rng(8)
+    vox = truth.voxels_of(old)
+    locs = (vox[rng.choice(len(vox), 40)] + 0.5) * truth.resolution(0) + rng.normal(0, 60, (40, 3))
+    out = snap_to_id(locs, old, verbose=False, dataset=spec)
+    xyz, status, _ = brute(truth, locs, [old] * len(locs))
+    assert np.array_equal(out, xyz)
+    moved = np.isin(status, ["snapped", "on_target"])
+    svs = locs_to_supervoxels(out[moved], progress=False, dataset=spec)
+    assert np.isin(svs, truth.leaves(old)).all()
+
+
+@pytest.mark.parametrize("chunks", [7, 200])
+def test_snap_to_id_graph(spec, truth, targets, near, chunks):
+    import dask.array as da
+
+    from crantseg_dask.ops.snapping import snap_to_id_graph
+
+    lazy = snap_to_id_graph(da.from_array(near, chunks=(chunks, 3)), targets[-1], dataset=spec)
+    assert isinstance(lazy, da.Array) and lazy.dtype == np.float64
+    xyz, _, _ = brute(truth, near, [targets[-1]] * len(near))
+    assert np.array_equal(lazy.compute(), xyz)
+
+
+def test_snap_table_voxel_columns(local_spec, truth, table):
+    vox = table.assign(x=table.x / 8, y=table.y / 8, z=table.z / 42).rename(
+        columns={"x": "px", "y": "py", "z": "pz"})
+    out = snap_table(vox, id_column="root", coordinates="voxel", columns=("px", "py", "pz"),
+                     progress=False, dataset=local_spec)
+    locs = vox[["px", "py", "pz"]].to_numpy() * [8, 8, 42]
+    xyz, status, _ = brute(truth, locs, table["root"].to_numpy())
+    assert np.array_equal(out[["snapped_x", "snapped_y", "snapped_z"]].to_numpy(), xyz)
+    lazy = snap_table_graph(dd.from_pandas(vox, npartitions=3), id_column="root", coordinates="voxel",
+                            columns=("px", "py", "pz"), dataset=local_spec).compute()
+    assert lazy.equals(out)
