@@ -70,7 +70,7 @@ def check_inside(box: np.ndarray, meta: VolumeMeta, mip: int, *, problem: str, a
         raise OutOfBoundsError(
             f"{problem} at mip={mip}.\n" + "\n".join(lines) + "\n"
             f"  The volume at mip={mip} is {whole} voxels = {whole_nm} nm (resolution "
-            f"{res.tolist()} nm).\n  {advice}"
+            f"{nm_vector(res).tolist()} nm).\n  {advice}"
         )
 
 
@@ -219,7 +219,7 @@ def get_segmentation_cutout(bbox, root_ids: bool = True, mip: int = 0, coordinat
     >>> cutout, res, offset = get_segmentation_cutout(
     ...     [[2000, 2800], [3000, 3400], [500, 700]], mip=1, dataset="tiny")
     >>> cutout.shape, res.tolist(), offset.tolist()
-    ((26, 12, 4), [32, 32, 42], [1984, 3008, 504])
+    ((26, 12, 5), [32, 32, 42], [1984, 3008, 504])
     """
     cutout, res, offset = get_segmentation_cutout_graph(bbox, root_ids, mip, coordinates,
                                                         dataset=dataset, timestamp=timestamp)

@@ -28,9 +28,9 @@ from .._validate import as_bbox, as_ids
 from ..config import resolve_dataset
 from ..errors import InvalidIDError, InvalidInputError
 from ..sources import SourceSpec, VolumeMeta, open_source
-from .cutouts import check_inside, check_nonempty, voxel_box
+from .cutouts import check_inside, check_nonempty, get_segmentation_cutout, get_segmentation_cutout_graph, voxel_box
 
-__all__ = ["get_voxels", "get_voxels_graph"]
+__all__ = ["get_segmentation_cutout", "get_segmentation_cutout_graph", "get_voxels", "get_voxels_graph"]
 
 _NO_VOXELS = np.zeros((0, 3), np.uint32)
 _NO_SVIDS = np.zeros(0, np.uint64)
