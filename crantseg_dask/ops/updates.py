@@ -362,7 +362,9 @@ def _update(roots, sv, spec, ts, stop, layout, progress):
         for r, v in zip(need.tolist(), got.pop(0).tolist()):
             cached[r] = v
             update_cache.put(ident + ("latest", r), v)
-    latest = np.array([bool(cached.get(int(r), False)) for r in roots.tolist()], dtype=bool) & good
+    latest_u = np.array([bool(cached[r]) for r in uniq.tolist()], dtype=bool)
+    latest = good.copy()
+    latest[good] = latest_u[np.searchsorted(uniq, roots[good])]
     conf[latest] = 1.0
     pending = good & ~latest
     if use_sv.any():
@@ -382,6 +384,8 @@ def _update(roots, sv, spec, ts, stop, layout, progress):
         for r, rec in zip(todo.tolist(), res.tolist()):
             best[r] = (int(rec[0]), float(rec[1]))
             update_cache.put(ident + ("overlap", r), best[r])
-    for k in np.flatnonzero(pending):
-        new[k], conf[k] = best[int(roots[k])]
+    if stale.size:
+        at = np.searchsorted(stale, roots[pending])
+        new[pending] = np.array([best[r][0] for r in stale.tolist()], dtype=np.uint64)[at]
+        conf[pending] = np.array([best[r][1] for r in stale.tolist()], dtype=np.float64)[at]
     return new, conf
