@@ -6,27 +6,34 @@
 directory for the session, so caveclient and cloud-volume write nothing under the real home.
 ``cave_server`` serves the tiny dataset (fixture ``tiny_path``) in a thread on a pre-bound
 port-0 socket of 127.0.0.1. ``cave_spec`` is a ``SourceSpec`` for it with a short retry backoff.
+``cave_spec_for(dataset, home)`` does the same as a context manager (it backs the shared
+``crantseg_dask.testing.fixtures.cave_spec``).
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from ..config import cave_dataset
+from ..sources.base import SourceSpec
 from .app import RunningServer, serve_in_thread
 from .state import Faults
 
-__all__ = ["cave_home", "cave_server", "cave_spec", "fast_spec", "FAST_RETRIES"]
+__all__ = ["FAST_RETRIES", "cave_home", "cave_server", "cave_spec", "cave_spec_for", "fast_spec", "faulty_server",
+           "isolated_home"]
 
 #: Retry settings for tests: same policy, waits in milliseconds.
 FAST_RETRIES = {"retries": 8, "backoff": 0.005, "backoff-max": 0.05, "timeout": 10.0}
 
 
-@pytest.fixture(scope="session")
-def cave_home(tmp_path_factory):
-    """A temporary HOME for the session (restored afterwards)."""
-    home = tmp_path_factory.mktemp("home")
+@contextmanager
+def isolated_home(home) -> Iterator[Path]:
+    """HOME, CLOUD_VOLUME_DIR and CLOUD_FILES_DIR under ``home``, loopback in NO_PROXY; restored after."""
+    home = Path(home)
     keys = ("HOME", "CLOUD_VOLUME_DIR", "CLOUD_FILES_DIR", "NO_PROXY", "no_proxy")
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update(HOME=str(home), CLOUD_VOLUME_DIR=str(home / ".cloudvolume"),
@@ -34,12 +41,34 @@ def cave_home(tmp_path_factory):
     for k in ("NO_PROXY", "no_proxy"):
         parts = [p for p in os.environ.get(k, "").split(",") if p]
         os.environ[k] = ",".join(dict.fromkeys(parts + ["127.0.0.1", "localhost"]))
-    yield home
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    try:
+        yield home
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
+def cave_spec_for(dataset, home, **faults) -> Iterator[SourceSpec]:
+    """A server for ``dataset`` (in a thread, HOME at ``home``) and the ``SourceSpec`` to reach it.
+
+    ``faults`` are ``Faults`` fields (``fail_rate=0.2`` ...). The server stops on exit."""
+    with isolated_home(home):
+        server = serve_in_thread(dataset, faults=Faults(**faults) if faults else None)
+        try:
+            yield fast_spec(server)
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def cave_home(tmp_path_factory):
+    """A temporary HOME for the session (restored afterwards)."""
+    with isolated_home(tmp_path_factory.mktemp("home")) as home:
+        yield home
 
 
 @pytest.fixture(scope="session")
