@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"synapse table: {len(table)} rows -> {out / 'synapses.parquet'}")
     op = "snap" if "snap" in _operations() else "locs-to-segments"
     t1 = time.perf_counter()
+    extra = {"snap_zero": True} if op == "snap" else {}  # synapses jittered onto background are snapped too
     summary = run_job(op, out / "synapses.parquet", out / "synapses.zarr", dataset=str(path), force=True,
-                      n_workers=a.workers)
+                      n_workers=a.workers, **extra)
     seconds = time.perf_counter() - t1
     from ..persist import read_output
 
@@ -63,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
           f"on {a.workers} workers; dashboard was {summary['dashboard']}")
     print(f"rows whose root is their target neuron: {on_target:.1%}")
     if "status" in result:
-        print(result["status"].value_counts().rename("rows").to_string())
+        from ..ops.snapping import STATUS
+
+        counts = result["status"].value_counts().sort_index()
+        print("\n".join(f"  {STATUS[int(code)]:<20} {n:>10,}" for code, n in counts.items()))
     print(f"output: {out / 'synapses.zarr'} (open with crantseg_dask.persist.read_output or xarray.open_zarr)")
     print(f"total {time.perf_counter() - t0:.1f} s")
     return 0

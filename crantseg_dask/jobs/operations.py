@@ -85,7 +85,23 @@ def _supervoxels_to_roots(inputs, ctx: Context):
                                     stop_layer=ctx.arg("stop_layer"))}
 
 
+def _snap(inputs, ctx: Context):
+    """Snap each row to its own target, then look up the supervoxel and root at the snapped spot."""
+    from ..ops.snapping import _snap_arrays
+
+    locs = np.stack([inputs["x"], inputs["y"], inputs["z"]], axis=1)
+    snapped, dist, status = _snap_arrays(locs, inputs["target_id"], ctx.spec, bool(ctx.arg("snap_zero", False)),
+                                         float(ctx.arg("search_radius", 160.0)))
+    source = open_source(ctx.spec)
+    res = np.asarray(source.meta.resolution[0])
+    sv = source.supervoxels_at(np.floor(snapped / res).astype(np.int64), 0)
+    return {"snapped_x": snapped[:, 0], "snapped_y": snapped[:, 1], "snapped_z": snapped[:, 2],
+            "distance_nm": dist, "status": status.astype(np.uint8), "supervoxel_id": sv,
+            "root_id": roots_kernel(sv, ctx.spec, ctx.timestamp)}
+
+
 U64 = ("uint64", 0)
+F64 = ("float64", float("nan"))
 OPERATIONS: dict[str, JobOperation] = {
     "locs-to-supervoxels": JobOperation(
         "locs-to-supervoxels", _locations, {"supervoxel_id": U64}, _locs_to_supervoxels,
@@ -93,6 +109,12 @@ OPERATIONS: dict[str, JobOperation] = {
     "locs-to-segments": JobOperation(
         "locs-to-segments", _locations, {"supervoxel_id": U64, "root_id": U64}, _locs_to_segments,
         uses_timestamp=True, defaults={"coordinates": "nm"}),
+    "snap": JobOperation(
+        "snap", _snap_inputs,
+        {"snapped_x": F64, "snapped_y": F64, "snapped_z": F64, "distance_nm": F64, "status": ("uint8", 255),
+         "supervoxel_id": U64, "root_id": U64},
+        _snap, uses_timestamp=True,
+        defaults={"coordinates": "nm", "id_column": "target_id", "search_radius": 160.0, "snap_zero": False}),
     "supervoxels-to-roots": JobOperation(
         "supervoxels-to-roots", _column_ids("supervoxel_id", nan="zero"), {"root_id": U64},
         _supervoxels_to_roots, uses_timestamp=True, locality=None, defaults={"stop_layer": None}),
