@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from crantseg_dask.server.testing import cave_home, cave_server, cave_spec  # noqa: F401  (spec["cave"])
 from crantseg_dask.errors import InvalidInputError, InvalidLocationError, SourceError
 from crantseg_dask.ops.locations import (locs_to_segments, locs_to_segments_graph,
                                          locs_to_supervoxels, locs_to_supervoxels_graph)
 from crantseg_dask.sources.base import SourceSpec
 
-PARTITIONINGS = [None, 1, 5, 37]  # default (one partition), tiny, small, ragged
+PARTITIONINGS = [None, 2, 37]  # default (one partition), many tiny ones, ragged
 
 
 @pytest.fixture(scope="module")

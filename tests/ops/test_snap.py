@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from crantseg_dask.server.testing import cave_home, cave_server, cave_spec  # noqa: F401  (spec["cave"])
 from crantseg_dask.errors import InvalidIDError, InvalidInputError, InvalidLocationError
 from crantseg_dask.ops.locations import locs_to_segments, locs_to_supervoxels
 from crantseg_dask.ops.snapping import snap_table, snap_table_graph, snap_to_id
@@ -97,7 +98,7 @@ def near(truth, targets):
 
 
 # -- 63, 65, 66, 67: values against brute force, over partitionings ----------------------------
-@pytest.mark.parametrize("k", [None, 1, 6, 29])
+@pytest.mark.parametrize("k", [None, 2, 29])
 @pytest.mark.parametrize("snap_zero", [False, True])
 def test_snap_matches_brute_force(spec, truth, targets, near, k, snap_zero):
     target = targets[-1]
