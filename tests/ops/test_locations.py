@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from crantseg_dask.server.testing import cave_home, cave_server, cave_spec  # noqa: F401  (spec["cave"])
+from crantseg_dask.server.testing import fast_spec, faulty_server
 from crantseg_dask.errors import InvalidInputError, InvalidLocationError, SourceError
 from crantseg_dask.ops.locations import (locs_to_segments, locs_to_segments_graph,
                                          locs_to_supervoxels, locs_to_supervoxels_graph)
@@ -176,6 +177,19 @@ def test_failed_read_raises_not_zero(broken_spec, truth, points):
     assert np.array_equal(locs_to_supervoxels(points, mip=1, progress=False, dataset=broken_spec),
                           truth.supervoxel_at_nm(points, 1))
     assert not locs_to_supervoxels([[-1e6, 0, 0]], progress=False, dataset=broken_spec).any()
+
+
+def test_failed_roots_request_raises_not_zero(tiny_path, cave_home, points):
+    """Over the cave source: once every request fails, the call raises after its retries."""
+    server = faulty_server(tiny_path)
+    try:
+        spec = fast_spec(server, retries=2)
+        assert locs_to_supervoxels(points[:300], progress=False, dataset=spec).any()  # source is open
+        server.state.faults.fail_rate = 1.0
+        with pytest.raises(SourceError):
+            locs_to_segments(points, progress=False, dataset=spec)
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("bad, err, match", [
