@@ -22,7 +22,7 @@ from .._chunking import Plan, chunk_keys, nm_to_voxels, plan_partitions
 from .._graph import compute
 from .._validate import as_coordinates, as_ids, as_locations
 from ..config import resolve_dataset
-from ..errors import InvalidIDError, InvalidInputError
+from ..errors import InvalidIDError, InvalidInputError, InvalidLocationError
 from ..sources import SourceSpec, open_source
 from .locations import _partition_size
 
@@ -137,6 +137,10 @@ def _snap_frame(df: pd.DataFrame, spec: SourceSpec, id_column: str, columns, sna
                 search_radius: float, erode: bool, resolution) -> pd.DataFrame:
     """Kernel on one pandas partition: the five output columns, same index."""
     locs = df[list(columns)].to_numpy(dtype=np.float64) * np.asarray(resolution, np.float64)
+    if not np.isfinite(locs).all():  # only reachable through the lazy API
+        row = int(np.argmax(~np.isfinite(locs).all(axis=1)))
+        raise InvalidLocationError(f"row {df.index[row]!r} = {tuple(locs[row].tolist())!r}: "
+                                   "coordinates must be finite")
     xyz, dist, status = _snap_arrays(locs, df[id_column].to_numpy(np.uint64), spec, snap_zero,
                                      search_radius, erode)
     return pd.DataFrame({"snapped_x": xyz[:, 0], "snapped_y": xyz[:, 1], "snapped_z": xyz[:, 2],
@@ -223,8 +227,13 @@ def snap_table_graph(df, id_column: str = "id", snap_zero: bool = False, search_
     For locality, partition the input spatially (``snap_table`` does this for pandas input)."""
     spec = resolve_dataset(dataset)
     unit, r = as_coordinates(coordinates), _check_radius(search_radius)
+    columns = tuple(columns)
+    missing = [c for c in (*columns, id_column) if c not in df.columns]
+    if missing or len(columns) != 3:
+        raise InvalidInputError(f"snap_table_graph: columns {missing or list(columns)} are missing or "
+                                f"not three; found {[str(c) for c in df.columns]}")
     resolution = open_source(spec).meta.viewer_resolution if unit == "voxel" else (1.0, 1.0, 1.0)
-    return df.map_partitions(_snap_frame, spec, id_column, tuple(columns), bool(snap_zero), r,
+    return df.map_partitions(_snap_frame, spec, id_column, columns, bool(snap_zero), r,
                              bool(erode), tuple(resolution), meta=_meta_frame())
 
 

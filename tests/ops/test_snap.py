@@ -280,3 +280,11 @@ def test_snap_table_voxel_columns(local_spec, truth, table):
     lazy = snap_table_graph(dd.from_pandas(vox, npartitions=3), id_column="root", coordinates="voxel",
                             columns=("px", "py", "pz"), dataset=local_spec).compute()
     assert lazy.equals(out)
+
+
+def test_snap_table_graph_bad_input(local_spec, table):
+    with pytest.raises(InvalidInputError, match="root2"):
+        snap_table_graph(dd.from_pandas(table, npartitions=2), id_column="root2", dataset=local_spec)
+    bad = dd.from_pandas(table.assign(x=np.where(table.keep == 3, np.nan, table.x)), npartitions=2)
+    with pytest.raises(InvalidLocationError, match="finite"):
+        snap_table_graph(bad, id_column="root", dataset=local_spec).compute()
