@@ -223,3 +223,40 @@ def test_token_and_names_are_checked(tiny_path):
 def test_binds_loopback_by_default(tiny_path):
     with serve_in_thread(tiny_path) as server:
         assert server.address.startswith("http://127.0.0.1:")
+
+
+def _route_patterns(state):
+    from crantseg_dask.server import chunkedgraph, info, materialize
+
+    return [r[0] for r in info.routes(state) + chunkedgraph.routes(state) + materialize.routes(state)]
+
+
+def test_every_route_refuses_traversal_in_each_segment(api, cave_server):
+    """Each path parameter of each route, replaced by a traversal, gives 400/404 (never data)."""
+    from crantseg_dask.server._base import ID, NAME
+
+    bad_values = ["..%2f..%2fetc%2fpasswd", "..", "%2e%2e", "1%2f..", "-1", "1.0", "x" * 101, "%00"]
+    checked = 0
+    for pattern in _route_patterns(cave_server.state):
+        parts = re.split(r"(\([^)]*\)(?:\{[^}]*\})?)", pattern)
+        slots = [i for i, p in enumerate(parts) if p.startswith("(")]
+        for target in slots:
+            for bad in bad_values:
+                path = ""
+                for i, p in enumerate(parts):
+                    if i == target:
+                        path += bad
+                    elif p == ID:
+                        path += "1"
+                    elif p == NAME:
+                        path += cave_server.table if parts[i - 1].endswith("table/") else cave_server.datastack
+                    elif p.startswith("("):
+                        path += "3"
+                    else:
+                        path += p
+                for method in ("GET", "POST"):
+                    r = api(method, path, data=b"{}")
+                    assert r.status_code in (400, 404, 405), (method, path, r.status_code)
+                    assert r.headers["Content-Type"].startswith("application/json")
+                    checked += 1
+    assert checked > 300
