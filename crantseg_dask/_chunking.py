@@ -15,20 +15,18 @@ import numpy as np
 
 __all__ = ["Plan", "chunk_keys", "nm_to_voxels", "plan_partitions"]
 
-_CLIP = float(2**62)
+def nm_to_voxels(locs_nm: np.ndarray, resolution, dtype=np.int64) -> np.ndarray:
+    """Voxel index ``floor(nm / resolution)`` of each row, (N, 3) of ``dtype`` (int64 or int32).
 
-
-def nm_to_voxels(locs_nm: np.ndarray, resolution) -> np.ndarray:
-    """Voxel index ``floor(nm / resolution)`` of each row, (N, 3) int64.
-
-    Values beyond +-2**62 voxels are clipped (they are outside any volume anyway), so no float
-    to int cast overflows.
+    Values beyond the integer range (less a margin) are clipped: they are outside any volume
+    anyway, and no float to int cast overflows.
     """
+    limit = float(2**62) if np.dtype(dtype).itemsize == 8 else float(2**31 - 2)
     v = np.asarray(locs_nm, dtype=np.float64).reshape(-1, 3) / np.asarray(resolution, np.float64)
     np.floor(v, out=v)
-    if v.size and (v.min() < -_CLIP or v.max() > _CLIP):
-        np.clip(v, -_CLIP, _CLIP, out=v)
-    return v.astype(np.int64)
+    if v.size and (v.min() < -limit or v.max() > limit):
+        np.clip(v, -limit, limit, out=v)
+    return v.astype(dtype)
 
 
 def chunk_keys(voxels: np.ndarray, bounds: np.ndarray, chunk_size) -> np.ndarray:
@@ -49,14 +47,21 @@ def chunk_keys(voxels: np.ndarray, bounds: np.ndarray, chunk_size) -> np.ndarray
         ``(cx * gy + cy) * gz + cz`` for chunk grid index ``(cx, cy, cz)`` on a ``(gx, gy, gz)``
         grid, so sorting keys sorts rows x-major by chunk; -1 for rows outside ``bounds``.
     """
-    v = np.asarray(voxels, dtype=np.int64).reshape(-1, 3)
+    v = np.asarray(voxels).reshape(-1, 3)
     lo, hi = np.asarray(bounds, dtype=np.int64)
     cs = np.asarray(chunk_size, dtype=np.int64)
-    inside = np.all((v >= lo) & (v < hi), axis=1)
     grid = -(-(hi - lo) // cs)
-    c = (v - lo) // cs
-    key = (c[:, 0] * grid[1] + c[:, 1]) * grid[2] + c[:, 2]
-    return np.where(inside, key, -1)
+    key = np.zeros(len(v), dtype=np.int64)
+    inside = np.ones(len(v), dtype=bool)
+    for i in range(3):  # column by column: few N-sized temporaries
+        col = v[:, i].astype(np.int64)
+        inside &= (col >= lo[i]) & (col < hi[i])
+        col -= lo[i]
+        col //= cs[i]
+        key *= grid[i]
+        key += col
+    key[~inside] = -1
+    return key
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ def test_nm_to_voxels_floors_and_clips():
     assert v[0].tolist() == [20700, 0, 0]
     assert v[1].tolist() == [-1, 0, 1]
     assert v[2, 0] > 2**61 and v[2, 1] < -(2**61)
+    v32 = nm_to_voxels([[331200, -0.5, 1e300], [-1e300, 0, 41.999]], res, np.int32)
+    assert v32.dtype == np.int32
+    assert v32.tolist() == [[20700, -1, 2**31 - 2], [-(2**31 - 2), 0, 0]]
 
 
 def test_chunk_keys_match_brute_force():
