@@ -59,6 +59,8 @@ class CaveSource(SegmentationSource):
 
         self.batch_size = int(spec.option("batch-size", spec.option("batch_size")) or setting("batch-size", 10000))
         self._lock = threading.RLock()
+        self._services: dict = {}
+        self._cloudvolumes: dict = {}
         self._token = spec.option("token")
         self.client = self._call(self._make_client, "CAVEclient construction")
         self.token = self.client.auth.token
@@ -85,12 +87,11 @@ class CaveSource(SegmentationSource):
     def _service(self, name: str):
         """A caveclient service client (built lazily, under the retry policy, on our pool)."""
         with self._lock:
-            attr = f"_svc_{name}"
-            svc = self.__dict__.get(attr)
+            svc = self._services.get(name)
             if svc is None:
                 svc = self._call(lambda: getattr(self.client, name), f"{name} client construction")
                 _http.mount(svc.session, self.policy)
-                self.__dict__[attr] = svc
+                self._services[name] = svc
             return svc
 
     @property
@@ -115,7 +116,7 @@ class CaveSource(SegmentationSource):
     def cloudvolume(self, mip: int = 0):
         """cloud-volume's graphene frontend on this server at ``mip`` (used for cutouts)."""
         with self._lock:
-            cache = self.__dict__.setdefault("_cloudvolumes", {})
+            cache = self._cloudvolumes
             if mip not in cache:
                 from cloudvolume import CloudVolume
 
