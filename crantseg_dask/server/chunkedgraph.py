@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import networkx as nx
 import numpy as np
 
+from ..errors import UnknownIDError
 from ._base import ID, NAME, ApiError, ApiHandler
 from .state import VERSIONS
 
@@ -102,9 +103,45 @@ class Lineage(ApiHandler):
         roots = self.ids_from_body("root_ids")
         # caveclient <= 8.2.1 sends `name=timestamp_future` instead of a value: unknown
         # parameters are ignored and the future defaults to now.
-        g = self.state.source.lineage(roots, self.ts_arg("timestamp_past", default="none"),
-                                      self.ts_arg("timestamp_future"))
+        g = pcg_lineage(self.state.source, roots.tolist(), self.ts_arg("timestamp_past", default="none"),
+                        self.ts_arg("timestamp_future"))
         self.send_json(node_link(g))
+
+
+def pcg_lineage(src, roots: list[int], past: datetime | None, future: datetime | None) -> nx.DiGraph:
+    """PyChunkedGraph's ``lineage_graph``: two frontiers from the query roots, one walking only
+    backwards (from nodes created at or after ``past``), one only forwards (from nodes created at
+    or before ``future``). Siblings (the other side of a split, the partner of a merge) are not
+    followed, so caveclient's ``get_latest_roots`` (out-degree 0) finds only descendants.
+
+    Nodes carry ``timestamp`` (creation, unix s) and, on superseded roots, ``operation_id`` (the
+    operation that ended them)."""
+    past_ms = -1 if past is None else int(np.floor(past.timestamp() * 1000))
+    future_ms = (1 << 62) if future is None else int(np.floor(future.timestamp() * 1000))
+    for r in roots:
+        if r not in src.root_created:
+            raise UnknownIDError(f"{r} is not a root of dataset {src.spec.name!r}")
+    g = nx.DiGraph()
+    back, fwd = list(dict.fromkeys(roots)), list(dict.fromkeys(roots))
+    while back or fwd:
+        g.add_nodes_from(back + fwd)
+        nxt_back, nxt_fwd = [], []
+        for k in back:
+            if src.root_created[k] >= past_ms:
+                for f in src.predecessors.get(k, []):
+                    g.add_edge(f, k)
+                    nxt_back.append(f)
+        for k in fwd:
+            if src.root_created[k] <= future_ms:
+                for n in src.successors.get(k, []):
+                    g.add_edge(k, n)
+                    nxt_fwd.append(n)
+        back, fwd = list(dict.fromkeys(nxt_back)), list(dict.fromkeys(nxt_fwd))
+    for n in g.nodes:
+        g.nodes[n]["timestamp"] = src.root_created[n] / 1000
+        if n in src.root_ended_by:
+            g.nodes[n]["operation_id"] = src.root_ended_by[n]
+    return g
 
 
 def node_link(g: nx.DiGraph) -> dict:
@@ -146,7 +183,7 @@ class PastIdMapping(ApiHandler):
         src = self.state.source
         past_map, future_map = {}, {}
         for r in dict.fromkeys(roots.tolist()):
-            g = src.lineage([r], past, None)  # PCG ignores timestamp_future
+            g = pcg_lineage(src, [r], past, None)  # PCG ignores timestamp_future
             anc = [a for a in nx.ancestors(g, r) if g.in_degree(a) == 0]
             past_ids = sorted(anc) if anc else [r]
             past_map[str(r)] = past_ids

@@ -253,22 +253,43 @@ class CaveSource(SegmentationSource):
         return out[inverse]
 
     def lineage(self, roots, past: datetime | None = None, future: datetime | None = None):
-        roots = _u64(roots)
+        """The roots' whole connected history within the cut-offs (like ``local``).
+
+        PyChunkedGraph's lineage walks only backwards from the query roots' ancestors and only
+        forwards from their descendants; asking again for every node found (all of them in one
+        request per round) until no new node appears gives the connected history, where each
+        node is expanded backwards if created at or after ``past`` and forwards if created at or
+        before ``future``."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        frontier = [int(r) for r in np.unique(_u64(roots))]
+        asked: set[int] = set()
+        while frontier:
+            asked.update(frontier)
+            part = self._lineage_once(np.array(frontier, dtype=np.uint64), past, future)
+            g.add_nodes_from(part.nodes(data=True))
+            g.add_edges_from(part.edges())
+            frontier = sorted(set(part.nodes) - asked)
+        return g
+
+    def _lineage_once(self, roots: np.ndarray, past: datetime | None, future: datetime | None):
+        """One ``lineage_graph_multiple`` request (PyChunkedGraph's semantics), as a DiGraph."""
+        import networkx as nx
+
         cg = self.cg
         # an explicit future: caveclient <= 8.2.1 drops it when None (it sends `name=...`)
         fut = _aware(future) if future is not None else datetime.now(timezone.utc)
-        g = self._id_call(lambda: cg.get_lineage_graph(roots, timestamp_past=_aware(past), timestamp_future=fut,
-                                                       as_nx_graph=True),
-                          "POST lineage_graph_multiple", roots)
-        import networkx as nx
-
+        got = self._id_call(lambda: cg.get_lineage_graph(roots, timestamp_past=_aware(past), timestamp_future=fut,
+                                                         as_nx_graph=True),
+                            "POST lineage_graph_multiple", roots)
         out = nx.DiGraph()
-        for n, attrs in g.nodes(data=True):
+        for n, attrs in got.nodes(data=True):
             d = {"timestamp": float(attrs["timestamp"])}
             if attrs.get("operation_id") is not None:
                 d["operation_id"] = int(attrs["operation_id"])
             out.add_node(int(n), **d)
-        out.add_edges_from((int(a), int(b)) for a, b in g.edges())
+        out.add_edges_from((int(a), int(b)) for a, b in got.edges())
         return out
 
     def latest_roots(self, root: int, timestamp: datetime) -> np.ndarray:
@@ -278,7 +299,7 @@ class CaveSource(SegmentationSource):
         ts = _aware(timestamp)
         created = datetime.fromtimestamp(self.root_timestamps([root])[0], tz=timezone.utc)
         forward = created <= ts
-        g = self.lineage([root], past=min(created, ts), future=max(created, ts))
+        g = self._lineage_once(np.array([root], dtype=np.uint64), past=min(created, ts), future=max(created, ts))
         t = _seconds(ts)
 
         def alive(n) -> bool:

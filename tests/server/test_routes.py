@@ -98,6 +98,22 @@ def test_lineage_uses_links_and_ignores_unknown_parameters(api, truth):
         assert node["timestamp"] == truth.created(node["id"]).timestamp()
 
 
+def test_lineage_follows_pychunkedgraph_frontiers(api, truth):
+    """Like PCG's lineage_graph: ancestors walked backwards, descendants forwards, no siblings."""
+    import networkx as nx
+
+    full = nx.DiGraph()
+    full.add_edges_from((o, n) for o, n, _ in truth.lineage)
+    with_siblings = 0
+    for root in sorted(full.nodes):
+        d = api("POST", f"{api.v1}/lineage_graph_multiple", data=json.dumps({"root_ids": [root]})).json()
+        want = nx.ancestors(full, root) | nx.descendants(full, root) | {root}
+        assert {n["id"] for n in d["nodes"]} == want
+        assert {(e["source"], e["target"]) for e in d["links"]} == set(full.subgraph(want).edges)
+        with_siblings += len(nx.node_connected_component(full.to_undirected(), root)) > len(want)
+    assert with_siblings  # the dataset has histories where the difference matters
+
+
 def test_other_chunkedgraph_routes(api, truth):
     root = int(truth.all_roots[-1])
     leaves = api("GET", f"{api.v1}/node/{root}/leaves").json()["leaf_ids"]
