@@ -28,6 +28,7 @@ from .._validate import as_bbox, as_ids
 from ..config import resolve_dataset
 from ..errors import InvalidIDError, InvalidInputError
 from ..sources import SourceSpec, VolumeMeta, open_source
+from ..sources._chunks import cutout_from_chunks
 from .cutouts import check_inside, check_nonempty, get_segmentation_cutout, get_segmentation_cutout_graph, voxel_box
 
 __all__ = ["get_segmentation_cutout", "get_segmentation_cutout_graph", "get_voxels", "get_voxels_graph"]
@@ -49,14 +50,19 @@ def _member(block: np.ndarray, svs: np.ndarray, in_place: bool = False) -> np.nd
 
 
 def _box_voxels(spec: SourceSpec, mip: int, box: np.ndarray, read_box: np.ndarray, svs: np.ndarray,
-                lut, key_origin: np.ndarray, key_shape: np.ndarray, want_sv: bool):
+                lut, key_origin: np.ndarray, key_shape: np.ndarray, want_sv: bool, by_chunks: bool):
     """Root voxels in the voxel box ``box`` at ``mip``: (linear keys int64, svids uint64 or None).
 
     ``svs`` are the supervoxels to keep. ``lut`` is None, or for thinning (sorted supervoxels of
     the root, their L2-node index, sorted keys ``i * n + j`` of joined L2-node pairs i < j, n);
     ``read_box`` then holds one extra voxel around ``box`` (clipped to the volume). Keys index the
-    voxel relative to ``key_origin`` in an array of shape ``key_shape``, C order."""
-    block = np.asarray(open_source(spec).cutout(read_box, mip))
+    voxel relative to ``key_origin`` in an array of shape ``key_shape``, C order.
+
+    ``by_chunks``: assemble the box from whole storage chunks through the source's chunk reader
+    (L2-chunk tasks: many small boxes; through the CAVE source a 64 x 64 x 16 box took 0.5 ms this
+    way against 35 ms through cloud-volume) rather than the source's ``cutout`` (one big box)."""
+    source = open_source(spec)
+    block = np.asarray(cutout_from_chunks(source, read_box, mip) if by_chunks else source.cutout(read_box, mip))
     inner_at = box[0] - read_box[0]
     inner = tuple(slice(a, a + n) for a, n in zip(inner_at, box[1] - box[0]))
     keep = _member(block[inner], svs, in_place=lut is None)  # kept labels are unchanged
@@ -278,12 +284,12 @@ def get_voxels_graph(x, mip: int = 0, bounds=None, sv_map: bool = False, thin: b
     if not use_l2_chunks:  # cutout mode: one box
         if len(boxes):
             cut = box if box is not None else np.stack([boxes[:, 0].min(axis=0), boxes[:, 1].max(axis=0)])
-            part = kernel(spec, mip, cut, read_box(cut), svs, lut_d, key_origin, key_shape, want_sv,
+            part = kernel(spec, mip, cut, read_box(cut), svs, lut_d, key_origin, key_shape, want_sv, False,
                           dask_key_name=f"get_voxels-cutout-{token}")
             slabs.append(merge([part], key_origin, key_shape, want_sv, dask_key_name=f"get_voxels-merge-{token}-0"))
     else:  # 4. one task per read tile of graph chunks, one merge per x-slab
         tasks = _plan_tasks(meta, mip, coords, boxes, sv_chunk)
-        parts = [kernel(spec, mip, b, read_box(b), svs[idx], lut_d, key_origin, key_shape, want_sv,
+        parts = [kernel(spec, mip, b, read_box(b), svs[idx], lut_d, key_origin, key_shape, want_sv, True,
                         dask_key_name=f"get_voxels-chunk-{token}-{i}")
                  for i, (b, idx) in enumerate(tasks)]
         for j, members in enumerate(_x_slabs(np.array([b for b, _ in tasks]).reshape(-1, 2, 3))):

@@ -166,10 +166,10 @@ def test_cutout_empty_box_and_lazy(spec, truth, monkeypatch):
     with pytest.raises(ValueError, match="no voxels at mip=0 along Z"):
         get_segmentation_cutout([[2000, 2800], [3000, 3400], [500, 510]], dataset=spec)
     cls = type(open_source(spec))
-    real = cls.cutout
-    monkeypatch.setattr(cls, "cutout", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
-    lazy, res, offset = get_segmentation_cutout_graph(BBOX_NM, mip=0, dataset=spec)  # builds without reading
-    monkeypatch.setattr(cls, "cutout", real)
+    with monkeypatch.context() as m:  # building reads no voxels
+        for name in ("cutout", "read_chunk"):
+            m.setattr(cls, name, lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+        lazy, res, offset = get_segmentation_cutout_graph(BBOX_NM, mip=0, dataset=spec)
     eager, _, _ = get_segmentation_cutout(BBOX_NM, mip=0, dataset=spec)
     np.testing.assert_array_equal(lazy.compute(), eager)
 
@@ -304,10 +304,10 @@ def test_no_global_state_changes(spec, truth, roots):  # C62
 
 def test_get_voxels_graph_is_lazy(spec, truth, roots, monkeypatch):
     cls = type(open_source(spec))
-    real = cls.cutout
-    monkeypatch.setattr(cls, "cutout", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
-    voxels, svids = get_voxels_graph(roots["big"], mip=1, sv_map=True, dataset=spec)
-    monkeypatch.setattr(cls, "cutout", real)
+    with monkeypatch.context() as m:  # building reads no voxels
+        for name in ("cutout", "read_chunk"):
+            m.setattr(cls, name, lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+        voxels, svids = get_voxels_graph(roots["big"], mip=1, sv_map=True, dataset=spec)
     assert voxels.dtype == np.uint32 and svids.dtype == np.uint64 and voxels.numblocks[0] > 1
     v, s = dask.compute(voxels, svids)
     np.testing.assert_array_equal(v, voxels_of(truth, roots["big"], 1))
