@@ -7,10 +7,11 @@ Numbered steps (anchor-semantics.md section 4.13, with crantpy's bugs fixed):
 3. Ask the chunked graph for the root's L2 IDs and supervoxels (timeless: a root's leaves never
    change), decode the L2 chunks with ``IDLayout`` and map each graph chunk to its voxel box at
    ``mip`` (the mip-0 box divided by the mip factor), clipped to the bounds.
-4. L2-chunk mode: one task per chunk reads only that box and keeps the voxels of the root's
-   supervoxels of that chunk (a supervoxel never leaves its graph chunk, so no voxel is found
-   twice); one merge task per x-slab of chunks sorts its voxels, and the slabs are concatenated
-   in x order. Cutout mode: one task reads the whole box.
+4. L2-chunk mode: one task per chunk reads only that box (from whole storage chunks; chunks
+   whose boxes start in one storage chunk, as at higher mips, share a task so it is decoded
+   once) and keeps the voxels of the root's supervoxels of that chunk (a supervoxel never leaves
+   its graph chunk, so no voxel is found twice); one merge task per x-slab of chunks sorts its
+   voxels, and the slabs are concatenated in x order. Cutout mode: one task reads the whole box.
 5. ``thin``: every task reads one extra voxel around its box, labels root voxels with their L2
    node (children of the L2 nodes) and removes root voxels with a face neighbour in another L2
    node of the root that the L2 graph does not join to their own.
