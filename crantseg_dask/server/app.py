@@ -56,7 +56,10 @@ async def _serve(state: ServedDataset, sockets, stop: asyncio.Event, started=Non
         await stop.wait()
     finally:
         server.stop()
-        await asyncio.wait_for(server.close_all_connections(), timeout=2)
+        try:  # stalled requests (fault mode) may hold connections: do not wait for them long
+            await asyncio.wait_for(server.close_all_connections(), timeout=2)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            pass
 
 
 def serve_forever(state: ServedDataset, sockets) -> None:

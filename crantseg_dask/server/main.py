@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  address:   {address}")
     print(f"  datastack: {state.datastack}")
     print(f"  token:     {state.token}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"  warning:   bound to {args.host}: other machines can reach this server (with the token)")
     if faults.active:
         print(f"  faults:    fail_rate={faults.fail_rate} latency_ms={faults.latency_ms} "
               f"stall_rate={faults.stall_rate} stall_seconds={faults.stall_s} seed={faults.seed}")
