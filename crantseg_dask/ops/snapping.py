@@ -11,6 +11,7 @@ so snapping by root needs no timestamp) or a supervoxel.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import lru_cache
 
 import dask
@@ -24,6 +25,7 @@ from .._validate import as_coordinates, as_ids, as_locations
 from ..config import resolve_dataset
 from ..errors import InvalidIDError, InvalidInputError, InvalidLocationError
 from ..sources import SourceSpec, open_source
+from ..sources._chunks import cutout_from_chunks, lookup_points
 from .locations import _partition_size
 
 __all__ = ["STATUS", "snap_table", "snap_table_graph", "snap_to_id", "snap_to_id_graph"]
@@ -83,13 +85,33 @@ def _nearest(p: np.ndarray, cand: np.ndarray, lo: np.ndarray, res: np.ndarray, r
 
 
 # -- kernel -----------------------------------------------------------------------------------
+class _ChunkCache:
+    """A source's ``read_chunk`` behind a small LRU, so a chunk group's point lookup and its
+    cutout (and the next group's overlapping cutout) decode each storage chunk once."""
+
+    def __init__(self, source, budget_bytes: int = 128 << 20):
+        self.source, self.meta = source, source.meta
+        self.size = max(12, budget_bytes // (8 * int(np.prod(source.meta.chunk_size[0]))))
+        self._lru: OrderedDict = OrderedDict()
+
+    def read_chunk(self, chunk, mip: int) -> np.ndarray:
+        key = (tuple(int(c) for c in chunk), int(mip))
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            return self._lru[key]
+        block = self._lru[key] = self.source.read_chunk(key[0], mip)
+        if len(self._lru) > self.size:
+            self._lru.popitem(last=False)
+        return block
+
+
 def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap_zero: bool,
                  search_radius: float, erode: bool = True):
-    """Snap one block of rows; pure given the dataset.
+    """Snap one block of rows; pure given the dataset. Rows are taken chunk group by chunk group.
 
     Returns (K, 3) float64 nm coordinates (snapped voxel's minimum corner, else the input), (K,)
     float64 distance in nm from the input to the chosen voxel's centre (0 on target, NaN when not
-    snapped), (K,) int8 status codes (``STATUS``)."""
+    snapped), (K,) int8 status codes (``STATUS``), all in block order."""
     locs_nm = np.asarray(locs_nm, dtype=np.float64).reshape(-1, 3)
     targets = np.asarray(targets, dtype=np.uint64).ravel()
     n = len(locs_nm)
@@ -99,36 +121,39 @@ def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, sna
         return out, dist, status
     source = open_source(spec)
     meta = source.meta
+    chunks = _ChunkCache(source)
     res = np.array(meta.resolution[0], dtype=np.float64)
     bounds = meta.bounds(0)
     vox = nm_to_voxels(locs_nm, res)
     inside = np.all((vox >= bounds[0]) & (vox < bounds[1]), axis=1)
+    # 1. the supervoxel under each row; rows already on their target stay
     sv = np.asarray(source.supervoxels_at(vox, 0), dtype=np.uint64)
     on = np.zeros(n, dtype=bool)
-    for t in np.unique(targets).tolist():
-        rows = targets == t
-        on[rows] = np.isin(sv[rows], _target_leaves(spec, t)) & (sv[rows] != 0)
-    status[on] = ON_TARGET
-    dist[on] = 0.0
+    uniq, which = np.unique(targets, return_inverse=True)
+    for t, m in zip(uniq.tolist(), np.split(np.argsort(which, kind="stable"),
+                                            np.cumsum(np.bincount(which))[:-1])):
+        on[m] = np.isin(sv[m], _target_leaves(spec, t)) & (sv[m] != 0)
+    status[on], dist[on] = ON_TARGET, 0.0
     skip = ~on & (sv == 0) & (not snap_zero)
     status[skip] = np.where(inside[skip], BACKGROUND, OUT_OF_BOUNDS)
-    todo = np.flatnonzero(~on & ~skip)
-    if todo.size:
-        r = float(search_radius)
+    left = np.flatnonzero(~on & ~skip)
+    key = chunk_keys(np.clip(vox[left], bounds[0], bounds[1] - 1), bounds, meta.chunk_size[0])
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]]) if len(ks) else np.zeros(0, np.int64)
+    r = float(search_radius)
+    for todo in (np.split(left[order], starts[1:]) if len(ks) else []):
+        # 2. one cutout covering every remaining row's search box (plus a 1-voxel margin)
         lo_v = np.floor((locs_nm[todo] - r) / res).astype(np.int64)
         hi_v = np.floor((locs_nm[todo] + r) / res).astype(np.int64)  # inclusive
-        key = chunk_keys(np.clip(vox[todo], bounds[0], bounds[1] - 1), bounds, meta.chunk_size[0])
-        for k in np.unique(key).tolist():
-            g = np.flatnonzero(key == k)
-            box = np.stack([np.maximum(lo_v[g].min(0) - 1, bounds[0]),
-                            np.minimum(hi_v[g].max(0) + 2, bounds[1])])
-            if np.any(box[1] <= box[0]):
-                continue
-            labels, lut = _relabel(source.cutout(box, 0))
-            for t in np.unique(targets[todo[g]]).tolist():
+        box = np.stack([np.maximum(lo_v.min(0) - 1, bounds[0]), np.minimum(hi_v.max(0) + 2, bounds[1])])
+        if np.all(box[1] > box[0]):
+            labels, lut = _relabel(cutout_from_chunks(chunks, box, 0))
+            # 3. per target: its (eroded) voxels; per row: the nearest centre within the radius
+            for t in np.unique(targets[todo]).tolist():
                 mask = np.isin(lut, _target_leaves(spec, t))[labels]
                 mask = _eroded(mask) if erode else mask
-                for i in g[targets[todo[g]] == t]:
+                for i in np.flatnonzero(targets[todo] == t):
                     a = np.maximum(lo_v[i] - box[0], 0)
                     b = np.minimum(hi_v[i] + 1 - box[0], box[1] - box[0])
                     if np.any(b <= a):
@@ -136,10 +161,8 @@ def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, sna
                     cand = np.argwhere(mask[a[0]:b[0], a[1]:b[1], a[2]:b[2]])
                     j, d2 = _nearest(locs_nm[todo[i]], cand, box[0] + a, res, r)
                     if j >= 0:
-                        row = todo[i]
-                        out[row] = (cand[j] + box[0] + a) * res
-                        dist[row] = np.sqrt(d2)
-                        status[row] = SNAPPED
+                        out[todo[i]] = (cand[j] + box[0] + a) * res
+                        dist[todo[i]], status[todo[i]] = np.sqrt(d2), SNAPPED
         missed = todo[status[todo] == NOT_FOUND]
         status[missed] = np.where(inside[missed], NOT_FOUND, OUT_OF_BOUNDS)
     return out, dist, status
