@@ -11,6 +11,7 @@ so snapping by root needs no timestamp) or a supervoxel.
 """
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from functools import lru_cache
 
@@ -282,8 +283,8 @@ def snap_to_id(locs, id, snap_zero: bool = False, search_radius: float = 160, co
 
     Parameters
     ----------
-    locs : array-like (N, 3) or pandas.DataFrame
-        x/y/z locations (DataFrame: ``x``, ``y``, ``z`` columns). Not modified.
+    locs : array-like (N, 3), pandas.DataFrame or navis.TreeNeuron
+        x/y/z locations (DataFrame: ``x``, ``y``, ``z`` columns; a neuron: its nodes). Not modified.
     id : int
         Target: a root ID (or any node above layer 1; its supervoxels are its leaves, which never
         change, so no timestamp is involved) or a supervoxel ID.
@@ -329,6 +330,9 @@ def snap_to_id(locs, id, snap_zero: bool = False, search_radius: float = 160, co
     as_coordinates(coordinates)
     spec = resolve_dataset(dataset)
     source = open_source(spec)
+    navis = sys.modules.get("navis")  # a TreeNeuron can only exist if navis is imported
+    if navis is not None and isinstance(locs, getattr(navis, "TreeNeuron", ())):
+        locs = locs.nodes[["x", "y", "z"]]
     locs_nm = as_locations(locs, coordinates=coordinates, viewer_resolution=source.meta.viewer_resolution)
     r = _check_radius(search_radius)
     target = _one_target(id, spec)

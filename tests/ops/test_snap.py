@@ -288,3 +288,21 @@ def test_snap_table_graph_bad_input(local_spec, table):
     bad = dd.from_pandas(table.assign(x=np.where(table.keep == 3, np.nan, table.x)), npartitions=2)
     with pytest.raises(InvalidLocationError, match="finite"):
         snap_table_graph(bad, id_column="root", dataset=local_spec).compute()
+
+
+def test_tree_neuron_input(local_spec, truth, targets, near, monkeypatch):
+    import sys
+    import types
+
+    navis = types.ModuleType("navis")
+
+    class TreeNeuron:
+        def __init__(self, nodes):
+            self.nodes = nodes
+
+    navis.TreeNeuron = TreeNeuron
+    monkeypatch.setitem(sys.modules, "navis", navis)
+    n = TreeNeuron(pd.DataFrame({"node_id": np.arange(len(near)), "x": near[:, 0], "y": near[:, 1],
+                                 "z": near[:, 2]}))
+    out = snap_to_id(n, targets[-1], verbose=False, dataset=local_spec)
+    assert np.array_equal(out, snap_to_id(near, targets[-1], verbose=False, dataset=local_spec))
