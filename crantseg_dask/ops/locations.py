@@ -211,6 +211,12 @@ def locs_to_supervoxels(locs, mip: int = 0, coordinates: str = "nm", progress: b
         Unknown ``coordinates`` or ``mip``.
     SourceError
         A chunk could not be read (after retries). Unlike crantpy, a failed read never becomes 0.
+
+    Examples
+    --------
+    >>> from crantseg_dask import locs_to_supervoxels
+    >>> locs_to_supervoxels([[3562.3, 5139.0, 997.9], [0, 0, 0]], dataset="tiny")  # doctest: +SKIP
+    array([72128100221059084, 0], dtype=uint64)
     """
     as_coordinates(coordinates)
     spec, source = _open(dataset)
@@ -252,6 +258,12 @@ def locs_to_segments(locs, timestamp=None, coordinates: str = "nm", progress: bo
         Bad locations, units or timestamp; before any read.
     SourceError
         A chunk or roots request failed after retries (never turned into 0).
+
+    Examples
+    --------
+    >>> from crantseg_dask import locs_to_segments
+    >>> locs_to_segments([[3562.3, 5139.0, 997.9]], timestamp="mat", dataset="tiny")  # doctest: +SKIP
+    array([576460752303423521])
     """
     as_coordinates(coordinates)
     spec, source = _open(dataset)

@@ -120,6 +120,13 @@ def neuron_to_segments(x, short: bool = False, coordinates: str = "nm", *, datas
         Missing columns, NaN coordinates, unknown units; before any read.
     SourceError
         A read failed after retries.
+
+    Examples
+    --------
+    >>> nodes = pd.DataFrame({"x": xs, "y": ys, "z": zs, "neuron": neuron_ids})  # doctest: +SKIP
+    >>> neuron_to_segments(nodes, short=True, dataset="tiny")  # doctest: +SKIP
+       id               match  confidence
+    0   3  576460752303423521         1.0
     """
     nodes, ids = _nodes(x, neuron_column)
     roots = locs_to_segments(nodes[["x", "y", "z"]], timestamp=timestamp, coordinates=coordinates,

@@ -326,6 +326,14 @@ def snap_to_id(locs, id, snap_zero: bool = False, search_radius: float = 160, co
     searches cutouts with roots at the last materialization, so a root edited since then never
     snaps; here both use the (timeless) leaves of ``id``. Among equally near voxels the first in
     x, then y, then z order wins.
+
+    Examples
+    --------
+    >>> from crantseg_dask import locs_to_segments, snap_to_id
+    >>> snapped = snap_to_id(synapse_xyz_nm, root_id, search_radius=200, dataset="tiny")  # doctest: +SKIP
+    3 of 10 locations needed to be snapped. Of these 0 locations could not be snapped - consider increasing `search_radius`.
+    >>> (locs_to_segments(snapped, dataset="tiny") == root_id).all()  # doctest: +SKIP
+    True
     """
     as_coordinates(coordinates)
     spec = resolve_dataset(dataset)
