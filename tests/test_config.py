@@ -57,3 +57,9 @@ def test_mat_timestamps_resolve_against_the_dataset(local_spec, truth):
     assert resolve_timestamp("mat_2", source) == truth.materialization(2)
     with pytest.raises(InvalidTimestampError, match="version 99 does not exist"):
         resolve_timestamp("mat_99", source)
+
+
+def test_spec_repr_hides_the_token():
+    spec = cave_dataset("http://127.0.0.1:9000", "stack", token="0123456789abcdef0123456789abcdef")
+    assert "0123456789abcdef" not in repr(spec) and "***" in repr(spec)
+    assert spec.option("token") == "0123456789abcdef0123456789abcdef"

@@ -16,7 +16,10 @@ __all__ = ["ChunkReader", "lookup_points", "cutout_from_chunks"]
 
 
 class ChunkReader:
-    """Reads and decodes whole storage chunks of an unsharded precomputed volume.
+    """Reads and decodes whole storage chunks of a precomputed volume.
+
+    Unsharded scales are fetched with cloud-files and decoded here; sharded scales (where a chunk
+    is a range inside a shard file) are read through cloud-volume, one chunk-sized box per call.
 
     ``fill_missing`` mirrors cloud-volume's flag: a missing chunk file is background (True) or an
     error (False). Read failures raise ``SourceError`` naming the file; never silently 0.
@@ -45,6 +48,8 @@ class ChunkReader:
         """Decoded chunk as an (X, Y, Z) uint64 array."""
         box = self.chunk_box(chunk, mip)
         shape = tuple(int(s) for s in box[1] - box[0])
+        if self.meta.sharded and self.meta.sharded[mip]:
+            return self._read_sharded(box, mip)
         name = self.filename(chunk, mip)
         try:
             data = self._cf.get(name)
@@ -56,6 +61,18 @@ class ChunkReader:
             raise SourceError(f"chunk {self.cloudpath}/{name} is missing (mip {mip}, chunk {tuple(chunk)})")
         return self._decode(data, shape, mip, name)
 
+    def _read_sharded(self, box: np.ndarray, mip: int) -> np.ndarray:
+        vols = self.__dict__.setdefault("_volumes", {})
+        if mip not in vols:
+            from cloudvolume import CloudVolume
+
+            vols[mip] = CloudVolume(self.cloudpath, mip=mip, fill_missing=self.fill_missing, progress=False,
+                                    bounded=True, parallel=1)
+        try:
+            return np.asarray(vols[mip][box[0][0]: box[1][0], box[0][1]: box[1][1], box[0][2]: box[1][2]])[..., 0]
+        except Exception as e:
+            raise SourceError(f"reading {self.cloudpath} mip {mip} box {box.tolist()} failed: {e}") from e
+
     def _decode(self, data: bytes, shape, mip: int, name: str) -> np.ndarray:
         encoding = self.meta.encoding[mip]
         try:
@@ -63,6 +80,9 @@ class ChunkReader:
                 import compressed_segmentation as cseg
 
                 block = tuple(self.meta.cseg_block_size[mip]) if self.meta.cseg_block_size else (8, 8, 8)
+                problem = cseg_problem(data, shape, block)
+                if problem:  # the decoder trusts its input and crashes the process on garbage
+                    raise ValueError(problem)
                 arr = cseg.decompress(data, shape + (1,), np.uint64, block, order="F")
                 return arr[..., 0]
             if encoding == "raw":
@@ -70,6 +90,30 @@ class ChunkReader:
         except Exception as e:
             raise SourceError(f"decoding chunk {self.cloudpath}/{name} ({encoding}) failed: {e}") from e
         raise SourceError(f"unsupported encoding {encoding!r} at mip {mip} of {self.cloudpath}")
+
+
+def cseg_problem(data: bytes, shape, block) -> str | None:
+    """Why ``data`` cannot be a one-channel uint64 compressed_segmentation chunk, or None.
+
+    Checks the structure the decoder relies on (the neuroglancer format): the channel offset, one
+    8-byte header per block, valid bit widths, and lookup tables and encoded values that lie
+    inside the buffer."""
+    if len(data) % 4 or len(data) < 4:
+        return f"{len(data)} bytes is not a whole number of 32-bit words"
+    words = np.frombuffer(data, dtype="<u4")
+    n_blocks = int(np.prod([-(-int(s) // int(b)) for s, b in zip(shape, block)]))
+    start = int(words[0])
+    if start != 1 or 1 + 2 * n_blocks > len(words):
+        return f"bad header: channel offset {start}, {n_blocks} blocks, {len(words)} words"
+    head = words[1: 1 + 2 * n_blocks].reshape(-1, 2).astype(np.int64)
+    table, bits, values = head[:, 0] & 0xFFFFFF, head[:, 0] >> 24, head[:, 1]
+    if not np.isin(bits, (0, 1, 2, 4, 8, 16, 32)).all():
+        return "bad encoded bit width in a block header"
+    n_words = -(-int(np.prod(block)) * bits // 32)
+    end = len(words) - start
+    if (values + n_words > end).any() or (table + 2 > end).any() or (table < 2 * n_blocks).any():
+        return "a block's table or values lie outside the chunk (truncated or corrupt)"
+    return None
 
 
 def lookup_points(source, voxels: np.ndarray, mip: int) -> np.ndarray:

@@ -41,6 +41,12 @@ class SourceSpec:
     def option(self, key: str, default=None):
         return dict(self.options).get(key, default)
 
+    def __repr__(self) -> str:  # never show credentials (specs end up in logs and task reprs)
+        opts = tuple((k, "***" if "token" in k or "secret" in k else v) for k, v in self.options)
+        parts = [f"kind={self.kind!r}", f"name={self.name!r}"]
+        parts += [f"{k}={getattr(self, k)!r}" for k in ("path", "server", "datastack") if getattr(self, k)]
+        return f"SourceSpec({', '.join(parts)}{', options=' + repr(opts) if opts else ''})"
+
 
 @dataclass(frozen=True)
 class VolumeMeta:
@@ -60,6 +66,7 @@ class VolumeMeta:
     chunks_start_at_voxel_offset: bool = True
     cseg_block_size: tuple[tuple[int, int, int], ...] = ()
     keys: tuple[str, ...] = ()
+    sharded: tuple[bool, ...] = ()
 
     @property
     def n_layers(self) -> int:
@@ -121,6 +128,7 @@ class VolumeMeta:
             chunks_start_at_voxel_offset=chunks_start_at_voxel_offset,
             cseg_block_size=tuple(tuple(s.get("compressed_segmentation_block_size", (8, 8, 8))) for s in scales),
             keys=tuple(s["key"] for s in scales),
+            sharded=tuple(bool(s.get("sharding")) for s in scales),
         )
 
 
@@ -185,8 +193,10 @@ class SegmentationSource(abc.ABC):
 
     @abc.abstractmethod
     def lineage(self, roots: np.ndarray, past: datetime | None = None, future: datetime | None = None):
-        """networkx.DiGraph of the roots' history (edges old -> new); nodes carry ``timestamp``
-        (creation, unix s) and, when superseded, ``operation_id`` (the operation that ended them)."""
+        """networkx.DiGraph of the roots' history as PyChunkedGraph answers it: the roots, their
+        ancestors and their descendants (not their siblings), edges old -> new; nodes carry
+        ``timestamp`` (creation, unix s) and, where they have successors in the graph,
+        ``operation_id`` (the operation that ended them)."""
 
     @abc.abstractmethod
     def latest_roots(self, root: int, timestamp: datetime) -> np.ndarray:

@@ -253,25 +253,8 @@ class CaveSource(SegmentationSource):
         return out[inverse]
 
     def lineage(self, roots, past: datetime | None = None, future: datetime | None = None):
-        """The roots' whole connected history within the cut-offs (like ``local``).
-
-        PyChunkedGraph's lineage walks only backwards from the query roots' ancestors and only
-        forwards from their descendants; asking again for every node found (all of them in one
-        request per round) until no new node appears gives the connected history, where each
-        node is expanded backwards if created at or after ``past`` and forwards if created at or
-        before ``future``."""
-        import networkx as nx
-
-        g = nx.DiGraph()
-        frontier = [int(r) for r in np.unique(_u64(roots))]
-        asked: set[int] = set()
-        while frontier:
-            asked.update(frontier)
-            part = self._lineage_once(np.array(frontier, dtype=np.uint64), past, future)
-            g.add_nodes_from(part.nodes(data=True))
-            g.add_edges_from(part.edges())
-            frontier = sorted(set(part.nodes) - asked)
-        return g
+        """PyChunkedGraph's lineage (one request): the roots, their ancestors and descendants."""
+        return self._lineage_once(np.unique(_u64(roots)), past, future)
 
     def _lineage_once(self, roots: np.ndarray, past: datetime | None, future: datetime | None):
         """One ``lineage_graph_multiple`` request (PyChunkedGraph's semantics), as a DiGraph."""

@@ -203,32 +203,31 @@ class LocalSource(SegmentationSource):
         return np.array(out, dtype=float)
 
     def lineage(self, roots, past: datetime | None = None, future: datetime | None = None):
-        """PyChunkedGraph's expansion: backwards while a node was created at or after ``past``,
-        forwards while it was created at or before ``future`` (one hop beyond each cut-off)."""
+        """PyChunkedGraph's lineage: the query roots, their ancestors (walking back while a node was
+        created at or after ``past``) and their descendants (walking forward while a node was
+        created at or before ``future``). Siblings are not followed, as in PCG and caveclient."""
         import networkx as nx
 
         past_ms = _ms(past) if past is not None else 0
         future_ms = _ms(future) if future is not None else 1 << 62
-        g = nx.DiGraph()
-        todo = deque(int(r) for r in np.atleast_1d(np.asarray(roots, dtype=np.uint64)))
-        for r in todo:
+        start = [int(r) for r in np.atleast_1d(np.asarray(roots, dtype=np.uint64))]
+        for r in start:
             if r not in self.root_created:
                 raise UnknownIDError(f"{r} is not a root of dataset {self.spec.name!r}")
-        seen = set()
-        while todo:
-            r = todo.popleft()
-            if r in seen:
-                continue
-            seen.add(r)
-            g.add_node(r, timestamp=self.root_created[r] / 1000)
-            if self.root_created[r] >= past_ms:
-                for p in self.predecessors.get(r, []):
-                    g.add_edge(p, r)
-                    todo.append(p)
-            if self.root_created[r] <= future_ms:
-                for s in self.successors.get(r, []):
-                    g.add_edge(r, s)
-                    todo.append(s)
+        g = nx.DiGraph()
+        g.add_nodes_from(start)
+        for step, forward in ((self.predecessors, False), (self.successors, True)):
+            todo, seen = deque(start), set()
+            while todo:
+                r = todo.popleft()
+                if r in seen:
+                    continue
+                seen.add(r)
+                created = self.root_created[r]
+                if (created <= future_ms) if forward else (created >= past_ms):
+                    for n in step.get(r, []):
+                        g.add_edge(r, n) if forward else g.add_edge(n, r)
+                        todo.append(n)
         for n in g.nodes:
             g.nodes[n]["timestamp"] = self.root_created[n] / 1000
             if g.out_degree(n):

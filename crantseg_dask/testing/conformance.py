@@ -146,14 +146,17 @@ class SourceConformance:
         want = [truth.created(r).timestamp() for r in roots.tolist()]
         np.testing.assert_allclose(got, want, atol=1e-3)
 
-    def test_lineage_is_the_connected_history(self, source, truth):
+    @pytest.mark.parametrize("pick", ["deepest", "middle"])
+    def test_lineage_is_ancestors_and_descendants(self, source, truth, pick):
         full = nx.DiGraph()
         full.add_edges_from((o, n) for o, n, _ in truth.lineage)
-        deepest = max(full.nodes, key=lambda r: len(nx.ancestors(full, r)))
-        g = source.lineage(np.array([deepest], np.uint64))
-        comp = nx.node_connected_component(full.to_undirected(), deepest)
-        assert set(g.nodes) == comp
-        assert set(g.edges) == set(full.subgraph(comp).edges)
+        order = sorted(full.nodes, key=lambda r: (len(nx.ancestors(full, r)), r))
+        root = order[-1] if pick == "deepest" else next(
+            r for r in order[len(order) // 2:] if nx.ancestors(full, r) and nx.descendants(full, r))
+        g = source.lineage(np.array([root], np.uint64))
+        family = {root} | nx.ancestors(full, root) | nx.descendants(full, root)
+        assert set(g.nodes) == family
+        assert set(g.edges) == set(full.subgraph(family).edges)
         ended_by = {o: op for o, _, op in truth.lineage}
         for n, attrs in g.nodes(data=True):
             assert attrs["timestamp"] == pytest.approx(truth.created(n).timestamp(), abs=1e-3)
