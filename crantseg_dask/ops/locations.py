@@ -16,12 +16,15 @@ error into ID 0; here a failed read raises ``SourceError``.
 """
 from __future__ import annotations
 
+import operator
 from datetime import datetime
 from typing import Any
 
 import dask.array as da
 import numpy as np
 from dask import delayed
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from .._chunking import Plan, chunk_keys, nm_to_voxels, plan_partitions
 from .._graph import compute
@@ -29,13 +32,21 @@ from .._validate import as_coordinates, as_locations
 from ..config import resolve_dataset, resolve_timestamp, setting
 from ..errors import InvalidLocationError
 from ..sources import SourceSpec, open_source
-from .mapping import roots_graph
+from .mapping import roots_graph, roots_kernel
 
 __all__ = ["locs_to_segments", "locs_to_segments_graph", "locs_to_supervoxels",
            "locs_to_supervoxels_graph", "plan_locations"]
 
 
-# -- kernel -----------------------------------------------------------------------------------
+# -- kernels ----------------------------------------------------------------------------------
+def _check_finite(locs_nm: np.ndarray) -> None:
+    """Only reachable through the lazy API on Dask input (eager input is validated up front)."""
+    if not np.isfinite(locs_nm).all():
+        row = int(np.argmax(~np.isfinite(locs_nm).all(axis=1)))
+        raise InvalidLocationError(f"locs block row {row} = {tuple(locs_nm[row].tolist())!r}: "
+                                   "coordinates must be finite")
+
+
 def _supervoxels_block(locs_nm: np.ndarray, spec: SourceSpec, mip: int) -> np.ndarray:
     """Supervoxel under each nm location of one block, (K,) uint64 in block order.
 
@@ -43,10 +54,7 @@ def _supervoxels_block(locs_nm: np.ndarray, spec: SourceSpec, mip: int) -> np.nd
     0; the source reads each touched storage chunk once. A failed read raises ``SourceError``.
     """
     locs_nm = np.asarray(locs_nm, dtype=np.float64).reshape(-1, 3)
-    if not np.isfinite(locs_nm).all():  # only reachable through the lazy API on Dask input
-        row = int(np.argmax(~np.isfinite(locs_nm).all(axis=1)))
-        raise InvalidLocationError(f"locs block row {row} = {tuple(locs_nm[row].tolist())!r}: "
-                                   "coordinates must be finite")
+    _check_finite(locs_nm)
     if len(locs_nm) == 0:
         return np.zeros(0, dtype=np.uint64)
     source = open_source(spec)
@@ -62,6 +70,82 @@ def _voxels_block(voxels: np.ndarray, spec: SourceSpec, mip: int) -> np.ndarray:
 
 def _take(blocks: list[np.ndarray], index: np.ndarray) -> np.ndarray:
     return np.concatenate(blocks)[index]
+
+
+# -- shuffle kernels (lazy API over Dask arrays) --------------------------------------------------
+def _bucket_block(locs_nm: np.ndarray, spec: SourceSpec, mip: int, n_buckets: int):
+    """Stage 1: one input block -> (its length, per bucket (row positions, int32 voxels)).
+
+    Bucket ``b`` holds the chunk keys in ``[b, b + 1) * n_keys / n_buckets``: every chunk
+    belongs to exactly one bucket, so each chunk is read by one task. Rows outside the volume
+    are in no bucket (their value is 0)."""
+    locs_nm = np.asarray(locs_nm, dtype=np.float64).reshape(-1, 3)
+    _check_finite(locs_nm)
+    meta = open_source(spec).meta
+    vox = nm_to_voxels(locs_nm, meta.resolution[mip], np.int32)
+    bounds = meta.bounds(mip)
+    keys = chunk_keys(vox, bounds, meta.chunk_size[mip])
+    n_keys = int(np.prod(-(-(bounds[1] - bounds[0]) // np.array(meta.chunk_size[mip]))))
+    bucket = np.where(keys >= 0, keys * n_buckets // n_keys, -1)
+    order = np.argsort(bucket, kind="stable")
+    edges = np.searchsorted(bucket[order], np.arange(n_buckets + 1))
+    return len(locs_nm), [(order[a:b], vox[order[a:b]]) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _piece(stage1, b: int):
+    return stage1[1][b]
+
+
+def _lookup_bucket(pieces, spec: SourceSpec, mip: int, roots):
+    """Stage 2: every block's rows of one bucket -> their values, split back per block."""
+    counts = [len(rows) for rows, _ in pieces]
+    vox = np.concatenate([v for _, v in pieces]) if pieces else np.zeros((0, 3), np.int32)
+    values = _voxels_block(vox, spec, mip)
+    if roots is not None:
+        values = roots_kernel(values, spec, *roots)
+    return np.split(values, np.cumsum(counts)[:-1])
+
+
+def _gather_block(stage1, parts) -> np.ndarray:
+    """Stage 3: one output block in its input order from every bucket's share."""
+    out = np.zeros(stage1[0], dtype=np.uint64)
+    for (rows, _), values in zip(stage1[1], parts):
+        out[rows] = values
+    return out
+
+
+def _shuffle_graph(locs: da.Array, spec: SourceSpec, mip: int, roots, n_buckets: int) -> da.Array:
+    """Lookups over a Dask array with each storage chunk read once: blocks -> chunk-range buckets
+    -> blocks (two all-to-all stages of small getitem tasks; output chunks follow the input)."""
+    token = tokenize(locs, spec, mip, roots, n_buckets)
+    a, ab, b, ba, c = (f"locs-{s}-{token}" for s in ("bucket", "piece", "lookup", "share", "gather"))
+    keys = [k for k in locs.__dask_keys__()]
+    n_in = len(keys)
+    graph = {}
+    for i, k in enumerate(keys):
+        graph[(a, i)] = (_bucket_block, k[0] if isinstance(k, list) else k, spec, mip, n_buckets)
+        for j in range(n_buckets):
+            graph[(ab, i, j)] = (_piece, (a, i), j)
+    for j in range(n_buckets):
+        graph[(b, j)] = (_lookup_bucket, [(ab, i, j) for i in range(n_in)], spec, mip, roots)
+        for i in range(n_in):
+            graph[(ba, j, i)] = (operator.getitem, (b, j), i)
+    for i in range(n_in):
+        graph[(c, i)] = (_gather_block, (a, i), [(ba, j, i) for j in range(n_buckets)])
+    hlg = HighLevelGraph.from_collections(c, graph, dependencies=[locs])
+    return da.Array(hlg, c, chunks=(locs.chunks[0],), dtype=np.uint64, meta=np.empty((0,), np.uint64))
+
+
+def _dask_locs(locs: da.Array) -> da.Array:
+    if locs.ndim != 2 or locs.shape[1] != 3:
+        raise InvalidLocationError(f"`locs` has shape {locs.shape}; expected (N, 3) rows of [x, y, z]")
+    return locs.astype(np.float64).rechunk({1: 3})
+
+
+def _n_buckets(locs: da.Array, partition_size: int | None) -> int:
+    n = locs.shape[0]
+    by_size = 1 if np.isnan(n) else -(-int(n) // _partition_size(partition_size))
+    return max(1, locs.numblocks[0], by_size)
 
 
 # -- planning ---------------------------------------------------------------------------------
@@ -133,46 +217,56 @@ def _segments_graph(locs_nm: np.ndarray, spec: SourceSpec, ts: datetime,
 
 
 # -- graph builders ---------------------------------------------------------------------------
-def locs_to_supervoxels_graph(locs, mip: int = 0, *, dataset=None,
-                              partition_size: int | None = None) -> da.Array:
+def locs_to_supervoxels_graph(locs, mip: int = 0, *, dataset=None, partition_size: int | None = None,
+                              shuffle: bool = True) -> da.Array:
     """Lazy supervoxel IDs at nm locations: a uint64 Dask array of length N, input order.
 
     Parameters
     ----------
     locs : dask.array.Array, numpy.ndarray, array-like or pandas.DataFrame
-        (N, 3) locations in nm. A Dask array is used block by block (each block groups its own
-        points by chunk: sort the input spatially for best locality); anything else is validated,
-        planned by storage chunk into partitions and restored to input order in the graph.
+        (N, 3) locations in nm. Anything but a Dask array is validated now, planned by storage
+        chunk into partitions and restored to input order in the graph. A Dask array is
+        shuffled in the graph: each block's rows go to buckets of contiguous storage chunks (one
+        task per bucket reads each of its chunks once) and come back to the input's blocks, so
+        the output has the input's chunks; NaN rows raise when computed.
     mip : int
         Scale to query.
     dataset : str or SourceSpec, optional
     partition_size : int, optional
-        Rows per partition (default: setting ``crantseg.partition-size``); numpy input only.
+        Rows per partition (default: setting ``crantseg.partition-size``); for Dask input there
+        are at least as many buckets as input blocks.
+    shuffle : bool
+        Dask input only: False looks up each block on its own (no all-to-all stages; good when
+        the blocks are already spatially compact).
     """
     spec, source = _open(dataset)
     mip = source.meta.check_mip(mip)
     if isinstance(locs, da.Array):
-        if locs.ndim != 2 or locs.shape[1] != 3:
-            raise InvalidLocationError(f"`locs` has shape {locs.shape}; expected (N, 3) rows of [x, y, z]")
-        locs = locs.astype(np.float64).rechunk({1: 3})
+        locs = _dask_locs(locs)
+        if shuffle:
+            return _shuffle_graph(locs, spec, mip, None, _n_buckets(locs, partition_size))
         return locs.map_blocks(_supervoxels_block, spec=spec, mip=mip, drop_axis=1,
                                dtype=np.uint64, meta=np.empty((0,), np.uint64))
     return _supervoxels_graph(as_locations(locs), spec, mip, partition_size)
 
 
 def locs_to_segments_graph(locs, timestamp: datetime | str | int | None = None, *, dataset=None,
-                           partition_size: int | None = None) -> da.Array:
+                           partition_size: int | None = None, shuffle: bool = True) -> da.Array:
     """Lazy root IDs at nm locations: a uint64 Dask array of length N, input order.
 
     ``timestamp`` is resolved once, here (None = now). Supervoxels come from mip 0; each
     partition's supervoxels are deduplicated before the roots request (``roots_kernel``).
-    See ``locs_to_supervoxels_graph`` for ``locs`` and ``partition_size``.
+    See ``locs_to_supervoxels_graph`` for ``locs``, ``partition_size`` and ``shuffle``.
     """
     spec, source = _open(dataset)
     ts = resolve_timestamp(timestamp, source)
     batch = int(setting("batch-size", 10_000))
     if isinstance(locs, da.Array):
-        return roots_graph(locs_to_supervoxels_graph(locs, 0, dataset=spec), spec, ts, None, batch)
+        locs = _dask_locs(locs)
+        if shuffle:
+            return _shuffle_graph(locs, spec, 0, (ts, None, batch), _n_buckets(locs, partition_size))
+        return roots_graph(locs_to_supervoxels_graph(locs, 0, dataset=spec, shuffle=False), spec, ts,
+                           None, batch)
     return _segments_graph(as_locations(locs), spec, ts, partition_size)
 
 

@@ -216,15 +216,42 @@ def test_bad_units_mip_timestamp(broken_spec):
 
 
 # -- lazy builders ------------------------------------------------------------------------------
-@pytest.mark.parametrize("chunks", [500, 1, 64, 123])
-def test_graph_over_dask_blocks(spec, truth, points, chunks):
-    d = da.from_array(points, chunks=(chunks if chunks > 1 else 7, 3))
-    sv = locs_to_supervoxels_graph(d, mip=1, dataset=spec)
-    assert isinstance(sv, da.Array) and sv.dtype == np.uint64
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("chunks", [500, 7, 123])
+def test_graph_over_dask_blocks(spec, truth, points, chunks, shuffle):
+    d = da.from_array(points, chunks=(chunks, 3))
+    sv = locs_to_supervoxels_graph(d, mip=1, dataset=spec, shuffle=shuffle, partition_size=50)
+    assert isinstance(sv, da.Array) and sv.dtype == np.uint64 and sv.chunks == (d.chunks[0],)
     assert np.array_equal(sv.compute(), truth.supervoxel_at_nm(points, 1))
-    seg = locs_to_segments_graph(d, timestamp="mat", dataset=spec)
+    seg = locs_to_segments_graph(d, timestamp="mat", dataset=spec, shuffle=shuffle)
     assert np.array_equal(seg.compute(), truth.root_of(truth.supervoxel_at_nm(points, 0),
                                                        truth.materialization()))
+
+
+def test_shuffle_reads_each_chunk_once(local_spec, truth, points, monkeypatch):
+    from crantseg_dask.sources import open_source
+
+    source = open_source(local_spec)
+    reads = []
+    original = source.read_chunk
+    monkeypatch.setattr(source, "read_chunk", lambda c, mip: reads.append((tuple(c), mip)) or original(c, mip))
+    rng = np.random.default_rng(0)
+    shuffled = points[rng.permutation(len(points))]
+    d = da.from_array(shuffled, chunks=(41, 3))  # 13 spatially mixed blocks
+    out = locs_to_supervoxels_graph(d, dataset=local_spec, partition_size=100).compute()
+    assert np.array_equal(out, truth.supervoxel_at_nm(shuffled, 0))
+    assert len(reads) == len(set(reads)) > 20
+    reads.clear()
+    locs_to_supervoxels_graph(d, dataset=local_spec, shuffle=False).compute()
+    assert len(reads) > len(set(reads))  # block by block, chunks are read again
+
+
+def test_graph_unknown_block_sizes(local_spec, truth, points):
+    d = da.from_array(points, chunks=(100, 3))
+    d = d[da.from_array(np.ones(len(points), bool), chunks=100)]  # chunks of unknown (nan) length
+    assert np.isnan(d.shape[0])
+    out = locs_to_segments_graph(d, dataset=local_spec).compute()
+    assert np.array_equal(out, truth.root_of(truth.supervoxel_at_nm(points, 0), datetime.now(timezone.utc)))
 
 
 def test_graph_from_numpy_partitions(local_spec, truth, points):
