@@ -265,3 +265,22 @@ def test_graph_nan_in_dask_block_raises(local_spec):
     d = da.from_array(np.array([[0.0, 0, 0], [np.nan, 1, 1]]), chunks=(1, 3))
     with pytest.raises(InvalidLocationError, match="finite"):
         locs_to_supervoxels_graph(d, dataset=local_spec).compute()
+
+
+# -- 70: a distributed cluster (worker processes) gives the same answers ------------------------------
+def test_on_a_process_cluster(local_spec, truth, points):
+    distributed = pytest.importorskip("distributed")
+    from crantseg_dask.ops.snapping import snap_table
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster):
+        with partitioned(60):
+            seg = locs_to_segments(points, progress=False, dataset=local_spec)
+        lazy = locs_to_supervoxels_graph(da.from_array(points, chunks=(90, 3)), dataset=local_spec).compute()
+        svs = truth.supervoxel_at_nm(points, 0)
+        roots = now_roots(truth, svs)
+        table = pd.DataFrame({"x": points[:, 0], "y": points[:, 1], "z": points[:, 2], "id": roots})
+        snapped = snap_table(table[roots > 0], progress=False, dataset=local_spec)
+    assert np.array_equal(seg, roots)
+    assert np.array_equal(lazy, svs)
+    assert (snapped["status"] == "on_target").all()
