@@ -26,7 +26,7 @@ from .._validate import as_coordinates, as_ids, as_locations
 from ..config import resolve_dataset
 from ..errors import InvalidIDError, InvalidInputError, InvalidLocationError
 from ..sources import SourceSpec, open_source
-from ..sources._chunks import cutout_from_chunks, lookup_points
+from ..sources._chunks import cutout_from_chunks
 from .locations import _partition_size
 
 __all__ = ["STATUS", "snap_table", "snap_table_graph", "snap_to_id", "snap_to_id_graph"]
@@ -87,8 +87,8 @@ def _nearest(p: np.ndarray, cand: np.ndarray, lo: np.ndarray, res: np.ndarray, r
 
 # -- kernel -----------------------------------------------------------------------------------
 class _ChunkCache:
-    """A source's ``read_chunk`` behind a small LRU, so a chunk group's point lookup and its
-    cutout (and the next group's overlapping cutout) decode each storage chunk once."""
+    """A source's ``read_chunk`` behind a small LRU (about 128 MiB), so the cutouts of
+    neighbouring chunk groups, which overlap the same storage chunks, decode them once."""
 
     def __init__(self, source, budget_bytes: int = 128 << 20):
         self.source, self.meta = source, source.meta
@@ -108,7 +108,7 @@ class _ChunkCache:
 
 def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap_zero: bool,
                  search_radius: float, erode: bool = True):
-    """Snap one block of rows; pure given the dataset. Rows are taken chunk group by chunk group.
+    """Snap one block of rows; pure given the dataset. Rows to search go chunk group by chunk group.
 
     Returns (K, 3) float64 nm coordinates (snapped voxel's minimum corner, else the input), (K,)
     float64 distance in nm from the input to the chosen voxel's centre (0 on target, NaN when not
@@ -330,8 +330,9 @@ def snap_to_id(locs, id, snap_zero: bool = False, search_radius: float = 160, co
     Examples
     --------
     >>> from crantseg_dask import locs_to_segments, snap_to_id
-    >>> snapped = snap_to_id(synapse_xyz_nm, root_id, search_radius=200, dataset="tiny")  # doctest: +SKIP
-    3 of 10 locations needed to be snapped. Of these 0 locations could not be snapped - consider increasing `search_radius`.
+    >>> snapped = snap_to_id(xyz_nm, root_id, search_radius=200, dataset="tiny")  # doctest: +SKIP
+    3 of 10 locations needed to be snapped. Of these 0 locations could not be snapped - consider \
+increasing `search_radius`.
     >>> (locs_to_segments(snapped, dataset="tiny") == root_id).all()  # doctest: +SKIP
     True
     """
