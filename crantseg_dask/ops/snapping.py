@@ -12,8 +12,8 @@ so snapping by root needs no timestamp) or a supervoxel.
 from __future__ import annotations
 
 import sys
+import threading
 from collections import OrderedDict
-from functools import lru_cache
 
 import dask
 import dask.array as da
@@ -37,13 +37,33 @@ ON_TARGET, SNAPPED, NOT_FOUND, BACKGROUND, OUT_OF_BOUNDS = range(5)
 OUT_COLUMNS = ["snapped_x", "snapped_y", "snapped_z", "distance_nm", "status"]
 
 
-@lru_cache(maxsize=4096)
+_LEAVES: OrderedDict = OrderedDict()  # (spec, target) -> sorted leaves, bounded by bytes
+_LEAVES_BUDGET = 256 << 20
+_leaves_lock = threading.Lock()
+_leaves_bytes = 0
+
+
 def _target_leaves(spec: SourceSpec, target: int) -> np.ndarray:
-    """Sorted supervoxels of ``target`` (itself for a supervoxel). Timeless, so cached per process."""
+    """Sorted supervoxels of ``target`` (itself for a supervoxel). Timeless, so cached per process
+    (least recently used first out, about 256 MiB at most)."""
+    key = (spec, int(target))
+    with _leaves_lock:
+        if key in _LEAVES:
+            _LEAVES.move_to_end(key)
+            return _LEAVES[key]
     source = open_source(spec)
     if int(source.meta.layout.layer(np.array([target], np.uint64))[0]) == 1:
-        return np.array([target], dtype=np.uint64)
-    return np.sort(np.asarray(source.leaves(int(target)), dtype=np.uint64))
+        leaves = np.array([target], dtype=np.uint64)
+    else:
+        leaves = np.sort(np.asarray(source.leaves(int(target)), dtype=np.uint64))
+    global _leaves_bytes
+    with _leaves_lock:
+        if key not in _LEAVES:
+            _LEAVES[key] = leaves
+            _leaves_bytes += leaves.nbytes
+        while len(_LEAVES) > 1 and _leaves_bytes > _LEAVES_BUDGET:
+            _leaves_bytes -= _LEAVES.popitem(last=False)[1].nbytes
+    return leaves
 
 
 def _eroded(mask: np.ndarray) -> np.ndarray:
