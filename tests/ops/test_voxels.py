@@ -117,6 +117,21 @@ def test_cutout_geometry_and_supervoxels(spec, truth, mip):  # C50, C51, C53 (su
     assert set(truth.layout.layer(np.unique(cutout)).tolist()) <= {0, 1}
 
 
+def test_cutout_rounding_anchor_example(local_spec):  # C50: the anchor's notebook box, CRANT geometry
+    from dataclasses import replace
+
+    from crantseg_dask.ops.cutouts import voxel_box
+
+    meta = replace(open_source(local_spec).meta, resolution=((16, 16, 42), (32, 32, 42), (64, 64, 42)))
+    nm = np.array([[329200, 333200], [91376, 95376], [112712, 112912]], float).T
+    box1 = voxel_box(nm, meta, 1)
+    assert box1.tolist() == [[10288, 2856, 2684], [10412, 2980, 2688]]  # 10287.5 -> 10288, 10412.5 -> 10412
+    assert tuple(box1[1] - box1[0]) == (124, 124, 4)
+    assert (box1[0] * np.array([32, 32, 42])).tolist() == [329216, 91392, 112728]
+    box0 = voxel_box(nm, meta, 0)
+    assert tuple(box0[1] - box0[0]) == (250, 250, 4)
+
+
 @pytest.mark.parametrize("when", ["now", "mat", "ingest"])
 def test_cutout_roots(spec, truth, when):  # C53
     off, size = truth.bounds(0)
