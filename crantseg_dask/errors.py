@@ -7,6 +7,7 @@ The tree (every leaf also subclasses the builtin callers already catch)::
     │   ├── InvalidLocationError               NaN/inf coordinates, wrong shape, missing x/y/z
     │   ├── InvalidIDError                     negative, non-integer or wrong-layer IDs
     │   ├── InvalidTimestampError              unknown timestamp strings, unknown mat versions
+    │   ├── InvalidNeuronError(AssertionError) not a node table or navis neuron (crantpy asserts)
     │   └── OutOfBoundsError                   boxes or bounds outside the volume
     ├── UnknownIDError(KeyError)               an ID the dataset has never known
     ├── DatasetError(ValueError)               unknown dataset name or a directory that is no dataset
@@ -23,6 +24,7 @@ __all__ = [
     "InvalidIDError",
     "InvalidInputError",
     "InvalidLocationError",
+    "InvalidNeuronError",
     "InvalidTimestampError",
     "OutOfBoundsError",
     "SourceError",
@@ -49,6 +51,10 @@ class InvalidIDError(InvalidInputError):
 
 class InvalidTimestampError(InvalidInputError):
     """A timestamp that cannot be resolved (unknown string, unknown version)."""
+
+
+class InvalidNeuronError(InvalidInputError, AssertionError):
+    """``x`` is not a node table or navis neuron (an AssertionError too, as crantpy raises)."""
 
 
 class OutOfBoundsError(InvalidInputError):

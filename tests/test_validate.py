@@ -107,6 +107,7 @@ def test_locations_dataframe_not_modified():
 def test_locations_array_not_modified_and_copied():
     a = np.array([[1.0, 2.0, 3.0]])
     out = as_locations(a, coordinates="voxel")
+    np.testing.assert_array_equal(out, [[8.0, 16.0, 126.0]])
     np.testing.assert_array_equal(a, [[1.0, 2.0, 3.0]])
     out2 = as_locations(a)
     assert not np.shares_memory(out2, a)

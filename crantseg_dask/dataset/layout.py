@@ -20,7 +20,7 @@ Every file is written deterministically: the same parameters and seed give byte-
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np

@@ -16,7 +16,6 @@ Definitions the operations are held to:
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import datetime, timezone
 from functools import cached_property, lru_cache
 from pathlib import Path

@@ -11,14 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, InvalidNeuronError
 from .locations import locs_to_segments
 
 __all__ = ["InvalidNeuronError", "neuron_to_segments"]
-
-
-class InvalidNeuronError(InvalidInputError, AssertionError):
-    """``x`` is not a node table or navis neuron (an AssertionError too, as crantpy raises)."""
 
 
 def _navis():

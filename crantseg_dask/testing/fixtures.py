@@ -1,4 +1,8 @@
-"""pytest plugin: the tiny embedded dataset, its truth, and a source spec for it.
+"""pytest plugin: the tiny embedded dataset, its truth, and source specs for it.
+
+``local_spec`` reads the dataset directly; ``cave_spec`` reaches it through the local CAVE server
+(real caveclient and cloud-volume on 127.0.0.1, HOME in a temporary directory); ``spec`` is
+parametrised over both.
 
 Load it from a conftest with ``pytest_plugins = ["crantseg_dask.testing.fixtures"]``.
 """
@@ -9,6 +13,7 @@ import pytest
 from ..dataset.generate import make_dataset
 from ..dataset.layout import PRESETS
 from ..dataset.truth import Truth
+from ..server.testing import cave_home, cave_server, cave_spec  # noqa: F401  (fixtures: the local CAVE server)
 from ..sources.base import SourceSpec
 
 
@@ -28,18 +33,6 @@ def truth(tiny_path) -> Truth:
 def local_spec(tiny_path) -> SourceSpec:
     """``SourceSpec`` of the tiny dataset through the ``local`` source (pass it as ``dataset=``)."""
     return SourceSpec(kind="local", name="tiny", path=str(tiny_path))
-
-
-@pytest.fixture(scope="session")
-def cave_spec(tiny_path, tmp_path_factory):
-    """``SourceSpec`` of the tiny dataset served by the local CAVE server (real caveclient and
-    cloud-volume on 127.0.0.1). Skips only while the server module does not exist yet."""
-    try:
-        from ..server.testing import cave_spec_for  # provided by the server work
-    except ImportError:
-        pytest.skip("local CAVE server not available yet")
-    with cave_spec_for(tiny_path, tmp_path_factory.mktemp("cave-home")) as spec:
-        yield spec
 
 
 @pytest.fixture(params=["local", "cave"])

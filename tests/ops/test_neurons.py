@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crantseg_dask.server.testing import cave_home, cave_server, cave_spec  # noqa: F401  (spec["cave"])
 from crantseg_dask.errors import InvalidInputError, InvalidLocationError
 from crantseg_dask.ops.neurons import InvalidNeuronError, neuron_to_segments
 

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crantseg_dask.server.testing import cave_home, cave_server, cave_spec  # noqa: F401  (spec["cave"])
 from crantseg_dask.errors import InvalidIDError, InvalidInputError, InvalidLocationError
 from crantseg_dask.ops.locations import locs_to_segments, locs_to_supervoxels
 from crantseg_dask.ops.snapping import snap_table, snap_table_graph, snap_to_id

@@ -10,7 +10,6 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from crantseg_dask.server.testing import cave_home, cave_server  # noqa: F401
 from crantseg_dask.testing.conformance import check_times
 
 

@@ -12,7 +12,6 @@ import pytest
 import requests
 
 from crantseg_dask.server import ServedDataset, serve_in_thread
-from crantseg_dask.server.testing import cave_home, cave_server  # noqa: F401
 from crantseg_dask.testing.conformance import check_times
 
 MAT_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}$")
