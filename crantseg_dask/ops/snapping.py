@@ -91,18 +91,34 @@ def _relabel(cut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, lut
 
 
-def _nearest(p: np.ndarray, cand: np.ndarray, lo: np.ndarray, res: np.ndarray, r: float):
-    """Index into ``cand`` (voxel indices relative to ``lo``, lexicographic) of the voxel whose
-    centre is nearest to ``p`` within ``r`` nm (first in x, y, z order among ties), and its
-    squared distance; (-1, inf) when none."""
-    c = (cand + lo + 0.5) * res
-    dx, dy, dz = c[:, 0] - p[0], c[:, 1] - p[1], c[:, 2] - p[2]
-    d2 = dx * dx + dy * dy + dz * dz
+def _nearest_many(points: np.ndarray, cand: np.ndarray, lo: np.ndarray, res: np.ndarray, r: float):
+    """For each point (nm), the index into ``cand`` (voxel indices relative to ``lo``, in
+    lexicographic order) of the voxel whose centre is nearest within ``r`` nm, first in x, y, z
+    order among ties, and its squared distance; (-1, inf) where none is within ``r``.
+
+    A KD-tree over the candidate centres proposes the 8 nearest; their exact squared distances
+    decide (so ties resolve by candidate order, as a brute-force scan would)."""
+    from scipy.spatial import cKDTree
+
+    n = len(points)
+    j, best = np.full(n, -1, dtype=np.int64), np.full(n, np.inf)
+    if n == 0 or len(cand) == 0:
+        return j, best
+    centres = (cand + lo + 0.5) * res
+    k = min(8, len(cand))
+    _, idx = cKDTree(centres).query(points, k=k, distance_upper_bound=r * (1 + 1e-9) + 1e-9)
+    idx = idx.reshape(n, k)
+    valid = idx < len(cand)
+    safe = np.where(valid, idx, 0)
+    diff = centres[safe] - points[:, None, :]
+    d2 = np.where(valid, (diff * diff).sum(axis=2), np.inf)
     d2 = np.where(d2 <= r * r, d2, np.inf)
-    if not len(d2) or not np.isfinite(d2.min()):
-        return -1, np.inf
-    j = int(np.argmin(d2))
-    return j, float(d2[j])
+    m = d2.min(axis=1)
+    found = np.isfinite(m)
+    # among equal distances the smallest candidate index (first in x, y, z order) wins
+    tied = np.where((d2 == m[:, None]) & found[:, None], idx, np.iinfo(np.int64).max)
+    j[found], best[found] = tied.min(axis=1)[found], m[found]
+    return j, best
 
 
 # -- kernel -----------------------------------------------------------------------------------
@@ -170,20 +186,16 @@ def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, sna
         box = np.stack([np.maximum(lo_v.min(0) - 1, bounds[0]), np.minimum(hi_v.max(0) + 2, bounds[1])])
         if np.all(box[1] > box[0]):
             labels, lut = _relabel(cutout_from_chunks(chunks, box, 0))
-            # 3. per target: its (eroded) voxels; per row: the nearest centre within the radius
+            # 3. per target: its (eroded) voxels; all of its rows at once: the nearest centre
             for t in np.unique(targets[todo]).tolist():
                 mask = np.isin(lut, _target_leaves(spec, t))[labels]
                 mask = _eroded(mask) if erode else mask
-                for i in np.flatnonzero(targets[todo] == t):
-                    a = np.maximum(lo_v[i] - box[0], 0)
-                    b = np.minimum(hi_v[i] + 1 - box[0], box[1] - box[0])
-                    if np.any(b <= a):
-                        continue
-                    cand = np.argwhere(mask[a[0]:b[0], a[1]:b[1], a[2]:b[2]])
-                    j, d2 = _nearest(locs_nm[todo[i]], cand, box[0] + a, res, r)
-                    if j >= 0:
-                        out[todo[i]] = (cand[j] + box[0] + a) * res
-                        dist[todo[i]], status[todo[i]] = np.sqrt(d2), SNAPPED
+                rows = todo[targets[todo] == t]
+                cand = np.argwhere(mask)
+                j, d2 = _nearest_many(locs_nm[rows], cand, box[0], res, r)
+                hit = j >= 0
+                out[rows[hit]] = (cand[j[hit]] + box[0]) * res
+                dist[rows[hit]], status[rows[hit]] = np.sqrt(d2[hit]), SNAPPED
         missed = todo[status[todo] == NOT_FOUND]
         status[missed] = np.where(inside[missed], NOT_FOUND, OUT_OF_BOUNDS)
     return out, dist, status
