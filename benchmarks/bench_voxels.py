@@ -9,6 +9,10 @@ Three ways to get one root's voxels, timed and memory-profiled in the same run:
   The loop stops after ``CRANTPY_BUDGET_S`` seconds and its time is extrapolated linearly over
   the remaining supervoxels (it is exactly linear in #sv); rows say ``extrapolated``.
 
+``run(quick)`` (called by ``benchmarks/run.py``) returns one row per peer with the ratio
+peer / ours for time and for peak memory; ``python benchmarks/bench_voxels.py`` prints every
+measurement and the ratios.
+
 Time is the wall time of one call (the best of two in the full run) without tracing; peak memory
 is tracemalloc's peak (numpy buffers included) of a second, traced call. The L2 and cutout
 results are checked to be identical.
@@ -101,7 +105,7 @@ def _peak_mb(fn) -> float:
         tracemalloc.stop()
 
 
-def run(quick: bool) -> list[dict]:
+def measure(quick: bool) -> list[dict]:
     """Measure; one dict per (root, mip, method). L2 rows carry the ratios."""
     spec = resolve_dataset("demo")
     source = open_source(spec)
@@ -148,6 +152,33 @@ def run(quick: bool) -> list[dict]:
     return rows
 
 
+def summarize(raw: list[dict]) -> list[dict]:
+    """Rows for ``benchmarks/run.py``: ours (L2-chunk mode) against each peer; ratio = peer / ours
+    for time and for peak memory (higher is better)."""
+    by = {(r["root"], r["mip"], r["method"]): r for r in raw}
+    rows = []
+    for (root, mip, method), ours in by.items():
+        if method != "l2_chunks":
+            continue
+        case = (f"root {root} mip {mip} ({ours['l2_chunks']}/{ours['bbox_chunks']} chunks, "
+                f"{ours['voxels']:,} voxels)")
+        for peer, label in (("cutout", "cutout mode (bounding box)"), ("crantpy", "crantpy (bbox cutout + per-sv loop)")):
+            p = by[(root, mip, peer)]
+            extra = " (extrapolated)" if p["extrapolated"] else ""
+            rows.append({"benchmark": "get_voxels time", "case": case, "ours": f"{ours['seconds']:.2f} s",
+                         "peer": label, "peer_value": f"{p['seconds']:.2f} s{extra}",
+                         "ratio": p["seconds"] / ours["seconds"], "root": root, "mip": mip})
+            rows.append({"benchmark": "get_voxels peak memory", "case": case, "ours": f"{ours['peak_mb']:.0f} MB",
+                         "peer": label, "peer_value": f"{p['peak_mb']:.0f} MB",
+                         "ratio": p["peak_mb"] / ours["peak_mb"], "root": root, "mip": mip})
+    return rows
+
+
+def run(quick: bool) -> list[dict]:
+    """What ``benchmarks/run.py`` calls: ratios of L2-chunk mode against its peers."""
+    return summarize(measure(quick))
+
+
 def _print(rows: list[dict]) -> None:
     print(f"{'root':>20} {'mip':>3} {'chunks':>11} {'method':>19} {'seconds':>9} {'peak MB':>9} {'voxels':>10}")
     for r in rows:
@@ -166,7 +197,7 @@ def _print(rows: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the largest root at mip 1 only")
-    _print(run(ap.parse_args().quick))
+    _print(measure(ap.parse_args().quick))
 
 
 if __name__ == "__main__":
