@@ -14,7 +14,6 @@ import pytest
 from crantseg_dask.errors import InvalidIDError, OutOfBoundsError
 from crantseg_dask.ops.cutouts import get_segmentation_cutout, get_segmentation_cutout_graph
 from crantseg_dask.ops.voxels import get_voxels, get_voxels_graph
-from crantseg_dask.server.testing import cave_home, cave_server, cave_spec  # noqa: F401  (spec["cave"])
 from crantseg_dask.sources import open_source
 
 MIPS = [0, 1, 2]
