@@ -142,6 +142,7 @@ def test_cutout_roots(spec, truth, when):  # C53
     sv = truth.volume(0)[tuple(slice(a, b) for a, b in zip(box[0] - off, box[1] - off))]
     uniq, inv = np.unique(sv, return_inverse=True)
     expected = truth.root_of(uniq, at)[inv].reshape(sv.shape)
+    assert cutout.dtype == np.uint64
     np.testing.assert_array_equal(cutout, expected)
     assert set(truth.layout.layer(np.unique(cutout)).tolist()) <= {0, truth.layout.n_layers}
     if when != "now":  # the timestamp matters here: roots at now differ
