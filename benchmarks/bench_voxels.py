@@ -9,6 +9,9 @@ Three ways to get one root's voxels, timed and memory-profiled in the same run:
   The loop stops after ``CRANTPY_BUDGET_S`` seconds and its time is extrapolated linearly over
   the remaining supervoxels (it is exactly linear in #sv); rows say ``extrapolated``.
 
+Also ``get_segmentation_cutout(root_ids=True)`` (one batched root lookup, one hash-map remap)
+against crantpy's remap loop on a box in the middle of the volume.
+
 ``run(quick)`` (called by ``benchmarks/run.py``) returns one row per peer with the ratio
 peer / ours for time and for peak memory; ``python benchmarks/bench_voxels.py`` prints every
 measurement and the ratios.
@@ -35,7 +38,7 @@ import numpy as np
 
 from crantseg_dask.config import resolve_dataset
 from crantseg_dask.ops.mapping import roots_kernel
-from crantseg_dask.ops.voxels import _chunk_boxes, _mip_factor, get_voxels
+from crantseg_dask.ops.voxels import _chunk_boxes, _mip_factor, get_segmentation_cutout, get_voxels
 from crantseg_dask.sources import open_source
 
 CRANTPY_BUDGET_S = 6.0
@@ -174,9 +177,42 @@ def summarize(raw: list[dict]) -> list[dict]:
     return rows
 
 
+def cutout_rows(quick: bool) -> list[dict]:
+    """get_segmentation_cutout(root_ids=True) against crantpy's remap (one full-array comparison
+    per supervoxel, extrapolated past ``CRANTPY_BUDGET_S``), on a box in the middle of the volume."""
+    spec = resolve_dataset("demo")
+    meta = open_source(spec).meta
+    lo, hi = meta.bounds(0)
+    size = np.array([256, 256, 32] if quick else [512, 512, 64])
+    box = np.stack([(lo + hi) // 2 - size // 2, (lo + hi) // 2 + size // 2])
+    nm = (box * np.array(meta.resolution[0])).T
+    get_segmentation_cutout(nm, dataset=spec)  # warm-up
+    secs, (ours, _, _) = _timed(lambda: get_segmentation_cutout(nm, dataset=spec), 1 if quick else 2)
+    source = open_source(spec)
+    t0 = time.perf_counter()
+    cutout = source.cutout(box, 0)
+    svs = np.unique(cutout)
+    svs = svs[svs != 0]
+    roots = roots_kernel(svs, spec, datetime.now(timezone.utc))
+    t_loop, done = time.perf_counter(), 0
+    for sv, r in zip(svs, roots):
+        cutout[cutout == sv] = r
+        done += 1
+        if time.perf_counter() - t_loop > CRANTPY_BUDGET_S:
+            break
+    peer = (t_loop - t0) + (time.perf_counter() - t_loop) / done * len(svs)
+    if done == len(svs):
+        assert np.array_equal(cutout, ours), "crantpy's remap disagrees"
+    extra = "" if done == len(svs) else " (extrapolated)"
+    return [{"benchmark": "get_segmentation_cutout time", "case": f"{tuple(size.tolist())} voxels at mip 0, "
+             f"{len(svs):,} supervoxels", "ours": f"{secs:.2f} s", "peer": "crantpy (per-sv remap loop)",
+             "peer_value": f"{peer:.1f} s{extra}", "ratio": peer / secs}]
+
+
 def run(quick: bool) -> list[dict]:
-    """What ``benchmarks/run.py`` calls: ratios of L2-chunk mode against its peers."""
-    return summarize(measure(quick))
+    """What ``benchmarks/run.py`` calls: ratios of L2-chunk mode against its peers, and of the
+    cutout's one-batch root remap against crantpy's per-supervoxel loop."""
+    return summarize(measure(quick)) + cutout_rows(quick)
 
 
 def _print(rows: list[dict]) -> None:
@@ -197,7 +233,10 @@ def _print(rows: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the largest root at mip 1 only")
-    _print(measure(ap.parse_args().quick))
+    quick = ap.parse_args().quick
+    _print(measure(quick))
+    for r in cutout_rows(quick):
+        print(f"{r['benchmark']}, {r['case']}: ours {r['ours']}, {r['peer']} {r['peer_value']}: {r['ratio']:.0f}x")
 
 
 if __name__ == "__main__":
