@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import time
 
@@ -61,6 +62,7 @@ def make_dataset_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # before dask is imported, here and in workers
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("distributed", "bokeh", "tornado"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=1_000_000, help="synapses in the table (default 10^6)")
     p.add_argument("--out", default="crantseg-demo", help="directory for the table and the Zarr output")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--partition-size", type=int, default=50_000, help="rows per task (default 50,000)")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     path = local_dataset_path(a.preset)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     extra = {"snap_zero": True} if op == "snap" else {}  # synapses jittered onto background are snapped too
     summary = run_job(op, out / "synapses.parquet", out / "synapses.zarr", dataset=str(path), force=True,
-                      n_workers=a.workers, **extra)
+                      n_workers=a.workers, partition_size=a.partition_size, **extra)
     seconds = time.perf_counter() - t1
     from ..persist import read_output
 

@@ -100,6 +100,42 @@ def _snap(inputs, ctx: Context):
             "root_id": roots_kernel(sv, ctx.spec, ctx.timestamp)}
 
 
+def _update_inputs(df: pd.DataFrame, args: dict) -> dict[str, np.ndarray]:
+    out = _column_ids("root_id", nan="zero")(df, args)
+    sv = args.get("supervoxel_column", "supervoxel_id")
+    if sv in df.columns:
+        out["supervoxel_id"] = as_ids(df[sv], name=f"input[{sv!r}]", nan="zero")
+    return out
+
+
+def _update_ids(inputs, ctx: Context):
+    """update_ids on one partition (as ``crantseg_dask.update_ids``): current roots pass through
+    (confidence 1); outdated rows with a supervoxel take its root at the timestamp (confidence 1);
+    the others the current root holding most of their layer-``stop_layer`` nodes (confidence =
+    that share); IDs that are not roots keep their ID with confidence 0."""
+    from ..ops.updates import is_latest_kernel, overlap_kernel
+
+    old = inputs["root_id"]
+    layout = open_source(ctx.spec).meta.layout
+    new, conf = old.copy(), np.zeros(len(old))
+    good = (old != 0) & (layout.layer(old) == layout.n_layers)
+    latest = good & is_latest_kernel(old, ctx.spec, ctx.timestamp)
+    conf[latest] = 1.0
+    pending = good & ~latest
+    sv = inputs.get("supervoxel_id")
+    if sv is not None and (pending & (sv != 0)).any():
+        rows = np.flatnonzero(pending & (sv != 0))
+        by_sv = roots_kernel(sv[rows], ctx.spec, ctx.timestamp)
+        rows, by_sv = rows[by_sv != 0], by_sv[by_sv != 0]
+        new[rows], conf[rows] = by_sv, 1.0
+        pending[rows] = False
+    if pending.any():
+        stale, at = np.unique(old[pending], return_inverse=True)
+        best = overlap_kernel(stale, ctx.spec, ctx.timestamp, int(ctx.arg("stop_layer", 2)))
+        new[pending], conf[pending] = best["new_id"][at], best["confidence"][at]
+    return {"new_id": new, "confidence": conf, "changed": new != old}
+
+
 U64 = ("uint64", 0)
 F64 = ("float64", float("nan"))
 OPERATIONS: dict[str, JobOperation] = {
@@ -115,6 +151,9 @@ OPERATIONS: dict[str, JobOperation] = {
          "supervoxel_id": U64, "root_id": U64},
         _snap, uses_timestamp=True,
         defaults={"coordinates": "nm", "id_column": "target_id", "search_radius": 160.0, "snap_zero": False}),
+    "update-ids": JobOperation(
+        "update-ids", _update_inputs, {"new_id": U64, "confidence": F64, "changed": ("bool", False)},
+        _update_ids, uses_timestamp=True, locality=None, defaults={"stop_layer": 2}),
     "supervoxels-to-roots": JobOperation(
         "supervoxels-to-roots", _column_ids("supervoxel_id", nan="zero"), {"root_id": U64},
         _supervoxels_to_roots, uses_timestamp=True, locality=None, defaults={"stop_layer": None}),

@@ -12,8 +12,8 @@ so snapping by root needs no timestamp) or a supervoxel.
 from __future__ import annotations
 
 import sys
-import threading
-from collections import OrderedDict
+
+
 
 import dask
 import dask.array as da
@@ -26,179 +26,13 @@ from .._validate import as_coordinates, as_ids, as_locations
 from ..config import resolve_dataset
 from ..errors import InvalidIDError, InvalidInputError, InvalidLocationError
 from ..sources import SourceSpec, open_source
-from ..sources._chunks import cutout_from_chunks
+from ._snap_kernel import (  # noqa: F401  (the per-block kernel; jobs use it too)
+    NOT_FOUND, OUT_OF_BOUNDS, SNAPPED, STATUS, _snap_arrays, _target_leaves)
 from .locations import _partition_size
 
 __all__ = ["STATUS", "snap_table", "snap_table_graph", "snap_to_id", "snap_to_id_graph"]
 
-#: status codes of ``snap_table`` rows, by code
-STATUS = ("on_target", "snapped", "not_found", "background_skipped", "out_of_bounds")
-ON_TARGET, SNAPPED, NOT_FOUND, BACKGROUND, OUT_OF_BOUNDS = range(5)
 OUT_COLUMNS = ["snapped_x", "snapped_y", "snapped_z", "distance_nm", "status"]
-
-
-_LEAVES: OrderedDict = OrderedDict()  # (spec, target) -> sorted leaves, bounded by bytes
-_LEAVES_BUDGET = 256 << 20
-_leaves_lock = threading.Lock()
-_leaves_bytes = 0
-
-
-def _target_leaves(spec: SourceSpec, target: int) -> np.ndarray:
-    """Sorted supervoxels of ``target`` (itself for a supervoxel). Timeless, so cached per process
-    (least recently used first out, about 256 MiB at most)."""
-    key = (spec, int(target))
-    with _leaves_lock:
-        if key in _LEAVES:
-            _LEAVES.move_to_end(key)
-            return _LEAVES[key]
-    source = open_source(spec)
-    if int(source.meta.layout.layer(np.array([target], np.uint64))[0]) == 1:
-        leaves = np.array([target], dtype=np.uint64)
-    else:
-        leaves = np.sort(np.asarray(source.leaves(int(target)), dtype=np.uint64))
-    global _leaves_bytes
-    with _leaves_lock:
-        if key not in _LEAVES:
-            _LEAVES[key] = leaves
-            _leaves_bytes += leaves.nbytes
-        while len(_LEAVES) > 1 and _leaves_bytes > _LEAVES_BUDGET:
-            _leaves_bytes -= _LEAVES.popitem(last=False)[1].nbytes
-    return leaves
-
-
-def _eroded(mask: np.ndarray) -> np.ndarray:
-    """Voxels of ``mask`` whose 6 face neighbours are all in ``mask`` (outside = background)."""
-    out = mask.copy()
-    for axis in range(3):
-        m = np.moveaxis(mask, axis, 0)
-        o = np.moveaxis(out, axis, 0)
-        o[1:] &= m[:-1]
-        o[:-1] &= m[1:]
-        o[0] = False
-        o[-1] = False
-    return out
-
-
-def _relabel(cut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(small labels, label -> supervoxel table) of a cutout: membership tests then touch only
-    the few distinct supervoxels instead of sorting every voxel."""
-    import fastremap
-
-    labels, mapping = fastremap.renumber(cut, in_place=False, preserve_zero=True)
-    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.uint64)
-    for sv, k in mapping.items():
-        lut[k] = sv
-    return labels, lut
-
-
-def _nearest_many(points: np.ndarray, cand: np.ndarray, lo: np.ndarray, res: np.ndarray, r: float):
-    """For each point (nm), the index into ``cand`` (voxel indices relative to ``lo``, in
-    lexicographic order) of the voxel whose centre is nearest within ``r`` nm, first in x, y, z
-    order among ties, and its squared distance; (-1, inf) where none is within ``r``.
-
-    A KD-tree over the candidate centres proposes the 8 nearest; their exact squared distances
-    decide (so ties resolve by candidate order, as a brute-force scan would)."""
-    from scipy.spatial import cKDTree
-
-    n = len(points)
-    j, best = np.full(n, -1, dtype=np.int64), np.full(n, np.inf)
-    if n == 0 or len(cand) == 0:
-        return j, best
-    centres = (cand + lo + 0.5) * res
-    k = min(8, len(cand))
-    _, idx = cKDTree(centres).query(points, k=k, distance_upper_bound=r * (1 + 1e-9) + 1e-9)
-    idx = idx.reshape(n, k)
-    valid = idx < len(cand)
-    safe = np.where(valid, idx, 0)
-    diff = centres[safe] - points[:, None, :]
-    d2 = np.where(valid, (diff * diff).sum(axis=2), np.inf)
-    d2 = np.where(d2 <= r * r, d2, np.inf)
-    m = d2.min(axis=1)
-    found = np.isfinite(m)
-    # among equal distances the smallest candidate index (first in x, y, z order) wins
-    tied = np.where((d2 == m[:, None]) & found[:, None], idx, np.iinfo(np.int64).max)
-    j[found], best[found] = tied.min(axis=1)[found], m[found]
-    return j, best
-
-
-# -- kernel -----------------------------------------------------------------------------------
-class _ChunkCache:
-    """A source's ``read_chunk`` behind a small LRU (about 128 MiB), so the cutouts of
-    neighbouring chunk groups, which overlap the same storage chunks, decode them once."""
-
-    def __init__(self, source, budget_bytes: int = 128 << 20):
-        self.source, self.meta = source, source.meta
-        self.size = max(12, budget_bytes // (8 * int(np.prod(source.meta.chunk_size[0]))))
-        self._lru: OrderedDict = OrderedDict()
-
-    def read_chunk(self, chunk, mip: int) -> np.ndarray:
-        key = (tuple(int(c) for c in chunk), int(mip))
-        if key in self._lru:
-            self._lru.move_to_end(key)
-            return self._lru[key]
-        block = self._lru[key] = self.source.read_chunk(key[0], mip)
-        if len(self._lru) > self.size:
-            self._lru.popitem(last=False)
-        return block
-
-
-def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap_zero: bool,
-                 search_radius: float, erode: bool = True):
-    """Snap one block of rows; pure given the dataset. Rows to search go chunk group by chunk group.
-
-    Returns (K, 3) float64 nm coordinates (snapped voxel's minimum corner, else the input), (K,)
-    float64 distance in nm from the input to the chosen voxel's centre (0 on target, NaN when not
-    snapped), (K,) int8 status codes (``STATUS``), all in block order."""
-    locs_nm = np.asarray(locs_nm, dtype=np.float64).reshape(-1, 3)
-    targets = np.asarray(targets, dtype=np.uint64).ravel()
-    n = len(locs_nm)
-    out, dist = locs_nm.copy(), np.full(n, np.nan)
-    status = np.full(n, NOT_FOUND, dtype=np.int8)
-    if n == 0:
-        return out, dist, status
-    source = open_source(spec)
-    meta = source.meta
-    chunks = _ChunkCache(source)
-    res = np.array(meta.resolution[0], dtype=np.float64)
-    bounds = meta.bounds(0)
-    vox = nm_to_voxels(locs_nm, res)
-    inside = np.all((vox >= bounds[0]) & (vox < bounds[1]), axis=1)
-    # 1. the supervoxel under each row; rows already on their target stay
-    sv = np.asarray(source.supervoxels_at(vox, 0), dtype=np.uint64)
-    on = np.zeros(n, dtype=bool)
-    uniq, which = np.unique(targets, return_inverse=True)
-    for t, m in zip(uniq.tolist(), np.split(np.argsort(which, kind="stable"),
-                                            np.cumsum(np.bincount(which))[:-1])):
-        on[m] = np.isin(sv[m], _target_leaves(spec, t)) & (sv[m] != 0)
-    status[on], dist[on] = ON_TARGET, 0.0
-    skip = ~on & (sv == 0) & (not snap_zero)
-    status[skip] = np.where(inside[skip], BACKGROUND, OUT_OF_BOUNDS)
-    left = np.flatnonzero(~on & ~skip)
-    key = chunk_keys(np.clip(vox[left], bounds[0], bounds[1] - 1), bounds, meta.chunk_size[0])
-    order = np.argsort(key, kind="stable")
-    ks = key[order]
-    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]]) if len(ks) else np.zeros(0, np.int64)
-    r = float(search_radius)
-    for todo in (np.split(left[order], starts[1:]) if len(ks) else []):
-        # 2. one cutout covering every remaining row's search box (plus a 1-voxel margin)
-        lo_v = np.floor((locs_nm[todo] - r) / res).astype(np.int64)
-        hi_v = np.floor((locs_nm[todo] + r) / res).astype(np.int64)  # inclusive
-        box = np.stack([np.maximum(lo_v.min(0) - 1, bounds[0]), np.minimum(hi_v.max(0) + 2, bounds[1])])
-        if np.all(box[1] > box[0]):
-            labels, lut = _relabel(cutout_from_chunks(chunks, box, 0))
-            # 3. per target: its (eroded) voxels; all of its rows at once: the nearest centre
-            for t in np.unique(targets[todo]).tolist():
-                mask = np.isin(lut, _target_leaves(spec, t))[labels]
-                mask = _eroded(mask) if erode else mask
-                rows = todo[targets[todo] == t]
-                cand = np.argwhere(mask)
-                j, d2 = _nearest_many(locs_nm[rows], cand, box[0], res, r)
-                hit = j >= 0
-                out[rows[hit]] = (cand[j[hit]] + box[0]) * res
-                dist[rows[hit]], status[rows[hit]] = np.sqrt(d2[hit]), SNAPPED
-        missed = todo[status[todo] == NOT_FOUND]
-        status[missed] = np.where(inside[missed], NOT_FOUND, OUT_OF_BOUNDS)
-    return out, dist, status
 
 
 def _snap_frame(df: pd.DataFrame, spec: SourceSpec, id_column: str, columns, snap_zero: bool,
