@@ -111,6 +111,12 @@ def test_bad_input_fails_before_any_work(tiny_path, tmp_path, table, match):
     assert not (tmp_path / "o.zarr").exists()
 
 
+def test_snap_needs_a_target_on_every_row(tiny_path, tmp_path):
+    pd.DataFrame({"x": [1.0, 2.0], "y": [1.0, 2.0], "z": [1.0, 2.0], "target_id": [5, 0]}).to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(InvalidInputError, match="first: row 1"):
+        run_job("snap", tmp_path / "t.parquet", tmp_path / "o.zarr", dataset=str(tiny_path))
+
+
 def test_supervoxels_to_roots_needs_its_column(tiny_path, tmp_path):
     pd.DataFrame({"sv": [1, 2]}).to_parquet(tmp_path / "t.parquet")
     with pytest.raises(InvalidInputError, match="supervoxel_id"):
@@ -239,3 +245,30 @@ def test_status_command(client, synapses, tiny_path, tmp_path, capsys):
             partition_size=10_000, client=client, progress=False)
     assert main(["status", str(out)]) == 0
     assert "3/3 partitions done (30000 rows), complete" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("op", ["locs-to-segments", "snap"])
+def test_job_against_a_faulty_cave_server_matches_a_clean_run(client, small, tiny_path, tmp_path, op):
+    """Through the real caveclient / cloud-volume against the local server answering 20% of
+    requests with 503/429 and stalling 5% past the client timeout: the same output as a clean run
+    on the local source."""
+    from crantseg_dask.server.testing import fast_spec, faulty_server
+
+    keep = np.flatnonzero(small["root"] != 0)[:3000]
+    table = small["df"].iloc[keep].reset_index(drop=True)
+    table["target_id"] = small["root"][keep]
+    server = faulty_server(tiny_path, fail_rate=0.2, stall_rate=0.05, stall_s=1.5, seed=3)
+    try:
+        spec = fast_spec(server, timeout=0.5)
+        kw = dict(timestamp="mat", partition_size=500, client=client, progress=False)
+        run_job(op, table, tmp_path / "faulty.zarr", dataset=spec, **kw)
+        run_job(op, table, tmp_path / "clean.zarr", dataset=str(tiny_path), **kw)
+        assert server.state.faults.injected > 0
+    finally:
+        server.stop()
+    a, b = read_output(tmp_path / "faulty.zarr"), read_output(tmp_path / "clean.zarr")
+    pd.testing.assert_frame_equal(a, b)
+    if op == "locs-to-segments":
+        np.testing.assert_array_equal(a["root_id"], small["root"][keep])
+    else:  # every row was on its target already, or snapped back onto it
+        assert (a["root_id"].to_numpy() == table["target_id"].to_numpy()).all()

@@ -60,7 +60,12 @@ def _column_ids(column: str, *, nan: str = "raise"):
 
 def _snap_inputs(df: pd.DataFrame, args: dict) -> dict[str, np.ndarray]:
     col = args.get("id_column", "target_id")
-    return {**_locations(df, args), **{"target_id": _column_ids(col)(df, args)[col]}}
+    targets = _column_ids(col)(df, args)[col]
+    if (targets == 0).any():
+        rows = np.flatnonzero(targets == 0)
+        raise InvalidInputError(f"input[{col!r}] is 0 in {len(rows)} rows (first: row {rows[0]}): every row needs "
+                                "the root or supervoxel to snap to; drop those rows or fill them")
+    return {**_locations(df, args), "target_id": targets}
 
 
 # -- kernels ------------------------------------------------------------------------------------
