@@ -165,7 +165,22 @@ def _partition_size(value: int | None = None) -> int:
 def plan_locations(locs_nm: np.ndarray, spec: SourceSpec, mip: int = 0,
                    partition_size_: int | None = None) -> tuple[Plan, np.ndarray]:
     """Partition plan of (N, 3) nm locations by storage chunk at ``mip`` (client side, numpy),
-    and the (N, 3) int32 voxels at ``mip`` in input order (clipped far outside any volume)."""
+    and the (N, 3) int32 voxels at ``mip`` in input order (clipped far outside any volume).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.ops.locations import plan_locations
+    >>> locs = np.array([[4232.0, 4904.0, 1701.0], [1600.0, 2600.0, 400.0], [3800.0, 5192.0, 1659.0]])
+    >>> plan, voxels = plan_locations(locs, resolve_dataset("tiny"))
+    >>> voxels  # floor(nm / (16, 16, 42)), input order
+    array([[264, 306,  40],
+           [100, 162,   9],
+           [237, 324,  39]], dtype=int32)
+    >>> plan.sizes, plan.order  # one partition; rows sorted by storage chunk
+    ((3,), array([1, 2, 0]))
+    """
     meta = open_source(spec).meta
     voxels = nm_to_voxels(locs_nm, meta.resolution[mip], np.int32)  # half the memory; volumes fit
     keys = chunk_keys(voxels, meta.bounds(mip), meta.chunk_size[mip])
@@ -238,6 +253,18 @@ def locs_to_supervoxels_graph(locs, mip: int = 0, *, dataset=None, partition_siz
     shuffle : bool
         Dask input only: False looks up each block on its own (no all-to-all stages; good when
         the blocks are already spatially compact).
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from crantseg_dask.ops.locations import locs_to_supervoxels_graph
+    >>> locs = da.from_array(np.array([[4232, 4904, 1701], [3800, 5192, 1659], [0, 0, 0]]), chunks=2)
+    >>> svs = locs_to_supervoxels_graph(locs, dataset="tiny")
+    >>> svs.chunks  # the input's blocks
+    ((2, 1),)
+    >>> svs.compute()
+    array([72198469099454522, 72198469032345652,                 0], dtype=uint64)
     """
     spec, source = _open(dataset)
     mip = source.meta.check_mip(mip)
@@ -257,6 +284,15 @@ def locs_to_segments_graph(locs, timestamp: datetime | str | int | None = None, 
     ``timestamp`` is resolved once, here (None = now). Supervoxels come from mip 0; each
     partition's supervoxels are deduplicated before the roots request (``roots_kernel``).
     See ``locs_to_supervoxels_graph`` for ``locs``, ``partition_size`` and ``shuffle``.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from crantseg_dask.ops.locations import locs_to_segments_graph
+    >>> locs = da.from_array(np.array([[4232, 4904, 1701], [3800, 5192, 1659], [0, 0, 0]]), chunks=2)
+    >>> locs_to_segments_graph(locs, timestamp="mat", dataset="tiny").compute()
+    array([576460752373423547, 576460752373423549,                  0], dtype=uint64)
     """
     spec, source = _open(dataset)
     ts = resolve_timestamp(timestamp, source)
@@ -309,8 +345,15 @@ def locs_to_supervoxels(locs, mip: int = 0, coordinates: str = "nm", progress: b
     Examples
     --------
     >>> from crantseg_dask import locs_to_supervoxels
-    >>> locs_to_supervoxels([[3562.3, 5139.0, 997.9], [0, 0, 0]], dataset="tiny")  # doctest: +SKIP
-    array([72128100221059084, 0], dtype=uint64)
+    >>> locs_to_supervoxels([[4232, 4904, 1701], [0, 0, 0]], dataset="tiny", progress=False)
+    array([72198469099454522,                 0], dtype=uint64)
+
+    The same place on the 8 x 8 x 42 nm viewer grid, and at mip 1 (32 x 32 x 42 nm):
+
+    >>> locs_to_supervoxels([[529, 613, 40]], coordinates="voxel", dataset="tiny", progress=False)
+    array([72198469099454522], dtype=uint64)
+    >>> locs_to_supervoxels([[4232, 4904, 1701]], mip=1, dataset="tiny", progress=False)
+    array([72198469099454522], dtype=uint64)
     """
     as_coordinates(coordinates)
     spec, source = _open(dataset)
@@ -356,8 +399,11 @@ def locs_to_segments(locs, timestamp=None, coordinates: str = "nm", progress: bo
     Examples
     --------
     >>> from crantseg_dask import locs_to_segments
-    >>> locs_to_segments([[3562.3, 5139.0, 997.9]], timestamp="mat", dataset="tiny")  # doctest: +SKIP
-    array([576460752303423521])
+    >>> locs = [[4232, 4904, 1701], [3800, 5192, 1659], [0, 0, 0]]
+    >>> locs_to_segments(locs, dataset="tiny", progress=False)  # now
+    array([576460752373423560, 576460752373423555,                  0])
+    >>> locs_to_segments(locs, timestamp="mat", dataset="tiny", progress=False)  # latest materialization
+    array([576460752373423547, 576460752373423549,                  0])
     """
     as_coordinates(coordinates)
     spec, source = _open(dataset)
