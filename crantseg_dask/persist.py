@@ -113,7 +113,7 @@ def read_output(path: str, columns: list[str] | None = None) -> pd.DataFrame:
     if not np.asarray(g["_done"][:]).all():
         raise InvalidInputError(f"job {path} is not complete ({status(path)['partitions_done']} of "
                                 f"{a['n_partitions']} partitions); finish it with `crantseg run ... --resume`")
-    names = columns or [n for n in g.array_keys() if n not in ("_done", "row")]
+    names = columns or sorted(n for n in g.array_keys() if n not in ("_done", "row"))
     df = pd.DataFrame({n: np.asarray(g[n][:]) for n in names}, index=pd.Index(np.asarray(g["row"][:]), name="row"))
     return df.sort_index()
 

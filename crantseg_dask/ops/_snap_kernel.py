@@ -81,32 +81,47 @@ class _SparseChunks:
 
 
 def _target_voxels(sparse: _SparseChunks, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray]):
-    """Foreground voxels of the chunks touched by the boxes [lo, hi] (inclusive, one per row)
-    that belong to a target: (coords (M, 3), owner (M,) index into ``leaves``). A supervoxel in
-    several targets' leaves appears once per target."""
+    """Foreground voxels inside the boxes [lo, hi] (inclusive, one per row) that belong to a
+    target: (coords (M, 3), owner (M,) index into ``leaves``). Every touched chunk is read once;
+    a supervoxel in several targets' leaves appears once per target."""
+    if len(lo) == 0:
+        return np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
     c_lo = (lo - sparse.lo) // sparse.cs
     c_hi = (hi - sparse.lo) // sparse.cs
-    corners = [np.stack([np.where(b & 1, c_hi[:, 0], c_lo[:, 0]), np.where(b & 2, c_hi[:, 1], c_lo[:, 1]),
-                         np.where(b & 4, c_hi[:, 2], c_lo[:, 2])], axis=1) for b in range(8)]
-    spans = c_hi - c_lo
-    if (spans > 1).any():  # a ball wider than a chunk: every chunk in between too
-        extra = [np.stack(np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(c_lo[i], c_hi[i])],
-                                      indexing="ij"), -1).reshape(-1, 3) for i in np.flatnonzero((spans > 1).any(1))]
-        corners += extra
-    chunks = np.unique(np.concatenate(corners), axis=0)
+    pairs = []  # (chunk x, y, z, row)
+    rows = np.arange(len(lo))
+    for b in range(8):  # a ball is smaller than a chunk: its box touches at most 2 per axis
+        pick = np.stack([np.where(b & 1, c_hi[:, 0], c_lo[:, 0]), np.where(b & 2, c_hi[:, 1], c_lo[:, 1]),
+                         np.where(b & 4, c_hi[:, 2], c_lo[:, 2])], axis=1)
+        pairs.append(np.column_stack([pick, rows]))
+    for i in np.flatnonzero((c_hi - c_lo > 1).any(axis=1)):  # wider balls: every chunk in between
+        grid = np.stack(np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(c_lo[i], c_hi[i])], indexing="ij"), -1)
+        pairs.append(np.column_stack([grid.reshape(-1, 3), np.full(grid.size // 3, i)]))
+    pairs = np.unique(np.concatenate(pairs), axis=0)  # sorted by chunk, then row
+    starts = np.flatnonzero(np.r_[True, np.any(pairs[1:, :3] != pairs[:-1, :3], axis=1)])
     table = np.concatenate(leaves) if leaves else np.zeros(0, np.uint64)
     table_owner = np.repeat(np.arange(len(leaves)), [len(x) for x in leaves])
     order = np.argsort(table, kind="stable")
     table, table_owner = table[order], table_owner[order]
     out_c, out_o = [], []
-    for c in chunks:
+    for s0, s1 in zip(starts, np.r_[starts[1:], len(pairs)]):
+        c = pairs[s0, :3]
         coords, distinct, inverse = sparse.chunk(c)
         left_d = np.searchsorted(table, distinct, side="left")
         count_d = np.searchsorted(table, distinct, side="right") - left_d
         if not count_d.any():
             continue
-        left, count = left_d[inverse], count_d[inverse]
-        vox = np.repeat(np.arange(len(inverse)), count)
+        # only voxels inside some row's box: a mask of the chunk marks the union of the boxes
+        origin = sparse.lo + c * sparse.cs
+        near = np.zeros(tuple(sparse.cs), dtype=bool)
+        for r in pairs[s0:s1, 3]:
+            a, b = np.maximum(lo[r] - origin, 0), np.minimum(hi[r] + 1 - origin, sparse.cs)
+            near[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = True
+        local = coords - origin
+        keep = near[local[:, 0], local[:, 1], local[:, 2]] & (count_d[inverse] > 0)
+        idx = np.flatnonzero(keep)
+        left, count = left_d[inverse[idx]], count_d[inverse[idx]]
+        vox = np.repeat(idx, count)
         pos = np.repeat(left - np.cumsum(np.r_[0, count[:-1]]), count) + np.arange(count.sum())
         out_c.append(coords[vox])
         out_o.append(table_owner[pos])
