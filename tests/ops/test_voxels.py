@@ -296,7 +296,7 @@ def test_thin_with_bounds(spec, truth, roots, l2):  # neighbours just outside th
 def test_widest_root_both_modes(spec, truth, roots):  # a root over many L2 chunks, expired: timeless
     root = roots["widest"]
     assert len(truth.l2_groups(root)) >= 50
-    assert roots["n_chunks"][root] >= 45  # the tiny volume has 64 graph chunks; none reaches 50
+    assert roots["n_chunks"][root] >= 50  # distinct L2 chunks (the tiny volume has 5 x 5 x 5)
     assert not truth.is_latest(root, datetime.now(timezone.utc))
     expected = voxels_of(truth, root, 0)
     for l2 in (True, False):
