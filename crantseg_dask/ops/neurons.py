@@ -53,7 +53,18 @@ def _nodes(x: Any, neuron_column: str) -> tuple[pd.DataFrame, np.ndarray]:
 
 def overlap_matrix(neuron: np.ndarray, roots: np.ndarray) -> pd.DataFrame:
     """Node counts per (root, neuron): index ``root_id`` ascending (0 dropped), columns ``id``
-    (neuron ids, sorted), NaN where a neuron has no node on a root (then the dtype is float)."""
+    (neuron ids, sorted), NaN where a neuron has no node on a root (then the dtype is float).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crantseg_dask.ops.neurons import overlap_matrix
+    >>> overlap_matrix(np.array([1, 1, 1, 2]), np.array([7, 7, 0, 9]))
+    id         1    2
+    root_id
+    7        2.0  NaN
+    9        NaN  1.0
+    """
     df = pd.DataFrame({"id": neuron, "root_id": np.asarray(roots, dtype=np.int64)})
     counts = df[df["root_id"] != 0].groupby(["id", "root_id"]).size().rename("counts").reset_index()
     return counts.pivot(index="root_id", columns="id", values="counts")
@@ -64,7 +75,17 @@ def summarize(matrix: pd.DataFrame, ids) -> pd.DataFrame:
 
     ``match`` is the root with most nodes (ties: the smallest root); ``confidence`` is
     (top - second) / column sum, with second = 0 for a one-row matrix (so 1.0). An empty matrix
-    gives every neuron in ``ids`` with match None and confidence 0.0."""
+    gives every neuron in ``ids`` with match None and confidence 0.0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crantseg_dask.ops.neurons import overlap_matrix, summarize
+    >>> summarize(overlap_matrix(np.array([1, 1, 1, 2]), np.array([7, 7, 8, 9])), [1, 2])
+       id  match  confidence
+    0   1      7    0.333333
+    1   2      9    1.000000
+    """
     if matrix.empty:
         return pd.DataFrame({"id": list(ids), "match": [None] * len(ids),
                              "confidence": np.zeros(len(ids))})
@@ -119,10 +140,22 @@ def neuron_to_segments(x, short: bool = False, coordinates: str = "nm", *, datas
 
     Examples
     --------
-    >>> nodes = pd.DataFrame({"x": xs, "y": ys, "z": zs, "neuron": neuron_ids})  # doctest: +SKIP
-    >>> neuron_to_segments(nodes, short=True, dataset="tiny")  # doctest: +SKIP
+    A node table with two neurons (ids 1 and 2), in nm:
+
+    >>> import pandas as pd
+    >>> from crantseg_dask import neuron_to_segments
+    >>> nodes = pd.DataFrame({"x": [4232, 4232, 4296, 3800, 3800], "y": [4904, 4968, 4904, 5192, 5200],
+    ...                       "z": [1701, 1701, 1701, 1659, 1659], "neuron": [1, 1, 1, 2, 2]})
+    >>> neuron_to_segments(nodes, dataset="tiny")
+    id                    1    2
+    root_id
+    576460752373423538  1.0  NaN
+    576460752373423555  NaN  2.0
+    576460752373423560  2.0  NaN
+    >>> neuron_to_segments(nodes, short=True, dataset="tiny")
        id               match  confidence
-    0   3  576460752303423521         1.0
+    0   1  576460752373423560    0.333333
+    1   2  576460752373423555    1.000000
     """
     nodes, ids = _nodes(x, neuron_column)
     roots = locs_to_segments(nodes[["x", "y", "z"]], timestamp=timestamp, coordinates=coordinates,
