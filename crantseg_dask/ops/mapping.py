@@ -47,7 +47,19 @@ def roots_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_la
     The block's IDs are deduplicated and zeros dropped; the unique IDs go to the source in batches
     of at most ``batch_size``; results are scattered back. Pure given the source's state at
     ``timestamp``. ``retry``: seconds to wait before the one retry of a failed batch (None: no
-    retry, the first exception propagates)."""
+    retry, the first exception propagates).
+
+    Examples
+    --------
+    >>> from datetime import datetime, timezone
+    >>> import numpy as np
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.ops.mapping import roots_kernel
+    >>> svs = np.array([[72198469099454522, 0], [72198469099454522, 72198469032345652]], dtype=np.uint64)
+    >>> roots_kernel(svs, resolve_dataset("tiny"), datetime(2025, 8, 1, tzinfo=timezone.utc))
+    array([[576460752373423560,                  0],
+           [576460752373423560, 576460752373423555]], dtype=uint64)
+    """
     ids = np.asarray(ids, dtype=np.uint64)
     uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
     out = np.zeros(uniq.shape, dtype=np.uint64)
@@ -62,7 +74,20 @@ def roots_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_la
 
 def roots_graph(ids: da.Array, spec: SourceSpec, timestamp: datetime, stop_layer: int | None = None,
                 batch_size: int = 10_000, *, retry: float | None = None) -> da.Array:
-    """Lazy ``roots_kernel`` over every block of a uint64 Dask array (one task per block)."""
+    """Lazy ``roots_kernel`` over every block of a uint64 Dask array (one task per block).
+
+    Examples
+    --------
+    >>> from datetime import datetime, timezone
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.ops.mapping import roots_graph
+    >>> svs = da.from_array(np.array([72198469099454522, 72198469032345652, 0], dtype=np.uint64), chunks=2)
+    >>> ts = datetime(2025, 6, 27, tzinfo=timezone.utc)
+    >>> roots_graph(svs, resolve_dataset("tiny"), ts).compute()
+    array([576460752373423547, 576460752373423548,                  0], dtype=uint64)
+    """
     return ids.map_blocks(roots_kernel, spec=spec, timestamp=timestamp, stop_layer=stop_layer,
                           batch_size=batch_size, retry=retry, dtype=np.uint64,
                           meta=np.empty((0,) * ids.ndim, np.uint64))
@@ -131,6 +156,17 @@ def supervoxels_to_roots(ids, timestamp="mat", clear_cache=False, batch_size=100
     ------
     InvalidInputError (ValueError)
         ``stop_layer`` outside 1..n_layers, bad ``batch_size``, bad IDs or timestamp.
+
+    Examples
+    --------
+    >>> from crantseg_dask import supervoxels_to_roots
+    >>> svs = [72198469099454522, 72198469032345652, 0]
+    >>> supervoxels_to_roots(svs, dataset="tiny")  # at the latest materialization
+    array([576460752373423547, 576460752373423549,                  0])
+    >>> supervoxels_to_roots(svs, timestamp=None, dataset="tiny")  # now
+    array([576460752373423560, 576460752373423555,                  0])
+    >>> supervoxels_to_roots(svs, stop_layer=2, dataset="tiny")  # L2 IDs
+    array([144256063137382402, 144256063070273551,                  0])
     """
     arr = _as_id_array(ids)
     spec, ts, stop, bs, wait = _prepare(timestamp, stop_layer, batch_size, retry, dataset)
@@ -150,7 +186,17 @@ def supervoxels_to_roots_graph(ids: da.Array, timestamp="mat", batch_size: int =
     """Lazy ``supervoxels_to_roots`` over an integer Dask array: int64, same shape and chunks.
 
     The timestamp is resolved now (once, at build time). Each block is deduplicated inside its
-    task and sent in requests of at most ``batch_size`` unique IDs."""
+    task and sent in requests of at most ``batch_size`` unique IDs.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from crantseg_dask.ops.mapping import supervoxels_to_roots_graph
+    >>> svs = da.from_array(np.array([72198469099454522, 72198469032345652, 0]), chunks=2)
+    >>> supervoxels_to_roots_graph(svs, timestamp=None, dataset="tiny").compute()
+    array([576460752373423560, 576460752373423555,                  0])
+    """
     spec, ts, stop, bs, wait = _prepare(timestamp, stop_layer, batch_size, retry, dataset)
     return roots_graph(ids.astype(np.uint64), spec, ts, stop, bs, retry=wait).astype(np.int64)
 
@@ -158,7 +204,16 @@ def supervoxels_to_roots_graph(ids: da.Array, timestamp="mat", batch_size: int =
 # -- roots_to_supervoxels ---------------------------------------------------------------------
 def parse_root_ids(x: Any) -> np.ndarray:
     """Root IDs from IDs, numeric strings (a single string is ONE ID), neurons (``.id``),
-    NeuronLists, or objects with ``get_roots()``; 1-D uint64 (NaN/None -> 0)."""
+    NeuronLists, or objects with ``get_roots()``; 1-D uint64 (NaN/None -> 0).
+
+    Examples
+    --------
+    >>> from crantseg_dask.ops.mapping import parse_root_ids
+    >>> parse_root_ids("576460752373423560")  # one ID, not its digits
+    array([576460752373423560], dtype=uint64)
+    >>> parse_root_ids([576460752373423560, None])
+    array([576460752373423560,                  0], dtype=uint64)
+    """
     if hasattr(x, "get_roots"):
         x = x.get_roots()
     elif hasattr(x, "id") and not isinstance(x, (str, bytes, np.ndarray)):
@@ -169,14 +224,34 @@ def parse_root_ids(x: Any) -> np.ndarray:
 
 
 def leaves_kernel(roots: np.ndarray, spec: SourceSpec) -> dict[int, np.ndarray]:
-    """Supervoxels (sorted uint64) of each root in one batch: one ``leaves_many`` request."""
+    """Supervoxels (sorted uint64) of each root in one batch: one ``leaves_many`` request.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.ops.mapping import leaves_kernel
+    >>> leaves = leaves_kernel(np.array([576460752373423493, 576460752373423507]), resolve_dataset("tiny"))
+    >>> {root: len(svs) for root, svs in leaves.items()}
+    {576460752373423493: 1, 576460752373423507: 9}
+    >>> leaves[576460752373423493]
+    array([...], dtype=uint64)
+    """
     got = open_source(spec).leaves_many(np.asarray(roots, dtype=np.uint64), stop_layer=1)
     return {int(r): np.sort(np.asarray(got[int(r)], dtype=np.uint64)) for r in np.asarray(roots).tolist()}
 
 
 def roots_to_supervoxels_graph(neurons, *, dataset=None, batch: int = LEAVES_PER_TASK):
     """Lazy leaves of roots: a ``dask.delayed`` dict {int root: uint64 supervoxels}, one task per
-    ``batch`` unique roots plus a merge task. No cache is read or written."""
+    ``batch`` unique roots plus a merge task. No cache is read or written.
+
+    Examples
+    --------
+    >>> from crantseg_dask.ops.mapping import roots_to_supervoxels_graph
+    >>> lazy = roots_to_supervoxels_graph([576460752373423507, 576460752373423493], dataset="tiny")
+    >>> {int(root): len(svs) for root, svs in lazy.compute().items()}
+    {576460752373423493: 1, 576460752373423507: 9}
+    """
     spec = resolve_dataset(dataset)
     roots = np.unique(parse_root_ids(neurons))
     is_valid_root(roots, dataset=spec, raise_exc=True)
@@ -220,6 +295,15 @@ def roots_to_supervoxels(neurons, clear_cache=False, progress=True, *, dataset=N
         An ID (0 included) whose layer is not the root layer, before any request.
     UnknownIDError (KeyError) or SourceError
         A root-layer ID the dataset does not know.
+
+    Examples
+    --------
+    >>> from crantseg_dask import roots_to_supervoxels
+    >>> leaves = roots_to_supervoxels([576460752373423560, 576460752373423507], dataset="tiny", progress=False)
+    >>> {int(root): len(svs) for root, svs in leaves.items()}
+    {576460752373423507: 9, 576460752373423560: 839}
+    >>> leaves[576460752373423560][:3]
+    array([72057594037927937, 72057594037927938, 72057594037927940], dtype=uint64)
     """
     spec = resolve_dataset(dataset)
     roots = np.unique(parse_root_ids(neurons))
