@@ -24,7 +24,18 @@ def remap_operation_ids(g: nx.DiGraph) -> nx.DiGraph:
 
     Every node with a predecessor gets its first predecessor's original ``operation_id``; every
     original ``operation_id`` is removed first, so nodes without predecessors have none (crantpy's
-    convention, checklist 42). Returns a new graph."""
+    convention, checklist 42). Returns a new graph.
+
+    Examples
+    --------
+    >>> import networkx as nx
+    >>> from crantseg_dask.ops.lineage import remap_operation_ids
+    >>> g = nx.DiGraph()
+    >>> g.add_node(1, operation_id=7)  # root 1 was ended by operation 7, which created root 2
+    >>> g.add_edge(1, 2)
+    >>> dict(remap_operation_ids(g).nodes(data=True))
+    {1: {}, 2: {'operation_id': 7}}
+    """
     out = g.copy()
     ended_by = {n: d.get("operation_id") for n, d in g.nodes(data=True)}
     for n in out.nodes:
@@ -63,6 +74,19 @@ def get_lineage_graph(x, progress=True, *, dataset=None) -> nx.DiGraph:
         An ID that is not at the root layer ("... is not a valid root ID").
     UnknownIDError (KeyError) or SourceError
         A root the dataset does not know.
+
+    Examples
+    --------
+    >>> from crantseg_dask import get_lineage_graph
+    >>> g = get_lineage_graph(576460752373423543, dataset="tiny")
+    >>> g.number_of_nodes(), g.number_of_edges()
+    (21, 21)
+    >>> list(g.predecessors(576460752373423543)), list(g.successors(576460752373423543))
+    ([576460752373423542], [576460752373423560])
+    >>> sorted(g.nodes[576460752373423560])
+    ['operation_id', 'timestamp']
+    >>> [n for n in g if g.out_degree(n) == 0]  # current roots
+    [576460752373423560]
     """
     spec = resolve_dataset(dataset)
     source = open_source(spec)
@@ -100,6 +124,19 @@ def find_common_time(root_ids, progress=True, *, dataset=None) -> datetime:
         never co-existed: crantpy accepts that equality; we do not). Also for empty input.
     InvalidIDError (ValueError)
         IDs that are not at the root layer.
+
+    Examples
+    --------
+    576460752373423543 and 576460752373423558 were merged into one neuron on 2025-07-03 13:33:46 UTC;
+    the younger of the two was created on 2025-07-02 22:29:17 UTC:
+
+    >>> from crantseg_dask import find_common_time
+    >>> find_common_time([576460752373423543, 576460752373423558], dataset="tiny")
+    datetime.datetime(2025, 7, 3, 6, 1, 31, 500000, tzinfo=datetime.timezone.utc)
+    >>> find_common_time([576460752373423543, 576460752373423560], dataset="tiny")
+    Traceback (most recent call last):
+        ...
+    ValueError: Given root IDs never existed at the same time.
     """
     spec = resolve_dataset(dataset)
     source = open_source(spec)

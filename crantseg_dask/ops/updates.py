@@ -39,7 +39,18 @@ update_cache = TTLCache(max_age=7200.0)
 def is_latest_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime) -> np.ndarray:
     """Whether each root is current at ``timestamp`` (bool, same shape). 0 is False; unknown IDs
     and roots created after ``timestamp`` are False, and so are non-root IDs (PCG reports existing
-    L2 nodes as "latest"; only root semantics are meaningful). One request per block."""
+    L2 nodes as "latest"; only root semantics are meaningful). One request per block.
+
+    Examples
+    --------
+    >>> from datetime import datetime, timezone
+    >>> import numpy as np
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.ops.updates import is_latest_kernel
+    >>> ids = np.array([576460752373423560, 576460752373423543, 0], dtype=np.uint64)
+    >>> is_latest_kernel(ids, resolve_dataset("tiny"), datetime(2025, 8, 1, tzinfo=timezone.utc))
+    array([ True, False, False])
+    """
     ids = np.asarray(ids, dtype=np.uint64)
     uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
     out = np.zeros(uniq.shape, dtype=bool)
@@ -73,7 +84,19 @@ def overlap_kernel(roots: np.ndarray, spec: SourceSpec, timestamp: datetime, sto
     For each root: its layer-``stop_layer`` nodes (timeless), their roots at ``timestamp``; the
     root that is current at ``timestamp`` and holds the most nodes wins (ties: smallest ID),
     confidence = its share of all the old root's nodes. No current candidate or a failed lookup
-    gives (old root, 0.0)."""
+    gives (old root, 0.0).
+
+    Examples
+    --------
+    >>> from datetime import datetime, timezone
+    >>> import numpy as np
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.ops.updates import overlap_kernel
+    >>> best = overlap_kernel(np.array([576460752373423543]), resolve_dataset("tiny"),
+    ...                       datetime(2025, 8, 1, tzinfo=timezone.utc), stop_layer=2)
+    >>> int(best["new_id"][0]), round(float(best["confidence"][0]), 3)
+    (576460752373423560, 0.992)
+    """
     roots = np.asarray(roots, dtype=np.uint64).ravel()
     out = np.zeros(roots.shape, dtype=UPDATE_DTYPE)
     out["new_id"] = roots
@@ -112,7 +135,19 @@ def overlap_kernel(roots: np.ndarray, spec: SourceSpec, timestamp: datetime, sto
 
 def update_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_layer: int) -> np.ndarray:
     """``update_ids`` on one block without supervoxels: current roots -> (id, 1.0), outdated ->
-    ``overlap_kernel``, 0 -> (0, 0.0). Same shape as ``ids``, ``UPDATE_DTYPE``."""
+    ``overlap_kernel``, 0 -> (0, 0.0). Same shape as ``ids``, ``UPDATE_DTYPE``.
+
+    Examples
+    --------
+    >>> from datetime import datetime, timezone
+    >>> import numpy as np
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.ops.updates import update_kernel
+    >>> ids = np.array([576460752373423560, 576460752373423543, 0], dtype=np.uint64)
+    >>> out = update_kernel(ids, resolve_dataset("tiny"), datetime(2025, 8, 1, tzinfo=timezone.utc), 2)
+    >>> out["new_id"], out["confidence"].round(3)
+    (array([576460752373423560, 576460752373423560,                  0], dtype=uint64), array([1.   , 0.992, 0.   ]))
+    """
     ids = np.asarray(ids, dtype=np.uint64)
     uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
     out = np.zeros(uniq.shape, dtype=UPDATE_DTYPE)
@@ -127,7 +162,17 @@ def update_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_l
 # -- is_latest_roots --------------------------------------------------------------------------
 def is_latest_roots_graph(ids: da.Array, timestamp=None, *, dataset=None) -> da.Array:
     """Lazy ``is_latest_roots`` over a Dask array of root IDs: bool, same shape and chunks.
-    The timestamp is resolved once, now."""
+    The timestamp is resolved once, now.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from crantseg_dask.ops.updates import is_latest_roots_graph
+    >>> ids = da.from_array(np.array([576460752373423560, 576460752373423543]), chunks=1)
+    >>> is_latest_roots_graph(ids, dataset="tiny").compute()
+    array([ True, False])
+    """
     spec = resolve_dataset(dataset)
     ts = resolve_timestamp(timestamp, open_source(spec))
     return ids.astype(np.uint64).map_blocks(is_latest_kernel, spec=spec, timestamp=ts, dtype=bool,
@@ -168,6 +213,17 @@ def is_latest_roots(x, timestamp=None, dataset=None, progress=True, batch_size=1
         With ``validate_ids``: "Invalid root IDs found: {...}".
     InvalidTimestampError (ValueError)
         "Invalid materialization timestamp format" for e.g. "mat_x".
+
+    Examples
+    --------
+    576460752373423543 was merged into 576460752373423560 on 2025-07-03:
+
+    >>> from crantseg_dask import is_latest_roots
+    >>> is_latest_roots([576460752373423560, 576460752373423543, 0], dataset="tiny", progress=False)
+    array([ True, False, False])
+    >>> is_latest_roots([576460752373423560, 576460752373423543], timestamp="mat", dataset="tiny",
+    ...                 progress=False)
+    array([False,  True])
     """
     ids = as_ids(x, name="x", nan="zero")
     spec = resolve_dataset(dataset)
@@ -189,7 +245,17 @@ def is_latest_roots(x, timestamp=None, dataset=None, progress=True, batch_size=1
 # -- update_ids -------------------------------------------------------------------------------
 def update_ids_graph(ids: da.Array, timestamp=None, stop_layer: int = 2, *, dataset=None) -> da.Array:
     """Lazy ``update_ids`` (chunked-graph path, no supervoxels) over a Dask array of root IDs:
-    ``UPDATE_DTYPE`` records (``new_id`` uint64, ``confidence`` float64), same shape and chunks."""
+    ``UPDATE_DTYPE`` records (``new_id`` uint64, ``confidence`` float64), same shape and chunks.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from crantseg_dask.ops.updates import update_ids_graph
+    >>> ids = da.from_array(np.array([576460752373423543, 576460752373423560]), chunks=1)
+    >>> update_ids_graph(ids, dataset="tiny").compute()["new_id"]
+    array([576460752373423560, 576460752373423560], dtype=uint64)
+    """
     spec = resolve_dataset(dataset)
     source = open_source(spec)
     stop = _stop_layer(stop_layer, source.meta.n_layers)
@@ -299,6 +365,27 @@ def update_ids(x, supervoxels=None, timestamp=None, stop_layer=2, progress=True,
     InvalidInputError (ValueError)
         "DataFrame must contain 'root_id' column"; ``stop_layer`` outside 1..n_layers; malformed
         IDs or timestamps.
+
+    Examples
+    --------
+    >>> from crantseg_dask import update_ids
+    >>> update_ids([576460752373423543, 576460752373423560], dataset="tiny", progress=False)
+                   old_id              new_id  confidence  changed
+    0  576460752373423543  576460752373423560       0.992     True
+    1  576460752373423560  576460752373423560       1.000    False
+
+    A table with a supervoxel per row: outdated rows take their supervoxel's root (confidence 1).
+
+    >>> import pandas as pd
+    >>> table = pd.DataFrame({"root_id": [576460752373423547, 576460752373423549],
+    ...                       "supervoxel_id": [72198469099454522, 72198469032345652]})
+    >>> out = update_ids(table, dataset="tiny", progress=False)
+    >>> list(out.columns)  # the result's columns, then the input's
+    ['old_id', 'new_id', 'confidence', 'changed', 'root_id', 'supervoxel_id']
+    >>> out[["old_id", "new_id", "confidence", "changed"]]
+                   old_id              new_id  confidence  changed
+    0  576460752373423547  576460752373423560         1.0     True
+    1  576460752373423549  576460752373423555         1.0     True
     """
     frame = x if isinstance(x, pd.DataFrame) else None
     if frame is not None:

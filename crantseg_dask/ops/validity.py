@@ -21,7 +21,21 @@ __all__ = ["layer_is_kernel", "is_valid_root", "is_valid_supervoxel", "is_valid_
 
 
 def layer_is_kernel(ids: np.ndarray, layout: IDLayout, layer: int) -> np.ndarray:
-    """True where an ID's layer bits equal ``layer``; same shape as ``ids``, bool. 0 is False."""
+    """True where an ID's layer bits equal ``layer``; same shape as ``ids``, bool. 0 is False.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.ops.validity import layer_is_kernel
+    >>> from crantseg_dask.sources import open_source
+    >>> layout = open_source(resolve_dataset("tiny")).meta.layout
+    >>> ids = np.array([576460752373423560, 144256063137382402, 72198469099454522, 0], dtype=np.uint64)
+    >>> layout.layer(ids)
+    array([8, 2, 1, 0]...)
+    >>> layer_is_kernel(ids, layout, 2)
+    array([False,  True, False, False])
+    """
     ids = np.asarray(ids, dtype=np.uint64)
     return (layout.layer(ids) == layer) & (ids != 0)
 
@@ -74,13 +88,34 @@ def is_valid_root(x, dataset=None, raise_exc: bool = False):
     InvalidIDError (ValueError)
         With ``raise_exc``: "<x> is not a valid root ID" for a scalar, "Invalid root IDs found:
         {...}" for an iterable. Always: an iterable holding non-numeric or negative values.
+
+    Examples
+    --------
+    >>> from crantseg_dask import is_valid_root
+    >>> is_valid_root(576460752373423560, dataset="tiny")
+    True
+    >>> is_valid_root([576460752373423560, 72198469099454522, 0], dataset="tiny")
+    array([ True, False, False])
+    >>> is_valid_root(72198469099454522, dataset="tiny", raise_exc=True)
+    Traceback (most recent call last):
+        ...
+    crantseg_dask.errors.InvalidIDError: 72198469099454522 is not a valid root ID
     """
     return _check(x, dataset, raise_exc, "root")
 
 
 def is_valid_supervoxel(x, dataset=None, raise_exc: bool = False):
     """Whether IDs are supervoxel IDs (layer bits == 1). Same contract as ``is_valid_root``,
-    with messages "<x> is not a valid supervoxel ID" / "Invalid supervoxel IDs found: {...}"."""
+    with messages "<x> is not a valid supervoxel ID" / "Invalid supervoxel IDs found: {...}".
+
+    Examples
+    --------
+    >>> from crantseg_dask import is_valid_supervoxel
+    >>> is_valid_supervoxel("72198469099454522", dataset="tiny")
+    True
+    >>> is_valid_supervoxel([72198469099454522, 576460752373423560], dataset="tiny")
+    array([ True, False])
+    """
     return _check(x, dataset, raise_exc, "supervoxel")
 
 
@@ -92,10 +127,30 @@ def _graph(ids: da.Array, dataset, which: str) -> da.Array:
 
 
 def is_valid_root_graph(ids: da.Array, *, dataset=None) -> da.Array:
-    """Lazy ``is_valid_root`` over an integer Dask array: a bool array of the same shape/chunks."""
+    """Lazy ``is_valid_root`` over an integer Dask array: a bool array of the same shape/chunks.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from crantseg_dask.ops.validity import is_valid_root_graph
+    >>> ids = da.from_array(np.array([576460752373423560, 72198469099454522, 0]), chunks=2)
+    >>> is_valid_root_graph(ids, dataset="tiny").compute()
+    array([ True, False, False])
+    """
     return _graph(ids, dataset, "root")
 
 
 def is_valid_supervoxel_graph(ids: da.Array, *, dataset=None) -> da.Array:
-    """Lazy ``is_valid_supervoxel`` over an integer Dask array: bool, same shape/chunks."""
+    """Lazy ``is_valid_supervoxel`` over an integer Dask array: bool, same shape/chunks.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from crantseg_dask.ops.validity import is_valid_supervoxel_graph
+    >>> ids = da.from_array(np.array([576460752373423560, 72198469099454522, 0]), chunks=2)
+    >>> is_valid_supervoxel_graph(ids, dataset="tiny").compute()
+    array([False,  True, False])
+    """
     return _graph(ids, dataset, "supervoxel")
