@@ -28,7 +28,7 @@ import zarr
 
 from .errors import InvalidInputError
 
-__all__ = ["JobStore", "fingerprint", "read_output", "status"]
+__all__ = ["JobStore", "fingerprint", "read_output", "read_ragged", "status"]
 
 FORMAT = 1
 
@@ -87,11 +87,30 @@ class JobStore:
         return {name: np.asarray(g[name][sl]) for name in names}
 
     def write(self, i: int, columns: dict[str, np.ndarray]) -> None:
-        """Write partition ``i``'s outputs, then mark it done (the order matters for resume)."""
+        """Write partition ``i``'s outputs, then mark it done (the order matters for resume).
+
+        ``ragged:<name>`` entries (any length) go to their own array ``_ragged_<name>_<i>``."""
         g, sl = self.group, self.partition(i)
         for name, a in columns.items():
-            g[name][sl] = a
+            if name.startswith("ragged:"):
+                g.create_array(f"_ragged_{name[7:]}_{i:06d}", data=np.asarray(a), overwrite=True)
+            else:
+                g[name][sl] = a
         g["_done"][i] = 1
+
+    def finalize_ragged(self, names, count_column: str) -> None:
+        """Concatenate the partitions' ragged pieces into ``<name>`` arrays (rows in stored order)
+        plus ``offsets`` (n_rows + 1): row k's entries are ``<name>[offsets[k]:offsets[k + 1]]``."""
+        g = self.group
+        n_parts = self.attrs["n_partitions"]
+        counts = np.asarray(g[count_column][:], dtype=np.int64)
+        offsets = np.r_[0, np.cumsum(counts)]
+        g.create_array("offsets", data=offsets, overwrite=True, dimension_names=("row_edge",))
+        for name in names:
+            parts = [np.asarray(g[f"_ragged_{name}_{i:06d}"][:]) for i in range(n_parts)]
+            data = np.concatenate(parts)
+            dims = ("item",) + tuple(f"{name}_axis{k}" for k in range(1, data.ndim))
+            g.create_array(name, data=data, overwrite=True, dimension_names=dims)
 
     def done(self) -> np.ndarray:
         return np.asarray(zarr.open_group(self.path, mode="r")["_done"][:]).astype(bool)
@@ -113,9 +132,20 @@ def read_output(path: str, columns: list[str] | None = None) -> pd.DataFrame:
     if not np.asarray(g["_done"][:]).all():
         raise InvalidInputError(f"job {path} is not complete ({status(path)['partitions_done']} of "
                                 f"{a['n_partitions']} partitions); finish it with `crantseg run ... --resume`")
-    names = columns or sorted(n for n in g.array_keys() if n not in ("_done", "row"))
+    names = columns or sorted(n for n in g.array_keys()
+                              if not n.startswith("_") and n != "row" and g[n].shape == (a["n_rows"],))
     df = pd.DataFrame({n: np.asarray(g[n][:]) for n in names}, index=pd.Index(np.asarray(g["row"][:]), name="row"))
     return df.sort_index()
+
+
+def read_ragged(path: str, name: str) -> dict[int, np.ndarray]:
+    """A ragged output (e.g. get-voxels' ``voxels``) as {input row: array}."""
+    g = zarr.open_group(str(path), mode="r")
+    if name not in g or "offsets" not in g:
+        raise InvalidInputError(f"job {path} has no ragged output {name!r} (is it complete?)")
+    offsets, data = np.asarray(g["offsets"][:]), np.asarray(g[name][:])
+    rows = np.asarray(g["row"][:])
+    return {int(r): data[offsets[k]: offsets[k + 1]] for k, r in enumerate(rows.tolist())}
 
 
 def canonical(obj) -> str:

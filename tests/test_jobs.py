@@ -272,3 +272,30 @@ def test_job_against_a_faulty_cave_server_matches_a_clean_run(client, small, tin
         np.testing.assert_array_equal(a["root_id"], small["root"][keep])
     else:  # every row was on its target already, or snapped back onto it
         assert (a["root_id"].to_numpy() == table["target_id"].to_numpy()).all()
+
+
+def test_get_voxels_job_writes_coordinates_plus_offsets(client, truth, tiny_path, tmp_path):
+    from crantseg_dask.persist import read_ragged
+
+    now = truth.operation_times()[-1]
+    roots = sorted(truth.roots_at(now))[:5] + [sorted(truth.roots_at(now))[0]]
+    pd.DataFrame({"root_id": roots}).to_parquet(tmp_path / "roots.parquet")
+    out = tmp_path / "voxels.zarr"
+    run_job("get-voxels", tmp_path / "roots.parquet", out, dataset=str(tiny_path), mip=1, partition_size=2,
+            client=client, progress=False)
+    table = read_output(out)
+    voxels, svids = read_ragged(out, "voxels"), read_ragged(out, "svids")
+    for row, root in enumerate(roots):
+        want = truth.voxels_of(root, 1)
+        np.testing.assert_array_equal(voxels[row], want)
+        assert table["n_voxels"][row] == len(want)
+        np.testing.assert_array_equal(svids[row], truth.supervoxel_at(want, 1))
+    g = zarr.open_group(str(out), mode="r")
+    assert g["offsets"].shape == (len(roots) + 1,) and g["voxels"].shape == (g["offsets"][-1], 3)
+
+
+def test_get_voxels_job_refuses_non_roots_before_any_work(truth, tiny_path, tmp_path):
+    pd.DataFrame({"root_id": [int(truth.all_roots[0]), int(truth.supervoxels[0])]}).to_parquet(tmp_path / "r.parquet")
+    with pytest.raises(InvalidInputError, match=r"\[1\].*not a valid root"):
+        run_job("get-voxels", tmp_path / "r.parquet", tmp_path / "o.zarr", dataset=str(tiny_path))
+    assert not (tmp_path / "o.zarr").exists()

@@ -32,15 +32,18 @@ def run_main(argv: list[str]) -> int:
     p.add_argument("--force", action="store_true", help="replace an existing output, or resume despite changes")
     p.add_argument("--partition-size", type=int, help="rows per task (default: crantseg.partition-size)")
     p.add_argument("--coordinates", default="nm", help="units of x, y, z: nm or voxel (8x8x42 nm)")
-    p.add_argument("--mip", type=int, default=0, help="mip for locs-to-supervoxels")
+    p.add_argument("--mip", type=int, default=0, help="mip for locs-to-supervoxels and get-voxels")
+    p.add_argument("--thin", action="store_true", help="get-voxels: drop voxels at unjoined interfaces")
     p.add_argument("--id-column", default="target_id", help="snap: the column holding each row's target ID")
     p.add_argument("--search-radius", type=float, default=160.0, help="snap: radius in nm")
     p.add_argument("--no-progress", action="store_true")
     add_cluster_arguments(p)
     a = p.parse_args(argv)
-    extra = {"coordinates": a.coordinates}
-    if a.operation == "locs-to-supervoxels":
+    extra = {"coordinates": a.coordinates} if a.operation in ("locs-to-supervoxels", "locs-to-segments", "snap") else {}
+    if a.operation in ("locs-to-supervoxels", "get-voxels"):
         extra["mip"] = a.mip
+    if a.operation == "get-voxels":
+        extra["thin"] = a.thin
     if a.operation == "snap":
         extra.update(id_column=a.id_column, search_radius=a.search_radius)
     try:

@@ -42,6 +42,8 @@ class JobOperation:
     uses_timestamp: bool = False
     locality: str | None = "locations"  # rows grouped by storage chunk before partitioning
     defaults: dict = field(default_factory=dict)
+    check: Callable | None = None  # check(inputs, source): validation that needs the dataset
+    ragged: tuple[str, ...] = ()  # outputs of varying length per row ("ragged:<name>" from the kernel)
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -141,6 +143,33 @@ def _update_ids(inputs, ctx: Context):
     return {"new_id": new, "confidence": conf, "changed": new != old}
 
 
+def _get_voxels(inputs, ctx: Context):
+    """The voxels of each row's root (whole root, at ``mip``): ragged ``voxels`` (M, 3) uint32 and
+    ``svids`` (M,) uint64, with ``n_voxels`` per row. Computed inside the task (no nested graph)."""
+    import dask
+
+    from ..ops.voxels import get_voxels
+
+    parts, svs, counts = [], [], []
+    with dask.config.set(scheduler="sync"):
+        for root in inputs["root_id"].tolist():
+            v, s = get_voxels(root, mip=int(ctx.arg("mip", 0)), sv_map=True, thin=bool(ctx.arg("thin", False)),
+                              progress=False, dataset=ctx.spec)
+            parts.append(v), svs.append(s), counts.append(len(v))
+    return {"n_voxels": np.array(counts, dtype=np.int64),
+            "ragged:voxels": np.concatenate(parts) if parts else np.zeros((0, 3), np.uint32),
+            "ragged:svids": np.concatenate(svs) if svs else np.zeros(0, np.uint64)}
+
+
+def _check_roots(inputs: dict[str, np.ndarray], source) -> None:
+    layout = source.meta.layout
+    bad = layout.layer(inputs["root_id"]) != layout.n_layers
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InvalidInputError(f"input['root_id'][{row}] = {inputs['root_id'][row]} is not a valid root ID "
+                                f"({int(bad.sum())} rows are not roots)")
+
+
 U64 = ("uint64", 0)
 F64 = ("float64", float("nan"))
 OPERATIONS: dict[str, JobOperation] = {
@@ -159,6 +188,9 @@ OPERATIONS: dict[str, JobOperation] = {
     "update-ids": JobOperation(
         "update-ids", _update_inputs, {"new_id": U64, "confidence": F64, "changed": ("bool", False)},
         _update_ids, uses_timestamp=True, locality=None, defaults={"stop_layer": 2}),
+    "get-voxels": JobOperation(
+        "get-voxels", _column_ids("root_id"), {"n_voxels": ("int64", -1)}, _get_voxels, locality=None,
+        check=_check_roots, ragged=("voxels", "svids"), defaults={"mip": 0, "thin": False}),
     "supervoxels-to-roots": JobOperation(
         "supervoxels-to-roots", _column_ids("supervoxel_id", nan="zero"), {"root_id": U64},
         _supervoxels_to_roots, uses_timestamp=True, locality=None, defaults={"stop_layer": None}),

@@ -83,6 +83,8 @@ def run_job(op_name: str, input, output, *, dataset=None, timestamp=None, schedu
     if len(table) == 0:
         raise InvalidInputError(f"input {input!r} is an empty table: nothing to do")
     inputs = op.inputs(table, args)
+    if op.check is not None:
+        op.check(inputs, source)
     order = (_locality_order(inputs, source, int(args.get("mip", 0))) if op.locality == "locations"
              else np.arange(len(table)))
     inputs = {"row": order.astype(np.int64), **{k: v[order] for k, v in inputs.items()}}
@@ -128,6 +130,8 @@ def run_job(op_name: str, input, output, *, dataset=None, timestamp=None, schedu
                 report = pr(filename=performance_report)
             with report:
                 _submit(c, output, op_name, todo, ctx, fp, progress)
+    if op.ragged and store.done().all():
+        store.finalize_ragged(op.ragged, count_column=next(iter(op.outputs)))
     summary["seconds"] = time.perf_counter() - t0
     summary["status"] = status(output)
     return summary
