@@ -315,3 +315,27 @@ def test_non_root_ids_not_latest(spec, truth):
     np.testing.assert_array_equal(got, [False, truth.is_latest(x[1], truth.operation_times()[-1])])
     df = update_ids(x[:1], dataset=spec, progress=False)
     assert df.new_id.tolist() == x[:1] and df.confidence.tolist() == [0.0]
+
+
+def test_update_ids_job_matches_truth(truth, tiny_path, tmp_path):
+    """The batch job (``crantseg run update-ids``) on a table of stale and current roots, with a
+    supervoxel on some rows: the same answers as the truth."""
+    from crantseg_dask.jobs import run_job
+    from crantseg_dask.persist import read_output
+
+    _, t = when(truth, "now")
+    roots = truth.all_roots.tolist()
+    sv = [int(truth.leaves(r)[0]) if k % 3 == 0 else 0 for k, r in enumerate(roots)]
+    pd.DataFrame({"root_id": roots, "supervoxel_id": sv}).to_parquet(tmp_path / "t.parquet")
+    run_job("update-ids", tmp_path / "t.parquet", tmp_path / "u.zarr", dataset=str(tiny_path),
+            timestamp=int(t.timestamp()), partition_size=17, progress=False)
+    out = read_output(tmp_path / "u.zarr")
+    for k, (r, s) in enumerate(zip(roots, sv)):
+        if truth.is_latest(r, t):
+            want = (r, 1.0)
+        elif s:
+            want = (int(truth.root_of([s], t)[0]), 1.0)
+        else:
+            want = expect_update(truth, r, t)
+        assert (int(out["new_id"][k]), float(out["confidence"][k])) == pytest.approx(want), r
+        assert bool(out["changed"][k]) == (want[0] != r)
