@@ -6,13 +6,20 @@ HOME (tests/conftest.py). Notebooks are stored without outputs; this test is wha
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat", reason="pip install -e '.[test]' (nbformat, nbclient, ipykernel)")
-nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[test]' (nbformat, nbclient, ipykernel)")
+try:
+    import nbclient
+    import nbclient.exceptions
+    import nbformat
+except ImportError:  # CI installs the test extra: there, a missing package is a failure, not a skip
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("pip install -e '.[test]' (nbformat, nbclient, ipykernel, matplotlib)", allow_module_level=True)
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
