@@ -4,7 +4,8 @@
     python benchmarks/run.py --quick    # smaller sizes
     python benchmarks/run.py points voxels jobs   # a subset
 
-Results are printed as a table and written to benchmarks/RESULTS.md (with the machine and date).
+Results are printed as tables and written to benchmarks/results/NAME.md (with the command, machine
+and date); benchmarks/RESULTS.md collects them.
 Numbers are wall time on this machine; read them as +-30% (perf-baseline.md).
 """
 from __future__ import annotations
@@ -35,8 +36,8 @@ def main(argv: list[str]) -> int:
     quick = "--quick" in argv
     names = [a for a in argv if not a.startswith("-")] or BENCHES
     sys.path.insert(0, str(HERE))
-    rows = []
-    t0 = time.perf_counter()
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
     for name in names:
         try:
             module = importlib.import_module(f"bench_{name}")
@@ -44,15 +45,18 @@ def main(argv: list[str]) -> int:
             print(f"(skipping {name}: {e})")
             continue
         print(f"== {name}", flush=True)
-        got = module.run(quick=quick)
-        print_rows(got)
-        rows += got
-    header = (f"# Benchmark results\n\n`python benchmarks/run.py{' --quick' if quick else ''} {' '.join(names)}` "
-              f"on {platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()}), "
-              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - t0:.0f} s in all. "
-              "A ratio is ours over the peer (higher is better for rates, lower is better for times and memory "
-              "where the row says so).\n\n")
-    (HERE / "RESULTS.md").write_text(header + print_rows(rows) + "\n")
+        t0 = time.perf_counter()
+        table = print_rows(module.run(quick=quick))
+        header = (f"## {name}\n\n`python benchmarks/run.py{' --quick' if quick else ''} {name}` on {platform.node()} "
+                  f"({os.cpu_count()} cores, Python {platform.python_version()}), "
+                  f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - t0:.0f} s.\n\n")
+        doc = (module.__doc__ or "").strip()
+        (out_dir / f"{name}.md").write_text(header + doc + "\n\n" + table + "\n")
+    parts = [(out_dir / f"{n}.md").read_text() for n in BENCHES if (out_dir / f"{n}.md").exists()]
+    (HERE / "RESULTS.md").write_text(
+        "# Benchmark results\n\nEach section is rewritten by the command it names. A ratio is the peer's time over "
+        "ours, or our rate over the peer's (higher is better for us) unless the row says otherwise. Wall time on "
+        "one 2-core machine; read every number as +-30% (perf-baseline.md).\n\n" + "\n".join(parts))
     return 0
 
 
