@@ -118,14 +118,15 @@ def read_params(path) -> DatasetParams:
 
 def write_json(path, obj) -> None:
     """Deterministic JSON (sorted keys, fixed separators)."""
-    Path(path).write_text(json.dumps(obj, sort_keys=True, indent=1, default=_default) + "\n")
+    Path(path).write_text(json.dumps(obj, sort_keys=True, indent=1, default=json_default) + "\n")
 
 
-def _default(o):
+def json_default(o):
+    """``json.dumps`` ``default=`` for numpy scalars and arrays."""
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):
         return float(o)
     if isinstance(o, np.ndarray):
         return o.tolist()
-    raise TypeError(type(o))
+    raise TypeError(type(o).__name__)

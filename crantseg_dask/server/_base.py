@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 import numpy as np
 import tornado.web
 
+from ..dataset.layout import json_default
 from ..errors import InvalidInputError, UnknownIDError
 from .state import ServedDataset
 
@@ -168,7 +169,7 @@ class ApiHandler(tornado.web.RequestHandler):
     def send_json(self, obj, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(obj, default=_json_default))
+        self.finish(json.dumps(obj, default=json_default))
 
     def send_binary(self, arr: np.ndarray) -> None:
         self.set_header("Content-Type", "application/octet-stream")
@@ -215,16 +216,6 @@ class NotFoundHandler(ApiHandler):
         raise ApiError(404, f"no route {self.request.method} {self.request.path} on this server")
 
     get = post = put = delete = patch = head = _not_found
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
 
 
 def access_log(handler: tornado.web.RequestHandler) -> None:
