@@ -4,6 +4,9 @@
   touch: the process session (``session()``) and every caveclient service session (``mount()``
   puts our adapter on them). The adapter does no retries of its own and applies the policy's
   timeout to every request (caveclient sets none).
+* **Concurrency.** At most ``crantseg.cave.max-concurrency`` requests per process are in flight
+  at once (``request_slot``), whatever the number of threads; a Dask cluster's total is that
+  times its worker processes.
 * **Retries.** ``RetryPolicy.call`` retries only connection errors, timeouts, 429 and
   502/503/504, with full-jitter exponential backoff capped at ``backoff_max``. Any other failure
   raises at once: 401/403 as ``AuthError``, anything else as ``SourceError``, each naming the
@@ -32,7 +35,8 @@ from urllib3.util.retry import Retry
 
 from ..errors import AuthError, SourceError
 
-__all__ = ["RetryPolicy", "TRANSIENT_STATUS", "session", "mount", "is_transient", "error_for", "request"]
+__all__ = ["RetryPolicy", "TRANSIENT_STATUS", "session", "mount", "is_transient", "error_for", "request",
+           "request_slot"]
 
 log = logging.getLogger("crantseg.http")
 
@@ -83,7 +87,8 @@ class RetryPolicy:
         ``endpoint`` names the call in messages (e.g. ``"POST roots_binary"``)."""
         for attempt in range(self.retries + 1):
             try:
-                return fn()
+                with request_slot():
+                    return fn()
             except Exception as e:  # classified below; anything unknown is re-raised untouched
                 if not is_transient(e):
                     mapped = error_for(e, endpoint)
@@ -98,6 +103,22 @@ class RetryPolicy:
                 log.debug("%s: %s; retry %d/%d in %.2fs", endpoint, _describe(e), attempt + 1, self.retries, wait)
                 sleep(wait)
         raise AssertionError("unreachable")
+
+
+_slots: threading.BoundedSemaphore | None = None
+_slots_lock = threading.Lock()
+
+
+def request_slot() -> threading.BoundedSemaphore:
+    """The process-wide cap on concurrent requests to CAVE servers (``crantseg.cave.max-concurrency``
+    per worker process; waits for retries do not hold a slot)."""
+    global _slots
+    with _slots_lock:
+        if _slots is None:
+            from ..config import setting
+
+            _slots = threading.BoundedSemaphore(max(1, int(setting("cave.max-concurrency", 4))))
+        return _slots
 
 
 def _response_of(e: BaseException):
