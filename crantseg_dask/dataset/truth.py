@@ -277,6 +277,16 @@ class Truth:
         hit = np.argwhere(removed) + off
         return hit[np.lexsort(hit.T[::-1])]
 
+    def largest_roots(self, n: int, ts=None) -> list[int]:
+        """The ``n`` roots alive at ``ts`` (default: now) with the most mip-0 voxels, smallest first."""
+        svs, counts = np.unique(self.volume(0), return_counts=True)
+        roots = self.root_of(svs, ts if ts is not None else datetime.now(timezone.utc))
+        size: dict[int, int] = {}
+        for r, c in zip(roots.tolist(), counts.tolist()):
+            if r:
+                size[r] = size.get(r, 0) + c
+        return sorted(size, key=size.get)[-n:]
+
     def self_touching_roots(self, mip: int = 0) -> list[int]:
         """Roots with at least one interface voxel at ``mip`` (candidates for ``thin`` tests)."""
         return [r for r in self.all_roots.tolist() if len(self.interface_voxels(r, mip))]

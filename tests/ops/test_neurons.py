@@ -17,13 +17,7 @@ from crantseg_dask.ops.neurons import InvalidNeuronError, neuron_to_segments
 
 def largest_roots(truth, n):
     """The ``n`` roots alive now with the most mip-0 voxels, smallest first (brute force)."""
-    svs, counts = np.unique(truth.volume(0), return_counts=True)
-    roots = truth.root_of(svs, datetime.now(timezone.utc))
-    size = Counter()
-    for r, c in zip(roots.tolist(), counts.tolist()):
-        if r:
-            size[r] += c
-    return sorted(size, key=size.get)[-n:]
+    return truth.largest_roots(n)
 
 
 @pytest.fixture(scope="module")

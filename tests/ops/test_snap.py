@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from collections import Counter
 from functools import lru_cache
 
 import dask
@@ -68,13 +67,7 @@ def brute(truth, locs, targets, snap_zero=False, r=R, erode=True):
 
 def largest_roots(truth, n):
     """The ``n`` roots alive now with the most mip-0 voxels, smallest first (brute force)."""
-    svs, counts = np.unique(truth.volume(0), return_counts=True)
-    roots = truth.root_of(svs, datetime.now(timezone.utc))
-    size = Counter()
-    for r, c in zip(roots.tolist(), counts.tolist()):
-        if r:
-            size[r] += c
-    return sorted(size, key=size.get)[-n:]
+    return truth.largest_roots(n)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
