@@ -153,7 +153,9 @@ def _nearest_many(points: np.ndarray, cand: np.ndarray, res: np.ndarray, r: floa
     its squared distance; (-1, inf) where none is within ``r``.
 
     A KD-tree over the candidate centres proposes the 8 nearest; their exact squared distances
-    decide (so ties resolve by candidate order, as a brute-force scan would)."""
+    decide (so ties resolve by candidate order, as a brute-force scan would). Rows whose last
+    proposal is as near as their minimum may have more exact ties than proposals: they are asked
+    again with four times as many, until the last proposal is farther or every candidate is in."""
     from scipy.spatial import cKDTree
 
     n = len(points)
@@ -161,17 +163,28 @@ def _nearest_many(points: np.ndarray, cand: np.ndarray, res: np.ndarray, r: floa
     if n == 0 or len(cand) == 0:
         return j, best
     centres = (cand + 0.5) * res
-    k = min(8, len(cand))
-    _, idx = cKDTree(centres).query(points, k=k, distance_upper_bound=r * (1 + 1e-9) + 1e-9)
-    idx = idx.reshape(n, k)
-    valid = idx < len(cand)
-    diff = centres[np.where(valid, idx, 0)] - points[:, None, :]
-    d2 = np.where(valid, (diff * diff).sum(axis=2), np.inf)
-    d2 = np.where(d2 <= r * r, d2, np.inf)
-    m = d2.min(axis=1)
-    found = np.isfinite(m)
-    tied = np.where((d2 == m[:, None]) & found[:, None], idx, np.iinfo(np.int64).max)
-    j[found], best[found] = tied.min(axis=1)[found], m[found]
+    tree = cKDTree(centres)
+    bound = r * (1 + 1e-9) + 1e-9
+    rows, k = np.arange(n), min(8, len(cand))
+    while rows.size:
+        _, idx = tree.query(points[rows], k=k, distance_upper_bound=bound)
+        idx = idx.reshape(len(rows), k)
+        valid = idx < len(cand)
+        diff = centres[np.where(valid, idx, 0)] - points[rows][:, None, :]
+        d2 = np.where(valid, (diff * diff).sum(axis=2), np.inf)
+        d2 = np.where(d2 <= r * r, d2, np.inf)
+        m = d2.min(axis=1)
+        found = np.isfinite(m)
+        tied = np.where((d2 == m[:, None]) & found[:, None], idx, np.iinfo(np.int64).max)
+        j[rows[found]], best[rows[found]] = tied.min(axis=1)[found], m[found]
+        # a row is settled when fewer than k candidates are within reach (all were proposed) or
+        # its last proposal is strictly farther than its minimum
+        full = valid.all(axis=1)
+        farther = d2[:, -1] > m
+        if k >= len(cand):
+            break
+        rows = rows[found & full & ~farther]
+        k = min(k * 4, len(cand))
     return j, best
 
 

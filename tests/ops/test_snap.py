@@ -298,3 +298,50 @@ def test_tree_neuron_input(local_spec, truth, targets, near, monkeypatch):
                                  "z": near[:, 2]}))
     out = snap_to_id(n, targets[-1], verbose=False, dataset=local_spec)
     assert np.array_equal(out, snap_to_id(near, targets[-1], verbose=False, dataset=local_spec))
+
+
+# -- exact ties: more than 8 candidate centres equally near -----------------------------------
+def _brute_nearest(points, cand, res, r):
+    c = (cand + 0.5) * res
+    out = []
+    for p in points:
+        d = c - p
+        d2 = d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]
+        d2 = np.where(d2 <= r * r, d2, np.inf)
+        out.append(int(np.argmin(d2)) if np.isfinite(d2.min()) else -1)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("res", [(16.0, 16.0, 42.0), (16.0, 16.0, 16.0)])
+def test_nearest_many_many_exact_ties(res):
+    """A hollow shell of candidates around a voxel centre / corner / edge midpoint leaves up to 48
+    centres exactly equally near: the first in x, y, z order must win, as in a brute-force scan."""
+    from crantseg_dask.ops._snap_kernel import _nearest_many
+
+    res = np.array(res)
+    g = np.stack(np.meshgrid(*[np.arange(12)] * 3, indexing="ij"), -1).reshape(-1, 3)  # lexicographic
+    for centre in ([6, 6, 6], [6.5, 6.5, 6], [6.5, 6.5, 6.5], [6, 6.5, 6]):
+        d = (g - np.array(centre)) * res
+        d2 = (d * d).sum(axis=1)
+        p = ((np.array(centre) + 0.5) * res)[None]
+        for h in np.unique(d2)[1:6]:
+            cand = g[d2 >= h]
+            j, best = _nearest_many(p, cand, res, 200.0)
+            assert j.tolist() == _brute_nearest(p, cand, res, 200.0).tolist(), (centre, h)
+            assert best[0] == h
+
+
+@pytest.mark.parametrize("k", [None, 3])
+def test_snap_on_grid_symmetry_positions(spec, truth, targets, k):
+    """Points exactly on voxel corners and centres just outside the target blob."""
+    target = targets[-1]
+    res = truth.resolution(0)
+    vox = truth.voxels_of(target)
+    rng = np.random.default_rng(3)
+    base = vox[rng.choice(len(vox), 40)]
+    shifts = np.array([[3, 0, 0], [0, -3, 0], [-2, 2, 0], [0, 0, 1]])
+    pts = np.concatenate([(base + s + h) * res for s in shifts for h in (0.0, 0.5)])
+    with dask.config.set({"crantseg.partition-size": k} if k else {}):
+        out = snap_to_id(pts, target, snap_zero=True, verbose=False, dataset=spec)
+    xyz, _, _ = brute(truth, pts, [target] * len(pts), True)
+    assert np.array_equal(out, xyz)
