@@ -10,6 +10,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +66,14 @@ class LeavesCache:
 
 
 class TTLCache:
-    """A thread-safe in-process dict whose entries expire ``max_age`` seconds after being stored."""
+    """A thread-safe in-process dict whose entries expire ``max_age`` seconds after being stored,
+    holding at most ``max_entries`` (the least recently used go first)."""
 
-    def __init__(self, max_age: float = 7200.0):
-        self.max_age = max_age
-        self._data: dict = {}
+    def __init__(self, max_age: float = 7200.0, max_entries: int = 1_000_000):
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, not {max_entries}")
+        self.max_age, self.max_entries = max_age, int(max_entries)
+        self._data: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key, default=None):
@@ -80,11 +84,15 @@ class TTLCache:
             if time.monotonic() - hit[0] > self.max_age:
                 del self._data[key]
                 return default
+            self._data.move_to_end(key)
             return hit[1]
 
     def put(self, key, value) -> None:
         with self._lock:
             self._data[key] = (time.monotonic(), value)
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
 
     def clear(self) -> None:
         with self._lock:

@@ -18,7 +18,7 @@ from .._cache import TTLCache, dataset_identity
 from .._graph import compute
 from .._validate import as_ids
 from ..config import resolve_dataset, resolve_timestamp
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, UnknownIDError
 from ..sources import SourceSpec, open_source
 from .mapping import parse_root_ids, roots_graph
 from .validity import is_valid_root
@@ -31,8 +31,9 @@ log = logging.getLogger("crantseg")
 UPDATE_DTYPE = np.dtype([("new_id", np.uint64), ("confidence", np.float64)])
 OVERLAP_BATCH = 64  # outdated roots per overlap task
 COLUMNS = ["old_id", "new_id", "confidence", "changed"]
-#: per-ID results of update_ids, keyed by (dataset identity, timestamp, stop_layer, kind, id)
-update_cache = TTLCache(max_age=7200.0)
+#: per-ID results of update_ids, keyed by (dataset identity, timestamp, stop_layer, kind, id);
+#: only calls with an explicit timestamp use it
+update_cache = TTLCache(max_age=7200.0, max_entries=1_000_000)
 
 
 # -- kernels ----------------------------------------------------------------------------------
@@ -63,16 +64,18 @@ def is_latest_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime) -> 
 
 
 def _leaves(source, roots: np.ndarray, stop_layer: int) -> list[np.ndarray | None]:
-    """Layer-``stop_layer`` nodes of each root; None for a root whose lookup fails."""
+    """Layer-``stop_layer`` nodes of each root; None for a root the source does not know (or
+    rejects as input). Any other failure (source unreachable, authentication) propagates: it
+    must not become a cached "no successor" answer."""
     try:
         got = source.leaves_many(roots, stop_layer=stop_layer)
         return [np.asarray(got[int(r)], dtype=np.uint64) for r in roots.tolist()]
-    except Exception:  # one bad root must not sink the batch: retry one by one
+    except (UnknownIDError, InvalidInputError):  # one bad root must not sink the batch: one by one
         out = []
         for r in roots.tolist():
             try:
                 out.append(np.asarray(source.leaves(int(r), stop_layer=stop_layer), dtype=np.uint64))
-            except Exception as e:
+            except (UnknownIDError, InvalidInputError) as e:
                 log.warning("update_ids: no layer-%d nodes for %d (%s)", stop_layer, r, e)
                 out.append(None)
         return out
@@ -83,8 +86,8 @@ def overlap_kernel(roots: np.ndarray, spec: SourceSpec, timestamp: datetime, sto
 
     For each root: its layer-``stop_layer`` nodes (timeless), their roots at ``timestamp``; the
     root that is current at ``timestamp`` and holds the most nodes wins (ties: smallest ID),
-    confidence = its share of all the old root's nodes. No current candidate or a failed lookup
-    gives (old root, 0.0).
+    confidence = its share of all the old root's nodes. No current candidate or an unknown root
+    gives (old root, 0.0); other source errors propagate.
 
     Examples
     --------
@@ -358,7 +361,8 @@ def update_ids(x, supervoxels=None, timestamp=None, stop_layer=2, progress=True,
     -----
     Per-ID chunked-graph results are cached in this process for 2 h, keyed by (dataset identity,
     resolved timestamp, stop_layer, id) (crantpy keys by ID alone and swallows ``clear_cache``:
-    fixed). ``timestamp=None`` resolves to a new "now" per call, so it never reuses results.
+    fixed), at most a million entries (least recently used first out). ``timestamp=None``
+    resolves to a new "now" per call, so such calls neither read nor fill the cache.
 
     Raises
     ------
@@ -409,7 +413,7 @@ def update_ids(x, supervoxels=None, timestamp=None, stop_layer=2, progress=True,
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(COLUMNS, ["int64", "int64", "float64", "bool"])})
     roots = ids[rows]
     sv = _supervoxels(roots, supervoxels, frame, rows, use_annotations, annotations)
-    new, conf = _update(roots, sv, spec, ts, stop, layout, progress)
+    new, conf = _update(roots, sv, spec, ts, stop, layout, progress, use_cache=timestamp is not None)
     full_new, full_conf = ids.copy(), np.zeros(len(ids))
     full_new[rows], full_conf[rows] = new, conf
     if frame is None:
@@ -428,13 +432,25 @@ def update_ids(x, supervoxels=None, timestamp=None, stop_layer=2, progress=True,
     return pd.concat([out, extra], axis=1)
 
 
-def _update(roots, sv, spec, ts, stop, layout, progress):
-    """new_id (uint64) and confidence for each valid row; see ``update_ids``."""
+class _NoCache:
+    """Stands in for ``update_cache`` when results must not be reused."""
+
+    def get(self, key, default=None):
+        return default
+
+    def put(self, key, value) -> None:
+        pass
+
+
+def _update(roots, sv, spec, ts, stop, layout, progress, use_cache=True):
+    """new_id (uint64) and confidence for each valid row; see ``update_ids``. ``use_cache=False``
+    neither reads nor writes ``update_cache``."""
     ident = (dataset_identity(spec), ts.isoformat(), stop)
+    cache = update_cache if use_cache else _NoCache()
     new, conf = roots.copy(), np.zeros(len(roots))
     good = layout.layer(roots) == layout.n_layers  # other layers cannot be updated: confidence 0
     uniq = np.unique(roots[good])
-    cached = {int(r): update_cache.get(ident + ("latest", int(r))) for r in uniq.tolist()}
+    cached = {int(r): cache.get(ident + ("latest", int(r))) for r in uniq.tolist()}
     need = np.array([r for r, v in cached.items() if v is None], dtype=np.uint64)
     lazy = []
     if need.size:
@@ -448,7 +464,7 @@ def _update(roots, sv, spec, ts, stop, layout, progress):
     if need.size:
         for r, v in zip(need.tolist(), got.pop(0).tolist()):
             cached[r] = v
-            update_cache.put(ident + ("latest", r), v)
+            cache.put(ident + ("latest", r), v)
     latest_u = np.array([bool(cached[r]) for r in uniq.tolist()], dtype=bool)
     latest = good.copy()
     latest[good] = latest_u[np.searchsorted(uniq, roots[good])]
@@ -461,7 +477,7 @@ def _update(roots, sv, spec, ts, stop, layout, progress):
         new[hit], conf[hit] = sv_root[hit], 1.0
         pending &= ~hit
     stale = np.unique(roots[pending])
-    best = {int(r): update_cache.get(ident + ("overlap", int(r))) for r in stale.tolist()}
+    best = {int(r): cache.get(ident + ("overlap", int(r))) for r in stale.tolist()}
     todo = np.array([r for r, v in best.items() if v is None], dtype=np.uint64)
     if todo.size:
         lazy = da.from_array(todo, chunks=OVERLAP_BATCH, name=False).map_blocks(
@@ -470,7 +486,7 @@ def _update(roots, sv, spec, ts, stop, layout, progress):
         (res,) = compute(lazy, progress=progress, desc="update_ids overlap")
         for r, rec in zip(todo.tolist(), res.tolist()):
             best[r] = (int(rec[0]), float(rec[1]))
-            update_cache.put(ident + ("overlap", r), best[r])
+            cache.put(ident + ("overlap", r), best[r])
     if stale.size:
         at = np.searchsorted(stale, roots[pending])
         new[pending] = np.array([best[r][0] for r in stale.tolist()], dtype=np.uint64)[at]

@@ -339,3 +339,48 @@ def test_update_ids_job_matches_truth(truth, tiny_path, tmp_path):
             want = expect_update(truth, r, t)
         assert (int(out["new_id"][k]), float(out["confidence"][k])) == pytest.approx(want), r
         assert bool(out["changed"][k]) == (want[0] != r)
+
+
+# -- review fixes: errors are not answers; the cache ----------------------------------------------
+def test_source_errors_propagate_not_cached(local_spec, truth, monkeypatch):
+    """A source failure in the overlap step raises (it is no "(old root, 0.0)" answer), and
+    nothing about those roots is cached; an unknown root still gives (root, 0.0)."""
+    from crantseg_dask.errors import SourceError
+
+    t = truth.operation_times()[-1]
+    stale = [int(r) for r in truth.all_roots if not truth.is_latest(r, t)][:3]
+    src = open_source(local_spec)
+
+    def down(*a, **k):
+        raise SourceError("server unreachable")
+    monkeypatch.setattr(src, "leaves_many", down)
+    monkeypatch.setattr(src, "leaves", down)
+    with pytest.raises(SourceError):
+        overlap_kernel(np.array(stale, np.uint64), local_spec, t, 2)
+    with pytest.raises(SourceError):
+        update_ids(stale, timestamp=t, dataset=local_spec, progress=False)
+    assert not any(k[3] == "overlap" for k in update_cache._data)
+    monkeypatch.undo()
+    df = update_ids(stale, timestamp=t, dataset=local_spec, progress=False)
+    assert [tuple(v) for v in df[["new_id", "confidence"]].itertuples(index=False)] == \
+        [pytest.approx(expect_update(truth, r, t)) for r in stale]
+
+
+def test_no_cache_without_timestamp(local_spec, truth):
+    roots = truth.all_roots[:10]
+    update_ids(roots, dataset=local_spec, progress=False)
+    assert len(update_cache) == 0
+    update_ids(roots, timestamp=truth.operation_times()[-1], dataset=local_spec, progress=False)
+    assert len(update_cache) > 0
+
+
+def test_ttl_cache_bounded_lru():
+    from crantseg_dask._cache import TTLCache
+
+    c = TTLCache(max_age=100, max_entries=3)
+    for k in "abc":
+        c.put(k, k.upper())
+    assert c.get("a") == "A"          # a is now the most recently used
+    c.put("d", "D")                   # evicts b, the least recently used
+    assert len(c) == 3 and c.get("b") is None
+    assert [c.get(k) for k in "acd"] == ["A", "C", "D"]
