@@ -20,6 +20,7 @@ from .._validate import as_ids
 from ..config import data_dir, resolve_dataset, resolve_timestamp, setting
 from ..errors import InvalidInputError
 from ..sources import SourceSpec, open_source
+from ._lazy import lazy_ids
 from .validity import is_valid_root
 
 __all__ = ["roots_kernel", "roots_graph", "supervoxels_to_roots", "supervoxels_to_roots_graph",
@@ -198,7 +199,7 @@ def supervoxels_to_roots_graph(ids: da.Array, timestamp="mat", batch_size: int =
     array([576460752373423560, 576460752373423555,                  0])
     """
     spec, ts, stop, bs, wait = _prepare(timestamp, stop_layer, batch_size, retry, dataset)
-    return roots_graph(ids.astype(np.uint64), spec, ts, stop, bs, retry=wait).astype(np.int64)
+    return roots_graph(lazy_ids(ids), spec, ts, stop, bs, retry=wait).astype(np.int64)
 
 
 # -- roots_to_supervoxels ---------------------------------------------------------------------

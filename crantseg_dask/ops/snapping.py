@@ -24,11 +24,11 @@ from .._chunking import Plan, chunk_keys, nm_to_voxels, plan_partitions
 from .._graph import compute
 from .._validate import as_coordinates, as_ids, as_locations
 from ..config import resolve_dataset
-from ..errors import InvalidIDError, InvalidInputError, InvalidLocationError
+from ..errors import InvalidIDError, InvalidInputError
 from ..sources import SourceSpec, open_source
 from ._snap_kernel import (  # noqa: F401  (the per-block kernel; jobs use it too)
     NOT_FOUND, OUT_OF_BOUNDS, SNAPPED, STATUS, _snap_arrays, _target_leaves)
-from .locations import _partition_size
+from .locations import _check_finite, _partition_size
 
 __all__ = ["STATUS", "snap_table", "snap_table_graph", "snap_to_id", "snap_to_id_graph"]
 
@@ -39,12 +39,12 @@ def _snap_frame(df: pd.DataFrame, spec: SourceSpec, id_column: str, columns, sna
                 search_radius: float, erode: bool, resolution) -> pd.DataFrame:
     """Kernel on one pandas partition: the five output columns, same index."""
     locs = df[list(columns)].to_numpy(dtype=np.float64) * np.asarray(resolution, np.float64)
-    if not np.isfinite(locs).all():  # only reachable through the lazy API
-        row = int(np.argmax(~np.isfinite(locs).all(axis=1)))
-        raise InvalidLocationError(f"row {df.index[row]!r} = {tuple(locs[row].tolist())!r}: "
-                                   "coordinates must be finite")
-    xyz, dist, status = _snap_arrays(locs, df[id_column].to_numpy(np.uint64), spec, snap_zero,
-                                     search_radius, erode)
+    _check_finite(locs)  # only reachable through the lazy API
+    targets = as_ids(df[id_column], name=id_column)
+    if (targets == 0).any():
+        row = int(np.argmax(targets == 0))
+        raise InvalidIDError(f"{id_column}[{df.index[row]!r}] = 0: every row needs a non-zero target ID")
+    xyz, dist, status = _snap_arrays(locs, targets, spec, snap_zero, search_radius, erode)
     return pd.DataFrame({"snapped_x": xyz[:, 0], "snapped_y": xyz[:, 1], "snapped_z": xyz[:, 2],
                          "distance_nm": dist,
                          "status": pd.Categorical.from_codes(status, categories=list(STATUS))},
@@ -159,6 +159,9 @@ def snap_table_graph(df, id_column: str = "id", snap_zero: bool = False, search_
     if missing or len(columns) != 3:
         raise InvalidInputError(f"snap_table_graph: columns {missing or list(columns)} are missing or "
                                 f"not three; found {[str(c) for c in df.columns]}")
+    if df[id_column].dtype.kind not in "iuO":
+        raise InvalidIDError(f"column {id_column!r} has dtype {df[id_column].dtype}: target IDs must be "
+                             "integers (floats cannot hold every 64-bit ID exactly)")
     resolution = open_source(spec).meta.viewer_resolution if unit == "voxel" else (1.0, 1.0, 1.0)
     return df.map_partitions(_snap_frame, spec, id_column, columns, bool(snap_zero), r,
                              bool(erode), tuple(resolution), meta=_meta_frame())

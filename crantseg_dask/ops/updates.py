@@ -20,6 +20,7 @@ from .._validate import as_ids
 from ..config import resolve_dataset, resolve_timestamp
 from ..errors import InvalidInputError, UnknownIDError
 from ..sources import SourceSpec, open_source
+from ._lazy import lazy_ids
 from .mapping import parse_root_ids, roots_graph
 from .validity import is_valid_root
 
@@ -178,7 +179,7 @@ def is_latest_roots_graph(ids: da.Array, timestamp=None, *, dataset=None) -> da.
     """
     spec = resolve_dataset(dataset)
     ts = resolve_timestamp(timestamp, open_source(spec))
-    return ids.astype(np.uint64).map_blocks(is_latest_kernel, spec=spec, timestamp=ts, dtype=bool,
+    return lazy_ids(ids).map_blocks(is_latest_kernel, spec=spec, timestamp=ts, dtype=bool,
                                             meta=np.empty((0,) * ids.ndim, bool))
 
 
@@ -263,7 +264,7 @@ def update_ids_graph(ids: da.Array, timestamp=None, stop_layer: int = 2, *, data
     source = open_source(spec)
     stop = _stop_layer(stop_layer, source.meta.n_layers)
     ts = resolve_timestamp(timestamp, source)
-    return ids.astype(np.uint64).map_blocks(update_kernel, spec=spec, timestamp=ts, stop_layer=stop,
+    return lazy_ids(ids).map_blocks(update_kernel, spec=spec, timestamp=ts, stop_layer=stop,
                                             dtype=UPDATE_DTYPE, meta=np.empty((0,) * ids.ndim, UPDATE_DTYPE))
 
 

@@ -15,6 +15,7 @@ from .._validate import as_ids
 from ..config import resolve_dataset
 from ..errors import InvalidIDError
 from ..sources import open_source
+from ._lazy import lazy_ids
 
 __all__ = ["layer_is_kernel", "is_valid_root", "is_valid_supervoxel", "is_valid_root_graph",
            "is_valid_supervoxel_graph"]
@@ -122,7 +123,7 @@ def is_valid_supervoxel(x, dataset=None, raise_exc: bool = False):
 def _graph(ids: da.Array, dataset, which: str) -> da.Array:
     layout = open_source(resolve_dataset(dataset)).meta.layout
     layer = layout.n_layers if which == "root" else 1
-    return ids.astype(np.uint64).map_blocks(layer_is_kernel, layout=layout, layer=layer, dtype=bool,
+    return lazy_ids(ids).map_blocks(layer_is_kernel, layout=layout, layer=layer, dtype=bool,
                                             meta=np.empty((0,) * ids.ndim, bool))
 
 

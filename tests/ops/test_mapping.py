@@ -229,3 +229,30 @@ def test_leaves_graph_and_identity(local_spec, truth, tmp_path):
     np.testing.assert_array_equal(got[int(truth.all_roots[7])], truth.leaves(truth.all_roots[7]))
     other = type(local_spec)(kind="local", name="x", path=str(tmp_path))
     assert dataset_identity(other) != dataset_identity(local_spec)
+
+
+# -- lazy builders refuse non-integer ID arrays (float IDs above 2**53 are not exact) -------------
+def test_lazy_builders_reject_float_and_negative_ids(local_spec, truth):
+    import dask.array as da
+
+    from crantseg_dask.errors import InvalidIDError
+    from crantseg_dask.ops.mapping import supervoxels_to_roots_graph
+    from crantseg_dask.ops.updates import is_latest_roots_graph, update_ids_graph
+    from crantseg_dask.ops.validity import is_valid_root_graph, is_valid_supervoxel_graph
+
+    root = int(truth.all_roots[-1])
+    assert float(root) != root  # the value a float cast would silently change
+    builders = [lambda x: supervoxels_to_roots_graph(x, timestamp=None, dataset=local_spec),
+                lambda x: is_latest_roots_graph(x, dataset=local_spec),
+                lambda x: update_ids_graph(x, dataset=local_spec),
+                lambda x: is_valid_root_graph(x, dataset=local_spec),
+                lambda x: is_valid_supervoxel_graph(x, dataset=local_spec)]
+    floats = da.from_array(np.array([float(root), 0.0]), chunks=1)
+    negative = da.from_array(np.array([root, -5], dtype=np.int64), chunks=1)
+    for build in builders:
+        with pytest.raises(InvalidIDError, match="dtype float64"):
+            build(floats)
+        with pytest.raises(InvalidIDError, match="negative"):
+            build(negative).compute()
+    good = is_valid_root_graph(da.from_array(np.array([root, 0], dtype=np.int64), chunks=1), dataset=local_spec)
+    assert good.compute().tolist() == [True, False]

@@ -280,6 +280,14 @@ def test_snap_table_graph_bad_input(local_spec, table):
     bad = dd.from_pandas(table.assign(x=np.where(table.keep == 3, np.nan, table.x)), npartitions=2)
     with pytest.raises(InvalidLocationError, match="finite"):
         snap_table_graph(bad, id_column="root", dataset=local_spec).compute()
+    floats = dd.from_pandas(table.assign(root=table.root.astype(np.float64)), npartitions=2)
+    with pytest.raises(InvalidIDError, match="dtype float64"):
+        snap_table_graph(floats, id_column="root", dataset=local_spec)
+    for value in (-1, 0):
+        neg = dd.from_pandas(table.assign(root=np.where(table.keep == 3, value, table.root.astype(np.int64))),
+                             npartitions=2)
+        with pytest.raises(InvalidIDError):
+            snap_table_graph(neg, id_column="root", dataset=local_spec).compute()
 
 
 def test_tree_neuron_input(local_spec, truth, targets, near, monkeypatch):
