@@ -163,7 +163,7 @@ def _partition_size(value: int | None = None) -> int:
 
 
 def plan_locations(locs_nm: np.ndarray, spec: SourceSpec, mip: int = 0,
-                   partition_size_: int | None = None) -> tuple[Plan, np.ndarray]:
+                   partition_size: int | None = None) -> tuple[Plan, np.ndarray]:
     """Partition plan of (N, 3) nm locations by storage chunk at ``mip`` (client side, numpy),
     and the (N, 3) int32 voxels at ``mip`` in input order (clipped far outside any volume).
 
@@ -184,7 +184,7 @@ def plan_locations(locs_nm: np.ndarray, spec: SourceSpec, mip: int = 0,
     meta = open_source(spec).meta
     voxels = nm_to_voxels(locs_nm, meta.resolution[mip], np.int32)  # half the memory; volumes fit
     keys = chunk_keys(voxels, meta.bounds(mip), meta.chunk_size[mip])
-    return plan_partitions(keys, _partition_size(partition_size_)), voxels
+    return plan_partitions(keys, _partition_size(partition_size)), voxels
 
 
 def _planned_supervoxels(locs_nm: np.ndarray, spec: SourceSpec, mip: int,

@@ -28,7 +28,7 @@ from ..errors import InvalidIDError, InvalidInputError
 from ..sources import SourceSpec, open_source
 from ._snap_kernel import (  # noqa: F401  (the per-block kernel; jobs use it too)
     NOT_FOUND, OUT_OF_BOUNDS, SNAPPED, STATUS, _snap_arrays, _target_leaves)
-from .locations import _check_finite, _partition_size
+from .locations import _check_finite, _dask_locs, _partition_size
 
 __all__ = ["STATUS", "snap_table", "snap_table_graph", "snap_to_id", "snap_to_id_graph"]
 
@@ -57,11 +57,12 @@ def _meta_frame() -> pd.DataFrame:
 
 
 # -- planning and graphs ------------------------------------------------------------------------
-def _plan(locs_nm: np.ndarray, spec: SourceSpec, partition_size: int | None) -> Plan:
+def _plan(locs_nm: np.ndarray, spec: SourceSpec) -> Plan:
+    """Rows by mip-0 storage chunk, in partitions of ``crantseg.partition-size`` rows."""
     meta = open_source(spec).meta
     b = meta.bounds(0)
     vox = np.clip(nm_to_voxels(locs_nm, meta.resolution[0]), b[0], b[1] - 1)
-    return plan_partitions(chunk_keys(vox, b, meta.chunk_size[0]), _partition_size(partition_size))
+    return plan_partitions(chunk_keys(vox, b, meta.chunk_size[0]), _partition_size())
 
 
 def _check_radius(search_radius) -> float:
@@ -74,9 +75,9 @@ def _check_radius(search_radius) -> float:
     return r
 
 
-def _snap_partitions(locs_nm, targets, spec, snap_zero, r, erode, partition_size=None):
+def _snap_partitions(locs_nm, targets, spec, snap_zero, r, erode):
     """Delayed ``_snap_arrays`` per planned partition, and the plan."""
-    plan = _plan(locs_nm, spec, partition_size)
+    plan = _plan(locs_nm, spec)
     off = plan.offsets
     s_locs, s_tgt = locs_nm[plan.order], targets[plan.order]
     parts = [dask.delayed(_snap_arrays, pure=True)(s_locs[a:b], s_tgt[a:b], spec, snap_zero, r, erode)
@@ -122,9 +123,10 @@ def snap_to_id_graph(locs: da.Array, id, snap_zero: bool = False, search_radius:
     """
     spec = resolve_dataset(dataset)
     target, r = _one_target(id, spec), _check_radius(search_radius)
-    locs = locs.astype(np.float64).rechunk({1: 3})
+    locs = _dask_locs(locs)
 
     def block(b):
+        _check_finite(b)
         return _snap_arrays(b, np.full(len(b), target, np.uint64), spec, snap_zero, r, erode)[0]
 
     return locs.map_blocks(block, dtype=np.float64, meta=np.empty((0, 3), np.float64))

@@ -353,3 +353,16 @@ def test_snap_on_grid_symmetry_positions(spec, truth, targets, k):
         out = snap_to_id(pts, target, snap_zero=True, verbose=False, dataset=spec)
     xyz, _, _ = brute(truth, pts, [target] * len(pts), True)
     assert np.array_equal(out, xyz)
+
+
+def test_snap_to_id_graph_bad_shape(local_spec, targets):
+    import dask.array as da
+
+    from crantseg_dask.ops.snapping import snap_to_id_graph
+
+    for shape in ((4, 2), (4,), (2, 3, 1)):
+        with pytest.raises(InvalidLocationError, match="shape"):
+            snap_to_id_graph(da.zeros(shape, chunks=2), targets[-1], dataset=local_spec)
+    bad = da.from_array(np.array([[0.0, 0.0, np.nan]]), chunks=1)
+    with pytest.raises(InvalidLocationError, match="finite"):
+        snap_to_id_graph(bad, targets[-1], dataset=local_spec).compute()
