@@ -413,7 +413,6 @@ def get_voxels(x, mip: int = 0, bounds=None, sv_map: bool = False, thin: bool = 
         raise InvalidInputError(f"threads={threads!r} must be a positive integer")
     out = get_voxels_graph(x, mip, bounds, sv_map, thin, use_l2_chunks, dataset=dataset)
     parts = out if sv_map else (out,)
-    with dask.config.set(num_workers=int(threads)):
-        res = compute(*parts, progress=progress, desc=f"get_voxels {x}")
+    res = compute(*parts, progress=progress, desc=f"get_voxels {x}", num_workers=int(threads))
     res = tuple(np.ascontiguousarray(r) for r in res)
     return res if sv_map else res[0]

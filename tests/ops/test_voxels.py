@@ -327,3 +327,22 @@ def test_get_voxels_graph_is_lazy(spec, truth, roots, monkeypatch):
     v, s = dask.compute(voxels, svids)
     np.testing.assert_array_equal(v, voxels_of(truth, roots["big"], 1))
     np.testing.assert_array_equal(s, truth.supervoxel_at(v, 1))
+
+
+def test_threads_go_to_this_compute_only(spec, truth, roots, monkeypatch):
+    """``threads`` reaches ``dask.compute`` as ``num_workers=`` for this call; the process-global
+    Dask config (shared with other threads) is never set."""
+    import crantseg_dask._graph as graph
+
+    seen = []
+    real = graph.dask.compute
+
+    def spy(*a, **k):
+        seen.append((k.get("num_workers"), dask.config.get("num_workers", None)))
+        return real(*a, **k)
+
+    monkeypatch.setattr(graph.dask, "compute", spy)
+    before = dask.config.get("num_workers", None)
+    got = get_voxels(roots["small"], mip=1, threads=3, dataset=spec, progress=False)
+    np.testing.assert_array_equal(got, voxels_of(truth, roots["small"], 1))
+    assert seen == [(3, before)]
