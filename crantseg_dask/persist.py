@@ -8,8 +8,8 @@ partition task owns whole chunks of every array)::
     <outputs>      one array per output column (supervoxel_id, root_id, snapped_x ... status)
     _done          uint8 (n_partitions,), chunk 1: written AFTER a partition's data
 
-Attributes under ``crantseg``: package version, operation, arguments, resolved timestamp, dataset,
-input fingerprint, partition size. ``_done`` is explicit because an all-zero output chunk is
+Attributes under ``crantseg``: package version, operation, arguments, resolved timestamp, dataset
+(name and identity), input fingerprint, input column names, partition size, format. ``_done`` is explicit because an all-zero output chunk is
 indistinguishable from an unwritten one. A killed worker or driver loses at most the partitions in
 flight: ``resume`` reruns exactly those whose ``_done`` entry is 0, rewriting whole chunks.
 
@@ -25,12 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import zarr
+import zarr.errors
 
 from .errors import InvalidInputError
 
 __all__ = ["JobStore", "fingerprint", "read_output", "read_ragged", "status"]
 
-FORMAT = 1
+FORMAT = 2  # 2: input column names recorded, ragged pieces dimensioned and deleted once finalized
 
 
 def fingerprint(columns: dict[str, np.ndarray]) -> str:
@@ -54,7 +55,14 @@ class JobStore:
 
     @property
     def attrs(self) -> dict:
-        return dict(zarr.open_group(self.path, mode="r").attrs["crantseg"])
+        try:
+            g = zarr.open_group(self.path, mode="r")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            raise InvalidInputError(f"{self.path} is not a crantseg job (no Zarr group there)") from None
+        if "crantseg" not in g.attrs:  # zarr.json is written before the attributes: creation was cut short
+            raise InvalidInputError(f"{self.path} holds an incomplete job (created but never finished being set "
+                                    "up); rerun with --force")
+        return dict(g.attrs["crantseg"])
 
     @classmethod
     def create(cls, path: str, *, inputs: dict[str, np.ndarray], outputs: dict[str, tuple[str, object]],
@@ -75,12 +83,16 @@ class JobStore:
         g.create_array("_done", shape=(n_parts,), chunks=(1,), dtype="uint8", dimension_names=("partition",),
                        fill_value=0)
         g.attrs["crantseg"] = {**attrs, "format": FORMAT, "n_rows": n, "partition_size": chunk,
-                               "n_partitions": n_parts, "outputs": sorted(outputs)}
+                               "n_partitions": n_parts, "inputs": sorted(inputs), "outputs": sorted(outputs)}
         return cls(path)
 
     def partition(self, i: int) -> slice:
         a = self.attrs
         return slice(i * a["partition_size"], min((i + 1) * a["partition_size"], a["n_rows"]))
+
+    def input_names(self) -> list[str]:
+        """The input columns the operation reads (``row`` excluded)."""
+        return [n for n in self.attrs["inputs"] if n != "row"]
 
     def read(self, names, i: int) -> dict[str, np.ndarray]:
         g, sl = zarr.open_group(self.path, mode="r"), self.partition(i)
@@ -89,18 +101,24 @@ class JobStore:
     def write(self, i: int, columns: dict[str, np.ndarray]) -> None:
         """Write partition ``i``'s outputs, then mark it done (the order matters for resume).
 
-        ``ragged:<name>`` entries (any length) go to their own array ``_ragged_<name>_<i>``."""
+        ``ragged:<name>`` entries (any length) go to their own array ``_ragged_<name>_<i>`` (with
+        dimension names of its own, so xarray opens an unfinished group too)."""
         g, sl = self.group, self.partition(i)
         for name, a in columns.items():
             if name.startswith("ragged:"):
-                g.create_array(f"_ragged_{name[7:]}_{i:06d}", data=np.asarray(a), overwrite=True)
+                piece = f"_ragged_{name[7:]}_{i:06d}"
+                a = np.asarray(a)
+                g.create_array(piece, data=a, overwrite=True,
+                               dimension_names=tuple(f"{piece}_axis{k}" for k in range(a.ndim)))
             else:
                 g[name][sl] = a
         g["_done"][i] = 1
 
     def finalize_ragged(self, names, count_column: str) -> None:
         """Concatenate the partitions' ragged pieces into ``<name>`` arrays (rows in stored order)
-        plus ``offsets`` (n_rows + 1): row k's entries are ``<name>[offsets[k]:offsets[k + 1]]``."""
+        plus ``offsets`` (n_rows + 1): row k's entries are ``<name>[offsets[k]:offsets[k + 1]]``.
+        The pieces are deleted once every ``<name>`` is written (not before: a driver killed in
+        between finalizes again on resume)."""
         g = self.group
         n_parts = self.attrs["n_partitions"]
         counts = np.asarray(g[count_column][:], dtype=np.int64)
@@ -111,6 +129,14 @@ class JobStore:
             data = np.concatenate(parts)
             dims = ("item",) + tuple(f"{name}_axis{k}" for k in range(1, data.ndim))
             g.create_array(name, data=data, overwrite=True, dimension_names=dims)
+        for name in names:
+            for i in range(n_parts):
+                del g[f"_ragged_{name}_{i:06d}"]
+
+    def is_finalized(self, names) -> bool:
+        """Whether ``finalize_ragged(names)`` has run to the end (its pieces are gone)."""
+        keys = set(zarr.open_group(self.path, mode="r").array_keys())
+        return "offsets" in keys and all(n in keys for n in names) and not any(k.startswith("_ragged_") for k in keys)
 
     def done(self) -> np.ndarray:
         return np.asarray(zarr.open_group(self.path, mode="r")["_done"][:]).astype(bool)

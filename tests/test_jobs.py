@@ -299,3 +299,106 @@ def test_get_voxels_job_refuses_non_roots_before_any_work(truth, tiny_path, tmp_
     with pytest.raises(InvalidInputError, match=r"\[1\].*not a valid root"):
         run_job("get-voxels", tmp_path / "r.parquet", tmp_path / "o.zarr", dataset=str(tiny_path))
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_an_existing_directory_that_is_not_a_job_is_never_emptied(client, synapses, tiny_path, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.txt").write_text("precious")
+    kw = dict(dataset=str(tiny_path), timestamp="mat", partition_size=10_000, client=client, progress=False)
+    for resume in (False, True):
+        with pytest.raises(InvalidInputError, match=f"{out}.*not a crantseg job"):
+            run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, resume=resume, **kw)
+    assert (out / "thesis.txt").read_text() == "precious"
+    run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, force=True, **kw)
+    _check(out, synapses)
+
+
+def test_two_jobs_with_the_same_input_on_one_client_both_write(client, synapses, tiny_path, tmp_path):
+    kw = dict(dataset=str(tiny_path), partition_size=10_000, client=client, progress=False)
+    src = synapses["dir"] / "syn.parquet"
+    a = run_job("locs-to-segments", src, tmp_path / "a.zarr", timestamp="mat", **kw)
+    b = run_job("locs-to-segments", src, tmp_path / "b.zarr", timestamp="mat", **kw)
+    c = run_job("locs-to-segments", src, tmp_path / "c.zarr", timestamp="mat_1", **kw)
+    assert a["status"]["complete"] and b["status"]["complete"] and c["status"]["complete"]
+    _check(tmp_path / "a.zarr", synapses)
+    _check(tmp_path / "b.zarr", synapses)
+    assert (read_output(tmp_path / "c.zarr")["supervoxel_id"].to_numpy() == synapses["sv"]).all()
+
+
+def test_a_task_that_writes_nothing_fails_the_job(client, synapses, tiny_path, tmp_path, monkeypatch):
+    from crantseg_dask.errors import SourceError
+    from crantseg_dask.jobs import runner
+
+    monkeypatch.setattr(runner, "_submit", lambda *a, **k: None)  # every task "succeeds" without writing
+    with pytest.raises(SourceError, match=r"partitions \[0, 1, 2\]"):
+        run_job("locs-to-segments", synapses["dir"] / "syn.parquet", tmp_path / "o.zarr", dataset=str(tiny_path),
+                timestamp="mat", partition_size=10_000, client=client, progress=False)
+
+
+def test_resume_refuses_another_dataset_or_store_format(client, synapses, tiny_path, tmp_path):
+    import shutil
+
+    other = tmp_path / "copy-of-tiny"
+    shutil.copytree(tiny_path, other)
+    out = tmp_path / "o.zarr"
+    kw = dict(timestamp="mat", partition_size=10_000, client=client, progress=False)
+    run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, dataset=str(tiny_path), **kw)
+    with pytest.raises(InvalidInputError, match="dataset"):
+        run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, dataset=str(other), resume=True, **kw)
+    g = zarr.open_group(str(out), mode="r+")
+    g.attrs["crantseg"] = {**g.attrs["crantseg"], "format": 1}
+    with pytest.raises(InvalidInputError, match="format"):
+        run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, dataset=str(tiny_path), resume=True, **kw)
+
+
+def test_resume_without_a_timestamp_reuses_the_jobs_own(client, synapses, tiny_path, tmp_path):
+    out = tmp_path / "o.zarr"
+    kw = dict(dataset=str(tiny_path), partition_size=10_000, client=client, progress=False)
+    first = run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, **kw)  # timestamp None: now
+    before = read_output(out)
+    g = zarr.open_group(str(out), mode="r+")
+    g["_done"][1] = 0
+    s = run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, resume=True, **kw)
+    assert s["ran"] == 1 and s["timestamp"] == first["timestamp"]
+    pd.testing.assert_frame_equal(read_output(out), before)
+
+
+def test_incomplete_job_creation_names_the_problem(client, synapses, tiny_path, tmp_path, capsys):
+    from crantseg_dask.cli import main
+
+    out = tmp_path / "o.zarr"
+    zarr.open_group(str(out), mode="w")  # killed between zarr.json and the crantseg attributes
+    kw = dict(dataset=str(tiny_path), timestamp="mat", partition_size=10_000, client=client, progress=False)
+    with pytest.raises(InvalidInputError, match="incomplete job.*--force"):
+        run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, resume=True, **kw)
+    assert main(["status", str(out)]) == 2
+    assert "incomplete job" in capsys.readouterr().err
+    assert main(["status", str(tmp_path / "nothing")]) == 2
+    assert "not a crantseg job" in capsys.readouterr().err
+    run_job("locs-to-segments", synapses["dir"] / "syn.parquet", out, resume=True, force=True, **kw)
+    _check(out, synapses)
+
+
+def test_get_voxels_output_opens_with_xarray_and_keeps_no_pieces(client, truth, tiny_path, tmp_path, monkeypatch):
+    import xarray as xr
+
+    from crantseg_dask.jobs.operations import Context
+    from crantseg_dask.jobs.runner import run_partition
+    from crantseg_dask.persist import JobStore
+
+    now = truth.operation_times()[-1]
+    roots = sorted(truth.roots_at(now))[:3]
+    pd.DataFrame({"root_id": roots}).to_parquet(tmp_path / "roots.parquet")
+    out = tmp_path / "voxels.zarr"
+    run_job("get-voxels", tmp_path / "roots.parquet", out, dataset=str(tiny_path), mip=2, partition_size=2,
+            client=client, progress=False)
+    assert not [k for k in _arrays(out) if k.startswith("_ragged_")], "pieces are deleted once finalized"
+    ds = xr.open_zarr(str(out), consolidated=False)
+    assert ds.sizes["row"] == 3 and ds.sizes["item"] == int(ds["n_voxels"].sum())
+    read = []
+    original = JobStore.read
+    monkeypatch.setattr(JobStore, "read", lambda self, names, i: read.append(list(names)) or original(self, names, i))
+    run_partition(str(out), "get-voxels", 0, Context(spec=__import__("crantseg_dask").config.resolve_dataset(
+        str(tiny_path)), timestamp=None, args=(("mip", 2), ("thin", False))))
+    assert read == [["root_id"]]

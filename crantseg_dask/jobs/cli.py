@@ -29,7 +29,8 @@ def run_main(argv: list[str]) -> int:
     p.add_argument("--dataset", help="latest | sandbox | local | tiny | demo | a dataset directory")
     p.add_argument("--timestamp", help='None (now), "mat", "mat_<N>", ISO 8601 or unix seconds')
     p.add_argument("--resume", action="store_true", help="finish an interrupted job (only unfinished partitions run)")
-    p.add_argument("--force", action="store_true", help="replace an existing output, or resume despite changes")
+    p.add_argument("--force", action="store_true", help="replace an existing output; with --resume, start again from scratch "
+                   "(discarding finished partitions) when the job changed")
     p.add_argument("--partition-size", type=int, help="rows per task (default: crantseg.partition-size)")
     p.add_argument("--coordinates", default="nm", help="units of x, y, z: nm or voxel (8x8x42 nm)")
     p.add_argument("--mip", type=int, default=0, help="mip for locs-to-supervoxels and get-voxels")
@@ -62,7 +63,11 @@ def status_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="crantseg status", description="Progress of a job's Zarr output.")
     p.add_argument("output")
     a = p.parse_args(argv)
-    s = status(a.output)
+    try:
+        s = status(a.output)
+    except CrantsegError as e:
+        print(f"crantseg status: {e}", file=sys.stderr)
+        return 2
     print(f"{a.output}: {s['operation']} on {s['dataset']}, {s['partitions_done']}/{s['partitions']} partitions "
           f"done ({s['rows']} rows){', complete' if s['complete'] else ''}")
     return 0
