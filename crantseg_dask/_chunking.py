@@ -13,7 +13,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Plan", "chunk_keys", "nm_to_voxels", "plan_partitions"]
+__all__ = ["Plan", "chunk_keys", "nm_to_voxels", "pack_coords", "plan_partitions"]
+
+_PACK_BITS = 21  # per axis: three axes fit one int64
+
+
+def pack_coords(coords: np.ndarray, lo) -> np.ndarray:
+    """One int64 per (x, y, z) row, equal iff the rows are equal, ordered like the rows
+    lexicographically. Coordinates are taken relative to ``lo`` (e.g. the volume's lower bound,
+    which may be negative), and ``coords - lo`` must lie in [0, 2**21) per axis.
+
+    Raises ``ValueError`` when a row falls outside that range (packing would collide)."""
+    c = np.asarray(coords, dtype=np.int64).reshape(-1, 3) - np.asarray(lo, dtype=np.int64).reshape(1, 3)
+    if c.size and (c.min() < 0 or c.max() >= 1 << _PACK_BITS):
+        raise ValueError(f"coordinates span [{c.min()}, {c.max()}] relative to {list(np.ravel(lo))}; "
+                         f"packing needs [0, 2**{_PACK_BITS})")
+    return (c[:, 0] << 2 * _PACK_BITS) | (c[:, 1] << _PACK_BITS) | c[:, 2]
 
 def nm_to_voxels(locs_nm: np.ndarray, resolution, dtype=np.int64) -> np.ndarray:
     """Voxel index ``floor(nm / resolution)`` of each row, (N, 3) of ``dtype`` (int64 or int32).

@@ -84,3 +84,39 @@ def test_plan_partitions_stable_and_empty():
 def test_plan_partitions_rejects_bad_size(bad):
     with pytest.raises(ValueError, match="partition_size"):
         plan_partitions(np.zeros(3, np.int64), bad)
+
+
+# -- pack_coords: one int64 per voxel, relative to a lower bound (negative offsets are legal) ------
+def test_pack_coords_negative_and_order():
+    from crantseg_dask._chunking import pack_coords
+
+    rng = np.random.default_rng(4)
+    c = rng.integers(-5, 5, (2000, 3))
+    lo = np.array([-6, -6, -6])
+    keys = pack_coords(c, lo)
+    assert len(np.unique(keys)) == len(np.unique(c, axis=0))           # no collisions
+    order = np.lexsort(c.T[::-1])
+    assert np.all(np.diff(keys[order]) >= 0)                           # lexicographic order kept
+    assert pack_coords([[-6, -6, -6]], lo).tolist() == [0]
+    with pytest.raises(ValueError, match="packing"):
+        pack_coords([[-7, 0, 0]], lo)
+    with pytest.raises(ValueError, match="packing"):
+        pack_coords([[0, 0, (1 << 21) - 6]], lo)
+
+
+@pytest.mark.parametrize("offset", [(-40, -3, -7), (0, 0, 0), (5, -1, 2)])
+def test_erode_matches_brute_force_with_negative_coordinates(offset):
+    from crantseg_dask.ops._snap_kernel import _erode
+
+    rng = np.random.default_rng(9)
+    m = rng.random((9, 8, 7)) < 0.8
+    m[2:6, 2:6, 2:5] = True
+    coords = np.argwhere(m) + np.array(offset)
+    p = np.pad(m, 1)
+    core = m.copy()
+    for axis in range(3):
+        for s in (-1, 1):
+            core &= np.roll(p, s, axis=axis)[1:-1, 1:-1, 1:-1]
+    expected = np.argwhere(core) + np.array(offset)
+    got = _erode(coords)
+    assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, expected.tolist()))

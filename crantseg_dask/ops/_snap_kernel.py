@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .._chunking import nm_to_voxels
+from .._chunking import nm_to_voxels, pack_coords
 from ..sources import SourceSpec, open_source
 
 __all__ = ["STATUS", "_snap_arrays", "_target_leaves"]
@@ -130,18 +130,15 @@ def _target_voxels(sparse: _SparseChunks, lo: np.ndarray, hi: np.ndarray, leaves
     return np.concatenate(out_c), np.concatenate(out_o)
 
 
-def _keys(coords: np.ndarray) -> np.ndarray:
-    """One int64 per voxel (coordinates are well below 2^20 per axis)."""
-    c = coords + 1  # keep neighbours of coordinate 0 non-negative
-    return (c[:, 0] << 42) | (c[:, 1] << 21) | c[:, 2]
-
-
 def _erode(coords: np.ndarray) -> np.ndarray:
     """Voxels of the set whose 6 face neighbours are all in the set."""
-    keys = np.sort(_keys(coords))
+    if len(coords) == 0:
+        return coords
+    lo = coords.min(axis=0) - 1  # relative packing: negative coordinates (voxel_offset) are legal
+    keys = np.sort(pack_coords(coords, lo))
     keep = np.ones(len(coords), dtype=bool)
     for d in _NEIGHBOURS:
-        nb = _keys(coords + d)
+        nb = pack_coords(coords + d, lo)
         pos = np.clip(np.searchsorted(keys, nb), 0, len(keys) - 1)
         keep &= keys[pos] == nb
     return coords[keep]

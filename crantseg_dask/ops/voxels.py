@@ -24,6 +24,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from .._chunking import pack_coords
 from .._graph import compute
 from .._validate import as_bbox, as_ids
 from ..config import resolve_dataset
@@ -197,11 +198,12 @@ def _plan_tasks(meta: VolumeMeta, mip: int, coords: np.ndarray, boxes: np.ndarra
     tile = (boxes[:, 0] - meta.bounds(mip)[0]) // cs
     tiles, tile_of = np.unique(tile, axis=0, return_inverse=True)
     tile_of = tile_of.reshape(-1)
-    ch_key = _pack(coords)
+    lo = np.minimum(np.min(coords, axis=0, initial=0), np.min(sv_chunk, axis=0, initial=0))
+    ch_key, sv_key = pack_coords(coords, lo), pack_coords(sv_chunk, lo)
     order = np.argsort(ch_key)
-    pos = np.searchsorted(ch_key[order], _pack(sv_chunk))
+    pos = np.searchsorted(ch_key[order], sv_key)
     sv_tile = tile_of[order[np.clip(pos, 0, len(order) - 1)]]
-    sv_tile[(pos >= len(order)) | (ch_key[order[np.clip(pos, 0, len(order) - 1)]] != _pack(sv_chunk))] = -1
+    sv_tile[(pos >= len(order)) | (ch_key[order[np.clip(pos, 0, len(order) - 1)]] != sv_key)] = -1
     sv_order = np.argsort(sv_tile, kind="stable")
     starts = np.searchsorted(sv_tile[sv_order], np.arange(len(tiles)), side="left")
     ends = np.searchsorted(sv_tile[sv_order], np.arange(len(tiles)), side="right")
@@ -211,11 +213,6 @@ def _plan_tasks(meta: VolumeMeta, mip: int, coords: np.ndarray, boxes: np.ndarra
         box = np.stack([mine[:, 0].min(axis=0), mine[:, 1].max(axis=0)])
         out.append((box, sv_order[starts[t]:ends[t]]))
     return out
-
-
-def _pack(c: np.ndarray) -> np.ndarray:
-    c = np.asarray(c, dtype=np.int64).reshape(-1, 3)
-    return (c[:, 0] << 42) | (c[:, 1] << 21) | c[:, 2]
 
 
 def _x_slabs(boxes: np.ndarray) -> list[np.ndarray]:
