@@ -7,8 +7,8 @@
 * **Concurrency.** At most ``crantseg.cave.max-concurrency`` requests per process are in flight
   at once (``request_slot``), whatever the number of threads; a Dask cluster's total is that
   times its worker processes.
-* **Retries.** ``RetryPolicy.call`` retries only connection errors, timeouts, 429 and
-  502/503/504, with full-jitter exponential backoff capped at ``backoff_max``. Any other failure
+* **Retries.** ``RetryPolicy.call`` retries only connection errors (not TLS or proxy errors),
+  timeouts, 429 and 502/503/504, with full-jitter exponential backoff capped at ``backoff_max``. Any other failure
   raises at once: 401/403 as ``AuthError``, anything else as ``SourceError``, each naming the
   endpoint, the status and a truncated body. A request that exhausts its retries raises too; it
   is never turned into an ID 0.
@@ -127,7 +127,12 @@ def _response_of(e: BaseException):
 
 
 def is_transient(e: BaseException) -> bool:
-    """Connection errors, timeouts, and HTTP 429/502/503/504: worth another attempt."""
+    """Connection errors, timeouts, and HTTP 429/502/503/504: worth another attempt.
+
+    TLS failures (a bad certificate) and proxy failures subclass ``ConnectionError`` but do not
+    go away on their own: they are not transient."""
+    if isinstance(e, (requests.exceptions.SSLError, requests.exceptions.ProxyError)):
+        return False
     if isinstance(e, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)):
         return True
     r = _response_of(e)
@@ -183,7 +188,7 @@ def _describe(e: BaseException) -> str:
 
 
 # -- the pooled transport ----------------------------------------------------------------------
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entered: session() mounts an adapter, which asks for the pool
 _pool: tuple[int, PoolManager] | None = None
 _session: tuple[int, requests.Session] | None = None
 
@@ -229,16 +234,10 @@ def mount(s: requests.Session, policy: RetryPolicy) -> requests.Session:
 def session(policy: RetryPolicy | None = None) -> requests.Session:
     """The process's own session (for requests made without caveclient)."""
     global _session
-    with _lock:
+    with _lock:  # published only once mounted: no thread ever sees a session without our adapter
         if _session is None or _session[0] != os.getpid():
-            _session = (os.getpid(), requests.Session())
-            fresh = True
-        else:
-            fresh = False
-    s = _session[1]
-    if fresh:
-        mount(s, policy or RetryPolicy())
-    return s
+            _session = (os.getpid(), mount(requests.Session(), policy or RetryPolicy()))
+        return _session[1]
 
 
 def request(method: str, url: str, *, policy: RetryPolicy, endpoint: str | None = None,
