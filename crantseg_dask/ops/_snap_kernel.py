@@ -13,9 +13,10 @@ from collections import OrderedDict
 import numpy as np
 
 from .._chunking import nm_to_voxels, pack_coords
+from ..errors import InvalidInputError
 from ..sources import SourceSpec, open_source
 
-__all__ = ["STATUS", "_snap_arrays", "_target_leaves"]
+__all__ = ["STATUS", "_snap_arrays", "_target_leaves", "check_search_radius", "max_search_radius"]
 
 #: status codes of ``snap_table`` rows, by code
 STATUS = ("on_target", "snapped", "not_found", "background_skipped", "out_of_bounds")
@@ -25,7 +26,32 @@ _LEAVES: OrderedDict = OrderedDict()  # (spec, target) -> sorted leaves, bounded
 _LEAVES_BUDGET = 256 << 20
 _leaves_lock = threading.Lock()
 _leaves_bytes = 0
+#: a search ball may reach this many mip-0 storage chunks (along the axis with the smallest chunks)
+MAX_RADIUS_CHUNKS = 4
 _NEIGHBOURS = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
+
+
+def max_search_radius(meta) -> float:
+    """Largest accepted search radius in nm: ``MAX_RADIUS_CHUNKS`` mip-0 storage chunks along the
+    axis whose chunks are smallest in nm (the reads and candidate sets grow with the ball's volume)."""
+    return float(MAX_RADIUS_CHUNKS * np.min(np.array(meta.chunk_size[0]) * np.array(meta.resolution[0], float)))
+
+
+def check_search_radius(search_radius, meta) -> float:
+    """``search_radius`` as float nm; ``InvalidInputError`` unless finite, >= 0 and at most
+    ``max_search_radius(meta)``."""
+    try:
+        r = float(search_radius)
+    except (TypeError, ValueError):
+        r = float("nan")
+    if not np.isfinite(r) or r < 0:
+        raise InvalidInputError(f"search_radius={search_radius!r} must be a finite number of nm >= 0")
+    limit = max_search_radius(meta)
+    if r > limit:
+        raise InvalidInputError(f"search_radius={search_radius!r} nm is larger than the limit of {limit:g} nm "
+                                f"({MAX_RADIUS_CHUNKS} mip-0 storage chunks of this dataset); snap in "
+                                "several passes or move points closer first")
+    return r
 
 
 def _target_leaves(spec: SourceSpec, target: int) -> np.ndarray:
@@ -201,6 +227,7 @@ def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, sna
         return out, dist, status
     source = open_source(spec)
     meta = source.meta
+    check_search_radius(search_radius, meta)
     sparse = _SparseChunks(source)
     res = np.array(meta.resolution[0], dtype=np.float64)
     bounds = meta.bounds(0)

@@ -27,7 +27,7 @@ from ..config import resolve_dataset
 from ..errors import InvalidIDError, InvalidInputError
 from ..sources import SourceSpec, open_source
 from ._snap_kernel import (  # noqa: F401  (the per-block kernel; jobs use it too)
-    NOT_FOUND, OUT_OF_BOUNDS, SNAPPED, STATUS, _snap_arrays, _target_leaves)
+    NOT_FOUND, OUT_OF_BOUNDS, SNAPPED, STATUS, _snap_arrays, _target_leaves, check_search_radius)
 from .locations import _check_finite, _dask_locs, _partition_size
 
 __all__ = ["STATUS", "snap_table", "snap_table_graph", "snap_to_id", "snap_to_id_graph"]
@@ -65,14 +65,8 @@ def _plan(locs_nm: np.ndarray, spec: SourceSpec) -> Plan:
     return plan_partitions(chunk_keys(vox, b, meta.chunk_size[0]), _partition_size())
 
 
-def _check_radius(search_radius) -> float:
-    try:
-        r = float(search_radius)
-    except (TypeError, ValueError):
-        r = float("nan")
-    if not np.isfinite(r) or r < 0:
-        raise InvalidInputError(f"search_radius={search_radius!r} must be a finite number of nm >= 0")
-    return r
+def _check_radius(search_radius, spec: SourceSpec) -> float:
+    return check_search_radius(search_radius, open_source(spec).meta)
 
 
 def _snap_partitions(locs_nm, targets, spec, snap_zero, r, erode):
@@ -122,7 +116,7 @@ def snap_to_id_graph(locs: da.Array, id, snap_zero: bool = False, search_radius:
            [4304., 4848., 1722.]])
     """
     spec = resolve_dataset(dataset)
-    target, r = _one_target(id, spec), _check_radius(search_radius)
+    target, r = _one_target(id, spec), _check_radius(search_radius, spec)
     locs = _dask_locs(locs)
 
     def block(b):
@@ -155,7 +149,7 @@ def snap_table_graph(df, id_column: str = "id", snap_zero: bool = False, search_
     1     4304.0     4848.0     1722.0    snapped
     """
     spec = resolve_dataset(dataset)
-    unit, r = as_coordinates(coordinates), _check_radius(search_radius)
+    unit, r = as_coordinates(coordinates), _check_radius(search_radius, spec)
     columns = tuple(columns)
     missing = [c for c in (*columns, id_column) if c not in df.columns]
     if missing or len(columns) != 3:
@@ -187,7 +181,8 @@ def snap_to_id(locs, id, snap_zero: bool = False, search_radius: float = 160, co
     snap_zero : bool
         If False, locations on background (supervoxel 0) or outside the volume are not moved.
     search_radius : float
-        Radius in nm: candidate voxels have their centre within this Euclidean distance.
+        Radius in nm: candidate voxels have their centre within this Euclidean distance. At most
+        4 mip-0 storage chunks' extent (``_snap_kernel.max_search_radius``); larger raises.
     coordinates : {"nm", "voxel"}
         Units of ``locs``; voxels are on the 8 x 8 x 42 nm viewer grid. The output is nm anyway.
     verbose : bool
@@ -250,7 +245,7 @@ def snap_to_id(locs, id, snap_zero: bool = False, search_radius: float = 160, co
     if navis is not None and isinstance(locs, getattr(navis, "TreeNeuron", ())):
         locs = locs.nodes[["x", "y", "z"]]
     locs_nm = as_locations(locs, coordinates=coordinates, viewer_resolution=source.meta.viewer_resolution)
-    r = _check_radius(search_radius)
+    r = _check_radius(search_radius, spec)
     target = _one_target(id, spec)
     xyz, _, status = _run(locs_nm, np.full(len(locs_nm), target, np.uint64), spec, bool(snap_zero), r,
                           bool(erode), verbose, "snap_to_id")
@@ -326,7 +321,7 @@ def snap_table(df: pd.DataFrame, id_column: str = "id", snap_zero: bool = False,
     if (targets == 0).any():
         row = int(np.argmax(targets == 0))
         raise InvalidIDError(f"{id_column}[{row}] = 0: every row needs a non-zero target ID")
-    r = _check_radius(search_radius)
+    r = _check_radius(search_radius, spec)
     xyz, dist, status = _run(locs_nm, targets, spec, bool(snap_zero), r, bool(erode), progress,
                              "snap_table")
     return pd.DataFrame({"snapped_x": xyz[:, 0], "snapped_y": xyz[:, 1], "snapped_z": xyz[:, 2],

@@ -14,6 +14,7 @@ import pytest
 from crantseg_dask.errors import InvalidIDError, InvalidInputError, InvalidLocationError
 from crantseg_dask.ops.locations import locs_to_segments, locs_to_supervoxels
 from crantseg_dask.ops.snapping import snap_table, snap_table_graph, snap_to_id
+from crantseg_dask.sources import open_source
 
 R = 160.0
 
@@ -366,3 +367,27 @@ def test_snap_to_id_graph_bad_shape(local_spec, targets):
     bad = da.from_array(np.array([[0.0, 0.0, np.nan]]), chunks=1)
     with pytest.raises(InvalidLocationError, match="finite"):
         snap_to_id_graph(bad, targets[-1], dataset=local_spec).compute()
+
+
+def test_search_radius_limit(local_spec, truth, targets, near, table):
+    """Radii beyond 4 mip-0 storage chunks (smallest axis, in nm) are refused before any read."""
+    import dask.array as da
+
+    from crantseg_dask.ops._snap_kernel import _snap_arrays
+    from crantseg_dask.ops.snapping import snap_to_id_graph
+
+    meta = open_source(local_spec).meta
+    limit = 4 * float(np.min(np.array(meta.chunk_size[0]) * np.array(meta.resolution[0])))
+    t = targets[-1]
+    calls = [lambda r: snap_to_id(near, t, search_radius=r, verbose=False, dataset=local_spec),
+             lambda r: snap_table(table, id_column="root", search_radius=r, progress=False, dataset=local_spec),
+             lambda r: snap_to_id_graph(da.from_array(near, chunks=(50, 3)), t, search_radius=r, dataset=local_spec),
+             lambda r: snap_table_graph(dd.from_pandas(table, npartitions=2), id_column="root",
+                                        search_radius=r, dataset=local_spec),
+             lambda r: _snap_arrays(near[:3], np.full(3, t, np.uint64), local_spec, False, r)]
+    for call in calls:
+        with pytest.raises(InvalidInputError, match=f"limit of {limit:g} nm"):
+            call(limit * 1.01)
+    out = snap_to_id(near, t, search_radius=limit, snap_zero=True, verbose=False, dataset=local_spec)
+    xyz, _, _ = brute(truth, near, [t] * len(near), True, r=limit)
+    assert np.array_equal(out, xyz)
