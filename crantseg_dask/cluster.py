@@ -10,7 +10,8 @@
   scale: {jobs: 4}}`` builds any cluster class (SLURM, the Kubernetes operator, Gateway ...).
 
 Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in workers, which made chunk decoding 2-2.7x
-slower here (perf-baseline pitfall 3); local workers start without it.
+slower here (perf-baseline pitfall 3); workers this function starts (the default LocalCluster and a
+``cluster=`` spec's) start without it. The default dashboard listens on 127.0.0.1 only.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _no_trim() -> None:
 
 @contextlib.contextmanager
 def make_client(scheduler: str | None = None, cluster: str | None = None, *, n_workers: int = 2,
-                threads_per_worker: int = 1, dashboard_address: str = ":0", processes: bool = True):
+                threads_per_worker: int = 1, dashboard_address: str = "127.0.0.1:0", processes: bool = True):
     """Yield a ``distributed.Client`` (closing whatever this function started)."""
     from distributed import Client, LocalCluster
 
@@ -38,6 +39,7 @@ def make_client(scheduler: str | None = None, cluster: str | None = None, *, n_w
     if cluster:
         import yaml
 
+        _no_trim()  # before the spec's cluster starts its workers (LocalCluster and the like)
         spec = yaml.safe_load(Path(cluster).read_text())
         module, _, name = spec["class"].rpartition(".")
         cls = getattr(importlib.import_module(module), name)

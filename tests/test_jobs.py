@@ -402,3 +402,25 @@ def test_get_voxels_output_opens_with_xarray_and_keeps_no_pieces(client, truth, 
     run_partition(str(out), "get-voxels", 0, Context(spec=__import__("crantseg_dask").config.resolve_dataset(
         str(tiny_path)), timestamp=None, args=(("mip", 2), ("thin", False))))
     assert read == [["root_id"]]
+
+
+def test_default_dashboard_listens_on_loopback_only():
+    with make_client(n_workers=1, processes=False) as c:
+        hosts = {s.getsockname()[0] for s in c.cluster.scheduler.http_server._sockets.values()}
+    assert hosts == {"127.0.0.1"}
+
+
+def test_spec_clusters_start_workers_without_malloc_trim(tmp_path):
+    import dask
+    import yaml
+
+    spec = tmp_path / "c.yaml"
+    spec.write_text(yaml.safe_dump({"class": "distributed.LocalCluster",
+                                    "kwargs": {"n_workers": 1, "processes": False, "dashboard_address": None}}))
+    key = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+    with dask.config.set({key: 65536}):
+        with make_client(cluster=str(spec)) as c:
+            assert c.submit(lambda: 1).result() == 1
+            assert dask.config.get(key) is None
+    assert yaml.safe_load((ROOT / "cluster" / "local.yaml").read_text())["kwargs"]["dashboard_address"].startswith(
+        "127.0.0.1:")
