@@ -6,6 +6,7 @@ embedded dataset keep separate entries.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -32,7 +33,18 @@ def dataset_identity(spec: SourceSpec) -> str:
         except OSError:
             digest = "nodigest"
         return f"local:{p}:{digest}"
-    return f"{spec.kind}:{spec.server}/{spec.datastack}"
+    return f"{spec.kind}:{spec.server}/{spec.datastack}:{_info_digest(spec)}"
+
+
+def _info_digest(spec: SourceSpec) -> str:
+    """Short digest of the source's segmentation info (a datastack re-pointed at another
+    segmentation at the same address gets a new identity)."""
+    from .sources import open_source
+
+    info = getattr(open_source(spec), "segmentation_info", None)
+    if info is None:
+        return "noinfo"
+    return hashlib.sha1(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class LeavesCache:

@@ -256,3 +256,25 @@ def test_lazy_builders_reject_float_and_negative_ids(local_spec, truth):
             build(negative).compute()
     good = is_valid_root_graph(da.from_array(np.array([root, 0], dtype=np.int64), chunks=1), dataset=local_spec)
     assert good.compute().tolist() == [True, False]
+
+
+def test_cave_identity_includes_segmentation_info(monkeypatch):
+    """Two CAVE deployments at the same address/datastack serving different segmentations must not
+    share cache entries; the same info gives the same identity."""
+    import crantseg_dask.sources as sources
+    from crantseg_dask.sources.base import SourceSpec
+
+    spec = SourceSpec(kind="cave", name="latest", server="https://example.invalid", datastack="ds")
+    infos = {"info": {"data_dir": "gs://a/seg", "graph": {"chunk_size": [512, 512, 256]}}}
+
+    class Fake:
+        @property
+        def segmentation_info(self):
+            return infos["info"]
+
+    monkeypatch.setattr(sources, "open_source", lambda s: Fake())
+    a = dataset_identity(spec)
+    infos["info"] = {"graph": {"chunk_size": [512, 512, 256]}, "data_dir": "gs://a/seg"}  # same, reordered
+    assert dataset_identity(spec) == a
+    infos["info"] = {"data_dir": "gs://b/seg", "graph": {"chunk_size": [512, 512, 256]}}
+    assert dataset_identity(spec) != a
