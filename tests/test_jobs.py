@@ -217,12 +217,17 @@ def test_scheduler_and_two_workers_from_the_cluster_script(synapses, tiny_path, 
     from distributed import Client
 
     sched = tmp_path / "scheduler.json"
+    stale = '{"type": "Scheduler", "address": "tcp://127.0.0.1:9"}'  # left by an earlier run: a dead address
+    sched.write_text(stale)
     proc = subprocess.Popen(["bash", str(ROOT / "cluster" / "start-local.sh"), "2", str(sched)],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(300):
-            if sched.exists() and sched.stat().st_size:
-                break
+            try:
+                if sched.stat().st_size and "tcp://127.0.0.1:9\"" not in sched.read_text():
+                    break
+            except FileNotFoundError:
+                pass
             time.sleep(0.1)
         with Client(scheduler_file=str(sched), timeout=60) as c:
             c.wait_for_workers(2, timeout=60)
