@@ -73,23 +73,46 @@ def _take(blocks: list[np.ndarray], index: np.ndarray) -> np.ndarray:
 
 
 # -- shuffle kernels (lazy API over Dask arrays) --------------------------------------------------
-def _bucket_block(locs_nm: np.ndarray, spec: SourceSpec, mip: int, n_buckets: int):
-    """Stage 1: one input block -> (its length, per bucket (row positions, int32 voxels)).
-
-    Bucket ``b`` holds the chunk keys in ``[b, b + 1) * n_keys / n_buckets``: every chunk
-    belongs to exactly one bucket, so each chunk is read by one task. Rows outside the volume
-    are in no bucket (their value is 0)."""
+def _block_keys(locs_nm: np.ndarray, spec: SourceSpec, mip: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 voxels, storage-chunk keys; -1 outside the volume) of one block's rows."""
     locs_nm = np.asarray(locs_nm, dtype=np.float64).reshape(-1, 3)
     _check_finite(locs_nm)
     meta = open_source(spec).meta
     vox = nm_to_voxels(locs_nm, meta.resolution[mip], np.int32)
-    bounds = meta.bounds(mip)
-    keys = chunk_keys(vox, bounds, meta.chunk_size[mip])
-    n_keys = int(np.prod(-(-(bounds[1] - bounds[0]) // np.array(meta.chunk_size[mip]))))
-    bucket = np.where(keys >= 0, keys * n_buckets // n_keys, -1)
+    return vox, chunk_keys(vox, meta.bounds(mip), meta.chunk_size[mip])
+
+
+def _key_counts(locs_nm: np.ndarray, spec: SourceSpec, mip: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 0: one block's distinct chunk keys (inside the volume) and their row counts."""
+    keys = _block_keys(locs_nm, spec, mip)[1]
+    return np.unique(keys[keys >= 0], return_counts=True)
+
+
+def _bucket_table(counts: list, n_buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct chunk keys, bucket of each): contiguous key ranges holding about equal
+    numbers of rows (the data's quantiles, so clustered points still spread over every bucket).
+    A chunk is never split, so each chunk is read by one task."""
+    keys = np.concatenate([k for k, _ in counts]) if counts else np.zeros(0, np.int64)
+    cnt = np.concatenate([c for _, c in counts]) if counts else np.zeros(0, np.int64)
+    uniq, inv = np.unique(keys, return_inverse=True)
+    per_key = np.bincount(inv.ravel(), weights=cnt, minlength=len(uniq)).astype(np.int64)
+    before = np.cumsum(per_key) - per_key
+    total = max(int(per_key.sum()), 1)
+    return uniq, np.minimum(before * n_buckets // total, n_buckets - 1)
+
+
+def _bucket_block(locs_nm: np.ndarray, spec: SourceSpec, mip: int, table, n_buckets: int):
+    """Stage 1: one input block -> (its length, per bucket (row positions, int32 voxels)).
+
+    ``table`` (``_bucket_table``) gives each chunk key its bucket. Rows outside the volume are in
+    no bucket (their value is 0)."""
+    vox, keys = _block_keys(locs_nm, spec, mip)
+    uniq, bucket_of = table
+    pos = np.clip(np.searchsorted(uniq, keys), 0, max(len(uniq) - 1, 0))
+    bucket = np.where(keys >= 0, bucket_of[pos] if len(uniq) else -1, -1)
     order = np.argsort(bucket, kind="stable")
     edges = np.searchsorted(bucket[order], np.arange(n_buckets + 1))
-    return len(locs_nm), [(order[a:b], vox[order[a:b]]) for a, b in zip(edges[:-1], edges[1:])]
+    return len(vox), [(order[a:b], vox[order[a:b]]) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def _piece(stage1, b: int):
@@ -116,14 +139,19 @@ def _gather_block(stage1, parts) -> np.ndarray:
 
 def _shuffle_graph(locs: da.Array, spec: SourceSpec, mip: int, roots, n_buckets: int) -> da.Array:
     """Lookups over a Dask array with each storage chunk read once: blocks -> chunk-range buckets
-    -> blocks (two all-to-all stages of small getitem tasks; output chunks follow the input)."""
+    -> blocks (two all-to-all stages of small getitem tasks; output chunks follow the input).
+    Bucket ranges come from the rows' chunk-key counts (one small task over every block's
+    counts), so each bucket gets about N / n_buckets rows however clustered the points are."""
     token = tokenize(locs, spec, mip, roots, n_buckets)
-    a, ab, b, ba, c = (f"locs-{s}-{token}" for s in ("bucket", "piece", "lookup", "share", "gather"))
+    kc, t, a, ab, b, ba, c = (f"locs-{s}-{token}" for s in ("keys", "edges", "bucket", "piece", "lookup",
+                                                            "share", "gather"))
     keys = [k for k in locs.__dask_keys__()]
     n_in = len(keys)
-    graph = {}
+    graph = {(t, 0): (_bucket_table, [(kc, i) for i in range(n_in)], n_buckets)}
     for i, k in enumerate(keys):
-        graph[(a, i)] = (_bucket_block, k[0] if isinstance(k, list) else k, spec, mip, n_buckets)
+        k = k[0] if isinstance(k, list) else k
+        graph[(kc, i)] = (_key_counts, k, spec, mip)
+        graph[(a, i)] = (_bucket_block, k, spec, mip, (t, 0), n_buckets)
         for j in range(n_buckets):
             graph[(ab, i, j)] = (_piece, (a, i), j)
     for j in range(n_buckets):
@@ -143,9 +171,11 @@ def _dask_locs(locs: da.Array) -> da.Array:
 
 
 def _n_buckets(locs: da.Array, partition_size: int | None) -> int:
+    """ceil(N / partition size) buckets; the number of blocks when N is unknown."""
     n = locs.shape[0]
-    by_size = 1 if np.isnan(n) else -(-int(n) // _partition_size(partition_size))
-    return max(1, locs.numblocks[0], by_size)
+    if np.isnan(n):
+        return max(1, locs.numblocks[0])
+    return max(1, -(-int(n) // _partition_size(partition_size)))
 
 
 # -- planning ---------------------------------------------------------------------------------
@@ -241,15 +271,16 @@ def locs_to_supervoxels_graph(locs, mip: int = 0, *, dataset=None, partition_siz
     locs : dask.array.Array, numpy.ndarray, array-like or pandas.DataFrame
         (N, 3) locations in nm. Anything but a Dask array is validated now, planned by storage
         chunk into partitions and restored to input order in the graph. A Dask array is
-        shuffled in the graph: each block's rows go to buckets of contiguous storage chunks (one
-        task per bucket reads each of its chunks once) and come back to the input's blocks, so
-        the output has the input's chunks; NaN rows raise when computed.
+        shuffled in the graph: each block's rows go to buckets of contiguous storage chunks, cut
+        at the rows' quantiles (one task per bucket reads each of its chunks once), and come
+        back to the input's blocks, so the output has the input's chunks; NaN rows raise when
+        computed.
     mip : int
         Scale to query.
     dataset : str or SourceSpec, optional
     partition_size : int, optional
-        Rows per partition (default: setting ``crantseg.partition-size``); for Dask input there
-        are at least as many buckets as input blocks.
+        Rows per partition (default: setting ``crantseg.partition-size``); for Dask input,
+        ceil(N / partition_size) buckets (the number of blocks when N is unknown).
     shuffle : bool
         Dask input only: False looks up each block on its own (no all-to-all stages; good when
         the blocks are already spatially compact).

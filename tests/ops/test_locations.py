@@ -283,3 +283,28 @@ def test_on_a_process_cluster(local_spec, truth, points):
     assert np.array_equal(seg, roots)
     assert np.array_equal(lazy, svs)
     assert (snapped["status"] == "on_target").all()
+
+
+def test_shuffle_buckets_balanced_for_clustered_points(local_spec, truth, points, monkeypatch):
+    """ceil(N / partition_size) buckets (not one per input block), cut at the data's quantiles:
+    points clustered in a corner of the volume still fill every bucket about equally."""
+    from crantseg_dask._chunking import chunk_keys, nm_to_voxels
+    from crantseg_dask.ops import locations
+    from crantseg_dask.sources import open_source
+
+    meta = open_source(local_spec).meta
+    keys = chunk_keys(nm_to_voxels(points, meta.resolution[0]), meta.bounds(0), meta.chunk_size[0])
+    inside = keys >= 0
+    low = inside & (keys <= np.quantile(keys[inside], 0.3))  # the first ~30% of the key space used
+    clustered = points[low]
+    n, ps = len(clustered), 20
+    sizes = []
+    real = locations._lookup_bucket
+    monkeypatch.setattr(locations, "_lookup_bucket",
+                        lambda pieces, *a: (sizes.append(sum(len(r) for r, _ in pieces)), real(pieces, *a))[1])
+    d = da.from_array(clustered, chunks=(5, 3))  # many more blocks than buckets
+    out = locs_to_supervoxels_graph(d, dataset=local_spec, partition_size=ps).compute()
+    assert np.array_equal(out, truth.supervoxel_at_nm(clustered, 0))
+    assert len(sizes) == -(-n // ps)
+    per_chunk = np.unique(keys[low], return_counts=True)[1].max()
+    assert sum(sizes) == n and max(sizes) <= ps + per_chunk and min(sizes) > 0
