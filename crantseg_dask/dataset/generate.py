@@ -8,7 +8,9 @@ chunks' supervoxels), labelled with graphene layer-1 IDs, written at mip 0 with 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import numpy as np
 
 from .._ids import IDLayout
 from .history import build_graph, simulate_edits
-from .layout import GENERATOR_VERSION, DatasetParams, write_json
+from .layout import GENERATOR_VERSION, DatasetParams, is_dataset_dir, write_json
 from .neurons import grow_neurons, rasterize_slab
 
 __all__ = ["make_dataset", "graph_info", "downsample_mode"]
@@ -91,17 +93,46 @@ def _contacts_across(below: np.ndarray | None, labels: np.ndarray) -> np.ndarray
 
 
 def make_dataset(params: DatasetParams, out, *, overwrite: bool = False, progress: bool = False) -> Path:
-    """Generate the dataset described by ``params`` into directory ``out`` and return its path."""
+    """Generate the dataset described by ``params`` into directory ``out`` and return its path.
+
+    ``out`` must not exist or be empty; ``overwrite=True`` also replaces a dataset directory (never
+    any other directory), and only once the new dataset is complete."""
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+        if not is_dataset_dir(out):
+            raise FileExistsError(f"{out} is not a dataset directory (no dataset.json and segmentation/info): "
+                                  "overwrite only replaces a dataset; choose another directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # built beside ``out`` and swapped in only when complete: ``out`` keeps the old dataset until then
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        _build(params, tmp, progress)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.rename(old / "dataset")
+            try:
+                tmp.rename(out)
+            except BaseException:
+                (old / "dataset").rename(out)  # put the old dataset back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _build(params: DatasetParams, tmp: Path, progress: bool) -> None:
+    """Write the whole dataset into the (empty) directory ``tmp``."""
     from cloudvolume import CloudVolume
 
-    out = Path(out).absolute()
-    if out.exists():
-        if not overwrite and any(out.iterdir()):
-            raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     t0 = time.perf_counter()
     rng = np.random.default_rng(params.seed)
     layout = IDLayout.pcg(params.n_layers)
@@ -184,6 +215,4 @@ def make_dataset(params: DatasetParams, out, *, overwrite: bool = False, progres
             "nodes": int(len(graph["node_ids"])),
         },
     })
-    tmp.rename(out)
-    log.debug("dataset %s written to %s in %.1f s", params.name, out, time.perf_counter() - t0)
-    return out
+    log.debug("dataset %s written to %s in %.1f s", params.name, tmp, time.perf_counter() - t0)

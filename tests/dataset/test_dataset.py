@@ -135,3 +135,36 @@ def test_refuses_to_overwrite(tiny_path):
 def test_read_params_names_a_directory_that_is_no_dataset(tmp_path):
     with pytest.raises(DatasetError, match="make-dataset"):
         read_params(tmp_path)
+
+
+SMALL = PRESETS["tiny"].with_(seed=11, size=(64, 64, 32))
+
+
+def test_overwrite_never_deletes_a_directory_that_is_not_a_dataset(tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a dataset directory"):
+        make_dataset(SMALL, out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
+def test_overwrite_keeps_the_old_dataset_until_the_new_one_is_complete(tmp_path, monkeypatch):
+    from crantseg_dask.dataset import generate
+
+    out = make_dataset(SMALL, tmp_path / "ds")
+    before = (out / "dataset.json").read_text()
+
+    def broken(*a, **k):
+        raise RuntimeError("killed mid-build")
+
+    monkeypatch.setattr(generate, "simulate_edits", broken)
+    with pytest.raises(RuntimeError, match="mid-build"):
+        make_dataset(SMALL.with_(seed=12), out, overwrite=True)
+    assert (out / "dataset.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"], "no partial build is left behind"
+    monkeypatch.undo()
+    make_dataset(SMALL.with_(seed=12), out, overwrite=True)
+    assert read_params(out).seed == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
