@@ -61,17 +61,28 @@ def data_dir() -> Path:
 
 
 def local_dataset_path(preset: str) -> Path:
-    """Path of embedded preset ``preset``, generating it on first use."""
+    """Path of embedded preset ``preset``, generating it on first use (under a file lock beside it,
+    so concurrent first uses generate it once)."""
     from .dataset.generate import make_dataset
     from .dataset.layout import GENERATOR_VERSION, PRESETS, is_dataset_dir
 
     if preset not in PRESETS:
         raise DatasetError(f"unknown preset {preset!r}; presets: {sorted(PRESETS)}")
     path = data_dir() / f"{preset}-seed{PRESETS[preset].seed}-g{GENERATOR_VERSION}"
-    if not is_dataset_dir(path):
-        log.warning("generating the embedded %r dataset in %s (first use)", preset, path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        make_dataset(PRESETS[preset], path, overwrite=True)
+    if is_dataset_dir(path):
+        return path
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # one generator at a time (processes and threads): the others wait, then find it written
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not is_dataset_dir(path):
+                log.warning("generating the embedded %r dataset in %s (first use)", preset, path)
+                make_dataset(PRESETS[preset], path, overwrite=True)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return path
 
 

@@ -63,3 +63,28 @@ def test_spec_repr_hides_the_token():
     spec = cave_dataset("http://127.0.0.1:9000", "stack", token="0123456789abcdef0123456789abcdef")
     assert "0123456789abcdef" not in repr(spec) and "***" in repr(spec)
     assert spec.option("token") == "0123456789abcdef0123456789abcdef"
+
+
+def test_concurrent_first_uses_generate_a_preset_once(monkeypatch, tmp_path):
+    import threading
+    import time
+
+    from crantseg_dask.config import local_dataset_path
+    from crantseg_dask.dataset import generate
+
+    monkeypatch.setenv("CRANTSEG_DATA_DIR", str(tmp_path))
+    builds, real = [], generate.make_dataset
+
+    def slow_make_dataset(*a, **k):
+        builds.append(1)
+        time.sleep(0.3)  # a second caller arrives while the first is still building
+        return real(*a, **k)
+
+    monkeypatch.setattr(generate, "make_dataset", slow_make_dataset)
+    paths = []
+    threads = [threading.Thread(target=lambda: paths.append(local_dataset_path("tiny"))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and len(set(paths)) == 1 and len(paths) == 3
