@@ -46,3 +46,26 @@ def test_demo_runs_end_to_end_on_the_tiny_preset(tmp_path):
 
     out = read_output(str(tmp_path / "demo" / "synapses.zarr"))
     assert len(out) == 5000 and np.all(np.diff(out.index) == 1)
+
+
+def test_run_rejects_options_the_operation_ignores(tmp_path, capsys):
+    import pytest
+
+    base = ["run", "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "o.zarr")]
+    for op, option in [("get-voxels", ["--timestamp", "mat"]), ("locs-to-supervoxels", ["--timestamp", "mat"]),
+                       ("locs-to-segments", ["--mip", "1"]), ("update-ids", ["--coordinates", "voxel"]),
+                       ("locs-to-segments", ["--search-radius", "50"]), ("snap", ["--thin"])]:
+        with pytest.raises(SystemExit) as e:
+            main(base[:1] + [op] + base[1:] + option)
+        assert e.value.code == 2
+        assert f"{option[0]} does not apply to {op}" in capsys.readouterr().err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_make_dataset_overwrite_refuses_a_directory_that_is_no_dataset(tmp_path, capsys):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["make-dataset", "--out", str(out), "--size", "64,64,32", "--overwrite"]) == 2
+    assert "not a dataset directory" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"

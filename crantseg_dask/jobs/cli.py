@@ -29,24 +29,34 @@ def run_main(argv: list[str]) -> int:
     p.add_argument("--dataset", help="latest | sandbox | local | tiny | demo | a dataset directory")
     p.add_argument("--timestamp", help='None (now), "mat", "mat_<N>", ISO 8601 or unix seconds')
     p.add_argument("--resume", action="store_true", help="finish an interrupted job (only unfinished partitions run)")
-    p.add_argument("--force", action="store_true", help="replace an existing output; with --resume, start again from scratch "
-                   "(discarding finished partitions) when the job changed")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing output; with --resume, start again from scratch (discarding finished "
+                   "partitions) when the job changed")
     p.add_argument("--partition-size", type=int, help="rows per task (default: crantseg.partition-size)")
-    p.add_argument("--coordinates", default="nm", help="units of x, y, z: nm or voxel (8x8x42 nm)")
-    p.add_argument("--mip", type=int, default=0, help="mip for locs-to-supervoxels and get-voxels")
+    p.add_argument("--coordinates", help="locs-to-supervoxels, locs-to-segments, snap: units of x, y, z: nm "
+                   "(default) or voxel (8x8x42 nm)")
+    p.add_argument("--mip", type=int, help="locs-to-supervoxels and get-voxels: the mip (default 0)")
     p.add_argument("--thin", action="store_true", help="get-voxels: drop voxels at unjoined interfaces")
-    p.add_argument("--id-column", default="target_id", help="snap: the column holding each row's target ID")
-    p.add_argument("--search-radius", type=float, default=160.0, help="snap: radius in nm")
+    p.add_argument("--id-column", help="snap: the column holding each row's target ID (default target_id)")
+    p.add_argument("--search-radius", type=float, help="snap: radius in nm (default 160)")
     p.add_argument("--no-progress", action="store_true")
     add_cluster_arguments(p)
     a = p.parse_args(argv)
-    extra = {"coordinates": a.coordinates} if a.operation in ("locs-to-supervoxels", "locs-to-segments", "snap") else {}
-    if a.operation in ("locs-to-supervoxels", "get-voxels"):
-        extra["mip"] = a.mip
-    if a.operation == "get-voxels":
-        extra["thin"] = a.thin
-    if a.operation == "snap":
-        extra.update(id_column=a.id_column, search_radius=a.search_radius)
+    op = OPERATIONS[a.operation]
+    # each option goes to the operations that read it; given to another one it is an error, not ignored
+    takes = {"coordinates": ("locs-to-supervoxels", "locs-to-segments", "snap"),
+             "mip": ("locs-to-supervoxels", "get-voxels"), "thin": ("get-voxels",),
+             "id_column": ("snap",), "search_radius": ("snap",)}
+    extra = {}
+    for name, ops in takes.items():
+        value = getattr(a, name)
+        if value is None or value is False:
+            continue
+        if a.operation not in ops:
+            p.error(f"--{name.replace('_', '-')} does not apply to {a.operation} (only to {', '.join(ops)})")
+        extra[name] = value
+    if a.timestamp is not None and not op.uses_timestamp:
+        p.error(f"--timestamp does not apply to {a.operation}: it reads no root IDs at a time")
     try:
         summary = run_job(a.operation, a.input, a.output, dataset=a.dataset, timestamp=a.timestamp,
                           scheduler=a.scheduler, cluster=a.cluster, resume=a.resume, force=a.force,
