@@ -34,7 +34,8 @@ def make_dataset_main(argv: list[str]) -> int:
     p.add_argument("--size", help="volume size X,Y,Z in mip-0 voxels (16x16x42 nm)")
     p.add_argument("--neurons", type=int, help="number of neurons")
     p.add_argument("--edits", type=int, help="number of edit operations")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing dataset directory (never any other directory), once the new one is complete")
     a = p.parse_args(argv)
     params = PRESETS[a.preset]
     changes = {}
@@ -54,7 +55,11 @@ def make_dataset_main(argv: list[str]) -> int:
     if changes:
         params = params.with_(name="custom", **changes)
     t0 = time.perf_counter()
-    out = make_dataset(params, a.out, overwrite=a.overwrite, progress=True)
+    try:
+        out = make_dataset(params, a.out, overwrite=a.overwrite, progress=True)
+    except FileExistsError as e:
+        print(f"crantseg make-dataset: {e}", file=sys.stderr)
+        return 2
     print(f"dataset {params.name!r} (seed {params.seed}, {params.size[0]}x{params.size[1]}x{params.size[2]} voxels) "
           f"written to {out} in {time.perf_counter() - t0:.1f} s")
     return 0
