@@ -319,16 +319,21 @@ def test_an_existing_directory_that_is_not_a_job_is_never_emptied(client, synaps
     _check(out, synapses)
 
 
-def test_two_jobs_with_the_same_input_on_one_client_both_write(client, synapses, tiny_path, tmp_path):
-    kw = dict(dataset=str(tiny_path), partition_size=10_000, client=client, progress=False)
-    src = synapses["dir"] / "syn.parquet"
-    a = run_job("locs-to-segments", src, tmp_path / "a.zarr", timestamp="mat", **kw)
-    b = run_job("locs-to-segments", src, tmp_path / "b.zarr", timestamp="mat", **kw)
-    c = run_job("locs-to-segments", src, tmp_path / "c.zarr", timestamp="mat_1", **kw)
-    assert a["status"]["complete"] and b["status"]["complete"] and c["status"]["complete"]
-    _check(tmp_path / "a.zarr", synapses)
-    _check(tmp_path / "b.zarr", synapses)
-    assert (read_output(tmp_path / "c.zarr")["supervoxel_id"].to_numpy() == synapses["sv"]).all()
+def test_two_jobs_with_the_same_input_on_one_client_both_write(client, small, tiny_path, tmp_path):
+    """Run at the same time (the first job's tasks are still held when the second submits): with
+    keys from the input alone, the second job's tasks were the first's and it wrote nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    kw = dict(dataset=str(tiny_path), partition_size=500, client=client, progress=False)
+    src = small["dir"] / "syn.parquet"
+    jobs = [("a.zarr", "mat"), ("b.zarr", "mat"), ("c.zarr", "mat_1")]
+    with ThreadPoolExecutor(3) as pool:
+        summaries = list(pool.map(lambda j: run_job("locs-to-segments", src, tmp_path / j[0], timestamp=j[1], **kw),
+                                  jobs))
+    assert all(s["status"]["complete"] for s in summaries)
+    _check(tmp_path / "a.zarr", small)
+    _check(tmp_path / "b.zarr", small)
+    assert (read_output(tmp_path / "c.zarr")["supervoxel_id"].to_numpy() == small["sv"]).all()
 
 
 def test_a_task_that_writes_nothing_fails_the_job(client, synapses, tiny_path, tmp_path, monkeypatch):
