@@ -35,7 +35,8 @@ def make_dataset_main(argv: list[str]) -> int:
     p.add_argument("--neurons", type=int, help="number of neurons")
     p.add_argument("--edits", type=int, help="number of edit operations")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing dataset directory (never any other directory), once the new one is complete")
+                   help="replace an existing dataset directory (never any other directory) once the new one "
+                   "is complete")
     a = p.parse_args(argv)
     params = PRESETS[a.preset]
     changes = {}

@@ -9,8 +9,8 @@ partition task owns whole chunks of every array)::
     _done          uint8 (n_partitions,), chunk 1: written AFTER a partition's data
 
 Attributes under ``crantseg``: package version, operation, arguments, resolved timestamp, dataset
-(name and identity), input fingerprint, input column names, partition size, format. ``_done`` is explicit because an all-zero output chunk is
-indistinguishable from an unwritten one. A killed worker or driver loses at most the partitions in
+(name and identity), input fingerprint, input column names, partition size, format. ``_done`` is
+explicit because an all-zero output chunk is indistinguishable from an unwritten one. A killed worker or driver loses at most the partitions in
 flight: ``resume`` reruns exactly those whose ``_done`` entry is 0, rewriting whole chunks.
 
 Rows are stored grouped by storage chunk (for locality); ``read_output`` returns them in input
@@ -136,7 +136,8 @@ class JobStore:
     def is_finalized(self, names) -> bool:
         """Whether ``finalize_ragged(names)`` has run to the end (its pieces are gone)."""
         keys = set(zarr.open_group(self.path, mode="r").array_keys())
-        return "offsets" in keys and all(n in keys for n in names) and not any(k.startswith("_ragged_") for k in keys)
+        pieces_left = any(k.startswith("_ragged_") for k in keys)
+        return "offsets" in keys and all(n in keys for n in names) and not pieces_left
 
     def done(self) -> np.ndarray:
         return np.asarray(zarr.open_group(self.path, mode="r")["_done"][:]).astype(bool)
