@@ -434,3 +434,19 @@ def test_spec_clusters_start_workers_without_malloc_trim(tmp_path):
             assert dask.config.get(key) is None
     assert yaml.safe_load((ROOT / "cluster" / "local.yaml").read_text())["kwargs"]["dashboard_address"].startswith(
         "127.0.0.1:")
+
+
+def test_partition_tasks_are_not_retried():
+    """A task's own failure (auth, bad IDs, a bug) is not transient: rerunning it only repeats the
+    HTTP retry budget. Killed workers are covered by distributed.scheduler.allowed-failures."""
+    from crantseg_dask.jobs import runner
+
+    class Recorder:
+        def map(self, *args, **kwargs):
+            self.kwargs = kwargs
+            return []
+
+    c = Recorder()
+    runner._submit(c, "o.zarr", "locs-to-segments", [0, 1], None, "token", False)
+    assert c.kwargs["retries"] == 0 and c.kwargs["key"] == ["crantseg-locs-to-segments-token-000000",
+                                                             "crantseg-locs-to-segments-token-000001"]
