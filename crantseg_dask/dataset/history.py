@@ -279,8 +279,8 @@ def build_graph(history: dict, layout: IDLayout, svs, sv_fragment, contacts) -> 
             level.append((chunk, l2))
         for layer in range(3, n_layers):
             groups = defaultdict(list)
-            for chunk, nid in level:
-                parent_chunk = tuple(int(c) for c in layout.parent_chunk(np.array(chunk), 2, layer))
+            for chunk, nid in level:  # ``level`` holds layer-(layer - 1) nodes and their chunks
+                parent_chunk = tuple(int(c) for c in layout.parent_chunk(np.array(chunk), layer - 1, layer))
                 groups[parent_chunk].append(nid)
             level = []
             for chunk in sorted(groups):
