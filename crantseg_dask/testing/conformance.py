@@ -187,3 +187,78 @@ class SourceConformance:
         for v, t in versions.items():
             assert t == truth.materialization(v)
         assert source.materialization_timestamp() == truth.materialization()
+
+    # -- chunk hierarchy (issue 16.1): expected chunks from the supervoxels' voxel positions ----
+    # The PyChunkedGraph rule: a layer-2 chunk is (voxel - voxel_offset) // graph_chunk, a layer-L
+    # chunk is that // 2 ** (L - 2), the root layer is the single chunk (0, 0, 0).
+    @staticmethod
+    def _l2_chunk(truth, svs) -> np.ndarray:
+        anchor = truth.sv_anchor[np.searchsorted(truth.supervoxels, np.asarray(svs, np.uint64))]
+        return (anchor - truth.bounds(0)[0]) // np.array(truth.params.graph_chunk)
+
+    @staticmethod
+    def _spread_roots(truth, n_big: int, n_random: int, seed: int = 0) -> list[int]:
+        """The roots spanning the most layer-2 chunks, plus a few others at random."""
+        roots = truth.all_roots.tolist()
+        span = {r: len({tuple(c) for c in SourceConformance._l2_chunk(truth, truth.leaves(r)).tolist()})
+                for r in roots}
+        big = sorted(roots, key=lambda r: (-span[r], r))[:n_big]
+        rest = [r for r in roots if r not in big]
+        rng = np.random.default_rng(seed)
+        return big + [rest[i] for i in rng.choice(len(rest), min(n_random, len(rest)), replace=False)]
+
+    def test_node_chunks_follow_the_pcg_rule(self, source, truth):
+        layout, n = source.meta.layout, source.meta.n_layers
+        gc = np.array(truth.params.graph_chunk)
+        for root in self._spread_roots(truth, 3, 2):
+            svs_of: dict[int, np.ndarray] = {}
+
+            def walk(node: int) -> np.ndarray:
+                kids = source.children(node)
+                if not kids.size:
+                    return np.array([node], np.uint64)
+                parts = [walk(int(k)) for k in kids.tolist()]
+                svs_of[node] = np.concatenate(parts)
+                L = int(layout.layer(np.uint64(node)))
+                want = np.zeros(3, np.int64) if L == n else None
+                for k in kids.tolist():  # the node's chunk is its child's parent chunk; boxes nest
+                    Lk = max(int(layout.layer(np.uint64(k))), 2)
+                    ck, cp = layout.chunk_coords(np.uint64(k)), layout.chunk_coords(np.uint64(node))
+                    if L < n:
+                        np.testing.assert_array_equal(cp, ck // 2 ** (L - Lk), err_msg=f"{node} > {k}")
+                        sk, sp = gc * 2 ** (Lk - 2), gc * 2 ** (L - 2)
+                        assert np.all(ck * sk >= cp * sp) and np.all((ck + 1) * sk <= (cp + 1) * sp), (node, k)
+                if L < n:
+                    c = self._l2_chunk(truth, svs_of[node]) // 2 ** (L - 2)
+                    assert (c == c[0]).all(), f"layer-{L} node {node} spans several layer-{L} chunks"
+                    want = c[0]
+                np.testing.assert_array_equal(layout.chunk_coords(np.uint64(node)), want, err_msg=f"node {node}")
+                return svs_of[node]
+
+            np.testing.assert_array_equal(np.sort(walk(root)), truth.leaves(root))
+
+    @pytest.mark.parametrize("layer", [2, 3, 4, 5, 6, 7])
+    def test_leaves_within_bounds_match_brute_force(self, source, truth, layer):
+        """Leaves within a box are the root's supervoxels whose layer-2 chunk box overlaps it (boxes
+        of a layer-``layer`` chunk's size, lower corner anywhere inside the volume)."""
+        rng = np.random.default_rng(layer)
+        off, size = truth.bounds(0)
+        gc = np.array(truth.params.graph_chunk)
+        span = gc * 2 ** (layer - 2)
+        for k, root in enumerate(self._spread_roots(truth, 3, 3, seed=layer)):
+            svs = truth.leaves(root)
+            anchors = truth.sv_anchor[np.searchsorted(truth.supervoxels, svs)]
+            # box lower corners: near one of the root's voxels, or anywhere inside the volume
+            lo = anchors[rng.integers(len(svs))] - rng.integers(0, span) if k % 2 == 0 else off + rng.integers(0, size)
+            lo = np.clip(lo, off, off + size - 1)
+            hi = lo + np.maximum(1, (span * rng.uniform(0.3, 1.2, 3)).astype(np.int64))
+            c2 = self._l2_chunk(truth, svs)
+            c_lo, c_hi = off + c2 * gc, off + (c2 + 1) * gc
+            want = svs[np.all((c_lo < hi) & (c_hi > lo), axis=1)]
+            got = np.sort(source.leaves(root, bounds=np.array([lo, hi])))
+            np.testing.assert_array_equal(got, want, err_msg=f"root {root}, box {lo.tolist()}..{hi.tolist()}")
+            # the same box at stop_layer=2: the L2 nodes of the root in those chunks
+            l2 = source.leaves(root, stop_layer=2, bounds=np.array([lo, hi]))
+            groups = sorted(tuple(np.sort(source.children(int(x))).tolist()) for x in l2.tolist())
+            keep = set(want.tolist())
+            assert groups == sorted(tuple(g.tolist()) for g in truth.l2_groups(root) if int(g[0]) in keep)
