@@ -32,23 +32,28 @@ ROOT_SEGMENT_BASE = 70_000_000  # root segment ids look like CRANT's (8 << 56 | 
 class _World:
     """Supervoxels, fragments and contacts, indexed for the simulation."""
 
-    def __init__(self, svs, sv_fragment, fragment_neuron, contacts, contact_area):
+    def __init__(self, svs, sv_fragment, fragment_neuron, contacts, contact_area, n_neurons: int):
         self.svs = svs
         self.sv_fragment = sv_fragment
         self.fragment_neuron = fragment_neuron
         self.contacts = contacts
-        fa = sv_fragment[np.searchsorted(svs, contacts[:, 0])] if len(contacts) else np.zeros(0, int)
-        fb = sv_fragment[np.searchsorted(svs, contacts[:, 1])] if len(contacts) else np.zeros(0, int)
+        self.n_neurons = n_neurons
         self.fragments = sorted(set(sv_fragment.tolist()))
         # best contact (largest area, then smallest ids) between each pair of fragments
         self.frag_edge: dict[tuple[int, int], tuple[int, int]] = {}
-        order = np.lexsort((contacts[:, 1], contacts[:, 0], -contact_area)) if len(contacts) else []
-        for k in order:
-            a, b = int(fa[k]), int(fb[k])
-            if a != b:
-                key = (min(a, b), max(a, b))
-                if key not in self.frag_edge:
-                    self.frag_edge[key] = (int(contacts[k, 0]), int(contacts[k, 1]))
+        if len(contacts):
+            fa = sv_fragment[np.searchsorted(svs, contacts[:, 0])].astype(np.int64)
+            fb = sv_fragment[np.searchsorted(svs, contacts[:, 1])].astype(np.int64)
+            a, b = np.minimum(fa, fb), np.maximum(fa, fb)
+            order = np.lexsort((contacts[:, 1], contacts[:, 0], -contact_area, b, a))
+            order = order[a[order] != b[order]]
+            a, b = a[order], b[order]
+            first = np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])] if len(a) else np.zeros(0, bool)
+            pick = order[first]
+            self.frag_edge = dict(zip(zip(a[first].tolist(), b[first].tolist()),
+                                      zip(contacts[pick, 0].tolist(), contacts[pick, 1].tolist())))
+        # fragments of neuron pieces come first; the rest are tissue cells (see ``bodies``)
+        self.same = sorted(k for k in self.frag_edge if self.neuron(k[0]) == self.neuron(k[1]))
 
     def neuron(self, fragment: int) -> int:
         return int(self.fragment_neuron[fragment])
@@ -58,18 +63,26 @@ class _World:
 
 
 def simulate_edits(params: DatasetParams, layout: IDLayout, rng, svs, sv_fragment, fragment_neuron,
-                   contacts, contact_area, sv_anchor) -> dict:
-    """The recorded history (``edits.json``): ingest objects, operations, materializations."""
-    w = _World(svs, sv_fragment, fragment_neuron, contacts, contact_area)
+                   contacts, contact_area, sv_anchor, n_neuron_fragments: int | None = None) -> dict:
+    """The recorded history (``edits.json``): ingest objects, operations, materializations.
+
+    Fragments ``0..n_neuron_fragments-1`` are the neurons' own; the others are tissue fragments.
+    Merging a single tissue fragment into the neuron it belongs to ("absorb") is the most common
+    edit; then merges of two objects of one true object, splits of false merges, false merges."""
+    w = _World(svs, sv_fragment, fragment_neuron, contacts, contact_area, params.n_neurons)
+    n_nf = len(w.fragments) if n_neuron_fragments is None else n_neuron_fragments
     counter = iter(range(ROOT_SEGMENT_BASE + 1, 1 << 40))
 
     def mint() -> int:
         return int(layout.encode(layout.n_layers, 0, 0, 0, next(counter)))
 
     objects: dict[int, dict] = {}  # root -> {"fragments": set, "links": set of (a, b)}
+    owner: dict[int, int] = {}     # fragment -> its current root
+    mixed: set[int] = set()        # roots holding fragments of several true objects
     # ingest: fragments, with a few false merges between touching neurons
     n_false = max(2, params.n_edits // 8)
-    cross = sorted(k for k in w.frag_edge if w.neuron(k[0]) != w.neuron(k[1]))
+    cross = sorted(k for k in w.frag_edge if w.neuron(k[0]) != w.neuron(k[1])
+                   and k[1] < n_nf and w.neuron(k[0]) < params.n_neurons and w.neuron(k[1]) < params.n_neurons)
     rng.shuffle(cross)
     used: set[int] = set()
     groups = []
@@ -83,28 +96,41 @@ def simulate_edits(params: DatasetParams, layout: IDLayout, rng, svs, sv_fragmen
     groups += [({f}, set()) for f in w.fragments if f not in used]
     groups.sort(key=lambda g: min(g[0]))
     initial = []
+
+    def add(root: int, frags: set, links: set) -> None:
+        objects[root] = {"fragments": frags, "links": links}
+        owner.update((f, root) for f in frags)
+        if len({w.neuron(f) for f in frags}) > 1:
+            mixed.add(root)
+
+    def remove(root: int) -> None:
+        del objects[root]
+        mixed.discard(root)
+
     for frags, links in groups:
         root = mint()
-        objects[root] = {"fragments": set(frags), "links": set(links)}
+        add(root, set(frags), set(links))
         initial.append({"root": root, "fragments": sorted(frags), "links": sorted(map(list, links))})
 
-    def adjacent_pairs(same_neuron: bool):
-        owner = {f: r for r, o in objects.items() for f in o["fragments"]}
+    def merge_candidates(kind: str):
         out = {}
-        for (a, b), edge in w.frag_edge.items():
-            ra, rb = owner.get(a), owner.get(b)
-            if ra is None or rb is None or ra == rb:
+        pairs = w.same if kind != "false_merge" else cross
+        for a, b in pairs:
+            ra, rb = owner[a], owner[b]
+            if ra == rb:
                 continue
-            if (w.neuron(a) == w.neuron(b)) == same_neuron:
-                out.setdefault((min(ra, rb), max(ra, rb)), edge)
+            if kind == "absorb":  # a lone tissue fragment joins the neuron fragment it touches
+                if w.neuron(a) >= params.n_neurons or not (a < n_nf <= b):
+                    continue
+                if len(objects[rb]["fragments"]) != 1:
+                    continue
+            out.setdefault((min(ra, rb), max(ra, rb)), w.frag_edge[(a, b)])
         return sorted(out.items())
 
     def splittable():
         out = []
-        for r in sorted(objects):
+        for r in sorted(mixed):
             o = objects[r]
-            if len({w.neuron(f) for f in o["fragments"]}) < 2:
-                continue
             keep = {e for e in o["links"] if w.neuron(w.fragment_of(e[0])) == w.neuron(w.fragment_of(e[1]))}
             parts = _components(o["fragments"], keep, w)
             if len(parts) >= 2:
@@ -113,23 +139,22 @@ def simulate_edits(params: DatasetParams, layout: IDLayout, rng, svs, sv_fragmen
 
     ops = []
     t_ms = INGEST_MS
-    kinds = ["merge", "merge", "merge", "split", "false_merge"]
+    kinds = ["absorb", "absorb", "absorb", "merge", "split", "false_merge"]
     while len(ops) < params.n_edits:
         order = list(kinds)
         rng.shuffle(order)
         op = None
         for kind in order:
-            if kind in ("merge", "false_merge"):
-                cands = adjacent_pairs(same_neuron=(kind == "merge"))
+            if kind != "split":
+                cands = merge_candidates(kind)
                 if not cands:
                     continue
                 (ra, rb), edge = cands[int(rng.integers(len(cands)))]
                 new_root = mint()
-                objects[new_root] = {
-                    "fragments": objects[ra]["fragments"] | objects[rb]["fragments"],
-                    "links": objects[ra]["links"] | objects[rb]["links"] | {edge},
-                }
-                del objects[ra], objects[rb]
+                merged = (objects[ra]["fragments"] | objects[rb]["fragments"],
+                          objects[ra]["links"] | objects[rb]["links"] | {edge})
+                remove(ra), remove(rb)
+                add(new_root, *merged)
                 op = {"kind": "merge", "old_roots": [ra, rb], "new": [new_root], "added_edges": [list(edge)]}
                 break
             cands = splittable()
@@ -137,12 +162,12 @@ def simulate_edits(params: DatasetParams, layout: IDLayout, rng, svs, sv_fragmen
                 continue
             r, keep, parts = cands[int(rng.integers(len(cands)))]
             removed = sorted(map(list, objects[r]["links"] - keep))
+            remove(r)
             new = []
             for part in parts:
                 nr = mint()
-                objects[nr] = {"fragments": part, "links": {e for e in keep if w.fragment_of(e[0]) in part}}
+                add(nr, part, {e for e in keep if w.fragment_of(e[0]) in part})
                 new.append(nr)
-            del objects[r]
             op = {"kind": "split", "old_roots": [r], "new": new, "removed_edges": removed}
             break
         if op is None:
@@ -227,6 +252,7 @@ def build_graph(history: dict, layout: IDLayout, svs, sv_fragment, contacts) -> 
     for a, b in zip(ia[same].tolist(), ib[same].tolist()):
         frag_edges[int(sv_fragment[a])].append((a, b))
 
+    chunk_of = [tuple(c) for c in sv_chunk.tolist()]
     n_layers = layout.n_layers
     registry: dict[tuple, int] = {}
     counters: dict[tuple, int] = defaultdict(int)
@@ -235,12 +261,21 @@ def build_graph(history: dict, layout: IDLayout, svs, sv_fragment, contacts) -> 
     last_parent: dict[int, int] = {}
     cells: list[tuple[int, int, int]] = []  # (child, ms, parent)
 
+    top = 64 - layout.layer_bits
+
+    def encode(layer: int, chunk: tuple, segment: int) -> int:  # layout.encode for one node, in ints
+        b = layout.spatial_bits[layer - 1]
+        if max(chunk) >= 1 << b or segment >= 1 << (top - 3 * b):
+            return int(layout.encode(layer, *chunk, segment))  # raises, naming the part that does not fit
+        x, y, z = chunk
+        return layer << top | x << (top - b) | y << (top - 2 * b) | z << (top - 3 * b) | segment
+
     def node(layer: int, chunk: tuple, kids: np.ndarray, ms: int) -> int:
         key = (layer, chunk, kids.tobytes())
         nid = registry.get(key)
         if nid is None:
             counters[(layer, chunk)] += 1
-            nid = int(layout.encode(layer, *chunk, counters[(layer, chunk)]))
+            nid = encode(layer, chunk, counters[(layer, chunk)])
             registry[key] = nid
             created[nid] = ms
             children[nid] = kids
@@ -262,25 +297,28 @@ def build_graph(history: dict, layout: IDLayout, svs, sv_fragment, contacts) -> 
         eb = [local[b] for f in fragments for _, b in frag_edges[f]]
         for a, b in links:
             i, j = sv_index[a], sv_index[b]
-            if (sv_chunk[i] == sv_chunk[j]).all():
+            if chunk_of[i] == chunk_of[j]:
                 ea.append(local[i]), eb.append(local[j])
         n = idx.size
-        graph = coo_matrix((np.ones(len(ea)), (ea, eb)), shape=(n, n))
-        _, comp = connected_components(graph, directed=False)
+        if ea:
+            graph = coo_matrix((np.ones(len(ea)), (ea, eb)), shape=(n, n))
+            _, comp = connected_components(graph, directed=False)
+        else:
+            comp = np.arange(n)
         level = []  # (chunk tuple, node id)
         order = np.lexsort((idx, comp))
         comp_sorted = comp[order]
         starts = np.flatnonzero(np.r_[True, comp_sorted[1:] != comp_sorted[:-1]])
         for s, e in zip(starts, np.r_[starts[1:], n]):
             members = np.sort(svs[idx[order[s:e]]])
-            chunk = tuple(int(c) for c in sv_chunk[idx[order[s]]])
+            chunk = chunk_of[idx[order[s]]]
             l2 = node(2, chunk, members, ms)
             adopt(members, l2, ms)
             level.append((chunk, l2))
         for layer in range(3, n_layers):
             groups = defaultdict(list)
             for chunk, nid in level:  # ``level`` holds layer-(layer - 1) nodes and their chunks
-                parent_chunk = tuple(int(c) for c in layout.parent_chunk(np.array(chunk), layer - 1, layer))
+                parent_chunk = (chunk[0] // 2, chunk[1] // 2, chunk[2] // 2)  # PyChunkedGraph fan-out 2
                 groups[parent_chunk].append(nid)
             level = []
             for chunk in sorted(groups):

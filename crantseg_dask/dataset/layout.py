@@ -50,6 +50,9 @@ class DatasetParams:
     step_nm: float = 180.0                               # skeleton segment length
     branch_length_nm: float = 3000.0                     # mean branch length
     n_edits: int = 36
+    dense: bool = True                                   # fill the tissue with watershed-like cells
+    cell_size: tuple[int, int, int] = (20, 20, 8)        # Voronoi seed spacing, mip-0 voxels
+    large_cell_share: float = 0.2                        # share of 3x3x3 seed blocks joined into one cell
     datastack: str = "crantseg_local"
     name: str = "custom"
 
@@ -57,6 +60,8 @@ class DatasetParams:
         for g, s, axis in zip(self.graph_chunk, self.storage_chunk, "xyz"):
             if g % s:
                 raise DatasetError(f"storage chunk {self.storage_chunk} must divide graph chunk {self.graph_chunk} ({axis})")
+        if any(c % (2 * k) for c, k in zip(self.cell_size, (2, 2, 1))):
+            raise DatasetError(f"cell_size {self.cell_size} must be multiples of (4, 4, 2) voxels")
         if min(self.size) < 1:
             raise DatasetError(f"size must be positive, got {self.size}")
 

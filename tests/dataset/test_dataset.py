@@ -16,7 +16,7 @@ def test_volume_labels_are_exactly_the_supervoxels(truth):
     labels = np.unique(truth.volume(0))
     assert labels[0] == 0, "there is background"
     np.testing.assert_array_equal(labels[1:], truth.supervoxels)
-    assert (truth.volume(0) == 0).mean() > 0.5, "neurons are thin, with background between them"
+    assert (truth.volume(0) == 0).any(), "outside the tissue the volume is 0 (density: test_density.py)"
 
 
 def test_each_supervoxel_lies_in_one_graph_chunk_that_its_id_encodes(truth):
