@@ -29,7 +29,7 @@ from ..errors import DatasetError
 
 __all__ = ["DatasetParams", "PRESETS", "GENERATOR_VERSION", "is_dataset_dir", "read_params", "load_json"]
 
-GENERATOR_VERSION = 2  # 2: layer >= 4 chunk coordinates follow the PyChunkedGraph rule
+GENERATOR_VERSION = 3  # 2: layer >= 4 chunk coordinates follow the PyChunkedGraph rule; 3: dense world
 
 
 @dataclass(frozen=True)
