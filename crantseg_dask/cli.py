@@ -34,6 +34,8 @@ def make_dataset_main(argv: list[str]) -> int:
     p.add_argument("--size", help="volume size X,Y,Z in mip-0 voxels (16x16x42 nm)")
     p.add_argument("--neurons", type=int, help="number of neurons")
     p.add_argument("--edits", type=int, help="number of edit operations")
+    p.add_argument("--sparse", action="store_true",
+                   help="the old sparse world: neurons in empty space, no tissue fill (fast unit tests)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing dataset directory (never any other directory) once the new one "
                    "is complete")
@@ -53,6 +55,8 @@ def make_dataset_main(argv: list[str]) -> int:
         changes["n_neurons"] = a.neurons
     if a.edits is not None:
         changes["n_edits"] = a.edits
+    if a.sparse:
+        changes["dense"] = False
     if changes:
         params = params.with_(name="custom", **changes)
     t0 = time.perf_counter()

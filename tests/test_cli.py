@@ -26,6 +26,9 @@ def test_make_dataset_any_size_and_seed(tmp_path, capsys):
     assert [s["resolution"] for s in info["scales"]] == [[16, 16, 42], [32, 32, 42], [64, 64, 42]]
     assert {s["encoding"] for s in info["scales"]} == {"compressed_segmentation"}
     assert "written to" in capsys.readouterr().out
+    assert params.dense, "dense is the default"
+    assert main(["make-dataset", "--out", str(tmp_path / "sparse"), "--size", "96,80,40", "--sparse"]) == 0
+    assert not read_params(tmp_path / "sparse").dense
 
 
 def test_make_dataset_rejects_a_bad_size(tmp_path, capsys):
