@@ -10,6 +10,7 @@ The server adds a fixed latency per request (20 ms by default), standing in for 
 """
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timezone
 
@@ -25,7 +26,7 @@ from crantseg_dask.sources import open_source
 
 
 def run(quick: bool = False, latency_ms: float = 20.0) -> list[dict]:
-    path = local_dataset_path("demo")
+    path = local_dataset_path(os.environ.get("CRANTSEG_BENCH_PRESET", "demo"))
     truth = Truth(path)
     srv = serve_in_thread(path, faults=Faults(latency_ms=latency_ms))
     rows = []

@@ -7,6 +7,7 @@ resident memory of each worker (target: under 2 GiB).
 """
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 import tempfile
@@ -30,7 +31,7 @@ def run(quick: bool = False, partition_size: int = 50_000) -> list[dict]:
     from crantseg_dask import locs_to_segments
     from crantseg_dask.ops.snapping import snap_table
 
-    path = local_dataset_path("demo")
+    path = local_dataset_path(os.environ.get("CRANTSEG_BENCH_PRESET", "demo"))
     n = 200_000 if quick else 10_000_000
     table = synapse_table(path, n, seed=1)
     tmp = Path(tempfile.mkdtemp(prefix="crantseg-bench-"))

@@ -6,6 +6,7 @@ crantpy reads one 1x1x1 box per point through cloud-volume, one after another; c
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -54,7 +55,7 @@ def scattered_points(path, locs: np.ndarray) -> np.ndarray:
 def run(quick: bool = False) -> list[dict]:
     from crantseg_dask import locs_to_supervoxels
 
-    path = local_dataset_path("demo")
+    path = local_dataset_path(os.environ.get("CRANTSEG_BENCH_PRESET", "demo"))
     rng = np.random.default_rng(0)
     rows = []
     warm = _uniform(path, 50, rng)  # first-use costs (imports, opening the dataset) are not per point

@@ -29,6 +29,7 @@ way holds the cutout and np.unique's sorted copy); the quick run stays under 5 G
 """
 from __future__ import annotations
 
+import os
 import argparse
 import gc
 import time
@@ -111,7 +112,7 @@ def _peak_mb(fn) -> float:
 
 def measure(quick: bool) -> list[dict]:
     """Measure; one dict per (root, mip, method). L2 rows carry the ratios."""
-    spec = resolve_dataset("demo")
+    spec = resolve_dataset(os.environ.get("CRANTSEG_BENCH_PRESET", "demo"))
     source = open_source(spec)
     roots = largest_roots(source, 1 if quick else 3)
     cases = [(r, 1) for r in roots] if quick else [(r, m) for m in (1, 2) for r in roots] + [(roots[0], 0)]
@@ -181,7 +182,7 @@ def summarize(raw: list[dict]) -> list[dict]:
 def cutout_rows(quick: bool) -> list[dict]:
     """get_segmentation_cutout(root_ids=True) against crantpy's remap (one full-array comparison
     per supervoxel, extrapolated past ``CRANTPY_BUDGET_S``), on a box in the middle of the volume."""
-    spec = resolve_dataset("demo")
+    spec = resolve_dataset(os.environ.get("CRANTSEG_BENCH_PRESET", "demo"))
     meta = open_source(spec).meta
     lo, hi = meta.bounds(0)
     size = np.array([256, 256, 32] if quick else [512, 512, 64])

@@ -3,9 +3,11 @@
     python benchmarks/run.py            # full (generates the demo dataset on first use, ~1 min)
     python benchmarks/run.py --quick    # smaller sizes
     python benchmarks/run.py points voxels jobs   # a subset
+    python benchmarks/run.py --preset tiny --quick  # on another embedded preset (a smoke run)
 
 Results are printed as tables and written to benchmarks/results/NAME.md (with the command, machine
-and date); benchmarks/RESULTS.md collects them.
+and date, and the density of the dataset measured on: bytes, labels per chunk, bits per block);
+benchmarks/RESULTS.md collects them.
 Numbers are wall time on this machine; read them as +-30% (perf-baseline.md).
 """
 from __future__ import annotations
@@ -32,8 +34,21 @@ def print_rows(rows: list[dict]) -> str:
     return text
 
 
+def dataset_line(preset: str) -> str:
+    """The density figures of the embedded preset the benchmarks run on (``dataset.stats``)."""
+    from crantseg_dask.config import local_dataset_path
+    from crantseg_dask.dataset.stats import dataset_stats, format_stats
+
+    return f"{preset} {format_stats(dataset_stats(local_dataset_path(preset)))}"
+
+
 def main(argv: list[str]) -> int:
     quick = "--quick" in argv
+    if "--preset" in argv:
+        i = argv.index("--preset")
+        os.environ["CRANTSEG_BENCH_PRESET"] = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    preset = os.environ.get("CRANTSEG_BENCH_PRESET", "demo")
     names = [a for a in argv if not a.startswith("-")] or BENCHES
     sys.path.insert(0, str(HERE))
     out_dir = HERE / "results"
@@ -45,11 +60,14 @@ def main(argv: list[str]) -> int:
             print(f"(skipping {name}: {e})")
             continue
         print(f"== {name}", flush=True)
+        stats = dataset_line(preset)
+        print(stats, flush=True)
         t0 = time.perf_counter()
         table = print_rows(module.run(quick=quick))
         header = (f"## {name}\n\n`python benchmarks/run.py{' --quick' if quick else ''} {name}` on {platform.node()} "
                   f"({os.cpu_count()} cores, Python {platform.python_version()}), "
-                  f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - t0:.0f} s.\n\n")
+                  f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - t0:.0f} s.\n\n"
+                  f"Dataset: {stats}.\n\n")
         doc = (module.__doc__ or "").strip()
         (out_dir / f"{name}.md").write_text(header + doc + "\n\n" + table + "\n")
     parts = [(out_dir / f"{n}.md").read_text() for n in BENCHES if (out_dir / f"{n}.md").exists()]

@@ -85,7 +85,7 @@ class LocalSource(SegmentationSource):
             raise UnknownIDError(f"node {node} is not in dataset {self.spec.name!r}")
         return int(pos[0])
 
-    @lru_cache(maxsize=64)
+    @lru_cache(maxsize=8)  # each entry holds two arrays as long as the graph (~30 MB on the dense demo)
     def _parents_at(self, ms: int) -> tuple[np.ndarray, np.ndarray]:
         """(children, parents) of the parent cells in force at ``ms``: the last cell with time <= ms."""
         m = self.parent_ms <= ms
