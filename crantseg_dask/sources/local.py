@@ -142,15 +142,16 @@ class LocalSource(SegmentationSource):
         return np.sort(np.concatenate(out)) if out else np.zeros(0, np.uint64)
 
     def _overlaps(self, nodes, layers, bounds) -> np.ndarray:
-        """Whether each node's chunk (at its layer) overlaps the mip-0 voxel box ``bounds``."""
-        keep = np.ones(len(nodes), dtype=bool)
-        coords = self.meta.layout.chunk_coords(nodes)
-        for k, (c, layer) in enumerate(zip(coords, layers)):
-            if layer >= self.meta.n_layers:
-                continue
-            box = self.meta.graph_chunk_box(c, max(int(layer), 2))
-            keep[k] = bool(np.all(box[0] < bounds[1]) and np.all(box[1] > bounds[0]))
-        return keep
+        """Whether each node's chunk (at its layer) overlaps the mip-0 voxel box ``bounds``
+        (vectorised: a large root's frontier holds thousands of nodes on a dense dataset)."""
+        m = self.meta
+        coords = m.layout.chunk_coords(nodes)
+        span = np.array(m.graph_chunk, dtype=np.int64) * (2 ** np.maximum(layers.astype(np.int64) - 2, 0))[:, None]
+        lo = coords * span + (np.array(m.voxel_offset[0]) if m.chunks_start_at_voxel_offset else 0)
+        vol = m.bounds(0)
+        lo, hi = np.maximum(lo, vol[0]), np.minimum(lo + span, vol[1])
+        hit = np.all(lo < bounds[1], axis=1) & np.all(hi > bounds[0], axis=1)
+        return hit | (layers >= m.n_layers)
 
     # -- roots and history --------------------------------------------------------------------
     def _index_roots(self) -> None:
