@@ -159,7 +159,9 @@ class SourceConformance:
                 want = sorted(tuple(g.tolist()) for g in truth.bounded_nodes(root, layer, box))
                 if got_sets != want:
                     wrong.append((root, box.tolist()))
-        if wrong and not hierarchy_fixed(truth):
+                if layer < 4:  # a node's own chunk is right below layer 4 even in v1 worlds: never extra
+                    assert set(got_sets) <= set(want), (root, layer, box.tolist())
+        if wrong and not hierarchy_fixed(truth):  # v1: descendants of wrong layer-4 chunks are pruned
             pytest.xfail(f"{len(wrong)} bounded leaves differ: the v1 generator's chunks (issue 16.1)")
         assert not wrong
 
