@@ -115,6 +115,11 @@ class SourceConformance:
                 got = sorted(tuple(np.sort(svs[l2 == u]).tolist()) for u in np.unique(l2))
                 want = sorted(tuple(g.tolist()) for g in truth.l2_groups(root))
                 assert got == want, (root, t)
+                for layer in range(3, 8 if hierarchy_fixed(truth) else 4):  # v1: layers >= 4 wrong (16.1)
+                    up = source.roots(svs, t, stop_layer=layer)
+                    assert np.all(layout.layer(up) == layer)
+                    got = sorted(tuple(np.sort(svs[up == u]).tolist()) for u in np.unique(up))
+                    assert got == sorted(tuple(g.tolist()) for g in truth.layer_nodes(root, layer)), (root, t, layer)
 
     def test_leaves_of_every_root(self, source, truth):
         for root in truth.all_roots.tolist():

@@ -328,16 +328,19 @@ def test_annotations(local_spec, truth, tmp_path, caplog):
 def test_overlap_kernel_and_graph(local_spec, truth, unknown_root):
     t = truth.operation_times()[25]
     stale = np.array([r for r in truth.all_roots if not truth.is_latest(r, t)] + [unknown_root], np.uint64)
-    rec = overlap_kernel(stale, local_spec, t, 2)
-    assert rec.dtype == UPDATE_DTYPE
-    for r, (a, b) in zip(stale.tolist(), rec.tolist()):
-        check_update(truth, r, a, b, t)
+    for layer in (1, 2, 3, 6):
+        rec = overlap_kernel(stale, local_spec, t, layer)
+        assert rec.dtype == UPDATE_DTYPE
+        for r, (a, b) in zip(stale.tolist(), rec.tolist()):
+            check_update(truth, r, a, b, t, layer)
     x = np.r_[truth.all_roots, 0]
     for chunks in (1, 17, len(x)):
-        got = update_ids_graph(da.from_array(x, chunks=chunks), timestamp=t, dataset=local_spec).compute()
+        layer = {1: 1, 17: 3}.get(chunks, 2)
+        got = update_ids_graph(da.from_array(x, chunks=chunks), timestamp=t, stop_layer=layer,
+                               dataset=local_spec).compute()
         for r, (a, b) in zip(x.tolist(), got.tolist()):
             if r:
-                check_update(truth, r, a, b, t)
+                check_update(truth, r, a, b, t, layer)
             else:
                 assert (a, b) == (0, 0.0)
 
