@@ -115,7 +115,11 @@ class Truth(GraphTruth):
 
     def leaves(self, root) -> np.ndarray:
         """Sorted supervoxels of ``root`` (timeless: a root's leaves never change)."""
-        frags, _ = self.objects[int(root)]
+        return self._leaves(int(root)).copy()
+
+    @lru_cache(maxsize=None)
+    def _leaves(self, root: int) -> np.ndarray:
+        frags, _ = self.objects[root]
         return np.sort(self.supervoxels[np.isin(self.sv_fragment, list(frags))])
 
     def roots_at(self, ts) -> set[int]:
