@@ -1,18 +1,25 @@
 """Brute-force ground truth for an embedded dataset: what tests trust.
 
-Everything here is read straight from the stored arrays (the whole volume, through cloud-volume)
-and recomputed from the recorded edit log (``history/edits.json``) by replaying it from ingest. It
-never consults the derived chunked graph (``graph/``) that the sources serve, nor any source.
+Everything here is read straight from the stored volume (every mip, through cloud-volume), the
+recorded edit log (``history/edits.json``, replayed from ingest), the supervoxel list with each
+supervoxel's fragment and anchor position (``history/``), and the ID bit layout (``_ids.py``,
+tested against PyChunkedGraph's published example). It never consults the derived chunked graph
+(``graph/``), the recorded contacts, a source, or any engine helper. The chunk hierarchy, the L2
+graph and ``thin`` live in :mod:`crantseg_dask.dataset.truth_graph`.
 
 Definitions the operations are held to:
 
 * the root of a supervoxel at time T is the object holding its fragment after every operation with
-  ``ts <= T`` (inclusive); unknown IDs and 0 map to 0;
+  ``ts <= T`` (inclusive); unknown IDs, 0 and times before ingest map to 0;
 * a root is latest at T iff it was created at or before T and not superseded at or before T;
-* an L2 node of a root is a connected piece of the root inside one graph chunk, following the
-  root's agglomeration edges (contacts inside one fragment, plus the links that joined fragments);
-* ``thin`` removes a root voxel when one of its 6 face neighbours (at the same mip) belongs to the
-  root but to another L2 node that is not joined to its own by an agglomeration edge.
+* ``latest_roots(root, T)``: for T at or after the root's creation, the roots alive at T that
+  descend from it in the lineage (itself if alive); for T before its creation, the roots alive at
+  T that it descends from (its ancestors alive at T; empty before ingest). Computed by sweeping the
+  edit log in time order (forwards) or in reverse (backwards), not by walking a graph;
+* ``update(root, T)``: a root alive at T is its own answer (confidence 1); otherwise the root at T
+  that holds the most of the old root's supervoxels (ties: the smallest ID), confidence = the
+  share of the old root's supervoxels it holds; no supervoxel in any root at T (before ingest) or
+  an unknown root gives (old root, 0.0).
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import numpy as np
 
 from .._ids import IDLayout
 from .layout import load_json, read_params
+from .truth_graph import GraphTruth
 
 __all__ = ["Truth"]
 
@@ -35,7 +43,7 @@ def _ms(ts) -> int:
     return int(round(float(ts) * 1000))
 
 
-class Truth:
+class Truth(GraphTruth):
     """Ground truth of the dataset in directory ``path``."""
 
     def __init__(self, path):
@@ -49,7 +57,6 @@ class Truth:
         self.sv_fragment = np.load(h / "sv_fragment.npy")
         self.sv_neuron = np.load(h / "sv_neuron.npy")
         self.sv_anchor = np.load(h / "sv_anchor.npy")
-        self.contacts = np.load(h / "contacts.npy")
         self.operations = self.edits["operations"]
         self.ingest_ms = self.edits["ingest_ms"]
         self._replay()
@@ -89,18 +96,30 @@ class Truth:
     def root_of(self, svids, ts) -> np.ndarray:
         """Root of each supervoxel at ``ts``; 0 for 0, unknown IDs, and times before ingest."""
         svids = np.asarray(svids, dtype=np.uint64)
-        objects = self.epoch(ts) or {}
-        frag_root = {f: r for r, (frags, _) in objects.items() for f in frags}
-        out = np.zeros(svids.shape, dtype=np.uint64)
-        for k, s in np.ndenumerate(svids):
-            i = np.searchsorted(self.supervoxels, s)
-            if s and i < len(self.supervoxels) and self.supervoxels[i] == s:
-                out[k] = frag_root.get(int(self.sv_fragment[i]), 0)
-        return out
+        lut = self._fragment_roots(self._epoch_index(ts))
+        pos = np.minimum(np.searchsorted(self.supervoxels, svids), len(self.supervoxels) - 1)
+        known = (self.supervoxels[pos] == svids) & (svids != 0)
+        return np.where(known, lut[self.sv_fragment[pos]], np.uint64(0)).astype(np.uint64)
+
+    def _epoch_index(self, ts) -> int:
+        times = [e[0] for e in self.epochs]
+        return int(np.searchsorted(times, _ms(ts), side="right")) - 1
+
+    @lru_cache(maxsize=None)
+    def _fragment_roots(self, epoch: int) -> np.ndarray:
+        """Fragment -> root in epoch ``epoch`` (-1: before ingest, every fragment 0)."""
+        lut = np.zeros(int(self.sv_fragment.max()) + 1, dtype=np.uint64)
+        for r, (frags, _) in (self.epochs[epoch][1].items() if epoch >= 0 else ()):
+            lut[list(frags)] = r
+        return lut
 
     def leaves(self, root) -> np.ndarray:
         """Sorted supervoxels of ``root`` (timeless: a root's leaves never change)."""
-        frags, _ = self.objects[int(root)]
+        return self._leaves(int(root)).copy()
+
+    @lru_cache(maxsize=None)
+    def _leaves(self, root: int) -> np.ndarray:
+        frags, _ = self.objects[root]
         return np.sort(self.supervoxels[np.isin(self.sv_fragment, list(frags))])
 
     def roots_at(self, ts) -> set[int]:
@@ -127,19 +146,39 @@ class Truth:
         return sorted(o for o, n, _ in self.lineage if n == int(root))
 
     def latest_roots(self, root, ts=None) -> set[int]:
-        """Roots alive at ``ts`` (default: after every edit) descending from ``root`` (itself if alive)."""
-        t = _ms(ts) if ts is not None else self.epochs[-1][0]
-        out, todo, seen = set(), [int(root)], set()
-        while todo:
-            r = todo.pop()
-            if r in seen:
-                continue
-            seen.add(r)
-            if self.is_latest(r, t / 1000):
-                out.add(r)
-            elif self.created_ms[r] <= t:
-                todo += self.successors(r)
-        return out
+        """Roots alive at ``ts`` (default: after every edit) related to ``root`` in the lineage:
+        its descendants when ``ts`` is at or after its creation, else its ancestors (see above)."""
+        r, t = int(root), (_ms(ts) if ts is not None else self.epochs[-1][0])
+        born = self.created_ms[r]
+        family = {r}
+        if t >= born:  # forwards: every edit after the root's birth, up to t, in time order
+            for op in self.operations:
+                if born < op["ts_ms"] <= t and family & set(op["old_roots"]):
+                    family |= {n["root"] for n in op["new_roots"]}
+        else:  # backwards: every edit after t, up to the root's birth, newest first
+            for op in reversed(self.operations):
+                if t < op["ts_ms"] <= born and family & {n["root"] for n in op["new_roots"]}:
+                    family |= set(op["old_roots"])
+        return {x for x in family if self.is_latest(x, t / 1000)}
+
+    def update(self, root, ts) -> tuple[int, float]:
+        """``update_ids``' answer for ``root`` at ``ts`` by supervoxel overlap (see above)."""
+        r = int(root)
+        if r not in self.objects:
+            return r, 0.0
+        if self.is_latest(r, ts):
+            return r, 1.0
+        held = self.holders(r, ts)
+        if not held:
+            return r, 0.0
+        best = min(held, key=lambda k: (-held[k], k))
+        return best, held[best] / len(self.leaves(r))
+
+    def holders(self, root, ts) -> dict[int, int]:
+        """Root at ``ts`` -> how many of ``root``'s supervoxels it holds (roots holding none left out)."""
+        now = self.root_of(self.leaves(int(root)), ts)
+        u, c = np.unique(now[now != 0], return_counts=True)
+        return dict(zip(u.tolist(), c.tolist()))
 
     def materialization(self, version=None) -> datetime:
         mats = {m["version"]: m["ts_ms"] for m in self.edits["materializations"]}
@@ -148,61 +187,6 @@ class Truth:
 
     def operation_times(self) -> list[datetime]:
         return [datetime.fromtimestamp(o["ts_ms"] / 1000, tz=timezone.utc) for o in self.operations]
-
-    # -- L2 structure -------------------------------------------------------------------------
-    @lru_cache(maxsize=None)
-    def l2_groups(self, root) -> list[np.ndarray]:
-        """The L2 nodes of ``root`` as sorted supervoxel arrays (sorted by first member)."""
-        comp, svs = self._l2_components(int(root))
-        return [np.sort(svs[comp == c]) for c in np.unique(comp)] if len(svs) else []
-
-    @lru_cache(maxsize=None)
-    def _l2_components(self, root: int):
-        frags, links = self.objects[root]
-        svs = self.leaves(root)
-        edges = self._agglomeration_edges(root)
-        chunk = self.layout.chunk_coords(svs)
-        idx = {int(s): i for i, s in enumerate(svs)}
-        parent = list(range(len(svs)))
-
-        def find(i):
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
-        for a, b in edges:
-            i, j = idx[a], idx[b]
-            if (chunk[i] == chunk[j]).all():
-                pi, pj = find(i), find(j)
-                if pi != pj:
-                    parent[max(pi, pj)] = min(pi, pj)
-        comp = np.array([find(i) for i in range(len(svs))], dtype=np.int64)
-        return comp, svs
-
-    def _agglomeration_edges(self, root: int) -> list[tuple[int, int]]:
-        frags, links = self.objects[root]
-        fa = self.sv_fragment[np.searchsorted(self.supervoxels, self.contacts[:, 0])]
-        fb = self.sv_fragment[np.searchsorted(self.supervoxels, self.contacts[:, 1])]
-        inside = (fa == fb) & np.isin(fa, list(frags))
-        edges = [tuple(map(int, e)) for e in self.contacts[inside]]
-        return edges + [tuple(map(int, e)) for e in links]
-
-    def l2_edges(self, root) -> set[tuple[int, int]]:
-        """Pairs (i, j), i < j, of indices into ``l2_groups(root)`` joined by an agglomeration edge."""
-        comp, svs = self._l2_components(int(root))
-        labels = {c: k for k, c in enumerate(np.unique(comp))}
-        idx = {int(s): labels[c] for s, c in zip(svs.tolist(), comp)}
-        out = set()
-        for a, b in self._agglomeration_edges(int(root)):
-            i, j = idx[a], idx[b]
-            if i != j:
-                out.add((min(i, j), max(i, j)))
-        return out
-
-    def l2_index(self, root) -> dict[int, int]:
-        """Supervoxel -> index of its L2 group in ``l2_groups(root)``."""
-        return {int(s): k for k, g in enumerate(self.l2_groups(int(root))) for s in g.tolist()}
 
     # -- the volume ---------------------------------------------------------------------------
     @lru_cache(maxsize=4)
@@ -251,31 +235,11 @@ class Truth:
             hit = hit[np.all((hit >= lo) & (hit < hi), axis=1)]
         return hit[np.lexsort(hit.T[::-1])]
 
-    def interface_voxels(self, root, mip: int = 0) -> np.ndarray:
-        """Voxels (N, 3, sorted) of ``root`` that ``thin`` removes (see the module docstring)."""
-        vol = self.volume(mip)
-        off, _ = self.bounds(mip)
-        l2 = self.l2_index(root)
-        joined = self.l2_edges(root)
-        keys = np.array(sorted(l2), dtype=np.uint64)
-        vals = np.array([l2[int(k)] for k in keys], dtype=np.int64)
-        pos = np.clip(np.searchsorted(keys, vol), 0, len(keys) - 1)
-        group = np.where(keys[pos] == vol, vals[pos], -1)
-        removed = np.zeros(vol.shape, dtype=bool)
-        for axis in range(3):
-            a = np.moveaxis(group, axis, 0)
-            r = np.moveaxis(removed, axis, 0)
-            u, v = a[:-1], a[1:]
-            cand = (u >= 0) & (v >= 0) & (u != v)
-            if not cand.any():
-                continue
-            bad = np.zeros_like(cand)
-            pairs = np.stack([np.minimum(u[cand], v[cand]), np.maximum(u[cand], v[cand])], axis=1)
-            bad[cand] = [tuple(p) not in joined for p in pairs.tolist()]
-            r[:-1] |= bad
-            r[1:] |= bad
-        hit = np.argwhere(removed) + off
-        return hit[np.lexsort(hit.T[::-1])]
+    @cached_property
+    def contacts(self) -> np.ndarray:
+        """The generator's recorded contacts (``history/contacts.npy``): for dataset checks only;
+        no answer here uses them (``volume_contacts`` recomputes them from the volume)."""
+        return np.load(self.path / "history" / "contacts.npy")
 
     def largest_roots(self, n: int, ts=None) -> list[int]:
         """The ``n`` roots alive at ``ts`` (default: now) with the most mip-0 voxels, smallest first."""
@@ -286,7 +250,3 @@ class Truth:
             if r:
                 size[r] = size.get(r, 0) + c
         return sorted(size, key=size.get)[-n:]
-
-    def self_touching_roots(self, mip: int = 0) -> list[int]:
-        """Roots with at least one interface voxel at ``mip`` (candidates for ``thin`` tests)."""
-        return [r for r in self.all_roots.tolist() if len(self.interface_voxels(r, mip))]

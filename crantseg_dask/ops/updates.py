@@ -82,13 +82,54 @@ def _leaves(source, roots: np.ndarray, stop_layer: int) -> list[np.ndarray | Non
         return out
 
 
+def _overlap_at(source, roots: np.ndarray, timestamp: datetime, layer: int, out: np.ndarray) -> np.ndarray:
+    """Fill ``out`` (``UPDATE_DTYPE``) for ``roots`` by overlap at ``layer``; return which roots got
+    a current successor (bool). ``out`` is left alone for the others."""
+    found = np.zeros(roots.shape, dtype=bool)
+    nodes = _leaves(source, roots, layer)
+    lens = np.array([0 if n is None else len(n) for n in nodes], dtype=np.int64)
+    if lens.sum() == 0:
+        return found
+    flat = np.concatenate([n for n in nodes if n is not None])
+    owner = np.repeat(np.arange(len(roots)), lens)
+    uniq, inv = np.unique(flat, return_inverse=True)
+    new = np.zeros(uniq.shape, np.uint64)
+    nz = uniq != 0
+    new[nz] = source.roots(uniq[nz], timestamp, None)
+    new = new[inv.ravel()]
+    keep = new != 0
+    pairs, counts = np.unique(np.stack([owner[keep].astype(np.uint64), new[keep]], axis=1), axis=0,
+                              return_counts=True)
+    if len(pairs):  # only current candidates compete (nodes of expired L2 nodes lead to old roots)
+        cand = np.unique(pairs[:, 1])
+        current = cand[source.is_latest(cand, timestamp)]
+        keep = np.isin(pairs[:, 1], current)
+        pairs, counts = pairs[keep], counts[keep]
+    if not len(pairs):
+        return found
+    order = np.lexsort((pairs[:, 1], -counts, pairs[:, 0]))  # per owner: most nodes, then smallest ID
+    pairs, counts = pairs[order], counts[order]
+    first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
+    who = pairs[first, 0].astype(np.intp)
+    out["new_id"][who] = pairs[first, 1]
+    out["confidence"][who] = counts[first] / lens[who]
+    found[who] = True
+    return found
+
+
 def overlap_kernel(roots: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_layer: int) -> np.ndarray:
     """Best successor of each (outdated) root by overlap, as ``UPDATE_DTYPE`` records (1-D).
 
     For each root: its layer-``stop_layer`` nodes (timeless), their roots at ``timestamp``; the
     root that is current at ``timestamp`` and holds the most nodes wins (ties: smallest ID),
-    confidence = its share of all the old root's nodes. No current candidate or an unknown root
-    gives (old root, 0.0); other source errors propagate.
+    confidence = its share of all the old root's layer-``stop_layer`` nodes. A node replaced by a
+    later edit leads to no current root, so when none of the old root's nodes survives (say a
+    fragment merged into a neuron, its only L2 node rebuilt) the supervoxels decide instead: the
+    current root holding the most of them wins, confidence = its share of the old root's
+    supervoxels. Confidence is always the share at the level actually used. A root with a single
+    current successor in the lineage always gets it (that root holds all its supervoxels). No
+    current candidate at either level (``timestamp`` before ingest) or an unknown root gives
+    (old root, 0.0); other source errors propagate.
 
     Examples
     --------
@@ -107,33 +148,12 @@ def overlap_kernel(roots: np.ndarray, spec: SourceSpec, timestamp: datetime, sto
     if roots.size == 0:
         return out
     source = open_source(spec)
-    nodes = _leaves(source, roots, stop_layer)
-    lens = np.array([0 if n is None else len(n) for n in nodes], dtype=np.int64)
-    if lens.sum() == 0:
-        return out
-    flat = np.concatenate([n for n in nodes if n is not None])
-    owner = np.repeat(np.arange(len(roots)), lens)
-    uniq, inv = np.unique(flat, return_inverse=True)
-    new = np.zeros(uniq.shape, np.uint64)
-    nz = uniq != 0
-    new[nz] = source.roots(uniq[nz], timestamp, None)
-    new = new[inv.ravel()]
-    keep = new != 0
-    pairs, counts = np.unique(np.stack([owner[keep].astype(np.uint64), new[keep]], axis=1), axis=0,
-                              return_counts=True)
-    if len(pairs):  # only current candidates compete (nodes of expired L2 nodes lead to old roots)
-        cand = np.unique(pairs[:, 1])
-        current = cand[source.is_latest(cand, timestamp)]
-        keep = np.isin(pairs[:, 1], current)
-        pairs, counts = pairs[keep], counts[keep]
-    if not len(pairs):
-        return out
-    order = np.lexsort((pairs[:, 1], -counts, pairs[:, 0]))  # per owner: most nodes, then smallest ID
-    pairs, counts = pairs[order], counts[order]
-    first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
-    who = pairs[first, 0].astype(np.intp)
-    out["new_id"][who] = pairs[first, 1]
-    out["confidence"][who] = counts[first] / lens[who]
+    found = _overlap_at(source, roots, timestamp, stop_layer, out)
+    rest = np.flatnonzero(~found)
+    if stop_layer > 1 and rest.size:  # no layer-k node survives: the supervoxels decide
+        sub = out[rest]
+        _overlap_at(source, roots[rest], timestamp, 1, sub)
+        out[rest] = sub
     return out
 
 
@@ -324,8 +344,12 @@ def update_ids(x, supervoxels=None, timestamp=None, stop_layer=2, progress=True,
     Rows whose root is current pass through (confidence 1). Outdated rows with a supervoxel get
     that supervoxel's root at ``timestamp`` (confidence 1). The rest get the current root holding
     the largest share of the old root's layer-``stop_layer`` nodes (confidence = that share,
-    ties to the smallest ID), checked to be current; no such root or a failed lookup keeps the old
-    ID with confidence 0. Current-ness checks and the overlap step run as Dask tasks over batches
+    ties to the smallest ID), checked to be current; when none of those nodes is in a current
+    root (every one was rebuilt by later edits), the current root holding the most of the old
+    root's supervoxels (confidence = that share of supervoxels). So a stale root always gets a
+    current successor when any of its supervoxels is in a current root at ``timestamp``, and
+    confidence is the share at the level actually used. Only when none is (``timestamp`` before
+    ingest) or the root is unknown does the old ID stay, with confidence 0. Current-ness checks and the overlap step run as Dask tasks over batches
     of unique roots (no per-ID request loop).
 
     Parameters
@@ -339,7 +363,8 @@ def update_ids(x, supervoxels=None, timestamp=None, stop_layer=2, progress=True,
         None = now; "mat..."; ISO (naive = UTC); unix s. Resolved once (crantpy fails on any
         timestamp: fixed).
     stop_layer : int
-        Layer whose nodes are compared in the overlap step (default 2).
+        Layer whose nodes are compared in the overlap step (default 2; 1 compares supervoxels),
+        with the supervoxels as the fallback (see above).
     dataset : str or SourceSpec, optional
         Dataset (default: the configured default).
     use_annotations : bool

@@ -16,6 +16,11 @@ Numbered steps (anchor-semantics.md section 4.13, with crantpy's bugs fixed):
    node (children of the L2 nodes) and removes root voxels with a face neighbour in another L2
    node of the root that the L2 graph does not join to their own.
 
+   The ``thin`` contract: a root voxel is removed iff one of its **6 face neighbours** (same
+   mip; neighbours just outside ``bounds`` count) belongs to the root but to another L2 node
+   that no L2-graph edge joins to its own. Edge and corner neighbours (fafbseg's 26-neighbour
+   rule) do not count, and the answer does not depend on the order of the supervoxels.
+
 Both modes run the same kernel (``_box_voxels``), so they return the same voxels.
 """
 from __future__ import annotations

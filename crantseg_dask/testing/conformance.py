@@ -3,8 +3,10 @@
 Subclass ``SourceConformance`` in a test module and define a ``source`` fixture that returns the
 source over the tiny dataset; the ``truth`` fixture (``crantseg_dask.testing.fixtures``) gives the
 expected values, computed by brute force over the whole volume and the recorded edit log. Every
-check runs at several timestamps: before ingest, at ingest, before the first edit, exactly at and
-just after edits, at each materialization version, and now.
+check that depends on time runs at each of ``check_times``: before ingest, at ingest, before the
+first edit, exactly at, just before and just after edits, at each materialization version, and
+after the last edit (so roots are asked about before their creation too); the hierarchy checks run
+at every layer 1..7 and on boxes whose lower corners lie inside the volume.
 """
 from __future__ import annotations
 
@@ -16,7 +18,29 @@ import pytest
 
 from ..errors import CrantsegError
 
-__all__ = ["SourceConformance", "check_times"]
+__all__ = ["SourceConformance", "check_times", "random_boxes"]
+
+
+def random_boxes(truth, n: int, seed: int = 0, mip: int = 0) -> list:
+    """``n`` half-open voxel boxes (2, 3) at ``mip``, each around a random root voxel, with the
+    lower corner inside the volume (never its corner) and the upper corner inside or on its edge."""
+    rng = np.random.default_rng(seed)
+    off, size = truth.bounds(mip)
+    vol = truth.volume(mip)
+    fg = np.argwhere(vol != 0)
+    out = []
+    for k in rng.choice(len(fg), size=n, replace=False):
+        centre = fg[k] + off
+        half = rng.integers(2, np.maximum(size // 4, 3))
+        lo = np.clip(centre - half, off + 1, off + size - 1)
+        hi = np.clip(centre + rng.integers(1, np.maximum(size // 4, 3)), lo + 1, off + size)
+        out.append(np.stack([lo, hi]))
+    return out
+
+
+def hierarchy_fixed(truth) -> bool:
+    """Whether the dataset's layer >= 4 chunks follow PyChunkedGraph (issue 16.1: generator > 1)."""
+    return truth.info.get("generator_version", 1) > 1
 
 
 def check_times(truth) -> list:
@@ -74,23 +98,28 @@ class SourceConformance:
             np.testing.assert_array_equal(got, truth.root_of(ids, t), err_msg=f"at {t}")
 
     def test_roots_pass_through_at_or_above_stop_layer(self, source, truth):
-        t = check_times(truth)[-1]
-        roots = np.array(sorted(truth.roots_at(t)), dtype=np.uint64)
-        np.testing.assert_array_equal(source.roots(roots, t), roots)
-        l2 = source.roots(truth.supervoxels[:30], t, stop_layer=2)
-        np.testing.assert_array_equal(source.roots(l2, t, stop_layer=2), l2)
+        for t in check_times(truth)[2::4]:
+            roots = np.array(sorted(truth.roots_at(t)), dtype=np.uint64)
+            np.testing.assert_array_equal(source.roots(roots, t), roots)
+            l2 = source.roots(truth.supervoxels[:30], t, stop_layer=2)
+            np.testing.assert_array_equal(source.roots(l2, t, stop_layer=2), l2)
 
     def test_l2_ids_group_supervoxels_like_truth(self, source, truth):
-        t = check_times(truth)[-1]
         layout = source.meta.layout
-        for root in sorted(truth.roots_at(t))[:12]:
-            svs = truth.leaves(root)
-            l2 = source.roots(svs, t, stop_layer=2)
-            assert np.all(layout.layer(l2) == 2)
-            np.testing.assert_array_equal(layout.chunk_coords(l2), layout.chunk_coords(svs))
-            got = sorted(tuple(np.sort(svs[l2 == u]).tolist()) for u in np.unique(l2))
-            want = sorted(tuple(g.tolist()) for g in truth.l2_groups(root))
-            assert got == want
+        for t in check_times(truth)[2::4]:
+            for root in sorted(truth.roots_at(t))[:12]:
+                svs = truth.leaves(root)
+                l2 = source.roots(svs, t, stop_layer=2)
+                assert np.all(layout.layer(l2) == 2)
+                np.testing.assert_array_equal(layout.chunk_coords(l2), truth.chunk_of(svs, 2))
+                got = sorted(tuple(np.sort(svs[l2 == u]).tolist()) for u in np.unique(l2))
+                want = sorted(tuple(g.tolist()) for g in truth.l2_groups(root))
+                assert got == want, (root, t)
+                for layer in range(3, 8 if hierarchy_fixed(truth) else 4):  # v1: layers >= 4 wrong (16.1)
+                    up = source.roots(svs, t, stop_layer=layer)
+                    assert np.all(layout.layer(up) == layer)
+                    got = sorted(tuple(np.sort(svs[up == u]).tolist()) for u in np.unique(up))
+                    assert got == sorted(tuple(g.tolist()) for g in truth.layer_nodes(root, layer)), (root, t, layer)
 
     def test_leaves_of_every_root(self, source, truth):
         for root in truth.all_roots.tolist():
@@ -102,19 +131,44 @@ class SourceConformance:
         assert sorted(many) == sorted(roots.tolist())
         for r in roots.tolist():
             np.testing.assert_array_equal(np.sort(many[r]), truth.leaves(r))
-            l2 = source.leaves(r, stop_layer=2)
-            assert len(l2) == len(truth.l2_groups(r))
-            kids = sorted(tuple(np.sort(source.children(x)).tolist()) for x in l2.tolist())
-            assert kids == sorted(tuple(g.tolist()) for g in truth.l2_groups(r))
 
-    def test_leaves_within_bounds_are_chunk_granular(self, source, truth):
-        m = source.meta
-        box = np.array([m.bounds(0)[0], m.bounds(0)[0] + np.array(m.graph_chunk) + 1])
-        for root in truth.all_roots[:10].tolist():
-            svs = truth.leaves(root)
-            chunks = m.layout.chunk_coords(svs)
-            inside = np.all(chunks <= 1, axis=1)  # the box touches chunks 0 and 1 on every axis
-            np.testing.assert_array_equal(np.sort(source.leaves(root, bounds=box)), svs[inside])
+    @pytest.mark.parametrize("layer", [2, 3, 4, 5, 6, 7])
+    def test_layer_nodes_like_truth(self, source, truth, layer):
+        """Each root's layer-k nodes: their supervoxels and their chunk, from supervoxel positions."""
+        layout = source.meta.layout
+        wrong = []
+        for r in truth.all_roots[::7].tolist():
+            nodes = source.leaves(r, stop_layer=layer)
+            assert np.all(layout.layer(nodes) == layer)
+            got = {tuple(np.sort(source.leaves(int(x))).tolist()): tuple(c) for x, c in
+                   zip(nodes.tolist(), layout.chunk_coords(nodes).tolist())}
+            want = {tuple(g.tolist()): tuple(truth.node_chunk(g, layer).tolist()) for g in truth.layer_nodes(r, layer)}
+            if got != want:
+                wrong.append(r)
+        if wrong and layer >= 4 and not hierarchy_fixed(truth):
+            pytest.xfail(f"layer-{layer} nodes of {len(wrong)} roots: the v1 generator's chunks (issue 16.1)")
+        assert not wrong
+
+    @pytest.mark.parametrize("layer", [1, 2, 3, 4, 5, 6, 7])
+    def test_leaves_within_bounds_are_chunk_granular(self, source, truth, layer):
+        """leaves(root, stop_layer=k, bounds=box): the layer-k nodes whose chunk box overlaps the
+        box (truth: chunk boxes from supervoxel positions), on boxes with inner lower corners."""
+        boxes = random_boxes(truth, 6, seed=layer)
+        wrong = []
+        for k, box in enumerate(boxes):
+            inside = truth.supervoxel_at(np.stack([box[0], (box[0] + box[1]) // 2]))
+            here = truth.root_of(inside, check_times(truth)[-1])
+            for root in sorted({int(r) for r in here if r} | {int(truth.all_roots[-1 - k])}):
+                got = source.leaves(root, stop_layer=layer, bounds=box)
+                got_sets = sorted(tuple(np.sort(source.leaves(int(x))).tolist()) for x in got.tolist())
+                want = sorted(tuple(g.tolist()) for g in truth.bounded_nodes(root, layer, box))
+                if got_sets != want:
+                    wrong.append((root, box.tolist()))
+                if layer < 4:  # a node's own chunk is right below layer 4 even in v1 worlds: never extra
+                    assert set(got_sets) <= set(want), (root, layer, box.tolist())
+        if wrong and not hierarchy_fixed(truth):  # v1: descendants of wrong layer-4 chunks are pruned
+            pytest.xfail(f"{len(wrong)} bounded leaves differ: the v1 generator's chunks (issue 16.1)")
+        assert not wrong
 
     def test_children(self, source, truth):
         root = int(truth.all_roots[-1])
@@ -164,21 +218,27 @@ class SourceConformance:
                 assert attrs["operation_id"] == ended_by[n]
 
     def test_latest_roots(self, source, truth):
-        t = check_times(truth)[-1]
-        for root in truth.all_roots[:15].tolist():
-            got = set(source.latest_roots(root, t).tolist())
-            assert got == truth.latest_roots(root, t)
+        """At every check time, before and after each root's creation (truth: a sweep of the edit
+        log, forwards from the root's birth or backwards to it)."""
+        before = 0
+        for t in check_times(truth):
+            for root in truth.all_roots[::3].tolist():
+                got = set(source.latest_roots(root, t).tolist())
+                assert got == truth.latest_roots(root, t), (root, t)
+                before += t < truth.created(root)
+        assert before  # some roots were asked about before their creation
 
     def test_l2_graph(self, source, truth):
-        for root in truth.all_roots[:8].tolist():
+        """On roots joined by merges (links) and on the first few (truth: contacts recomputed from
+        the volume, L2 nodes from supervoxel positions)."""
+        merged = [r for r in truth.all_roots.tolist() if truth.objects[r][1]]
+        assert merged
+        for root in merged[::max(len(merged) // 10, 1)] + truth.all_roots[:4].tolist():
             edges = source.l2_graph(root)
-            l2 = source.leaves(root, stop_layer=2)
-            group_of_l2 = {}
             index = truth.l2_index(root)
-            for x in l2.tolist():
-                group_of_l2[x] = index[int(source.children(x)[0])]
+            group_of_l2 = {x: index[int(source.children(x)[0])] for x in source.leaves(root, stop_layer=2).tolist()}
             got = {tuple(sorted((group_of_l2[a], group_of_l2[b]))) for a, b in edges.tolist()}
-            assert got == truth.l2_edges(root)
+            assert got == truth.l2_edges(root), root
 
     # -- materialization --------------------------------------------------------------------
     def test_materialization_versions(self, source, truth):
