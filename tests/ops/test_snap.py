@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from crantseg_dask.dataset.truth_snap import SnapTruth
 from crantseg_dask.errors import InvalidIDError, InvalidInputError, InvalidLocationError
 from crantseg_dask.ops.locations import locs_to_segments, locs_to_supervoxels
 from crantseg_dask.ops.snapping import snap_table, snap_table_graph, snap_to_id
@@ -19,51 +20,16 @@ from crantseg_dask.sources import open_source
 R = 160.0
 
 
-# -- brute force ------------------------------------------------------------------------------
+# -- brute force: the snapping oracle (crantseg_dask.dataset.truth_snap) ----------------------------
 @lru_cache(maxsize=None)
-def _candidates(truth, target: int, erode: bool):
-    """Absolute mip-0 voxels (lexicographic) of target, eroded with outside = background."""
-    vol = truth.volume(0)
-    leaves = [target] if int(truth.layout.layer(np.array([target], np.uint64))[0]) == 1 \
-        else truth.leaves(target)
-    m = np.pad(np.isin(vol, leaves), 1)
-    if erode:
-        core = m[1:-1, 1:-1, 1:-1].copy()
-        for axis in range(3):
-            for s in (-1, 1):
-                core &= np.roll(m, s, axis=axis)[1:-1, 1:-1, 1:-1]
-        m = np.pad(core, 1)
-    return np.argwhere(m[1:-1, 1:-1, 1:-1]) + truth.bounds(0)[0]
+def _oracle(truth):
+    return SnapTruth(truth)
 
 
 def brute(truth, locs, targets, snap_zero=False, r=R, erode=True):
-    """Expected (xyz, status) per row, straight from the truth volume."""
-    res = truth.resolution(0)
-    off, size = truth.bounds(0)
-    svs = truth.supervoxel_at_nm(locs, 0)
-    xyz, status, dist = locs.astype(float).copy(), [], []
-    for i, (p, t) in enumerate(zip(locs, targets)):
-        leaves = truth.leaves(t) if truth.layout.layer(np.array([t], np.uint64))[0] > 1 else [t]
-        v = np.floor(p / res)
-        inside = bool(np.all((v >= off) & (v < off + size)))
-        if svs[i] and svs[i] in leaves:
-            status.append("on_target"); dist.append(0.0)
-            continue
-        if svs[i] == 0 and not snap_zero:
-            status.append("background_skipped" if inside else "out_of_bounds"); dist.append(np.nan)
-            continue
-        cand = _candidates(truth, int(t), erode)
-        c = (cand + 0.5) * res
-        dx, dy, dz = c[:, 0] - p[0], c[:, 1] - p[1], c[:, 2] - p[2]
-        d2 = dx * dx + dy * dy + dz * dz
-        d2 = np.where(d2 <= r * r, d2, np.inf)
-        if len(d2) and np.isfinite(d2.min()):
-            j = int(np.argmin(d2))
-            xyz[i] = cand[j] * res
-            status.append("snapped"); dist.append(np.sqrt(d2[j]))
-        else:
-            status.append("not_found" if inside else "out_of_bounds"); dist.append(np.nan)
-    return xyz, np.array(status), np.array(dist)
+    """Expected (xyz, status, distance) per row, by exhaustive search of the truth volume."""
+    xyz, dist, status = _oracle(truth).table(locs, targets, snap_zero, r, erode)
+    return xyz, status.astype(str), dist
 
 
 def largest_roots(truth, n):
