@@ -127,3 +127,29 @@ class SnapTruth:
         v = np.floor(np.asarray(xyz_nm, np.float64).reshape(-1, 3) / self.res).astype(np.int64)
         sv = np.array([self._label(x) for x in v], dtype=np.uint64)
         return sv, self.truth.root_of(sv, ts)
+
+
+def other_targets(truth: Truth, locs_nm, ts, seed: int = 0, reach=(4, 4, 2)) -> tuple[np.ndarray, np.ndarray]:
+    """Test inputs that make snapping snap: for each nm location, a target that is NOT the root
+    under it (at ``ts``) but a root at ``ts`` of a supervoxel within ``reach`` voxels of it (picked
+    at random), else the root under it (0 on background). Returns (targets, own roots)."""
+    rng = np.random.default_rng(seed)
+    res, vol = truth.resolution(0), truth.volume(0)
+    off, size = (np.asarray(a, np.int64) for a in truth.bounds(0))
+    labels = np.unique(vol)
+    roots = truth.root_of(labels, ts)
+
+    def root(sv):
+        return roots[np.searchsorted(labels, sv)]
+
+    v = np.floor(np.asarray(locs_nm, np.float64).reshape(-1, 3) / res).astype(np.int64) - off
+    targets, own = np.zeros(len(v), np.uint64), np.zeros(len(v), np.uint64)
+    reach = np.asarray(reach)
+    for i, x in enumerate(v):
+        if np.all((x >= 0) & (x < size)):
+            own[i] = root(vol[tuple(x)])
+        a, b = np.clip(x - reach, 0, size), np.clip(x + reach + 1, 0, size)
+        near = np.unique(root(vol[a[0]:b[0], a[1]:b[1], a[2]:b[2]]))
+        near = near[(near != 0) & (near != own[i])]
+        targets[i] = rng.choice(near) if len(near) else own[i]
+    return targets, own
