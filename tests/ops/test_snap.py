@@ -257,22 +257,14 @@ def test_snap_table_graph_bad_input(local_spec, table):
             snap_table_graph(neg, id_column="root", dataset=local_spec).compute()
 
 
-def test_tree_neuron_input(local_spec, truth, targets, near, monkeypatch):
-    import sys
-    import types
-
-    navis = types.ModuleType("navis")
-
-    class TreeNeuron:
-        def __init__(self, nodes):
-            self.nodes = nodes
-
-    navis.TreeNeuron = TreeNeuron
-    monkeypatch.setitem(sys.modules, "navis", navis)
-    n = TreeNeuron(pd.DataFrame({"node_id": np.arange(len(near)), "x": near[:, 0], "y": near[:, 1],
-                                 "z": near[:, 2]}))
+def test_tree_neuron_input(local_spec, truth, targets, near):
+    navis = pytest.importorskip("navis")  # the real package (test extra)
+    n = navis.TreeNeuron(pd.DataFrame({"node_id": np.arange(1, len(near) + 1), "parent_id": np.arange(len(near)) - 0,
+                                       "x": near[:, 0], "y": near[:, 1], "z": near[:, 2]}).assign(
+        parent_id=lambda d: np.where(d.node_id == 1, -1, d.node_id - 1)), id=1)
     out = snap_to_id(n, targets[-1], verbose=False, dataset=local_spec)
-    assert np.array_equal(out, snap_to_id(near, targets[-1], verbose=False, dataset=local_spec))
+    xyz, _, _ = brute(truth, near, [targets[-1]] * len(near))
+    np.testing.assert_array_equal(out, xyz)
 
 
 # -- exact ties: more than 8 candidate centres equally near -----------------------------------
