@@ -179,3 +179,25 @@ def test_voxels_and_cutouts(truth):
     block = truth.volume(1)[tuple(slice(a, b) for a, b in zip(box[0] - off, box[1] - off))]
     assert numbers(recorded(cutouts.get_segmentation_cutout_graph, "np.unique")) == \
         np.unique(truth.root_of(np.unique(block), NOW)).tolist()
+
+
+def test_neurons(truth):
+    from crantseg_dask.ops import neurons
+
+    f = neurons.neuron_to_segments
+    src = next(e.source for e in _examples(f) if "pd.DataFrame" in e.source)
+    d = ast.literal_eval(src[src.index("{"):src.rindex("}") + 1])
+    roots = truth.root_of(truth.supervoxel_at_nm(np.array([d["x"], d["y"], d["z"]], float).T), NOW)
+    counts: dict = {}
+    for r, n in zip(roots.tolist(), d["neuron"]):
+        if r:
+            counts[(r, n)] = counts.get((r, n), 0) + 1
+    lines = recorded(f, "neuron_to_segments(nodes, dataset").splitlines()
+    ids = [int(v) for v in lines[0].split()[1:]]
+    table = {}
+    for line in lines[2:]:
+        root, *vals = line.split()
+        for n, v in zip(ids, vals):
+            if v != "NaN":
+                table[(int(root), n)] = float(v)
+    assert table == {k: float(v) for k, v in counts.items()}
