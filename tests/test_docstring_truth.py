@@ -67,7 +67,8 @@ def test_locations(truth):
     f = locations.locs_to_supervoxels
     assert numbers(recorded(f, "[[4232, 4904, 1701], [0, 0, 0]]")) == \
         truth.supervoxel_at_nm([[4232, 4904, 1701], [0, 0, 0]], 0).tolist()
-    assert numbers(recorded(f, 'coordinates="voxel"')) == truth.supervoxel_at_nm(np.array([[529, 613, 40]]) * [8, 8, 42], 0).tolist()
+    viewer = np.array([[529, 613, 40]]) * [8, 8, 42]
+    assert numbers(recorded(f, 'coordinates="voxel"')) == truth.supervoxel_at_nm(viewer, 0).tolist()
     assert numbers(recorded(f, "mip=1")) == truth.supervoxel_at_nm([[4232, 4904, 1701]], 1).tolist()
     assert numbers(recorded(locations.locs_to_supervoxels_graph, "svs.compute()")) == sv.tolist()
 
@@ -80,7 +81,8 @@ def test_snapping(truth):
     xyz, _, status = oracle.table(locs, root)
     searched = int(np.isin(status, ["snapped", "not_found"]).sum())
     failed = int((status == "not_found").sum())
-    assert numbers(recorded(f, "snap_to_id(locs, root, dataset")) == [searched, len(locs), failed] + xyz.ravel().tolist()
+    want = [searched, len(locs), failed] + xyz.ravel().tolist()
+    assert numbers(recorded(f, "snap_to_id(locs, root, dataset")) == want
     xyz0, _, _ = oracle.table(locs, root, snap_zero=True)
     _, roots = oracle.lookup(xyz0, NOW)
     assert numbers(recorded(f, "locs_to_segments(snapped")) == roots.tolist()
@@ -102,7 +104,8 @@ def test_snapping(truth):
 def test_mapping(truth):
     svs = literal(mapping.supervoxels_to_roots, "svs")
     f = mapping.supervoxels_to_roots
-    assert numbers(recorded(f, "# at the latest materialization")) == truth.root_of(svs, truth.materialization()).tolist()
+    mat = truth.root_of(svs, truth.materialization()).tolist()
+    assert numbers(recorded(f, "# at the latest materialization")) == mat
     assert numbers(recorded(f, "timestamp=None")) == truth.root_of(svs, NOW).tolist()
     assert numbers(recorded(mapping.supervoxels_to_roots_graph, ".compute()")) == truth.root_of(svs, NOW).tolist()
     assert numbers(recorded(mapping.roots_graph, ".compute()")) == \
@@ -133,7 +136,8 @@ def test_updates_lineage_validity(truth):
     old = 576460752373423543
     now_roots = truth.root_of(truth.leaves(old), NOW)
     values, counts = np.unique(now_roots[now_roots != 0], return_counts=True)
-    assert numbers(recorded(updates.update_ids, "update_ids([576460752373423543"))[1:3] == [old, int(values[np.argmax(counts)])]
+    got = numbers(recorded(updates.update_ids, "update_ids([576460752373423543"))
+    assert got[1:3] == [old, int(values[np.argmax(counts)])]
     # lineage: every ancestor and descendant of the root, and the edges among them
     root = 576460752373423543
     up, down, todo = set(), set(), [root]
@@ -151,7 +155,8 @@ def test_updates_lineage_validity(truth):
     nodes = up | down | {root}
     edges = {(o, n) for o, n, _ in truth.lineage if o in nodes and n in nodes}
     assert numbers(recorded(lineage.get_lineage_graph, "number_of_nodes")) == [len(nodes), len(edges)]
-    assert numbers(recorded(lineage.get_lineage_graph, "predecessors")) == truth.predecessors(root) + truth.successors(root)
+    got = numbers(recorded(lineage.get_lineage_graph, "predecessors"))
+    assert got == truth.predecessors(root) + truth.successors(root)
     # find_common_time: both roots alive at the recorded time; the other pair never coexisted
     when = eval(recorded(lineage.find_common_time, "576460752373423558]"), {"datetime": __import__("datetime")})
     assert truth.is_latest(576460752373423543, when) and truth.is_latest(576460752373423558, when)
@@ -173,8 +178,9 @@ def test_voxels_and_cutouts(truth):
     assert numbers(recorded(voxels.get_voxels_graph, "len(voxels)")) == [len(want), *want[:2].ravel().tolist()]
     # the cutout: round(nm / resolution) at mip 1, its supervoxels' roots now
     box = np.round(np.array([[2000, 3000, 500], [2800, 3400, 700]]) / truth.resolution(1)).astype(int)
-    assert numbers(recorded(cutouts.get_segmentation_cutout, "cutout.shape")) == \
-        [*(box[1] - box[0]).tolist(), *truth.resolution(1).astype(int).tolist(), *(box[0] * truth.resolution(1)).astype(int).tolist()]
+    res = truth.resolution(1).astype(int)
+    want = [*(box[1] - box[0]).tolist(), *res.tolist(), *(box[0] * res).tolist()]
+    assert numbers(recorded(cutouts.get_segmentation_cutout, "cutout.shape")) == want
     off, _ = truth.bounds(1)
     block = truth.volume(1)[tuple(slice(a, b) for a, b in zip(box[0] - off, box[1] - off))]
     assert numbers(recorded(cutouts.get_segmentation_cutout_graph, "np.unique")) == \
