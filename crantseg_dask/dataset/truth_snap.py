@@ -2,7 +2,8 @@
 
 Written from the documented contract (``crantseg_dask.ops.snapping.snap_to_id`` and
 ``snap_table``), not from the engine: for every row it scans EVERY mip-0 voxel whose centre can
-lie in the search ball, one by one in x, y, z order, in true anisotropic nm. It reads the volume
+lie in the search ball (every target voxel of the volume is measured), in true anisotropic nm,
+and keeps the nearest, the first in x, y, z order among ties. It reads the volume
 and a target's supervoxels only through ``Truth`` (the stored arrays through cloud-volume and the
 recorded edit log); it never calls the snap kernel, the sources, the ID decoders beyond the ID bit
 layout (``Truth.layout``), or any engine helper.
@@ -43,6 +44,7 @@ class SnapTruth:
         off, size = truth.bounds(0)
         self.lo, self.hi = np.asarray(off, np.int64), np.asarray(off, np.int64) + np.asarray(size, np.int64)
         self._members: dict[int, frozenset] = {}
+        self._candidates: dict[tuple[int, bool], np.ndarray] = {}
 
     def members(self, target: int) -> frozenset:
         """Supervoxels of ``target``: itself for a layer-1 ID, else its leaves from the edit log."""
@@ -59,10 +61,6 @@ class SnapTruth:
             return 0
         return int(self.truth.volume(0)[tuple(v - self.lo)])
 
-    def _is_target(self, v, members: frozenset) -> bool:
-        label = self._label(v)
-        return label != 0 and label in members
-
     def row(self, p, target: int, snap_zero: bool = False, search_radius: float = 160.0,
             erode: bool = True) -> tuple[np.ndarray, float, str]:
         """(xyz nm, distance nm, status) of one row at ``p`` (nm) with ``target``."""
@@ -76,42 +74,35 @@ class SnapTruth:
         if sv == 0 and not snap_zero:
             return p.copy(), float("nan"), "background_skipped" if inside else "out_of_bounds"
         r = float(search_radius)
-        # every voxel whose centre could be within r (one voxel of slack per side), x-major order
-        box_lo = np.floor((p - r) / res).astype(np.int64) - 1
-        box_hi = np.floor((p + r) / res).astype(np.int64) + 1
-        box_lo, box_hi = np.maximum(box_lo, self.lo), np.minimum(box_hi, self.hi - 1)
-        if np.any(box_hi < box_lo):
-            return p.copy(), float("nan"), "not_found" if inside else "out_of_bounds"
-        sub = self._target_mask(box_lo - 1, box_hi + 1, members)  # with a 1-voxel rim for erosion
-        core = sub[1:-1, 1:-1, 1:-1].copy()
-        if erode:
-            for a, b, c in _FACES:
-                core &= np.roll(sub, (-a, -b, -c), axis=(0, 1, 2))[1:-1, 1:-1, 1:-1]
-        # every voxel of the box, x-major (lexicographic) order, its centre's squared distance
-        grid = np.stack(np.meshgrid(*(np.arange(a, b + 1) for a, b in zip(box_lo, box_hi)), indexing="ij"),
-                        axis=-1).reshape(-1, 3)
-        d = (grid + 0.5) * res - p
+        # every (eroded) target voxel of the whole volume, lexicographic order; those with their
+        # centre in the ball compete; the nearest wins, the first in x, y, z order among ties
+        cand = self.candidates(target, erode)
+        d = (cand + 0.5) * res - p
         d2 = d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]
-        ok = core.reshape(-1) & (d2 <= r * r)
+        ok = d2 <= r * r
         if not ok.any():
             return p.copy(), float("nan"), "not_found" if inside else "out_of_bounds"
         best_d2 = d2[ok].min()
-        best = grid[np.flatnonzero(ok & (d2 == best_d2))[0]]  # the first in x, y, z order among ties
-        return np.array(best, np.float64) * res, float(np.sqrt(best_d2)), "snapped"
+        best = cand[np.flatnonzero(ok & (d2 == best_d2))[0]]
+        return best.astype(np.float64) * res, float(np.sqrt(best_d2)), "snapped"
 
-    def _target_mask(self, lo, hi, members: frozenset) -> np.ndarray:
-        """Boolean box [lo, hi] (inclusive, absolute voxels): True where the voxel is inside the
-        volume and its supervoxel is one of ``members``."""
-        shape = tuple((hi - lo + 1).tolist())
-        mask = np.zeros(shape, dtype=bool)
-        a, b = np.maximum(lo, self.lo), np.minimum(hi, self.hi - 1)
-        if np.any(b < a):
-            return mask
-        vol = self.truth.volume(0)
-        block = vol[tuple(slice(int(s), int(e) + 1) for s, e in zip(a - self.lo, b - self.lo))]
-        hit = np.isin(block, np.fromiter(members, np.uint64, len(members))) & (block != 0)
-        mask[tuple(slice(int(s), int(e) + 1) for s, e in zip(a - lo, b - lo))] = hit
-        return mask
+    def candidates(self, target: int, erode: bool = True) -> np.ndarray:
+        """Absolute mip-0 voxels (M, 3), lexicographically sorted, of ``target`` in the whole volume;
+        with ``erode`` only those whose 6 face neighbours are target voxels too (outside the volume
+        is background)."""
+        key = (int(target), bool(erode))
+        if key not in self._candidates:
+            members = self.members(target)
+            vol = self.truth.volume(0)
+            mask = np.pad(np.isin(vol, np.fromiter(members, np.uint64, len(members))) & (vol != 0), 1)
+            core = mask[1:-1, 1:-1, 1:-1].copy()
+            if erode:
+                for a, b, c in _FACES:
+                    core &= np.roll(mask, (-a, -b, -c), axis=(0, 1, 2))[1:-1, 1:-1, 1:-1]
+            if len(self._candidates) > 64:
+                self._candidates.clear()
+            self._candidates[key] = np.argwhere(core) + self.lo
+        return self._candidates[key]
 
     def table(self, locs_nm, targets, snap_zero: bool = False, search_radius: float = 160.0,
               erode: bool = True):
