@@ -3,7 +3,10 @@ import os
 import subprocess
 import sys
 
+from datetime import datetime
+
 import numpy as np
+import pandas as pd
 
 from crantseg_dask.cli import main
 from crantseg_dask.dataset.layout import read_params
@@ -49,6 +52,29 @@ def test_demo_runs_end_to_end_on_the_tiny_preset(tmp_path):
 
     out = read_output(str(tmp_path / "demo" / "synapses.zarr"))
     assert len(out) == 5000 and np.all(np.diff(out.index) == 1)
+    # real results: every row against the snapping oracle over the generated dataset (snap_zero=True,
+    # radius 160 nm, roots at the job's own timestamp)
+    import zarr
+
+    from crantseg_dask.dataset.truth import Truth
+    from crantseg_dask.dataset.truth_snap import SnapTruth
+    from crantseg_dask.ops.snapping import STATUS
+
+    (path,) = [p for p in (tmp_path / "data").glob("tiny-*") if p.is_dir()]
+    oracle = SnapTruth(Truth(path))
+    table = pd.read_parquet(tmp_path / "demo" / "synapses.parquet")
+    ts = datetime.fromisoformat(zarr.open_group(str(tmp_path / "demo" / "synapses.zarr"), mode="r").attrs["crantseg"]["timestamp"])
+    assert all(oracle.truth.is_latest(t, ts) for t in np.unique(table["target_id"]).tolist())
+    xyz, dist, status = oracle.table(table[["x", "y", "z"]].to_numpy(), table["target_id"].to_numpy(), True, 160.0)
+    np.testing.assert_array_equal(out[["snapped_x", "snapped_y", "snapped_z"]].to_numpy(), xyz)
+    np.testing.assert_allclose(out["distance_nm"].to_numpy(), dist, rtol=1e-12, equal_nan=True)
+    assert [STATUS[c] for c in out["status"]] == status.tolist()
+    sv, root = oracle.lookup(xyz, ts)
+    np.testing.assert_array_equal(out["supervoxel_id"].to_numpy(), sv)
+    np.testing.assert_array_equal(out["root_id"].to_numpy(), root)
+    assert (status == "snapped").sum() > 500
+    on = (root == table["target_id"].to_numpy()).mean()
+    assert f"rows whose root is their target neuron: {on:.1%}" in r.stdout
 
 
 def test_run_rejects_options_the_operation_ignores(tmp_path, capsys):

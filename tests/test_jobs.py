@@ -436,17 +436,34 @@ def test_spec_clusters_start_workers_without_malloc_trim(tmp_path):
         "127.0.0.1:")
 
 
-def test_partition_tasks_are_not_retried():
+def test_partition_tasks_are_not_retried(tiny_path, tmp_path, monkeypatch):
     """A task's own failure (auth, bad IDs, a bug) is not transient: rerunning it only repeats the
-    HTTP retry budget. Killed workers are covered by distributed.scheduler.allowed-failures."""
-    from crantseg_dask.jobs import runner
+    HTTP retry budget. Killed workers are covered by distributed.scheduler.allowed-failures.
+    A real Client on in-process workers (so the patched kernel is the one that runs): a kernel
+    failing once fails the job, after one attempt; the tasks carry per-job keys."""
+    import dataclasses
+    import re
 
-    class Recorder:
-        def map(self, *args, **kwargs):
-            self.kwargs = kwargs
-            return []
+    from distributed import Client, LocalCluster, get_task_stream
 
-    c = Recorder()
-    runner._submit(c, "o.zarr", "locs-to-segments", [0, 1], None, "token", False)
-    assert c.kwargs["retries"] == 0 and c.kwargs["key"] == ["crantseg-locs-to-segments-token-000000",
-                                                             "crantseg-locs-to-segments-token-000001"]
+    from crantseg_dask.jobs.operations import OPERATIONS
+
+    real = OPERATIONS["locs-to-supervoxels"]
+    calls = []
+
+    def flaky(inputs, ctx):
+        calls.append(len(inputs["x"]))
+        if len(calls) == 1:
+            raise RuntimeError("first attempt fails")
+        return real.kernel(inputs, ctx)
+
+    monkeypatch.setitem(OPERATIONS, "locs-to-supervoxels", dataclasses.replace(real, kernel=flaky))
+    table = pd.DataFrame({"x": [2000.0, 3000.0], "y": [3000.0, 4000.0], "z": [500.0, 600.0]})
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as c, get_task_stream(client=c) as stream:
+        with pytest.raises(RuntimeError, match="first attempt fails"):
+            run_job("locs-to-supervoxels", table, tmp_path / "o.zarr", dataset=str(tiny_path), partition_size=2,
+                    client=c, progress=False)
+    assert len(calls) == 1
+    keys = {str(t["key"]) for t in stream.data}
+    assert keys and all(re.fullmatch(r"crantseg-locs-to-supervoxels-[0-9a-f]{16}-000000", k) for k in keys), keys

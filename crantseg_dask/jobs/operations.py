@@ -187,7 +187,8 @@ OPERATIONS: dict[str, JobOperation] = {
         defaults={"coordinates": "nm", "id_column": "target_id", "search_radius": 160.0, "snap_zero": False}),
     "update-ids": JobOperation(
         "update-ids", _update_inputs, {"new_id": U64, "confidence": F64, "changed": ("bool", False)},
-        _update_ids, uses_timestamp=True, locality=None, defaults={"stop_layer": 2}),
+        _update_ids, uses_timestamp=True, locality=None,
+        defaults={"stop_layer": 2, "supervoxel_column": "supervoxel_id"}),
     "get-voxels": JobOperation(
         "get-voxels", _column_ids("root_id"), {"n_voxels": ("int64", -1)}, _get_voxels, locality=None,
         check=_check_roots, ragged=("voxels", "svids"), defaults={"mip": 0, "thin": False}),

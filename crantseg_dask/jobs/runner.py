@@ -107,6 +107,9 @@ def run_job(op_name: str, input, output, *, dataset=None, timestamp=None, schedu
     if op_name not in OPERATIONS:
         raise InvalidInputError(f"unknown operation {op_name!r}; operations: {sorted(OPERATIONS)}")
     op = OPERATIONS[op_name]
+    if unknown := sorted(set(args) - set(op.defaults)):
+        raise InvalidInputError(f"{op_name} takes no argument {', '.join(map(repr, unknown))}; its arguments: "
+                                f"{sorted(op.defaults)}")
     args = {**op.defaults, **args}
     t0 = time.perf_counter()
     output = str(output)

@@ -32,7 +32,14 @@ _TARGET_BLOCK = (256, 256, 64)  # voxels per Dask block (rounded to whole storag
 
 # -- box arithmetic (shared with ops/voxels.py) -------------------------------------------------
 def nm_vector(values) -> np.ndarray:
-    """A 3-vector of nm as int64 when every value is integral (crantpy's dtype), else float64."""
+    """A 3-vector of nm as int64 when every value is integral (crantpy's dtype), else float64.
+
+    Examples
+    --------
+    >>> from crantseg_dask.ops.cutouts import nm_vector
+    >>> nm_vector([1984.0, 3008.0, 504.0]), nm_vector([1.5, 2, 3])
+    (array([1984, 3008,  504]), array([1.5, 2. , 3. ]))
+    """
     a = np.asarray(values, dtype=np.float64)
     return a.astype(np.int64) if np.all(a == np.round(a)) else a
 
@@ -40,7 +47,19 @@ def nm_vector(values) -> np.ndarray:
 def voxel_box(bbox_nm: np.ndarray, meta: VolumeMeta, mip: int) -> np.ndarray:
     """(2, 3) int64 half-open voxel box at ``mip``: ``round(nm / resolution)``, half to even.
 
-    numpy's ``round`` is the anchor's rounding: 10287.5 -> 10288, 10412.5 -> 10412."""
+    numpy's ``round`` is the anchor's rounding: 10287.5 -> 10288, 10412.5 -> 10412.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.ops.cutouts import voxel_box
+    >>> from crantseg_dask.sources import open_source
+    >>> meta = open_source(resolve_dataset("tiny")).meta  # mip 1: 32 x 32 x 42 nm
+    >>> voxel_box(np.array([[2000, 3000, 500], [2800, 3400, 700]]), meta, 1)  # 62.5 -> 62, 87.5 -> 88
+    array([[ 62,  94,  12],
+           [ 88, 106,  17]])
+    """
     return np.round(np.asarray(bbox_nm, dtype=np.float64) / np.array(meta.resolution[mip])).astype(np.int64)
 
 
@@ -52,7 +71,24 @@ def check_inside(box: np.ndarray, meta: VolumeMeta, mip: int, *, problem: str, a
     """Raise OutOfBoundsError when the voxel box ``box`` leaves the volume at ``mip``.
 
     The message names every offending axis with the requested and available ranges in voxels and
-    nm, then the volume's whole bounds, then ``advice``. Metadata only: nothing is read."""
+    nm, then the volume's whole bounds, then ``advice``. Metadata only: nothing is read.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.ops.cutouts import check_inside
+    >>> from crantseg_dask.sources import open_source
+    >>> meta = open_source(resolve_dataset("tiny")).meta
+    >>> check_inside(np.array([[90, 160, 8], [120, 200, 20]]), meta, 0, problem="Box too big", advice="Shrink it.")
+    Traceback (most recent call last):
+        ...
+    crantseg_dask.errors.OutOfBoundsError: Box too big at mip=0.
+      X: requested [90, 120] voxels (1440-1920 nm), available [96, 400] voxels (1536-6400 nm).
+      The volume at mip=0 is x [96, 400), y [160, 448), z [8, 80) voxels
+      = x [1536, 6400), y [2560, 7168), z [336, 3360) nm (resolution [16, 16, 42] nm).
+      Shrink it.
+    """
     vol = meta.bounds(mip)
     res = np.array(meta.resolution[mip])
     lines = []
@@ -75,7 +111,21 @@ def check_inside(box: np.ndarray, meta: VolumeMeta, mip: int, *, problem: str, a
 
 
 def check_nonempty(box: np.ndarray, meta: VolumeMeta, mip: int, *, name: str) -> None:
-    """Raise InvalidInputError when rounding left an axis of ``box`` without voxels."""
+    """Raise InvalidInputError when rounding left an axis of ``box`` without voxels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.ops.cutouts import check_nonempty
+    >>> from crantseg_dask.sources import open_source
+    >>> meta = open_source(resolve_dataset("tiny")).meta
+    >>> check_nonempty(np.array([[100, 200, 10], [120, 200, 20]]), meta, 0, name="bbox")
+    Traceback (most recent call last):
+        ...
+    crantseg_dask.errors.InvalidInputError: `bbox` holds no voxels at mip=0 along Y: it rounds to [200, 200)
+    voxels of 16 nm; make that axis at least 16 nm wide
+    """
     res = np.array(meta.resolution[mip])
     for k, ax in enumerate(_AXES):
         if box[1, k] <= box[0, k]:
@@ -86,7 +136,18 @@ def check_nonempty(box: np.ndarray, meta: VolumeMeta, mip: int, *, name: str) ->
 
 
 def aligned_chunks(box: np.ndarray, meta: VolumeMeta, mip: int, target=_TARGET_BLOCK) -> tuple:
-    """Dask ``chunks`` for the voxel box whose block edges fall on storage-chunk edges."""
+    """Dask ``chunks`` for the voxel box whose block edges fall on storage-chunk edges.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.ops.cutouts import aligned_chunks
+    >>> from crantseg_dask.sources import open_source
+    >>> meta = open_source(resolve_dataset("tiny")).meta  # storage chunks 32 x 32 x 16 from (96, 160, 8)
+    >>> aligned_chunks(np.array([[100, 150, 10], [400, 300, 60]]), meta, 0)
+    ((252, 48), (10, 140), (50,))
+    """
     origin = np.array(meta.voxel_offset[mip])
     cs = np.array(meta.chunk_size[mip])
     step = cs * np.maximum(1, np.round(np.array(target) / cs)).astype(np.int64)
@@ -144,6 +205,17 @@ def get_segmentation_cutout_graph(bbox, root_ids: bool = True, mip: int = 0, coo
         uint64 [x, y, z], blocks aligned to storage chunks.
     resolution, nm_offset : numpy.ndarray
         As in ``get_segmentation_cutout``.
+
+    Examples
+    --------
+    >>> from crantseg_dask.ops.cutouts import get_segmentation_cutout_graph
+    >>> lazy, res, offset = get_segmentation_cutout_graph(
+    ...     [[2000, 2800], [3000, 3400], [500, 700]], mip=1, dataset="tiny")
+    >>> lazy.shape, lazy.dtype
+    ((26, 12, 5), dtype('uint64'))
+    >>> import numpy as np
+    >>> np.unique(lazy.compute())  # background and one neuron, by root ID now
+    array([                 0, 576460752373423560], dtype=uint64)
     """
     unit = as_coordinates(coordinates)
     spec = resolve_dataset(dataset)

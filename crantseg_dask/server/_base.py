@@ -178,10 +178,16 @@ class ApiHandler(tornado.web.RequestHandler):
     def _handle_request_exception(self, e: BaseException) -> None:
         if isinstance(e, UnknownIDError):
             mapped = ApiError(404, str(e), error="unknown_id")
+        elif isinstance(e, ApiError) and e.extra.get("error") == "unknown_id" and self.state.pcg_errors:
+            mapped = e
         elif isinstance(e, InvalidInputError):
             mapped = ApiError(400, str(e))
         else:
             return super()._handle_request_exception(e)
+        if self.state.pcg_errors and mapped.extra.get("error") == "unknown_id":
+            # PyChunkedGraph: an unknown ID fails inside the graph code -> 500 with a traceback
+            mapped = ApiError(500, f"Cannot find root id / node: {mapped.message}",
+                              traceback="Traceback (most recent call last):\n  ...\nKeyError: " + mapped.message)
         try:  # tornado reads sys.exc_info(): raise the mapped error so that it is the current one
             raise mapped from e
         except ApiError as m:

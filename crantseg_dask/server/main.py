@@ -31,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-rate", type=float, default=0.0, help="share of requests held --stall-seconds")
     p.add_argument("--stall-seconds", type=float, default=60.0, help="how long a stalled request is held")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault RNG")
+    p.add_argument("--pcg-errors", action="store_true",
+                   help="answer unknown IDs as PyChunkedGraph does (500 with its error body), not 404")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request (never the token)")
     return p
 
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             dataset = local_dataset_path(dataset)
         faults = Faults(fail_rate=args.fail_rate, latency_ms=args.latency_ms, stall_rate=args.stall_rate,
                         stall_s=args.stall_seconds, seed=args.seed)
-        state = ServedDataset(dataset, datastack=args.datastack, token=args.token, faults=faults)
+        state = ServedDataset(dataset, datastack=args.datastack, token=args.token, faults=faults,
+                              pcg_errors=args.pcg_errors)
         sockets = bind(args.host, args.port)
     except (CrantsegError, OSError) as e:
         print(f"crantseg serve: {e}", file=sys.stderr)

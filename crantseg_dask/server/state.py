@@ -106,8 +106,11 @@ class ServedDataset:
     """The state one server instance serves (read-only)."""
 
     def __init__(self, path, *, datastack: str | None = None, token: str | None = None,
-                 faults: Faults | None = None):
+                 faults: Faults | None = None, pcg_errors: bool = False):
         self.path = Path(path).absolute()
+        #: answer unknown IDs as PyChunkedGraph does (500, its error body with a traceback) instead
+        #: of this server's 404 {"error": "unknown_id"}
+        self.pcg_errors = bool(pcg_errors)
         params = read_params(self.path)  # raises DatasetError for a directory that is no dataset
         self.source = LocalSource(SourceSpec(kind="local", name=params.name, path=str(self.path)))
         self.datastack = datastack or params.datastack

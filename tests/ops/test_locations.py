@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from crantseg_dask.server.testing import fast_spec, faulty_server
+from crantseg_dask.dataset.truth_snap import SnapTruth, other_targets
 from crantseg_dask.errors import InvalidInputError, InvalidLocationError, SourceError
 from crantseg_dask.ops.locations import (locs_to_segments, locs_to_segments_graph,
                                          locs_to_supervoxels, locs_to_supervoxels_graph)
@@ -278,11 +279,19 @@ def test_on_a_process_cluster(local_spec, truth, points):
         lazy = locs_to_supervoxels_graph(da.from_array(points, chunks=(90, 3)), dataset=local_spec).compute()
         svs = truth.supervoxel_at_nm(points, 0)
         roots = now_roots(truth, svs)
-        table = pd.DataFrame({"x": points[:, 0], "y": points[:, 1], "z": points[:, 2], "id": roots})
-        snapped = snap_table(table[roots > 0], progress=False, dataset=local_spec)
+        # targets: a NEIGHBOURING root where one is near (else the row's own), so rows really snap
+        targets, own = other_targets(truth, points, datetime.now(timezone.utc), seed=1)
+        table = pd.DataFrame({"x": points[:, 0], "y": points[:, 1], "z": points[:, 2], "id": targets})
+        keep = targets != 0
+        with partitioned(70):
+            snapped = snap_table(table[keep], progress=False, dataset=local_spec)
     assert np.array_equal(seg, roots)
     assert np.array_equal(lazy, svs)
-    assert (snapped["status"] == "on_target").all()
+    xyz, dist, status = SnapTruth(truth).table(points[keep], targets[keep])
+    np.testing.assert_array_equal(snapped[["snapped_x", "snapped_y", "snapped_z"]].to_numpy(), xyz)
+    np.testing.assert_allclose(snapped["distance_nm"].to_numpy(), dist, rtol=1e-12, equal_nan=True)
+    assert snapped["status"].astype(str).tolist() == status.tolist()
+    assert ((status == "snapped") & (own[keep] != 0) & (own[keep] != targets[keep])).sum() >= 20
 
 
 def test_shuffle_buckets_balanced_for_clustered_points(local_spec, truth, points, monkeypatch):

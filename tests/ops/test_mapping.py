@@ -258,23 +258,27 @@ def test_lazy_builders_reject_float_and_negative_ids(local_spec, truth):
     assert good.compute().tolist() == [True, False]
 
 
-def test_cave_identity_includes_segmentation_info(monkeypatch):
-    """Two CAVE deployments at the same address/datastack serving different segmentations must not
-    share cache entries; the same info gives the same identity."""
-    import crantseg_dask.sources as sources
-    from crantseg_dask.sources.base import SourceSpec
+def test_cave_identity_includes_segmentation_info(tiny_path, cave_home, tmp_path):
+    """Two CAVE deployments at the same address and datastack serving different segmentations must
+    not share cache entries; the same deployment again gives the same identity. Real servers and
+    the real cave source (caveclient, cloud-volume), one after the other on one port."""
+    from crantseg_dask.dataset.generate import make_dataset
+    from crantseg_dask.dataset.layout import DatasetParams
+    from crantseg_dask.server.app import serve_in_thread
+    from crantseg_dask.server.testing import fast_spec
+    from crantseg_dask.sources import open_source
 
-    spec = SourceSpec(kind="cave", name="latest", server="https://example.invalid", datastack="ds")
-    infos = {"info": {"data_dir": "gs://a/seg", "graph": {"chunk_size": [512, 512, 256]}}}
-
-    class Fake:
-        @property
-        def segmentation_info(self):
-            return infos["info"]
-
-    monkeypatch.setattr(sources, "open_source", lambda s: Fake())
-    a = dataset_identity(spec)
-    infos["info"] = {"graph": {"chunk_size": [512, 512, 256]}, "data_dir": "gs://a/seg"}  # same, reordered
-    assert dataset_identity(spec) == a
-    infos["info"] = {"data_dir": "gs://b/seg", "graph": {"chunk_size": [512, 512, 256]}}
-    assert dataset_identity(spec) != a
+    other = make_dataset(DatasetParams(name="other", seed=3, size=(96, 80, 40), n_edits=4), tmp_path / "other")
+    port, ids = None, []
+    for ds in (tiny_path, other, tiny_path):
+        server = serve_in_thread(ds, port=port or 0, datastack="ds", token="0123456789abcdef" * 2)
+        try:
+            port = int(server.address.rsplit(":", 1)[1])
+            spec = fast_spec(server)
+            open_source.cache_clear()  # a fresh process's view of the deployment
+            ids.append(dataset_identity(spec))
+        finally:
+            server.stop()
+    open_source.cache_clear()
+    assert ids[0] == ids[2] and ids[0] != ids[1]
+    assert ids[0].split(":")[:-1] == ids[1].split(":")[:-1]  # same address and datastack

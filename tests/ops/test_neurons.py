@@ -1,7 +1,6 @@
 """neuron_to_segments: checklist items 46-48; expected counts from brute-force truth."""
 from __future__ import annotations
 
-import sys
 import types
 from collections import Counter
 from datetime import datetime, timezone
@@ -117,32 +116,24 @@ def test_timestamp_mat(spec, truth, nodes):
 
 
 # -- 48: navis neurons and other types -------------------------------------------------------------
-@pytest.fixture
-def fake_navis(monkeypatch):
-    """navis is not installed here: a minimal stand-in with TreeNeuron / NeuronList."""
-    mod = types.ModuleType("navis")
-
-    class TreeNeuron:
-        def __init__(self, nodes, id):
-            self.nodes, self.id = nodes, id
-
-    class NeuronList(list):
-        @property
-        def id(self):
-            return np.array([n.id for n in self])
-
-    mod.TreeNeuron, mod.NeuronList = TreeNeuron, NeuronList
-    monkeypatch.setitem(sys.modules, "navis", mod)
-    return mod
+def _tree_neuron(navis, g, nid):
+    """A real navis TreeNeuron: the nodes as one chain (parent = previous node)."""
+    n = len(g)
+    table = pd.DataFrame({"node_id": np.arange(1, n + 1), "parent_id": np.arange(0, n) - (np.arange(n) == 0) * 1,
+                          "x": g["x"].to_numpy(), "y": g["y"].to_numpy(), "z": g["z"].to_numpy()})
+    return navis.TreeNeuron(table, id=nid)
 
 
-def test_navis_neurons(spec, nodes, fake_navis):
-    neurons = [fake_navis.TreeNeuron(g.drop(columns="neuron").reset_index(drop=True), nid)
-               for nid, g in nodes.groupby("neuron")]
-    from_list = neuron_to_segments(fake_navis.NeuronList(neurons), dataset=spec)
+def test_navis_neurons(spec, truth, nodes):
+    navis = pytest.importorskip("navis")  # in the test extra
+    neurons = [_tree_neuron(navis, g, nid) for nid, g in nodes.groupby("neuron")]
+    from_list = neuron_to_segments(navis.NeuronList(neurons), dataset=spec)
     assert from_list.equals(neuron_to_segments(nodes, dataset=spec))
+    counts = expected_counts(truth, nodes)
+    for (r, n), c in counts.items():
+        assert from_list.loc[r, n] == c
     one = neuron_to_segments(neurons[1], short=True, dataset=spec)  # TreeNeuron = 1-element list
-    both = neuron_to_segments(fake_navis.NeuronList([neurons[1]]), short=True, dataset=spec)
+    both = neuron_to_segments(navis.NeuronList([neurons[1]]), short=True, dataset=spec)
     assert one.equals(both) and one["id"].tolist() == [neurons[1].id]
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from crantseg_dask.dataset.truth_snap import SnapTruth
 from crantseg_dask.errors import InvalidIDError, InvalidInputError, InvalidLocationError
 from crantseg_dask.ops.locations import locs_to_segments, locs_to_supervoxels
 from crantseg_dask.ops.snapping import snap_table, snap_table_graph, snap_to_id
@@ -19,51 +20,16 @@ from crantseg_dask.sources import open_source
 R = 160.0
 
 
-# -- brute force ------------------------------------------------------------------------------
+# -- brute force: the snapping oracle (crantseg_dask.dataset.truth_snap) ----------------------------
 @lru_cache(maxsize=None)
-def _candidates(truth, target: int, erode: bool):
-    """Absolute mip-0 voxels (lexicographic) of target, eroded with outside = background."""
-    vol = truth.volume(0)
-    leaves = [target] if int(truth.layout.layer(np.array([target], np.uint64))[0]) == 1 \
-        else truth.leaves(target)
-    m = np.pad(np.isin(vol, leaves), 1)
-    if erode:
-        core = m[1:-1, 1:-1, 1:-1].copy()
-        for axis in range(3):
-            for s in (-1, 1):
-                core &= np.roll(m, s, axis=axis)[1:-1, 1:-1, 1:-1]
-        m = np.pad(core, 1)
-    return np.argwhere(m[1:-1, 1:-1, 1:-1]) + truth.bounds(0)[0]
+def _oracle(truth):
+    return SnapTruth(truth)
 
 
 def brute(truth, locs, targets, snap_zero=False, r=R, erode=True):
-    """Expected (xyz, status) per row, straight from the truth volume."""
-    res = truth.resolution(0)
-    off, size = truth.bounds(0)
-    svs = truth.supervoxel_at_nm(locs, 0)
-    xyz, status, dist = locs.astype(float).copy(), [], []
-    for i, (p, t) in enumerate(zip(locs, targets)):
-        leaves = truth.leaves(t) if truth.layout.layer(np.array([t], np.uint64))[0] > 1 else [t]
-        v = np.floor(p / res)
-        inside = bool(np.all((v >= off) & (v < off + size)))
-        if svs[i] and svs[i] in leaves:
-            status.append("on_target"); dist.append(0.0)
-            continue
-        if svs[i] == 0 and not snap_zero:
-            status.append("background_skipped" if inside else "out_of_bounds"); dist.append(np.nan)
-            continue
-        cand = _candidates(truth, int(t), erode)
-        c = (cand + 0.5) * res
-        dx, dy, dz = c[:, 0] - p[0], c[:, 1] - p[1], c[:, 2] - p[2]
-        d2 = dx * dx + dy * dy + dz * dz
-        d2 = np.where(d2 <= r * r, d2, np.inf)
-        if len(d2) and np.isfinite(d2.min()):
-            j = int(np.argmin(d2))
-            xyz[i] = cand[j] * res
-            status.append("snapped"); dist.append(np.sqrt(d2[j]))
-        else:
-            status.append("not_found" if inside else "out_of_bounds"); dist.append(np.nan)
-    return xyz, np.array(status), np.array(dist)
+    """Expected (xyz, status, distance) per row, by exhaustive search of the truth volume."""
+    xyz, dist, status = _oracle(truth).table(locs, targets, snap_zero, r, erode)
+    return xyz, status.astype(str), dist
 
 
 def largest_roots(truth, n):
@@ -291,22 +257,14 @@ def test_snap_table_graph_bad_input(local_spec, table):
             snap_table_graph(neg, id_column="root", dataset=local_spec).compute()
 
 
-def test_tree_neuron_input(local_spec, truth, targets, near, monkeypatch):
-    import sys
-    import types
-
-    navis = types.ModuleType("navis")
-
-    class TreeNeuron:
-        def __init__(self, nodes):
-            self.nodes = nodes
-
-    navis.TreeNeuron = TreeNeuron
-    monkeypatch.setitem(sys.modules, "navis", navis)
-    n = TreeNeuron(pd.DataFrame({"node_id": np.arange(len(near)), "x": near[:, 0], "y": near[:, 1],
-                                 "z": near[:, 2]}))
+def test_tree_neuron_input(local_spec, truth, targets, near):
+    navis = pytest.importorskip("navis")  # the real package (test extra)
+    n = navis.TreeNeuron(pd.DataFrame({"node_id": np.arange(1, len(near) + 1), "parent_id": np.arange(len(near)) - 0,
+                                       "x": near[:, 0], "y": near[:, 1], "z": near[:, 2]}).assign(
+        parent_id=lambda d: np.where(d.node_id == 1, -1, d.node_id - 1)), id=1)
     out = snap_to_id(n, targets[-1], verbose=False, dataset=local_spec)
-    assert np.array_equal(out, snap_to_id(near, targets[-1], verbose=False, dataset=local_spec))
+    xyz, _, _ = brute(truth, near, [targets[-1]] * len(near))
+    np.testing.assert_array_equal(out, xyz)
 
 
 # -- exact ties: more than 8 candidate centres equally near -----------------------------------
@@ -391,3 +349,95 @@ def test_search_radius_limit(local_spec, truth, targets, near, table):
     out = snap_to_id(near, t, search_radius=limit, snap_zero=True, verbose=False, dataset=local_spec)
     xyz, _, _ = brute(truth, near, [t] * len(near), True, r=limit)
     assert np.array_equal(out, xyz)
+
+
+# -- rows whose target is another neuron than the one under them --------------------------------------
+@pytest.fixture(scope="module")
+def crossed(truth):
+    """Locations on and around many neurons, each with a target that is a NEIGHBOURING root (not the
+    one under it) where one is near, plus a few supervoxel targets."""
+    from crantseg_dask.dataset.truth_snap import other_targets
+
+    rng = np.random.default_rng(21)
+    res = truth.resolution(0)
+    anchors = truth.sv_anchor[rng.choice(len(truth.sv_anchor), 160, replace=False)]
+    locs = (anchors + rng.random(anchors.shape)) * res + rng.normal(0, 40, anchors.shape) * [1, 1, 0.5]
+    now = datetime.now(timezone.utc)
+    tgt, own = other_targets(truth, locs, now, seed=2)
+    keep = tgt != 0
+    locs, tgt, own = locs[keep], tgt[keep], own[keep]
+    sv_rows = rng.choice(len(locs), 12, replace=False)  # a supervoxel target: one leaf of the root
+    for i in sv_rows:
+        tgt[i] = rng.choice(truth.leaves(int(tgt[i])))
+    return pd.DataFrame({"x": locs[:, 0], "y": locs[:, 1], "z": locs[:, 2], "target": tgt, "own": own})
+
+
+@pytest.mark.parametrize("snap_zero", [False, True])
+def test_snap_table_to_other_neurons_matches_oracle(spec, truth, crossed, snap_zero):
+    out = snap_table(crossed, id_column="target", snap_zero=snap_zero, progress=False, dataset=spec)
+    locs = crossed[["x", "y", "z"]].to_numpy()
+    xyz, status, dist = brute(truth, locs, crossed["target"].to_numpy(), snap_zero)
+    got = out[["snapped_x", "snapped_y", "snapped_z"]].to_numpy()
+    np.testing.assert_array_equal(got, xyz)
+    assert out["status"].astype(str).tolist() == status.tolist()
+    np.testing.assert_allclose(out["distance_nm"].to_numpy(), dist, rtol=1e-12, equal_nan=True)
+    snapped = status == "snapped"
+    other = snapped & (crossed["own"].to_numpy() != 0) & (crossed["own"].to_numpy() != crossed["target"].to_numpy())
+    assert other.sum() >= 30 and not np.array_equal(got[other], locs[other])  # it really moved rows
+    if snap_zero:
+        assert (snapped & (crossed["own"].to_numpy() == 0)).sum() >= 5   # background rows snapped too
+    else:
+        assert (status == "background_skipped").sum() >= 5
+    # the lookup at the snapped point: the oracle's supervoxel, one of the target's
+    sv, _ = _oracle(truth).lookup(xyz[snapped], datetime.now(timezone.utc))
+    got_sv = locs_to_supervoxels(got[snapped], progress=False, dataset=spec)
+    np.testing.assert_array_equal(got_sv, sv)
+    tg = crossed["target"].to_numpy()[snapped]
+    assert all(s in _oracle(truth).members(int(t)) for s, t in zip(sv.tolist(), tg.tolist()))
+
+
+def test_erode_false_on_a_root_target(spec, truth, crossed):
+    locs, tg = crossed[["x", "y", "z"]].to_numpy(), crossed["target"].to_numpy()
+    roots = truth.layout.layer(tg) == truth.layout.n_layers
+    locs, tg = locs[roots], tg[roots]
+    out = snap_table(pd.DataFrame({"x": locs[:, 0], "y": locs[:, 1], "z": locs[:, 2], "t": tg}), id_column="t",
+                     erode=False, progress=False, dataset=spec)
+    xyz, status, dist = brute(truth, locs, tg, erode=False)
+    np.testing.assert_array_equal(out[["snapped_x", "snapped_y", "snapped_z"]].to_numpy(), xyz)
+    assert out["status"].astype(str).tolist() == status.tolist()
+    np.testing.assert_allclose(out["distance_nm"].to_numpy(), dist, rtol=1e-12, equal_nan=True)
+    eroded, _, _ = brute(truth, locs, tg)
+    assert (xyz != eroded).any(axis=1).sum() >= 5  # the flag matters on these rows
+
+
+def test_snap_caches_evict_and_answers_stay_right(local_spec, truth, crossed, monkeypatch):
+    """With byte budgets of almost nothing, the leaves cache and the per-task chunk cache keep at
+    most one entry (least recently used out), and every answer still matches the oracle."""
+    from crantseg_dask.ops import _snap_kernel as k
+
+    monkeypatch.setattr(k, "_LEAVES_BUDGET", 1)
+    monkeypatch.setattr(k, "_LEAVES", __import__("collections").OrderedDict())
+    monkeypatch.setattr(k, "_leaves_bytes", 0)
+    sizes = []
+    if hasattr(k, "_SparseChunks"):
+        init = k._SparseChunks.__init__
+        chunk = k._SparseChunks.chunk
+
+        def tiny_init(self, source, budget_bytes=1):
+            init(self, source, budget_bytes=1)
+
+        def watched(self, c):
+            out = chunk(self, c)
+            sizes.append(len(self._lru))
+            return out
+
+        monkeypatch.setattr(k._SparseChunks, "__init__", tiny_init)
+        monkeypatch.setattr(k._SparseChunks, "chunk", watched)
+    with dask.config.set(scheduler="sync"):
+        out = snap_table(crossed, id_column="target", snap_zero=True, progress=False, dataset=local_spec)
+    xyz, status, _ = brute(truth, crossed[["x", "y", "z"]].to_numpy(), crossed["target"].to_numpy(), True)
+    np.testing.assert_array_equal(out[["snapped_x", "snapped_y", "snapped_z"]].to_numpy(), xyz)
+    assert out["status"].astype(str).tolist() == status.tolist()
+    assert len(k._LEAVES) == 1 and len(np.unique(crossed["target"])) > 1
+    if hasattr(k, "_SparseChunks"):
+        assert sizes and max(sizes) == 1

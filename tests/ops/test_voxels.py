@@ -131,15 +131,16 @@ def test_cutout_rounding_anchor_example(local_spec):  # C50: the anchor's notebo
     assert tuple(box0[1] - box0[0]) == (250, 250, 4)
 
 
+@pytest.mark.parametrize("mip", MIPS)
 @pytest.mark.parametrize("when", ["now", "mat", "ingest"])
-def test_cutout_roots(spec, truth, when):  # C53
-    off, size = truth.bounds(0)
-    box = np.stack([off + size // 4, off + size - size // 4])  # the middle half of each axis
-    nm = nm_of_box(truth, box, 0)
+def test_cutout_roots(spec, truth, when, mip):  # C53, at every mip
+    off, size = truth.bounds(mip)
+    box = np.stack([off + size // 4 + 1, off + size - size // 4])  # the middle half, lower corner inside
+    nm = nm_of_box(truth, box, mip)
     ts = {"now": None, "mat": "mat", "ingest": truth.ingest_ms / 1000 + 0.5}[when]
-    cutout, _, _ = get_segmentation_cutout(nm, mip=0, dataset=spec, timestamp=ts)
+    cutout, _, _ = get_segmentation_cutout(nm, mip=mip, dataset=spec, timestamp=ts)
     at = {"now": datetime.now(timezone.utc), "mat": truth.materialization(), "ingest": ts}[when]
-    sv = truth.volume(0)[tuple(slice(a, b) for a, b in zip(box[0] - off, box[1] - off))]
+    sv = truth.volume(mip)[tuple(slice(a, b) for a, b in zip(box[0] - off, box[1] - off))]
     uniq, inv = np.unique(sv, return_inverse=True)
     expected = truth.root_of(uniq, at)[inv].reshape(sv.shape)
     assert cutout.dtype == np.uint64
