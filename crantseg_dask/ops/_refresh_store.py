@@ -46,7 +46,8 @@ class RefreshTable:
     kind: str                                  # "zarr", "parquet" or "csv"
     timestamp: str | None                      # ISO, from the job attributes or the timestamp column
     columns: dict[str, np.ndarray]             # every column needed, as stored (Zarr: stored row order)
-    frame: pd.DataFrame | None = None          # parquet / CSV: the whole table
+    frame: pd.DataFrame | None = None          # CSV: the whole table
+    arrow: object = None                       # parquet: the whole table as a pyarrow.Table
     attrs: dict = field(default_factory=dict)  # Zarr: the job attributes
     history: list = field(default_factory=list)
 
@@ -57,7 +58,7 @@ class RefreshTable:
 
     @property
     def names(self) -> list[str]:
-        return list(self.frame.columns) if self.frame is not None else list(self.columns)
+        return list(self.columns)
 
     @property
     def operation(self) -> str | None:
@@ -83,21 +84,29 @@ class RefreshTable:
                                    dimension_names=("row",))
                 g[name][:] = values.astype(dtype)
             g.attrs["crantseg"] = {**self.attrs, "timestamp": timestamp, "refresh": history}
+        elif self.kind == "parquet":  # column by column in arrow: no pandas round trip
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            t = self.arrow
+            n = t.num_rows
+            for name, values in {**new, **previous}.items():
+                typ = t.schema.field(name).type if name in t.column_names else pa.uint64()
+                col = pa.array(values.astype(np.int64 if pa.types.is_signed_integer(typ) else np.uint64))
+                t = (t.set_column(t.column_names.index(name), name, col) if name in t.column_names
+                     else t.append_column(name, col))
+            stamp = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int8)), pa.array([timestamp]))
+            t = (t.set_column(t.column_names.index(TIMESTAMP_COLUMN), TIMESTAMP_COLUMN, stamp)
+                 if TIMESTAMP_COLUMN in t.column_names else t.append_column(TIMESTAMP_COLUMN, stamp))
+            meta = {**(t.schema.metadata or {}), RECORD_KEY.encode(): json.dumps(history).encode()}
+            pq.write_table(t.replace_schema_metadata(meta), tmp)
         else:
             df = self.frame.copy()
             for name, values in {**new, **previous}.items():
                 old = df[name].dtype if name in df.columns else np.dtype(np.int64)
                 df[name] = values.astype(old if old.kind in "iu" else np.int64)
             df[TIMESTAMP_COLUMN] = timestamp
-            if self.kind == "parquet":
-                import pyarrow as pa
-                import pyarrow.parquet as pq
-
-                t = pa.Table.from_pandas(df, preserve_index=False)
-                meta = {**(t.schema.metadata or {}), RECORD_KEY.encode(): json.dumps(history).encode()}
-                pq.write_table(t.replace_schema_metadata(meta), tmp)
-            else:
-                df.to_csv(tmp, index=False)
+            df.to_csv(tmp, index=False)
         swap(tmp, self.path)
         _remove(tmp)
 
@@ -160,25 +169,27 @@ def open_table(table, timestamp_column: str = TIMESTAMP_COLUMN) -> RefreshTable:
         return _open_zarr(path)
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        t = pq.read_table(path)
-        frame, kind = t.to_pandas(), "parquet"
+        names = pq.read_schema(path).names
+        t = pq.read_table(path, read_dictionary=[c for c in (timestamp_column,) if c in names])
         history = json.loads((t.schema.metadata or {}).get(RECORD_KEY.encode(), b"[]"))
+        tab = RefreshTable(path, "parquet", None, _LazyColumns({c: t.column(c) for c in names}), arrow=t,
+                           history=history)
+        stamps = pc.unique(t.column(timestamp_column)).to_pylist() if timestamp_column in names else []
     elif suffix == ".csv":
-        frame, kind = pd.read_csv(path), "csv"
-        history = []
+        frame = pd.read_csv(path)
+        tab = RefreshTable(path, "csv", None, {c: frame[c].to_numpy() for c in frame.columns}, frame=frame)
+        stamps = frame[timestamp_column].unique().tolist() if timestamp_column in frame.columns else []
     else:
         raise InvalidInputError(f"table {str(path)!r}: use a job's Zarr output, a .parquet or a .csv file")
-    ts = None
-    if timestamp_column in frame.columns:
-        values = frame[timestamp_column].dropna().astype(str).unique()
-        if len(values) > 1:
-            raise InvalidInputError(f"{path}: column {timestamp_column!r} holds {len(values)} different times "
-                                    f"({', '.join(values[:3])} ...); refresh needs one time for the whole table")
-        ts = values[0] if len(values) else None
-    return RefreshTable(path, kind, ts, {c: frame[c].to_numpy() for c in frame.columns}, frame=frame,
-                        history=history)
+    stamps = sorted({str(v) for v in stamps if v is not None and not (isinstance(v, float) and np.isnan(v))})
+    if len(stamps) > 1:
+        raise InvalidInputError(f"{path}: column {timestamp_column!r} holds {len(stamps)} different times "
+                                f"({', '.join(stamps[:3])} ...); refresh needs one time for the whole table")
+    tab.timestamp = stamps[0] if stamps else None
+    return tab
 
 
 def _open_zarr(path: Path) -> RefreshTable:
@@ -198,11 +209,18 @@ def _open_zarr(path: Path) -> RefreshTable:
 
 
 class _LazyColumns(dict):
-    """Zarr arrays read on first access (a job's group holds many columns refresh never needs)."""
+    """Zarr arrays or arrow columns read into numpy on first access (refresh needs few columns)."""
 
     def __getitem__(self, key):
         value = super().__getitem__(key)
         if not isinstance(value, np.ndarray):
-            value = np.asarray(value[:])
+            if hasattr(value, "null_count"):  # arrow: empty integer cells are 0 (never a float cast)
+                import pyarrow as pa
+
+                if value.null_count and pa.types.is_integer(value.type):
+                    value = value.fill_null(0)
+                value = value.to_numpy()
+            else:
+                value = np.asarray(value[:])
             self[key] = value
         return value

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 import numpy as np
+import pandas as pd
 
 from ..config import resolve_dataset, resolve_timestamp
 from ..errors import CrantsegError, InvalidInputError, InvalidTimestampError
@@ -72,10 +73,15 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict[str, np.ndarra
 
     layout = source.meta.layout
     old, _ = source.delta_roots(t0, t1)
-    allr = np.unique(np.concatenate([r for r in roots.values()] or [np.zeros(0, np.uint64)]))
+    # each column factorized once (hash-based, O(rows)); everything after works on unique values
+    codes, uniques = {}, {}
+    for col, r in roots.items():
+        codes[col], u = pd.factorize(r, sort=False)
+        uniques[col] = np.asarray(u, dtype=np.uint64)
+    allr = np.unique(np.concatenate(list(uniques.values()) or [np.zeros(0, np.uint64)]))
     allr = allr[allr != 0]
-    expired = allr[np.isin(allr, old)]
-    rest = allr[~np.isin(allr, old)]
+    in_old = np.isin(allr, old)
+    expired, rest = allr[in_old], allr[~in_old]
     bad = rest[layout.layer(rest) != layout.n_layers]  # not root IDs at all
     rest = rest[layout.layer(rest) == layout.n_layers]
     if rest.size:
@@ -86,30 +92,32 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict[str, np.ndarra
         lost = (got["confidence"].to_numpy() == 0) | (layout.layer(bad) != layout.n_layers)
         unknown, stale = bad[lost], bad[~lost]
     touch = np.union1d(expired, stale)
-    new, touched, changed = {}, {}, {}
-    rows_all, ids_all, svs_all = [], [], []
+    rows_of, keys = {}, []
     for col, r in roots.items():
-        rows = np.flatnonzero(np.isin(r, touch))
-        touched[col] = rows
-        rows_all.append(rows)
-        ids_all.append(r[rows])
+        rows = np.flatnonzero(np.isin(uniques[col], touch)[codes[col]])
+        rows_of[col] = rows
         sv = supervoxels.get(col)
-        svs_all.append(np.zeros(len(rows), np.uint64) if sv is None else sv[rows])
-    ids_cat = np.concatenate(ids_all) if ids_all else np.zeros(0, np.uint64)
-    mapped = ids_cat.copy()
-    if ids_cat.size:
-        svs = np.concatenate(svs_all)
-        got = update_ids(ids_cat, supervoxels=svs if svs.any() else None, timestamp=t1, stop_layer=stop_layer,
-                         dataset=spec, progress=progress, use_annotations=False)
+        keys.append(np.stack([r[rows], np.zeros(len(rows), np.uint64) if sv is None else sv[rows]], axis=1))
+    pairs = np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64)
+    uniq_pairs, inverse = np.unique(pairs, axis=0, return_inverse=True)  # (root, supervoxel) once each
+    mapped = uniq_pairs[:, 0].copy()
+    if len(uniq_pairs):
+        svs = uniq_pairs[:, 1]
+        got = update_ids(uniq_pairs[:, 0], supervoxels=svs if svs.any() else None, timestamp=t1,
+                         stop_layer=stop_layer, dataset=spec, progress=progress, use_annotations=False)
         mapped = got["new_id"].to_numpy().astype(np.uint64)
-    at = 0
-    for (col, r), rows in zip(roots.items(), rows_all):
+    mapped = mapped[inverse.ravel()]
+    new, touched, changed, at = {}, {}, {}, 0
+    for col, r in roots.items():
+        rows = rows_of[col]
         out = r.copy()
         out[rows] = mapped[at: at + len(rows)]
         at += len(rows)
         new[col] = out
-        touched[col] = np.isin(np.arange(len(r)), rows)
-        changed[col] = out != r
+        touched[col] = np.zeros(len(r), bool)
+        touched[col][rows] = True
+        changed[col] = np.zeros(len(r), bool)
+        changed[col][rows] = out[rows] != r[rows]
     return new, {"touched": touched, "changed": changed, "expired": expired, "stale": stale, "unknown": unknown}
 
 
