@@ -1,7 +1,7 @@
 """Tables that ``refresh`` reads and replaces atomically: a job's Zarr group, parquet or CSV.
 
 A refreshed table is always written complete beside the original (``.<name>.refresh-tmp``) and
-then swapped in with one atomic step, so a reader sees the old table or the new one, never a mix:
+then swapped in with one atomic step:
 
 * a file (parquet, CSV) is replaced with ``os.replace``;
 * a Zarr group (a directory) is exchanged with the new one by ``renameat2(RENAME_EXCHANGE)``
@@ -11,6 +11,10 @@ then swapped in with one atomic step, so a reader sees the old table or the new 
 A crash before the swap leaves the old table in place (the next run deletes the leftover and
 starts again); a crash after it leaves the new table in place (the next run finds nothing to do
 and deletes the leftover).
+
+Limit (Zarr only): a reader that opens the group gets the old or the new table whole, but zarr
+reads chunk files by path, so a reader still reading chunks at the instant of the swap reads the
+rest from the new group. Parquet and CSV readers hold the file they opened.
 """
 from __future__ import annotations
 
