@@ -51,10 +51,12 @@ def _tables(path: Path, n: int, k: int, seed: int = 0) -> tuple[dict, pd.Timesta
     return out, t0, t1
 
 
-def run(quick: bool = False, latency_ms: float = 20.0, partition_size: int = 200_000) -> list[dict]:
-    preset, n = ("tiny", 20_000) if quick else ("demo", 10_000_000)
+def run(quick: bool = False, latency_ms: float = 20.0, partition_size: int = 200_000, preset: str | None = None,
+        n: int | None = None) -> list[dict]:
+    preset = preset or ("tiny" if quick else "demo")
+    n = n or (20_000 if quick else 10_000_000)
     path = local_dataset_path(preset)
-    k = 1 if quick else 4
+    k = 1 if preset == "tiny" else 4
     tables, t0, t1 = _tables(path, n, k)
     srv = serve_in_thread(path, faults=Faults(latency_ms=latency_ms))
     tmp = Path(tempfile.mkdtemp(prefix="crantseg-bench-refresh-"))

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import resolve_dataset, resolve_timestamp
-from ..errors import CrantsegError, InvalidInputError, InvalidTimestampError
+from ..errors import CrantsegError, InvalidInputError, InvalidTimestampError, UnknownIDError
 from ..sources import open_source
 from ._refresh_store import TIMESTAMP_COLUMN, open_table
 
@@ -90,6 +90,7 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict[str, np.ndarra
     if bad.size:  # not alive at t0: outdated already (update them too) or unknown to the dataset
         got = update_ids(bad, timestamp=t1, stop_layer=stop_layer, dataset=spec, progress=progress)
         lost = (got["confidence"].to_numpy() == 0) | (layout.layer(bad) != layout.n_layers)
+        lost[lost] = [not _known(source, r) for r in bad[lost].tolist()]  # a few, one by one
         unknown, stale = bad[lost], bad[~lost]
     touch = np.union1d(expired, stale)
     rows_of, keys = {}, []
@@ -119,6 +120,18 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict[str, np.ndarra
         changed[col] = np.zeros(len(r), bool)
         changed[col][rows] = out[rows] != r[rows]
     return new, {"touched": touched, "changed": changed, "expired": expired, "stale": stale, "unknown": unknown}
+
+
+def _known(source, root: int) -> bool:
+    """Whether the dataset knows ``root`` as a root (one request)."""
+    layout = source.meta.layout
+    if layout.layer(np.array([root], np.uint64))[0] != layout.n_layers:
+        return False
+    try:
+        source.root_timestamps(np.array([root], np.uint64))
+    except UnknownIDError:
+        return False
+    return True
 
 
 def _columns(table, root_columns, supervoxel_columns) -> tuple[list[str], dict[str, str | None]]:
