@@ -78,14 +78,17 @@ class RefreshTable:
         if self.kind == "zarr":
             import zarr
 
-            shutil.copytree(self.path, tmp)
+            # chunk files hard-linked (no copy), metadata copied; every array refresh writes is
+            # deleted first and written anew, so no linked file is ever written through
+            shutil.copytree(self.path, tmp, copy_function=_link_chunks)
             g = zarr.open_group(str(tmp), mode="r+")
+            chunks = g[next(iter(new))].chunks
             for name, values in {**new, **previous}.items():
-                dtype = g[name].dtype if name in g else np.uint64
-                chunks = g[next(iter(new))].chunks
-                if name not in g:
-                    g.create_array(name, shape=values.shape, chunks=chunks, dtype=dtype, fill_value=0,
-                                   dimension_names=("row",))
+                dtype = g[name].dtype if name in g else np.dtype(np.uint64)
+                if name in g:
+                    del g[name]
+                g.create_array(name, shape=values.shape, chunks=chunks, dtype=dtype, fill_value=0,
+                               dimension_names=("row",))
                 g[name][:] = values.astype(dtype)
             g.attrs["crantseg"] = {**self.attrs, "timestamp": timestamp, "refresh": history}
         elif self.kind == "parquet":  # column by column in arrow: no pandas round trip
@@ -113,6 +116,17 @@ class RefreshTable:
             df.to_csv(tmp, index=False)
         swap(tmp, self.path)
         _remove(tmp)
+
+
+def _link_chunks(src: str, dst: str) -> None:
+    """Hard-link a chunk file (copy where links are impossible); copy metadata (zarr writes it in place)."""
+    if os.path.basename(src) != "zarr.json":
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
 
 
 def _remove(p: Path) -> None:
