@@ -24,7 +24,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from ..config import resolve_dataset, resolve_timestamp
+from ..config import cave_dataset, resolve_dataset, resolve_timestamp
 from ..errors import CrantsegError, InvalidInputError, InvalidTimestampError, UnknownIDError
 from ..sources import open_source
 from ._refresh_store import TIMESTAMP_COLUMN, open_table
@@ -199,7 +199,10 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
     tab = open_table(table)
     if tab.kind == "zarr" and dataset is None:
         ident = tab.attrs.get("dataset_identity") or {}
-        dataset = ident.get("path") or tab.attrs.get("dataset")
+        if ident.get("kind") == "cave" and ident.get("server"):
+            dataset = cave_dataset(ident["server"], ident["datastack"], name=ident.get("name") or "cave")
+        else:
+            dataset = ident.get("path") or tab.attrs.get("dataset")
     spec = resolve_dataset(dataset)
     source = open_source(spec)
     recorded = None if tab.timestamp is None else resolve_timestamp(tab.timestamp, source, name="table time")
