@@ -169,7 +169,7 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         .parquet / .csv file with root columns (the time: column ``roots_valid_at``, else
         ``timestamp``).
     to : None, str, int, datetime
-        Target time: None = now, "mat"/"mat_<N>", ISO, unix seconds.
+        Target time: None or "now", "mat"/"mat_<N>", ISO, unix seconds.
     dataset : str or SourceSpec, optional
         For a job: default the job's dataset.
     timestamp : optional
@@ -214,7 +214,7 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
     if t0 is None:
         raise InvalidTimestampError(f"{tab.path}: the table does not record when its roots are valid (no job "
                                     f"timestamp, no {TIMESTAMP_COLUMN!r} column): pass it with --from / timestamp=")
-    t1 = resolve_timestamp(to, source, name="to")
+    t1 = resolve_timestamp(None if isinstance(to, str) and to.strip().lower() == "now" else to, source, name="to")
     report = RefreshReport(str(tab.path), "unchanged", _time(t0), _time(t1))
     if t1 < t0:
         raise InvalidTimestampError(f"refusing to refresh {tab.path} backwards: its roots are valid at "
@@ -272,9 +272,10 @@ def main(argv: list[str]) -> int:
                                 "the rows whose roots changed since the table's time are touched")
     p.add_argument("table", help="a finished job's Zarr output, or a .parquet / .csv file with root columns")
     p.add_argument("--to", help="target time: now (default), mat, mat_<N>, ISO 8601 or unix seconds")
-    p.add_argument("--from", dest="from_", help="the roots' time, for a table that does not record it")
+    p.add_argument("--from", dest="from_", metavar="TIME", help="the roots' time, for a table that does not record it")
     p.add_argument("--dataset", help="dataset (default: the job's, else the configured default)")
-    p.add_argument("--roots", help="root columns, comma-separated (default: columns ending in root_id)")
+    p.add_argument("--roots", help="root columns, comma-separated (default: every column ending in root_id; the "
+                   "recorded time then holds for these columns only)")
     p.add_argument("--supervoxels", help="root=supervoxel column pairs, comma-separated "
                    "(default: X_root_id=X_supervoxel_id where present); root= for none")
     p.add_argument("--unknown", choices=["report", "raise"], default="report",

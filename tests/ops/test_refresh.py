@@ -329,3 +329,22 @@ def test_killed_refresh_leaves_a_readable_table_and_the_rerun_completes_it(job_a
     assert (_u64(got["root_id"]) == truth.root_of(svs, t1)).all()
     assert status(str(out))["timestamp"] == t1.isoformat()
     assert not list(out.parent.glob(".job.zarr.refresh-*"))
+
+
+def test_dry_run_and_explicit_columns(tmp_path, truth, local_spec, capsys):
+    """--dry-run writes nothing; --supervoxels pre_root_id= maps pre through the update step
+    even though the table has pre_supervoxel_id; --roots limits the columns touched."""
+    t0 = truth.materialization(1)
+    table = _synapses(truth, 120, t0, seed=4)
+    path = tmp_path / "t.parquet"
+    table.to_parquet(path)
+    data = path.read_bytes()
+    base = [str(path), "--from", "mat_1", "--to", "mat_3", "--dataset", local_spec.path]
+    assert refresh_main(base + ["--dry-run"]) == 0
+    assert "dry-run" in capsys.readouterr().out and path.read_bytes() == data
+    assert refresh_main(base + ["--roots", "pre_root_id", "--supervoxels", "pre_root_id="]) == 0
+    out = pd.read_parquet(path)
+    ts = truth.materialization(3)
+    want = [_truth_update(truth, r, ts) for r in _u64(table["pre_root_id"]).tolist()]
+    assert _u64(out["pre_root_id"]).tolist() == want
+    assert (out["post_root_id"] == table["post_root_id"]).all() and "post_root_id_previous" not in out
