@@ -100,7 +100,7 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict[str, np.ndarra
         sv = supervoxels.get(col)
         keys.append(np.stack([r[rows], np.zeros(len(rows), np.uint64) if sv is None else sv[rows]], axis=1))
     pairs = np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64)
-    uniq_pairs, inverse = np.unique(pairs, axis=0, return_inverse=True)  # (root, supervoxel) once each
+    uniq_pairs, inverse = _unique_pairs(pairs)  # (root, supervoxel) once each
     mapped = uniq_pairs[:, 0].copy()
     if len(uniq_pairs):
         svs = uniq_pairs[:, 1]
@@ -120,6 +120,18 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict[str, np.ndarra
         changed[col] = np.zeros(len(r), bool)
         changed[col][rows] = out[rows] != r[rows]
     return new, {"touched": touched, "changed": changed, "expired": expired, "stale": stale, "unknown": unknown}
+
+
+def _unique_pairs(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique rows of an (N, 2) uint64 array and the index of each row among them (hash-based;
+    ``np.unique(axis=0)`` sorts structured rows, seconds per million)."""
+    ca, ua = pd.factorize(pairs[:, 0])
+    cb, ub = pd.factorize(pairs[:, 1])
+    inverse, keys = pd.factorize(ca.astype(np.int64) * max(len(ub), 1) + cb)
+    keys = np.asarray(keys, dtype=np.int64)
+    uniq = np.stack([np.asarray(ua, np.uint64)[keys // max(len(ub), 1)],
+                     np.asarray(ub, np.uint64)[keys % max(len(ub), 1)]], axis=1) if len(keys) else pairs[:0]
+    return uniq.astype(np.uint64), inverse
 
 
 def _known(source, root: int) -> bool:
