@@ -348,3 +348,14 @@ def test_dry_run_and_explicit_columns(tmp_path, truth, local_spec, capsys):
     want = [_truth_update(truth, r, ts) for r in _u64(table["pre_root_id"]).tolist()]
     assert _u64(out["pre_root_id"]).tolist() == want
     assert (out["post_root_id"] == table["post_root_id"]).all() and "post_root_id_previous" not in out
+
+
+def test_unique_pairs_kernel():
+    from crantseg_dask.ops.refresh import _unique_pairs
+
+    rng = np.random.default_rng(0)
+    pairs = (rng.integers(0, 6, (2000, 2)).astype(np.uint64) << np.uint64(58)) + np.uint64(5)
+    uniq, inverse = _unique_pairs(pairs)
+    assert (uniq[inverse] == pairs).all()
+    assert sorted(map(tuple, uniq.tolist())) == sorted(set(map(tuple, pairs.tolist())))
+    assert _unique_pairs(pairs[:0])[0].shape == (0, 2)
