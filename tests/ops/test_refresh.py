@@ -219,7 +219,8 @@ def test_roots_already_outdated_at_the_table_time_are_updated(tmp_path, truth, l
     """A root superseded before the table's recorded time is not in the window's delta: it is
     found by the validity check and updated too (counted as stale)."""
     ts = truth.materialization(3)
-    old = next(r for r in truth.all_roots.tolist() if truth.superseded(r) and truth.superseded(r) < truth.materialization(2))
+    t2 = truth.materialization(2)
+    old = next(r for r in truth.all_roots.tolist() if truth.superseded(r) and truth.superseded(r) < t2)
     path = tmp_path / "t.parquet"
     pd.DataFrame({"root_id": [old], "roots_valid_at": [truth.materialization(2).isoformat()]}).to_parquet(path)
     rep = refresh(path, "mat_3", dataset=local_spec)
