@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["points", "ids", "voxels", "jobs"]
+BENCHES = ["points", "ids", "voxels", "jobs", "refresh"]
 
 
 def print_rows(rows: list[dict]) -> str:

@@ -11,6 +11,7 @@ from .ops.lineage import find_common_time, get_lineage_graph
 from .ops.locations import locs_to_segments, locs_to_supervoxels
 from .ops.mapping import roots_to_supervoxels, supervoxels_to_roots
 from .ops.neurons import neuron_to_segments
+from .ops.refresh import refresh
 from .ops.snapping import snap_to_id
 from .ops.updates import is_latest_roots, update_ids
 from .ops.validity import is_valid_root, is_valid_supervoxel
@@ -33,6 +34,7 @@ __all__ = [
     "locs_to_segments",
     "locs_to_supervoxels",
     "neuron_to_segments",
+    "refresh",
     "roots_to_supervoxels",
     "snap_to_id",
     "supervoxels_to_roots",

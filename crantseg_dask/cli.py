@@ -18,6 +18,7 @@ COMMANDS = {
     "demo": ("crantseg_dask.jobs.demo", "main", "the main job on the embedded dataset: snap a synapse table, map roots, write Zarr"),
     "run": ("crantseg_dask.jobs.cli", "run_main", "run an operation over a table as a resumable job writing Zarr"),
     "status": ("crantseg_dask.jobs.cli", "status_main", "progress of a job's Zarr output"),
+    "refresh": ("crantseg_dask.ops.refresh", "main", "bring a table's root IDs up to date (only rows whose roots changed)"),
     "serve": ("crantseg_dask.server.main", "main", "serve a dataset over the CAVE protocol on 127.0.0.1"),
     "make-dataset": ("crantseg_dask.cli", "make_dataset_main", "write a deterministic CRANT-like dataset"),
 }

@@ -39,7 +39,7 @@ CRANTPY = {
 def test_all_is_sorted_and_complete():
     assert crantseg_dask.__all__ == sorted(crantseg_dask.__all__)
     assert set(CRANTPY) <= set(crantseg_dask.__all__)
-    assert set(crantseg_dask.__all__) - set(CRANTPY) == {"cave_dataset"}
+    assert set(crantseg_dask.__all__) - set(CRANTPY) == {"cave_dataset", "refresh"}
     assert crantseg_dask.graph.__all__ == sorted(crantseg_dask.graph.__all__)
     for name in crantseg_dask.graph.__all__:
         assert callable(getattr(crantseg_dask.graph, name))

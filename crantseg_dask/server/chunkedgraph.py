@@ -215,7 +215,9 @@ class DeltaRoots(ApiHandler):
         if past is None:
             raise ApiError(400, "timestamp_past is mandatory")
         future = self.ts_arg("timestamp_future")
-        lo, hi = past.timestamp() * 1000, future.timestamp() * 1000
+        # milliseconds, truncated, as the sources compare (PCG's resolution); PCG's format: each
+        # new root's former roots, concatenated (duplicates kept)
+        lo, hi = (int(np.floor(t.timestamp() * 1000)) for t in (past, future))
         old, new = [], []
         for op in self.state.operations_by_time:
             if lo <= op["ts_ms"] <= hi:

@@ -206,6 +206,13 @@ class SegmentationSource(abc.ABC):
     def l2_graph(self, root: int) -> np.ndarray:
         """(E, 2) uint64 edges between the root's L2 nodes."""
 
+    def delta_roots(self, past: datetime, future: datetime) -> tuple[np.ndarray, np.ndarray]:
+        """Roots that expired and roots that were created by the operations stamped in
+        [``past``, ``future``] (inclusive, as PyChunkedGraph's ``delta_roots``): two sorted, unique
+        uint64 arrays ``(old_roots, new_roots)``. A new root superseded again inside the window is
+        in both. One request on a CAVE server."""
+        raise NotImplementedError(f"{type(self).__name__} does not answer delta roots")
+
     # -- materialization ----------------------------------------------------------------------
     @abc.abstractmethod
     def materialization_versions(self) -> dict[int, datetime]:

@@ -310,6 +310,12 @@ class CaveSource(SegmentationSource):
         e = np.unique(np.sort(e, axis=1), axis=0) if len(e) else e
         return e
 
+    def delta_roots(self, past: datetime, future: datetime) -> tuple[np.ndarray, np.ndarray]:
+        """One ``GET delta_roots`` (caveclient's ``get_delta_roots``); duplicates removed."""
+        cg = self.cg
+        old, new = self._call(lambda: cg.get_delta_roots(_aware(past), _aware(future)), "GET delta_roots")
+        return np.unique(np.asarray(old).astype(np.uint64)), np.unique(np.asarray(new).astype(np.uint64))
+
     # -- materialization ------------------------------------------------------------------------
     def materialization_versions(self) -> dict[int, datetime]:
         mat = self.mat

@@ -280,6 +280,15 @@ class LocalSource(SegmentationSource):
         inside = (fa == fb) & np.isin(fa, fr)
         return [tuple(e) for e in contacts[inside].tolist()] + [tuple(e) for e in self.root_links.get(root, [])]
 
+    def delta_roots(self, past: datetime, future: datetime) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = _ms(past), _ms(future)
+        old, new = [], []
+        for op in self.edits["operations"]:
+            if lo <= op["ts_ms"] <= hi:
+                old += op["old_roots"]
+                new += [n["root"] for n in op["new_roots"]]
+        return np.unique(np.array(old, dtype=np.uint64)), np.unique(np.array(new, dtype=np.uint64))
+
     # -- materialization ----------------------------------------------------------------------
     def materialization_versions(self) -> dict[int, datetime]:
         return {m["version"]: _dt(m["ts_ms"]) for m in self.edits["materializations"]}

@@ -1,0 +1,244 @@
+"""Tables that ``refresh`` reads and replaces atomically: a job's Zarr group, parquet or CSV.
+
+A refreshed table is always written complete beside the original (``.<name>.refresh-tmp``) and
+then swapped in with one atomic step:
+
+* a file (parquet, CSV) is replaced with ``os.replace``;
+* a Zarr group (a directory) is exchanged with the new one by ``renameat2(RENAME_EXCHANGE)``
+  (Linux); where that is unavailable, two renames with the old group parked at
+  ``.<name>.refresh-old``, which ``recover`` puts right on the next run.
+
+A crash before the swap leaves the old table in place (the next run deletes the leftover and
+starts again); a crash after it leaves the new table in place (the next run finds nothing to do
+and deletes the leftover).
+
+Limit (Zarr only): a reader that opens the group gets the old or the new table whole, but zarr
+reads chunk files by path, so a reader still reading chunks at the instant of the swap reads the
+rest from the new group. Parquet and CSV readers hold the file they opened.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .._validate import as_ids
+from ..errors import InvalidInputError
+
+__all__ = ["RefreshTable", "open_table", "swap", "TIMESTAMP_COLUMN", "RECORD_KEY"]
+
+TIMESTAMP_COLUMN = "roots_valid_at"
+RECORD_KEY = "crantseg.refresh"  # parquet schema metadata key; the Zarr attribute is crantseg["refresh"]
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    return path.with_name(f".{path.name}.refresh-{tag}")
+
+
+@dataclass
+class RefreshTable:
+    """One table: its root (and supervoxel) columns, the time its roots are valid at, its kind."""
+
+    path: Path
+    kind: str                                  # "zarr", "parquet" or "csv"
+    timestamp: str | None                      # ISO, from the job attributes or the timestamp column
+    columns: dict[str, np.ndarray]             # every column needed, as stored (Zarr: stored row order)
+    frame: pd.DataFrame | None = None          # CSV: the whole table
+    arrow: object = None                       # parquet: the whole table as a pyarrow.Table
+    attrs: dict = field(default_factory=dict)  # Zarr: the job attributes
+    history: list = field(default_factory=list)
+
+    def ids(self, name: str) -> np.ndarray:
+        if name not in self.columns:
+            raise InvalidInputError(f"{self.path}: no column {name!r}; columns: {sorted(self.names)}")
+        return as_ids(self.columns[name], name=f"{self.path.name}[{name!r}]", nan="zero")
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.columns)
+
+    @property
+    def operation(self) -> str | None:
+        return self.attrs.get("operation")
+
+    # -- writing --------------------------------------------------------------------------------
+    def write(self, new: dict[str, np.ndarray], previous: dict[str, np.ndarray], timestamp: str,
+              record: dict) -> None:
+        """Write the refreshed table beside this one, then swap it in (see the module docstring)."""
+        tmp = _sibling(self.path, "tmp")
+        _remove(tmp)
+        history = self.history + [record]
+        if self.kind == "zarr":
+            import zarr
+
+            # chunk files hard-linked (no copy), metadata copied; every array refresh writes is
+            # deleted first and written anew, so no linked file is ever written through
+            shutil.copytree(self.path, tmp, copy_function=_link_chunks)
+            g = zarr.open_group(str(tmp), mode="r+")
+            chunks = g[next(iter(new))].chunks
+            for name, values in {**new, **previous}.items():
+                dtype = g[name].dtype if name in g else np.dtype(np.uint64)
+                if name in g:
+                    del g[name]
+                g.create_array(name, shape=values.shape, chunks=chunks, dtype=dtype, fill_value=0,
+                               dimension_names=("row",))
+                g[name][:] = values.astype(dtype)
+            g.attrs["crantseg"] = {**self.attrs, "timestamp": timestamp, "refresh": history}
+        elif self.kind == "parquet":  # column by column in arrow: no pandas round trip
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            t = self.arrow
+            n = t.num_rows
+            for name, values in {**new, **previous}.items():
+                typ = t.schema.field(name).type if name in t.column_names else pa.uint64()
+                col = pa.array(values.astype(np.int64 if pa.types.is_signed_integer(typ) else np.uint64))
+                t = (t.set_column(t.column_names.index(name), name, col) if name in t.column_names
+                     else t.append_column(name, col))
+            stamp = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int8)), pa.array([timestamp]))
+            t = (t.set_column(t.column_names.index(TIMESTAMP_COLUMN), TIMESTAMP_COLUMN, stamp)
+                 if TIMESTAMP_COLUMN in t.column_names else t.append_column(TIMESTAMP_COLUMN, stamp))
+            meta = {**(t.schema.metadata or {}), RECORD_KEY.encode(): json.dumps(history).encode()}
+            pq.write_table(t.replace_schema_metadata(meta), tmp)
+        else:
+            df = self.frame.copy()
+            for name, values in {**new, **previous}.items():
+                old = df[name].dtype if name in df.columns else np.dtype(np.int64)
+                df[name] = values.astype(old if old.kind in "iu" else np.int64)
+            df[TIMESTAMP_COLUMN] = timestamp
+            df.to_csv(tmp, index=False)
+        swap(tmp, self.path)
+        _remove(tmp)
+
+
+def _link_chunks(src: str, dst: str) -> None:
+    """Hard-link a chunk file (copy where links are impossible); copy metadata (zarr writes it in place)."""
+    if os.path.basename(src) != "zarr.json":
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two directory entries (Linux ``renameat2``); False if unsupported."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def swap(new: Path, path: Path) -> None:
+    """Put the complete table at ``new`` in place of ``path`` in one atomic step (the old table
+    ends up at ``new`` for a directory)."""
+    if not path.is_dir():
+        os.replace(new, path)
+        return
+    if _exchange(new, path):
+        return
+    parked = _sibling(path, "old")
+    _remove(parked)
+    os.rename(path, parked)
+    os.rename(new, path)
+    _remove(parked)
+
+
+def recover(path: Path) -> None:
+    """Finish or undo a swap a crash cut short, and delete leftovers of an earlier run."""
+    parked, tmp = _sibling(path, "old"), _sibling(path, "tmp")
+    if not path.exists() and parked.exists():  # crashed between the two renames of ``swap``
+        os.rename(tmp if tmp.exists() else parked, path)
+    _remove(parked)
+    _remove(tmp)
+
+
+# -- reading --------------------------------------------------------------------------------------
+def open_table(table, timestamp_column: str = TIMESTAMP_COLUMN) -> RefreshTable:
+    """Read the table at ``table`` (a job's Zarr group, a .parquet or a .csv file)."""
+    path = Path(table)
+    recover(path)
+    if not path.exists():
+        raise InvalidInputError(f"table {str(path)!r} does not exist")
+    if path.is_dir():
+        return _open_zarr(path)
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+        t = pq.read_table(path, read_dictionary=[c for c in (timestamp_column,) if c in names])
+        history = json.loads((t.schema.metadata or {}).get(RECORD_KEY.encode(), b"[]"))
+        tab = RefreshTable(path, "parquet", None, _LazyColumns({c: t.column(c) for c in names}), arrow=t,
+                           history=history)
+        stamps = pc.unique(t.column(timestamp_column)).to_pylist() if timestamp_column in names else []
+    elif suffix == ".csv":
+        frame = pd.read_csv(path)
+        tab = RefreshTable(path, "csv", None, {c: frame[c].to_numpy() for c in frame.columns}, frame=frame)
+        stamps = frame[timestamp_column].unique().tolist() if timestamp_column in frame.columns else []
+    else:
+        raise InvalidInputError(f"table {str(path)!r}: use a job's Zarr output, a .parquet or a .csv file")
+    stamps = sorted({str(v) for v in stamps if v is not None and not (isinstance(v, float) and np.isnan(v))})
+    if len(stamps) > 1:
+        raise InvalidInputError(f"{path}: column {timestamp_column!r} holds {len(stamps)} different times "
+                                f"({', '.join(stamps[:3])} ...); refresh needs one time for the whole table")
+    tab.timestamp = stamps[0] if stamps else None
+    return tab
+
+
+def _open_zarr(path: Path) -> RefreshTable:
+    from ..persist import JobStore
+
+    store = JobStore(str(path))
+    attrs = store.attrs
+    if not store.done().all():
+        raise InvalidInputError(f"job {path} is not complete; finish it with `crantseg run ... --resume` first")
+    import zarr
+
+    g = zarr.open_group(str(path), mode="r")
+    n = attrs["n_rows"]
+    cols = _LazyColumns({k: g[k] for k in g.array_keys() if not k.startswith("_") and g[k].shape == (n,)})
+    return RefreshTable(path, "zarr", attrs.get("timestamp"), cols, attrs=attrs,
+                        history=list(attrs.get("refresh", [])))
+
+
+class _LazyColumns(dict):
+    """Zarr arrays or arrow columns read into numpy on first access (refresh needs few columns)."""
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        if not isinstance(value, np.ndarray):
+            if hasattr(value, "null_count"):  # arrow: empty integer cells are 0 (never a float cast)
+                import pyarrow as pa
+
+                if value.null_count and pa.types.is_integer(value.type):
+                    value = value.fill_null(0)
+                value = value.to_numpy()
+            else:
+                value = np.asarray(value[:])
+            self[key] = value
+        return value
