@@ -38,11 +38,6 @@ def random_boxes(truth, n: int, seed: int = 0, mip: int = 0) -> list:
     return out
 
 
-def hierarchy_fixed(truth) -> bool:
-    """Whether the dataset's layer >= 4 chunks follow PyChunkedGraph (issue 16.1: generator > 1)."""
-    return truth.info.get("generator_version", 1) > 1
-
-
 def check_times(truth) -> list:
     """Timestamps at which answers are checked."""
     ops = truth.operation_times()
@@ -115,7 +110,7 @@ class SourceConformance:
                 got = sorted(tuple(np.sort(svs[l2 == u]).tolist()) for u in np.unique(l2))
                 want = sorted(tuple(g.tolist()) for g in truth.l2_groups(root))
                 assert got == want, (root, t)
-                for layer in range(3, 8 if hierarchy_fixed(truth) else 4):  # v1: layers >= 4 wrong (16.1)
+                for layer in range(3, 8):
                     up = source.roots(svs, t, stop_layer=layer)
                     assert np.all(layout.layer(up) == layer)
                     got = sorted(tuple(np.sort(svs[up == u]).tolist()) for u in np.unique(up))
@@ -145,8 +140,6 @@ class SourceConformance:
             want = {tuple(g.tolist()): tuple(truth.node_chunk(g, layer).tolist()) for g in truth.layer_nodes(r, layer)}
             if got != want:
                 wrong.append(r)
-        if wrong and layer >= 4 and not hierarchy_fixed(truth):
-            pytest.xfail(f"layer-{layer} nodes of {len(wrong)} roots: the v1 generator's chunks (issue 16.1)")
         assert not wrong
 
     @pytest.mark.parametrize("layer", [1, 2, 3, 4, 5, 6, 7])
@@ -164,10 +157,7 @@ class SourceConformance:
                 want = sorted(tuple(g.tolist()) for g in truth.bounded_nodes(root, layer, box))
                 if got_sets != want:
                     wrong.append((root, box.tolist()))
-                if layer < 4:  # a node's own chunk is right below layer 4 even in v1 worlds: never extra
-                    assert set(got_sets) <= set(want), (root, layer, box.tolist())
-        if wrong and not hierarchy_fixed(truth):  # v1: descendants of wrong layer-4 chunks are pruned
-            pytest.xfail(f"{len(wrong)} bounded leaves differ: the v1 generator's chunks (issue 16.1)")
+                assert set(got_sets) <= set(want), (root, layer, box.tolist())  # never an extra node
         assert not wrong
 
     def test_children(self, source, truth):
