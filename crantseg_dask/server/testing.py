@@ -52,12 +52,13 @@ def isolated_home(home) -> Iterator[Path]:
 
 
 @contextmanager
-def cave_spec_for(dataset, home, **faults) -> Iterator[SourceSpec]:
+def cave_spec_for(dataset, home, storage: str = "http", **faults) -> Iterator[SourceSpec]:
     """A server for ``dataset`` (in a thread, HOME at ``home``) and the ``SourceSpec`` to reach it.
 
-    ``faults`` are ``Faults`` fields (``fail_rate=0.2`` ...). The server stops on exit."""
+    ``faults`` are ``Faults`` fields (``fail_rate=0.2`` ...); ``storage`` as ``serve_in_thread``.
+    The server stops on exit."""
     with isolated_home(home):
-        server = serve_in_thread(dataset, faults=Faults(**faults) if faults else None)
+        server = serve_in_thread(dataset, faults=Faults(**faults) if faults else None, storage=storage)
         try:
             yield fast_spec(server)
         finally:
