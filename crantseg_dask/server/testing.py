@@ -75,7 +75,7 @@ def cave_home(tmp_path_factory):
 #: ``CRANTSEG_TEST_STORAGE`` modes of the session server: what its data_dir is and how it behaves.
 STORAGE_MODES = ("http", "file", "sharded", "faulty", "sharded-faulty")
 #: The fault mode of the "faulty" test storage (the issue-11 bar: 20% failures, 5% stalls).
-TEST_FAULTS = {"fail_rate": 0.2, "stall_rate": 0.05, "stall_s": 1.0, "seed": 11}
+TEST_FAULTS = {"fail_rate": 0.2, "stall_rate": 0.05, "stall_s": 0.5, "seed": 11}
 
 
 @pytest.fixture(scope="session")
