@@ -147,10 +147,15 @@ class ShardLocator:
         return out
 
 
-def coalesce(ranges: list[tuple[str, int, int]], *, gap: int = 4096, max_bytes: int = 8 << 20):
-    """Merge byte ranges of the same file that are adjacent (within ``gap`` bytes) into reads.
+def coalesce(ranges: list[tuple[str, int, int]], *, gap: int | None = None, max_bytes: int = 8 << 20):
+    """Merge byte ranges of the same file that are adjacent (within ``gap`` bytes, default the
+    setting ``crantseg.storage.coalesce-gap``; -1 merges nothing) into reads of <= ``max_bytes``.
 
     Returns ``[(file, start, end, [(i, start, end), ...]), ...]`` where ``i`` indexes ``ranges``."""
+    if gap is None:
+        from ..config import setting
+
+        gap = int(setting("storage.coalesce-gap", 4096))
     order = sorted(range(len(ranges)), key=lambda i: ranges[i])
     reads: list = []
     for i in order:

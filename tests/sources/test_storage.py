@@ -94,7 +94,7 @@ def test_faulty_answers_equal_clean_answers(faulty_sharded_server, sharded_serve
 
 
 # -- GET counting ------------------------------------------------------------------------------
-def test_sharded_lookup_costs_about_one_get_per_chunk(sharded_server, truth):
+def test_sharded_lookup_costs_about_one_get_per_chunk(sharded_server, truth, monkeypatch):
     src = CaveSource(fast_spec(sharded_server))
     state = sharded_server.state
     off, size = truth.bounds(0)
@@ -113,10 +113,16 @@ def test_sharded_lookup_costs_about_one_get_per_chunk(sharded_server, truth):
     assert len(warm) // 4 <= cold <= len(warm) + 2 * n_files  # data (coalesced) + shard + minishard indexes
     # the same chunks again, other voxels: indexes cached, about one GET per chunk (or fewer, coalesced)
     pick = warm[rng.choice(len(warm), 40, replace=False)]
-    vox = off + pick * cs + rng.integers(8, 16, size=pick.shape)
+    vox = np.minimum(off + pick * cs + rng.integers(0, cs, size=pick.shape), off + size - 1)
     n0 = state.n_storage_reads
     np.testing.assert_array_equal(src.supervoxels_at(vox, 0), truth.supervoxel_at(vox, 0))
     assert 1 <= state.n_storage_reads - n0 <= len(pick)
+    # without coalescing: exactly one GET per chunk, no index read
+    monkeypatch.setenv("CRANTSEG_STORAGE_COALESCE_GAP", "-1")
+    vox = np.minimum(off + pick * cs + rng.integers(0, cs, size=pick.shape), off + size - 1)
+    n0 = state.n_storage_reads
+    np.testing.assert_array_equal(src.supervoxels_at(vox, 0), truth.supervoxel_at(vox, 0))
+    assert state.n_storage_reads - n0 == len(pick)
 
 
 def test_reads_in_flight_are_bounded(tiny_path, cave_home, truth, monkeypatch):
