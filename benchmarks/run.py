@@ -3,6 +3,7 @@
     python benchmarks/run.py            # full (generates the demo dataset on first use, ~1 min)
     python benchmarks/run.py --quick    # smaller sizes
     python benchmarks/run.py points voxels jobs   # a subset
+    python benchmarks/run.py --quick storage      # storage (file:// vs HTTP with latency) on tiny
 
 Results are printed as tables and written to benchmarks/results/NAME.md (with the command, machine
 and date); benchmarks/RESULTS.md collects them.
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["points", "ids", "voxels", "jobs"]
+BENCHES = ["points", "ids", "voxels", "jobs", "storage"]
 
 
 def print_rows(rows: list[dict]) -> str:
