@@ -147,7 +147,7 @@ class ShardLocator:
         return out
 
 
-def coalesce(ranges: list[tuple[str, int, int]], *, gap: int | None = None, max_bytes: int = 8 << 20):
+def coalesce(ranges: list[tuple[str, int, int]], *, gap: int | None = None, max_bytes: int = 1 << 20):
     """Merge byte ranges of the same file that are adjacent (within ``gap`` bytes, default the
     setting ``crantseg.storage.coalesce-gap``; -1 merges nothing) into reads of <= ``max_bytes``.
 
