@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick    # smaller sizes
     python benchmarks/run.py points voxels jobs   # a subset
     python benchmarks/run.py --preset tiny --quick  # on another embedded preset (a smoke run)
+    python benchmarks/run.py --quick storage      # storage (file:// vs HTTP with latency) on tiny
 
 Results are printed as tables and written to benchmarks/results/NAME.md (with the command, machine
 and date, and the density of the dataset measured on: bytes, labels per chunk, bits per block);
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["points", "ids", "voxels", "jobs", "refresh"]
+BENCHES = ["points", "ids", "voxels", "jobs", "storage", "refresh"]
 
 
 def print_rows(rows: list[dict]) -> str:

@@ -40,6 +40,8 @@ def make_dataset_main(argv: list[str]) -> int:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing dataset directory (never any other directory) once the new one "
                    "is complete")
+    p.add_argument("--sharded", action="store_true",
+                   help="write every mip in the neuroglancer sharded format (neuroglancer_uint64_sharded_v1)")
     a = p.parse_args(argv)
     params = PRESETS[a.preset]
     changes = {}
@@ -62,7 +64,7 @@ def make_dataset_main(argv: list[str]) -> int:
         params = params.with_(name="custom", **changes)
     t0 = time.perf_counter()
     try:
-        out = make_dataset(params, a.out, overwrite=a.overwrite, progress=True)
+        out = make_dataset(params, a.out, overwrite=a.overwrite, progress=True, sharded=a.sharded)
     except FileExistsError as e:
         print(f"crantseg make-dataset: {e}", file=sys.stderr)
         return 2

@@ -127,8 +127,11 @@ def _contacts_across(below: np.ndarray | None, labels: np.ndarray) -> tuple[np.n
     return _count_pairs(u[m], v[m])
 
 
-def make_dataset(params: DatasetParams, out, *, overwrite: bool = False, progress: bool = False) -> Path:
+def make_dataset(params: DatasetParams, out, *, overwrite: bool = False, progress: bool = False,
+                 sharded: bool = False) -> Path:
     """Generate the dataset described by ``params`` into directory ``out`` and return its path.
+
+    ``sharded=True`` writes every mip in the neuroglancer sharded format (``dataset.sharded``).
 
     ``out`` must not exist or be empty; ``overwrite=True`` also replaces a dataset directory (never
     any other directory), and only once the new dataset is complete."""
@@ -146,6 +149,10 @@ def make_dataset(params: DatasetParams, out, *, overwrite: bool = False, progres
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         _build(params, tmp, progress)
+        if sharded:
+            from .sharded import shard_layer
+
+            shard_layer(tmp / "segmentation")
         os.chmod(tmp, 0o755)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

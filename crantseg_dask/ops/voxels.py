@@ -80,10 +80,11 @@ def _chunk_views(source, box: np.ndarray, mip: int):
     vol_lo = meta.bounds(mip)[0]
     cs = np.array(meta.chunk_size[mip])
     first, last = (box[0] - vol_lo) // cs, (box[1] - 1 - vol_lo) // cs
-    for c in np.ndindex(*(last - first + 1)):
-        c = first + np.array(c)
-        c_lo = vol_lo + c * cs
-        block = source.read_chunk(tuple(int(v) for v in c), mip)
+    chunks = [tuple(int(v) for v in first + np.array(c)) for c in np.ndindex(*(last - first + 1))]
+    blocks = dict(source.read_chunks(chunks, mip))  # fetched concurrently; yielded in grid order
+    for c in chunks:
+        c_lo = vol_lo + np.array(c) * cs
+        block = blocks.pop(c)
         a, b = np.maximum(box[0], c_lo), np.minimum(box[1], c_lo + np.array(block.shape))
         yield a, block[tuple(slice(p, q) for p, q in zip(a - c_lo, b - c_lo))]
 

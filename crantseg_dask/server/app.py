@@ -16,7 +16,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from . import chunkedgraph, info, materialize
+from . import chunkedgraph, info, materialize, storage
 from ._base import NotFoundHandler, access_log
 from .state import Faults, ServedDataset
 
@@ -25,7 +25,7 @@ __all__ = ["make_app", "bind", "serve_forever", "serve_in_thread", "RunningServe
 
 def make_app(state: ServedDataset) -> tornado.web.Application:
     """The CAVE-compatible application for ``state``: info, chunkedgraph, materialize routes."""
-    handlers = info.routes(state) + chunkedgraph.routes(state) + materialize.routes(state)
+    handlers = info.routes(state) + chunkedgraph.routes(state) + materialize.routes(state) + storage.routes(state)
     return tornado.web.Application(
         handlers,
         default_handler_class=NotFoundHandler,
@@ -101,15 +101,16 @@ class RunningServer:
 
 def serve_in_thread(dataset, *, host: str = "127.0.0.1", port: int = 0, sockets=None,
                     datastack: str | None = None, token: str | None = None,
-                    faults: Faults | None = None) -> RunningServer:
+                    faults: Faults | None = None, storage: str = "http") -> RunningServer:
     """Start a server for the dataset directory ``dataset`` in a daemon thread.
 
     The socket is bound before the thread starts (port 0 picks a free port), so the returned
     ``address`` is usable at once. Returns a ``RunningServer`` with ``address``, ``datastack``,
-    ``token`` and ``stop()``.
+    ``token`` and ``stop()``. ``storage="file"`` hands out the layer's ``file://`` path as
+    ``data_dir`` instead of this server's HTTP storage route.
     """
     state = dataset if isinstance(dataset, ServedDataset) else ServedDataset(
-        dataset, datastack=datastack, token=token, faults=faults)
+        dataset, datastack=datastack, token=token, faults=faults, storage=storage)
     sockets = sockets or bind(host, port)
     ready = threading.Event()
     box = {}

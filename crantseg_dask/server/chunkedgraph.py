@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import UnknownIDError
 from ._base import ID, NAME, ApiError, ApiHandler
+from .info import base_url
 from .state import VERSIONS
 
 __all__ = ["routes"]
@@ -43,7 +44,7 @@ class ServerVersion(ApiHandler):
 class TableInfo(ApiHandler):
     def get(self, table: str) -> None:
         self.table_of(table)
-        self.send_json(self.state.graphene_info())
+        self.send_json(self.state.graphene_info(base_url(self)))
 
 
 class RootsBinary(ApiHandler):

@@ -2,6 +2,10 @@
 
     crantseg serve --dataset DIR [--port N] [--host H] [--datastack NAME] [--token HEX32]
                    [--fail-rate P] [--latency-ms MS] [--stall-rate P] [--stall-seconds S] [--seed N]
+                   [--file-storage]
+
+The precomputed layer is served too (``/storage/segmentation``, the graphene info's ``data_dir``),
+with Range reads and the same token and fault mode; ``--file-storage`` hands out ``file://`` instead.
 
 Prints the address, datastack and token, then serves until interrupted. Point the package at it
 with ``cave_dataset(address, datastack, token=token)``, or caveclient with
@@ -33,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the fault RNG")
     p.add_argument("--pcg-errors", action="store_true",
                    help="answer unknown IDs as PyChunkedGraph does (500 with its error body), not 404")
+    p.add_argument("--file-storage", action="store_true",
+                   help="hand out the layer's file:// path as data_dir instead of serving it over HTTP")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request (never the token)")
     return p
 
@@ -55,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         faults = Faults(fail_rate=args.fail_rate, latency_ms=args.latency_ms, stall_rate=args.stall_rate,
                         stall_s=args.stall_seconds, seed=args.seed)
         state = ServedDataset(dataset, datastack=args.datastack, token=args.token, faults=faults,
-                              pcg_errors=args.pcg_errors)
+                              pcg_errors=args.pcg_errors, storage="file" if args.file_storage else "http")
         sockets = bind(args.host, args.port)
     except (CrantsegError, OSError) as e:
         print(f"crantseg serve: {e}", file=sys.stderr)

@@ -106,11 +106,15 @@ class ServedDataset:
     """The state one server instance serves (read-only)."""
 
     def __init__(self, path, *, datastack: str | None = None, token: str | None = None,
-                 faults: Faults | None = None, pcg_errors: bool = False):
+                 faults: Faults | None = None, pcg_errors: bool = False, storage: str = "http"):
         self.path = Path(path).absolute()
         #: answer unknown IDs as PyChunkedGraph does (500, its error body with a traceback) instead
         #: of this server's 404 {"error": "unknown_id"}
         self.pcg_errors = bool(pcg_errors)
+        if storage not in ("http", "file"):
+            raise InvalidInputError(f"storage={storage!r} must be 'http' (served here) or 'file' (file:// path)")
+        self.storage = storage  # what the graphene info's data_dir points at
+        self.n_storage_reads = 0  # GETs / HEADs of the precomputed layer answered
         params = read_params(self.path)  # raises DatasetError for a directory that is no dataset
         self.source = LocalSource(SourceSpec(kind="local", name=params.name, path=str(self.path)))
         self.datastack = datastack or params.datastack
@@ -155,11 +159,16 @@ class ServedDataset:
             "viewer_resolution_z": vz,
         }
 
-    def graphene_info(self) -> dict:
+    def graphene_info(self, base: str | None = None) -> dict:
+        """The graphene info; ``data_dir`` is this server's storage route (``base`` + prefix) or,
+        with ``storage="file"`` or no ``base``, the layer's ``file://`` path."""
+        from .storage import STORAGE_PREFIX
+
         info = dict(self.source.segmentation_info)
         info["graph"] = dict(self.source.info["graph"])
         info["app"] = {"supported_api_versions": [0, 1]}
-        info["data_dir"] = self.source.cloudpath
+        info["data_dir"] = (f"{base}{STORAGE_PREFIX}" if base and self.storage == "http"
+                            else self.source.cloudpath)
         info["chunks_start_at_voxel_offset"] = True
         return info
 

@@ -52,12 +52,13 @@ def isolated_home(home) -> Iterator[Path]:
 
 
 @contextmanager
-def cave_spec_for(dataset, home, **faults) -> Iterator[SourceSpec]:
+def cave_spec_for(dataset, home, storage: str = "http", **faults) -> Iterator[SourceSpec]:
     """A server for ``dataset`` (in a thread, HOME at ``home``) and the ``SourceSpec`` to reach it.
 
-    ``faults`` are ``Faults`` fields (``fail_rate=0.2`` ...). The server stops on exit."""
+    ``faults`` are ``Faults`` fields (``fail_rate=0.2`` ...); ``storage`` as ``serve_in_thread``.
+    The server stops on exit."""
     with isolated_home(home):
-        server = serve_in_thread(dataset, faults=Faults(**faults) if faults else None)
+        server = serve_in_thread(dataset, faults=Faults(**faults) if faults else None, storage=storage)
         try:
             yield fast_spec(server)
         finally:
@@ -71,10 +72,25 @@ def cave_home(tmp_path_factory):
         yield home
 
 
+#: ``CRANTSEG_TEST_STORAGE`` modes of the session server: what its data_dir is and how it behaves.
+STORAGE_MODES = ("http", "file", "sharded", "faulty", "sharded-faulty")
+#: The fault mode of the "faulty" test storage (the issue-11 bar: 20% failures, 5% stalls).
+TEST_FAULTS = {"fail_rate": 0.2, "stall_rate": 0.05, "stall_s": 0.5, "seed": 11}
+
+
 @pytest.fixture(scope="session")
-def cave_server(tiny_path, cave_home) -> RunningServer:
-    """The tiny dataset served on 127.0.0.1 (no faults) for the whole session."""
-    server = serve_in_thread(tiny_path)
+def cave_server(tiny_path, cave_home, request) -> RunningServer:
+    """The tiny dataset served on 127.0.0.1 for the whole session, data over HTTP storage.
+
+    ``CRANTSEG_TEST_STORAGE`` picks the storage the session's cave tests run against: ``http``
+    (default), ``file`` (data_dir file://), ``sharded`` (the sharded copy of tiny), ``faulty`` /
+    ``sharded-faulty`` (``TEST_FAULTS`` on every request, chunk reads included)."""
+    mode = os.environ.get("CRANTSEG_TEST_STORAGE", "http")
+    if mode not in STORAGE_MODES:
+        raise ValueError(f"CRANTSEG_TEST_STORAGE={mode!r}: use one of {STORAGE_MODES}")
+    dataset = request.getfixturevalue("tiny_sharded_path") if mode.startswith("sharded") else tiny_path
+    server = serve_in_thread(dataset, storage="file" if mode == "file" else "http",
+                             faults=Faults(**TEST_FAULTS) if mode.endswith("faulty") else None)
     yield server
     server.stop()
 

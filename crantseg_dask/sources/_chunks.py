@@ -1,38 +1,60 @@
-"""Whole-storage-chunk reads of a precomputed segmentation, shared by every source.
+"""Storage-chunk reads of a precomputed segmentation, shared by every source and operation.
 
-A probe here measured cloud-volume's per-call overhead at 2.5-4x the cost of fetching and decoding
-a chunk directly, so point lookups read chunks with cloud-files (file://, gs://, s3://, https alike)
-and decode them with the codecs cloud-volume itself uses. cloud-volume stays the tool for metadata,
-cutouts of sharded volumes and writing.
+A task asks for all the chunks it needs at once (``ChunkReader.read_many`` / ``fetch_encoded``);
+the reader fetches them concurrently through ``_fetch`` (at most ``crantseg.storage.max-in-flight``
+reads in flight per worker process, transient failures retried), and yields each chunk as its
+bytes arrive, so decoding overlaps the reads still on the wire and at most a window of chunks
+is held at once. Sharded scales (``neuroglancer_uint64_sharded_v1``) are located with the
+process's cached shard and minishard indexes (``_shards``) and read with byte-range GETs,
+adjacent ranges coalesced. ``fetch_encoded`` yields the raw encoded bytes (compressed_segmentation
+or raw, already un-gzipped); ``decode`` is a separate step, so a random-access decoder can read a
+few voxels straight from the encoded bytes. An optional on-disk cache (``_diskcache``) keeps
+fetched bytes between runs.
+
+Missing chunks are background only with ``fill_missing`` (as cloud-volume's flag); a failed
+read raises ``SourceError`` naming the file and is never silently 0; corrupt or truncated bytes
+are recognised before the C decoder sees them (it crashes the process on garbage).
 """
 from __future__ import annotations
+
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from ..errors import SourceError
+from ._fetch import fetch, gunzip_if, open_store
 from .base import VolumeMeta
 
-__all__ = ["ChunkReader", "lookup_points", "cutout_from_chunks"]
+__all__ = ["ChunkReader", "lookup_points", "cutout_from_chunks", "cseg_problem"]
 
 
 class ChunkReader:
-    """Reads and decodes whole storage chunks of a precomputed volume.
+    """Reads storage chunks of one precomputed layer (``cloudpath``) described by ``meta``.
 
-    Unsharded scales are fetched with cloud-files and decoded here; sharded scales (where a chunk
-    is a range inside a shard file) are read through cloud-volume, one chunk-sized box per call.
-
-    ``fill_missing`` mirrors cloud-volume's flag: a missing chunk file is background (True) or an
-    error (False). Read failures raise ``SourceError`` naming the file; never silently 0.
+    Parameters
+    ----------
+    cloudpath : str
+        The layer URL (``file://``, ``http(s)://``, ``gs://`` ...).
+    meta : VolumeMeta
+        Geometry and encodings.
+    fill_missing : bool
+        A missing chunk is background (True) or a ``SourceError`` (False).
+    scales : list of dict, optional
+        The info's ``scales`` (sharding specs); read from the layer's ``info`` when needed.
+    policy, token, token_host
+        Retry policy, and the token sent to HTTP layers on ``token_host`` only.
     """
 
-    def __init__(self, cloudpath: str, meta: VolumeMeta, *, fill_missing: bool = False):
-        from cloudfiles import CloudFiles
-
+    def __init__(self, cloudpath: str, meta: VolumeMeta, *, fill_missing: bool = False, scales=None,
+                 policy=None, token: str | None = None, token_host: str | None = None):
         self.cloudpath = cloudpath.rstrip("/")
         self.meta = meta
         self.fill_missing = fill_missing
-        self._cf = CloudFiles(self.cloudpath, progress=False)
+        self.store = open_store(self.cloudpath, policy=policy, token=token, token_host=token_host)
+        self._scales = scales
+        self._locators: dict = {}
 
+    # -- geometry -----------------------------------------------------------------------------
     def chunk_box(self, chunk, mip: int) -> np.ndarray:
         """(2, 3) absolute voxel box of storage chunk ``chunk`` at ``mip`` (clipped at the edge)."""
         m = self.meta
@@ -44,36 +66,93 @@ class ChunkReader:
         (x0, y0, z0), (x1, y1, z1) = self.chunk_box(chunk, mip)
         return f"{self.meta.keys[mip]}/{x0}-{x1}_{y0}-{y1}_{z0}-{z1}"
 
-    def read(self, chunk, mip: int) -> np.ndarray:
-        """Decoded chunk as an (X, Y, Z) uint64 array."""
+    def _scale(self, mip: int) -> dict:
+        if self._scales is None:
+            import json
+
+            data = self.store.get("info")
+            if data is None:
+                raise SourceError(f"{self.cloudpath}/info is missing")
+            self._scales = json.loads(data)["scales"]
+        return self._scales[mip]
+
+    def _locator(self, mip: int):
+        if mip not in self._locators:
+            from ._shards import ShardLocator
+
+            m = self.meta
+            grid = -(-np.array(m.size[mip]) // np.array(m.chunk_size[mip]))
+            self._locators[mip] = ShardLocator(self.store, self._scale(mip), grid)
+        return self._locators[mip]
+
+    # -- fetching -----------------------------------------------------------------------------
+    def fetch_encoded(self, chunks: Iterable, mip: int) -> Iterator[tuple[tuple, bytes | None]]:
+        """``(chunk, encoded bytes or None if missing)`` for each chunk, in arrival order.
+
+        The bytes are the chunk's encoding (compressed_segmentation or raw), un-gzipped."""
+        chunks = [tuple(int(v) for v in c) for c in chunks]
+        if not chunks:
+            return
+        from ._diskcache import chunk_cache, layer_identity
+
+        cache = chunk_cache() if not self.cloudpath.startswith("file://") else None
+        ident = layer_identity(self.cloudpath, self._scale(mip)) if cache is not None else None
+        todo = []
+        for c in chunks:
+            hit = cache.get(f"{ident}|{c}", default=None) if cache is not None else None
+            if hit is not None:
+                yield c, hit
+            else:
+                todo.append(c)
+        sharded = bool(self.meta.sharded and self.meta.sharded[mip])
+        source = self._fetch_sharded(todo, mip) if sharded else self._fetch_files(todo, mip)
+        for c, data in source:
+            if cache is not None and data is not None:
+                cache.set(f"{ident}|{c}", data)
+            yield c, data
+
+    def _fetch_files(self, chunks, mip):
+        names = [self.filename(c, mip) for c in chunks]
+        for i, data in fetch(self.store, [(n, None, None) for n in names]):
+            yield chunks[i], None if data is None else gunzip_if(data, f"chunk {self.store.url(names[i])}")
+
+    def _fetch_sharded(self, chunks, mip):
+        from ._shards import coalesce
+
+        loc = self._locator(mip)
+        where = loc.locate(chunks)
+        for c, w in zip(chunks, where):
+            if w is None:
+                yield c, None
+        present = [i for i, w in enumerate(where) if w is not None]
+        reads = coalesce([where[i] for i in present])
+        for k, data in fetch(self.store, [(f, s, e) for f, s, e, _ in reads]):
+            f, s, e, parts = reads[k]
+            url = self.store.url(f)
+            if data is None or len(data) != e - s:
+                raise SourceError(f"shard {url}: truncated (bytes {s}-{e} asked, "
+                                  f"{'missing' if data is None else len(data)} got)")
+            for j, a, b in parts:
+                piece = data[a - s: b - s]
+                c = chunks[present[j]]
+                yield c, gunzip_if(piece, f"chunk {c} in shard {url}") if loc.gzip_data else piece
+
+    def read_encoded(self, chunk, mip: int) -> bytes | None:
+        """Encoded bytes of one chunk (None if missing)."""
+        for _, data in self.fetch_encoded([chunk], mip):
+            return data
+        return None
+
+    # -- decoding -----------------------------------------------------------------------------
+    def decode(self, chunk, mip: int, data: bytes | None) -> np.ndarray:
+        """Decoded chunk (X, Y, Z) uint64 from its encoded bytes; missing per ``fill_missing``."""
         box = self.chunk_box(chunk, mip)
         shape = tuple(int(s) for s in box[1] - box[0])
-        if self.meta.sharded and self.meta.sharded[mip]:
-            return self._read_sharded(box, mip)
-        name = self.filename(chunk, mip)
-        try:
-            data = self._cf.get(name)
-        except Exception as e:  # cloud-files already retries transient errors on remote stores
-            raise SourceError(f"reading chunk {self.cloudpath}/{name} failed: {e}") from e
+        where = self._where(chunk, mip)
         if data is None:
             if self.fill_missing:
                 return np.zeros(shape, dtype=np.uint64)
-            raise SourceError(f"chunk {self.cloudpath}/{name} is missing (mip {mip}, chunk {tuple(chunk)})")
-        return self._decode(data, shape, mip, name)
-
-    def _read_sharded(self, box: np.ndarray, mip: int) -> np.ndarray:
-        vols = self.__dict__.setdefault("_volumes", {})
-        if mip not in vols:
-            from cloudvolume import CloudVolume
-
-            vols[mip] = CloudVolume(self.cloudpath, mip=mip, fill_missing=self.fill_missing, progress=False,
-                                    bounded=True, parallel=1)
-        try:
-            return np.asarray(vols[mip][box[0][0]: box[1][0], box[0][1]: box[1][1], box[0][2]: box[1][2]])[..., 0]
-        except Exception as e:
-            raise SourceError(f"reading {self.cloudpath} mip {mip} box {box.tolist()} failed: {e}") from e
-
-    def _decode(self, data: bytes, shape, mip: int, name: str) -> np.ndarray:
+            raise SourceError(f"chunk {where} is missing (mip {mip}, chunk {tuple(chunk)})")
         encoding = self.meta.encoding[mip]
         try:
             if encoding == "compressed_segmentation":
@@ -83,13 +162,27 @@ class ChunkReader:
                 problem = cseg_problem(data, shape, block)
                 if problem:  # the decoder trusts its input and crashes the process on garbage
                     raise ValueError(problem)
-                arr = cseg.decompress(data, shape + (1,), np.uint64, block, order="F")
-                return arr[..., 0]
+                return cseg.decompress(data, shape + (1,), np.uint64, block, order="F")[..., 0]
             if encoding == "raw":
                 return np.frombuffer(data, dtype=np.uint64).reshape(shape, order="F")
         except Exception as e:
-            raise SourceError(f"decoding chunk {self.cloudpath}/{name} ({encoding}) failed: {e}") from e
+            raise SourceError(f"decoding chunk {where} ({encoding}) failed: {e}") from e
         raise SourceError(f"unsupported encoding {encoding!r} at mip {mip} of {self.cloudpath}")
+
+    def _where(self, chunk, mip: int) -> str:
+        if self.meta.sharded and self.meta.sharded[mip]:
+            f, _, _ = self._locator(mip).locations([chunk])[0]
+            return f"{tuple(chunk)} in shard {self.store.url(f)}"
+        return self.store.url(self.filename(chunk, mip))
+
+    def read_many(self, chunks: Iterable, mip: int) -> Iterator[tuple[tuple, np.ndarray]]:
+        """``(chunk, decoded array)`` for each chunk, decoded as its bytes arrive."""
+        for c, data in self.fetch_encoded(chunks, mip):
+            yield c, self.decode(c, mip, data)
+
+    def read(self, chunk, mip: int) -> np.ndarray:
+        """Decoded chunk as an (X, Y, Z) uint64 array."""
+        return self.decode(chunk, mip, self.read_encoded(chunk, mip))
 
 
 def cseg_problem(data: bytes, shape, block) -> str | None:
@@ -135,11 +228,10 @@ def lookup_points(source, voxels: np.ndarray, mip: int) -> np.ndarray:
     key_sorted = key[order]
     starts = np.flatnonzero(np.r_[True, key_sorted[1:] != key_sorted[:-1]])
     ends = np.r_[starts[1:], len(order)]
-    for s, e in zip(starts, ends):
-        rows = inside[order[s:e]]
-        c = chunk[order[s]]
-        block = source.read_chunk(tuple(int(x) for x in c), mip)
-        local = v[rows] - (lo + c * cs)
+    rows_of = {tuple(int(x) for x in chunk[order[s]]): inside[order[s:e]] for s, e in zip(starts, ends)}
+    for c, block in source.read_chunks(list(rows_of), mip):
+        rows = rows_of[c]
+        local = v[rows] - (lo + np.array(c) * cs)
         out[rows] = block[local[:, 0], local[:, 1], local[:, 2]]
     return out
 
@@ -153,15 +245,13 @@ def cutout_from_chunks(source, box: np.ndarray, mip: int) -> np.ndarray:
     out = np.zeros(tuple(box[1] - box[0]), dtype=np.uint64)
     first = (box[0] - lo) // cs
     last = (box[1] - 1 - lo) // cs
-    for i in range(first[0], last[0] + 1):
-        for j in range(first[1], last[1] + 1):
-            for k in range(first[2], last[2] + 1):
-                c = np.array([i, j, k])
-                c_lo = lo + c * cs
-                block = source.read_chunk((i, j, k), mip)
-                a = np.maximum(box[0], c_lo)
-                b = np.minimum(box[1], c_lo + np.array(block.shape))
-                out[tuple(slice(p, q) for p, q in zip(a - box[0], b - box[0]))] = block[
-                    tuple(slice(p, q) for p, q in zip(a - c_lo, b - c_lo))
-                ]
+    chunks = [(i, j, k) for i in range(first[0], last[0] + 1) for j in range(first[1], last[1] + 1)
+              for k in range(first[2], last[2] + 1)]
+    for c, block in source.read_chunks(chunks, mip):
+        c_lo = lo + np.array(c) * cs
+        a = np.maximum(box[0], c_lo)
+        b = np.minimum(box[1], c_lo + np.array(block.shape))
+        out[tuple(slice(p, q) for p, q in zip(a - box[0], b - box[0]))] = block[
+            tuple(slice(p, q) for p, q in zip(a - c_lo, b - c_lo))
+        ]
     return out

@@ -151,6 +151,13 @@ class SegmentationSource(abc.ABC):
     def read_chunk(self, chunk: tuple[int, int, int], mip: int) -> np.ndarray:
         """Storage chunk ``chunk`` (grid index) at ``mip`` as an (X, Y, Z) uint64 array."""
 
+    def read_chunks(self, chunks, mip: int):
+        """``(chunk, array)`` for each storage chunk in ``chunks``, in any order (a source
+        fetches them concurrently; this default reads them one by one)."""
+        for c in chunks:
+            c = tuple(int(v) for v in c)
+            yield c, self.read_chunk(c, mip)
+
     def supervoxels_at(self, voxels: np.ndarray, mip: int) -> np.ndarray:
         """Supervoxel at each absolute voxel (N, 3) at ``mip``; 0 outside the volume.
 

@@ -7,9 +7,10 @@ servers (``latest``, ``sandbox``) and to a local ``crantseg serve``; only the sp
   server_address=spec.server, auth_token=token, write_server_cache=False)``. Its service sessions
   get the process's pooled adapter (``_http.mount``) and every call runs under one
   ``RetryPolicy`` (transient failures only; see ``_http``). caveclient's own retries are off.
-* Voxels: ``read_chunk`` reads whole storage chunks of the graphene info's ``data_dir`` with the
-  shared ``ChunkReader`` (missing chunks are background, as cloud-volume's ``fill_missing``);
-  ``cutout`` uses cloud-volume's ``graphene://`` frontend on the same server.
+* Voxels: point lookups and cutouts read storage chunks of the graphene info's ``data_dir``
+  (``file://``, the server's HTTP storage, or a bucket) with the shared ``ChunkReader``: many
+  reads in flight, shard indexes cached (missing chunks are background, as cloud-volume's
+  ``fill_missing``). The CAVE token goes only to a ``data_dir`` on the CAVE server's own host.
 * IDs travel in batches of ``batch-size`` (binary ``roots_binary``; ``leaves_many``,
   ``is_latest_roots`` as JSON). Timestamps go out as aware UTC datetimes (caveclient sends
   them as unix seconds).
@@ -25,7 +26,7 @@ import numpy as np
 
 from ..errors import OutOfBoundsError, SourceError, UnknownIDError
 from . import _http
-from ._chunks import ChunkReader
+from ._chunks import ChunkReader, cutout_from_chunks
 from .base import SegmentationSource, SourceSpec, VolumeMeta
 
 __all__ = ["CaveSource"]
@@ -67,7 +68,10 @@ class CaveSource(SegmentationSource):
         info = self.segmentation_info
         self._meta = VolumeMeta.from_info(info, viewer_resolution=self._viewer_resolution())
         self.data_dir = info["data_dir"]
-        self._reader = ChunkReader(self.data_dir, self._meta, fill_missing=True)
+        from urllib.parse import urlsplit
+
+        self._reader = ChunkReader(self.data_dir, self._meta, fill_missing=True, scales=info["scales"],
+                                   policy=self.policy, token=self.token, token_host=urlsplit(spec.server).netloc)
 
     def __repr__(self) -> str:  # never shows the token
         return f"CaveSource({self.spec.server!r}, {self.spec.datastack!r})"
@@ -114,7 +118,9 @@ class CaveSource(SegmentationSource):
             return (8.0, 8.0, 42.0)
 
     def cloudvolume(self, mip: int = 0):
-        """cloud-volume's graphene frontend on this server at ``mip`` (used for cutouts)."""
+        """cloud-volume's graphene frontend on this server at ``mip`` (for users; the package's own
+        reads go through the chunk reader). The token is also given as HTTP Basic credentials,
+        the form cloud-files sends to an ``http(s)://`` data_dir such as the local server's."""
         with self._lock:
             cache = self._cloudvolumes
             if mip not in cache:
@@ -123,7 +129,8 @@ class CaveSource(SegmentationSource):
                 path = self.client.info.segmentation_source(format_for="cloudvolume")
 
                 def make():
-                    return CloudVolume(path, secrets={"token": self.token}, fill_missing=True, bounded=True,
+                    secrets = {"token": self.token, "user": "token", "password": self.token}
+                    return CloudVolume(path, secrets=secrets, fill_missing=True, bounded=True,
                                        progress=False, mip=mip)
 
                 cache[mip] = self._call(make, "cloud-volume construction")
@@ -138,6 +145,9 @@ class CaveSource(SegmentationSource):
     def read_chunk(self, chunk, mip: int) -> np.ndarray:
         return self._reader.read(chunk, self._meta.check_mip(mip))
 
+    def read_chunks(self, chunks, mip: int):
+        return self._reader.read_many(chunks, self._meta.check_mip(mip))
+
     def cutout(self, box, mip: int) -> np.ndarray:
         mip = self._meta.check_mip(mip)
         box = np.asarray(box, dtype=np.int64).reshape(2, 3)
@@ -147,12 +157,7 @@ class CaveSource(SegmentationSource):
                 f"cutout box {box.tolist()} must be non-empty and inside the volume {[lo.tolist(), hi.tolist()]} "
                 f"at mip {mip}"
             )
-        from cloudvolume import Bbox
-
-        cv = self.cloudvolume(mip)
-        bbox = Bbox(box[0], box[1])
-        img = self._call(lambda: cv.download(bbox, agglomerate=False), "cloud-volume cutout")
-        return np.asarray(img)[..., 0].astype(np.uint64, copy=False)
+        return cutout_from_chunks(self, box, mip)
 
     # -- ID helpers -----------------------------------------------------------------------------
     def _batches(self, ids: np.ndarray):

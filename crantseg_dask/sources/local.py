@@ -45,7 +45,8 @@ class LocalSource(SegmentationSource):
             chunks_start_at_voxel_offset=self.info.get("chunks_start_at_voxel_offset", True),
         )
         self.cloudpath = f"file://{self.path / 'segmentation'}"
-        self._reader = ChunkReader(self.cloudpath, self._meta, fill_missing=False)
+        self._reader = ChunkReader(self.cloudpath, self._meta, fill_missing=False,
+                                   scales=self.segmentation_info["scales"])
         g = self.path / "graph"
         self.node_ids = np.load(g / "node_ids.npy")
         self.node_created_ms = np.load(g / "node_created_ms.npy")
@@ -68,6 +69,9 @@ class LocalSource(SegmentationSource):
     # -- voxels -------------------------------------------------------------------------------
     def read_chunk(self, chunk, mip: int) -> np.ndarray:
         return self._reader.read(chunk, mip)
+
+    def read_chunks(self, chunks, mip: int):
+        return self._reader.read_many(chunks, self._meta.check_mip(mip))
 
     def cutout(self, box, mip: int) -> np.ndarray:
         return cutout_from_chunks(self, box, mip)

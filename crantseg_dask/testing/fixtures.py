@@ -24,6 +24,12 @@ def tiny_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sharded_path(tmp_path_factory):
+    """The ``tiny`` dataset written with every mip sharded (``make_dataset(..., sharded=True)``)."""
+    return make_dataset(PRESETS["tiny"], tmp_path_factory.mktemp("datasets") / "tiny-sharded", sharded=True)
+
+
+@pytest.fixture(scope="session")
 def truth(tiny_path) -> Truth:
     """Brute-force ground truth of the tiny dataset."""
     return Truth(tiny_path)

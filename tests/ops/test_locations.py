@@ -233,8 +233,14 @@ def test_shuffle_reads_each_chunk_once(local_spec, truth, points, monkeypatch):
 
     source = open_source(local_spec)
     reads = []
-    original = source.read_chunk
-    monkeypatch.setattr(source, "read_chunk", lambda c, mip: reads.append((tuple(c), mip)) or original(c, mip))
+    original = source.read_chunks
+
+    def counting(chunks, mip):  # every chunk read goes through the batch read_chunks
+        chunks = [tuple(int(v) for v in c) for c in chunks]
+        reads.extend((c, mip) for c in chunks)
+        return original(chunks, mip)
+
+    monkeypatch.setattr(source, "read_chunks", counting)
     rng = np.random.default_rng(0)
     shuffled = points[rng.permutation(len(points))]
     d = da.from_array(shuffled, chunks=(41, 3))  # 13 spatially mixed blocks

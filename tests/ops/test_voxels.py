@@ -85,6 +85,7 @@ def no_reads(monkeypatch, spec):
 
     monkeypatch.setattr(cls, "cutout", boom)
     monkeypatch.setattr(cls, "read_chunk", boom)
+    monkeypatch.setattr(cls, "read_chunks", boom)
 
 
 # -- get_segmentation_cutout ----------------------------------------------------------------------
@@ -183,7 +184,7 @@ def test_cutout_empty_box_and_lazy(spec, truth, monkeypatch):
         get_segmentation_cutout([[2000, 2800], [3000, 3400], [500, 510]], dataset=spec)
     cls = type(open_source(spec))
     with monkeypatch.context() as m:  # building reads no voxels
-        for name in ("cutout", "read_chunk"):
+        for name in ("cutout", "read_chunk", "read_chunks"):
             m.setattr(cls, name, lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
         lazy, res, offset = get_segmentation_cutout_graph(BBOX_NM, mip=0, dataset=spec)
     eager, _, _ = get_segmentation_cutout(BBOX_NM, mip=0, dataset=spec)
@@ -321,7 +322,7 @@ def test_no_global_state_changes(spec, truth, roots):  # C62
 def test_get_voxels_graph_is_lazy(spec, truth, roots, monkeypatch):
     cls = type(open_source(spec))
     with monkeypatch.context() as m:  # building reads no voxels
-        for name in ("cutout", "read_chunk"):
+        for name in ("cutout", "read_chunk", "read_chunks"):
             m.setattr(cls, name, lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
         voxels, svids = get_voxels_graph(roots["big"], mip=1, sv_map=True, dataset=spec)
     assert voxels.dtype == np.uint32 and svids.dtype == np.uint64 and voxels.numblocks[0] > 1

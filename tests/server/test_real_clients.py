@@ -59,7 +59,12 @@ def test_caveclient_helpers(client, truth):
 
 
 def test_cloudvolume_graphene(client, truth):
-    cv = client.info.segmentation_cloudvolume(progress=False)
+    # the data_dir is the server's HTTP storage: cloud-files sends the token as Basic credentials
+    from cloudvolume import CloudVolume
+
+    tok = client.auth.token
+    cv = CloudVolume(client.info.segmentation_source(format_for="cloudvolume"), progress=False,
+                     secrets={"token": tok, "user": "token", "password": tok})
     t = check_times(truth)[-1]
     off, size = truth.bounds(0)
     box = np.array([off, off + [64, 64, 16]])

@@ -49,7 +49,7 @@ def test_graphene_info(api, cave_server, tiny_path):
     info = api("GET", f"/segmentation/table/{cave_server.table}/info").json()
     seg = json.loads((tiny_path / "segmentation" / "info").read_text())
     assert info["scales"] == seg["scales"]
-    assert info["data_dir"] == f"file://{tiny_path / 'segmentation'}"
+    assert info["data_dir"] == f"{cave_server.address}/storage/segmentation"
     assert info["app"] == {"supported_api_versions": [0, 1]}
     assert info["chunks_start_at_voxel_offset"] is True
     assert info["graph"]["n_layers"] == 8 and set(info["graph"]["spatial_bit_masks"]) == {str(i) for i in range(1, 9)}

@@ -74,6 +74,8 @@ def test_latest_roots_backwards_and_forwards(cave_source, truth):
 
 
 def test_batches_respect_batch_size(cave_server, truth):
+    if cave_server.state.faults.active:  # CRANTSEG_TEST_STORAGE=*faulty: retried requests count too
+        pytest.skip("counts requests exactly; the faulty test storage adds retries")
     src = CaveSource(fast_spec(cave_server, **{"batch-size": 100}))
     n0 = cave_server.state.n_requests
     t = check_times(truth)[-1]

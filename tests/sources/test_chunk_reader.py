@@ -1,6 +1,5 @@
-"""The shared chunk reader: whole chunks equal the stored volume; missing chunks are errors or
-background as configured; sharded scales go through cloud-volume."""
-import dataclasses
+"""The shared chunk reader: whole chunks equal the stored volume (unsharded and truly sharded
+layers); missing chunks are errors or background as configured."""
 import shutil
 
 import numpy as np
@@ -9,15 +8,16 @@ import pytest
 from crantseg_dask.errors import SourceError
 from crantseg_dask.sources import open_source
 from crantseg_dask.sources._chunks import ChunkReader
+from crantseg_dask.sources.base import SourceSpec
 
 
 @pytest.mark.parametrize("mip", [0, 1, 2])
 @pytest.mark.parametrize("sharded", [False, True])
-def test_chunks_equal_the_stored_volume(local_spec, truth, mip, sharded):
-    meta = open_source(local_spec).meta
-    if sharded:  # the sharded path reads the same boxes through cloud-volume
-        meta = dataclasses.replace(meta, sharded=(True,) * len(meta.resolution))
-    reader = ChunkReader(f"file://{truth.path / 'segmentation'}", meta)
+def test_chunks_equal_the_stored_volume(local_spec, truth, tiny_sharded_path, mip, sharded):
+    path = tiny_sharded_path if sharded else truth.path
+    meta = open_source(SourceSpec(kind="local", name="t", path=str(path))).meta
+    assert meta.sharded == (sharded,) * len(meta.resolution)
+    reader = ChunkReader(f"file://{path / 'segmentation'}", meta)
     off, size = truth.bounds(mip)
     grid = -(-size // np.array(meta.chunk_size[mip]))
     vol = truth.volume(mip)

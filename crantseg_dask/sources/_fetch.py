@@ -1,0 +1,237 @@
+"""Concurrent byte reads from a precomputed layer: many GETs in flight, transient retries only.
+
+A ``Store`` reads one object (or a byte range of it) of a layer: ``file://`` directly from disk,
+``http(s)://`` with a pooled ``requests`` session (Range reads, a per-request timeout, the CAVE
+token only when the layer is on the CAVE server's own host), anything else (``gs://``,
+``s3://``) through cloud-files. ``fetch(store, requests)`` runs many reads on the process's
+thread pool with at most ``crantseg.storage.max-in-flight`` in flight (per worker process,
+whatever the number of tasks) and yields each result as it arrives, so the caller decodes
+while the other reads are still on the wire. A missing object is ``None``; a transient failure
+(connection error, timeout, 429, 502-504) is retried under the source's ``RetryPolicy``; any
+other failure raises ``SourceError`` naming the object. Nothing here ever turns a failure into
+background.
+
+Why not cloud-files' threaded ``get(list)`` or cloud-volume for HTTP: cloud-files' HTTP
+interface sends no bearer token, has no request timeout (a stalled GET hangs) and reads
+403 as "missing"; see ``benchmarks/bench_storage.py`` for the measured comparison.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Iterable, Iterator
+from urllib.parse import urlsplit
+
+from ..errors import SourceError
+
+try:
+    import deflate as _deflate
+except ImportError:  # pragma: no cover - a dependency of cloud-files
+    _deflate = None
+
+__all__ = ["Store", "open_store", "fetch", "stats", "reset_stats", "gunzip_if"]
+
+#: Per-process counters: reads issued (incl. retries), peak reads in flight, bytes received.
+stats = {"gets": 0, "peak_in_flight": 0, "bytes": 0, "retries": 0}
+_stats_lock = threading.Lock()
+_in_flight = 0
+
+
+def reset_stats() -> None:
+    with _stats_lock:
+        stats.update(gets=0, peak_in_flight=0, bytes=0, retries=0)
+
+
+def _count(delta: int, nbytes: int = 0) -> None:
+    global _in_flight
+    with _stats_lock:
+        _in_flight += delta
+        if delta > 0:
+            stats["gets"] += 1
+            stats["peak_in_flight"] = max(stats["peak_in_flight"], _in_flight)
+        stats["bytes"] += nbytes
+
+
+def gunzip_if(data: bytes, name: str) -> bytes:
+    """``data`` gunzipped when it starts with the gzip magic; ``SourceError`` naming ``name`` if bad."""
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        if _deflate is not None:  # libdeflate: 2-4x zlib (perf-baseline.md); cloud-files' own choice
+            return bytes(_deflate.gzip_decompress(data))
+        return gzip.decompress(data)
+    except Exception as e:  # zlib.error, OSError, EOFError, deflate.DeflateError
+        raise SourceError(f"{name}: corrupt or truncated gzip data ({e})") from e
+
+
+class Store:
+    """Reads objects of one layer (``base`` URL); subclasses implement ``_get``."""
+
+    def __init__(self, base: str):
+        self.base = base.rstrip("/")
+
+    def url(self, key: str) -> str:
+        return f"{self.base}/{key}"
+
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes | None:
+        """Bytes ``[start, end)`` of object ``key`` (whole object when None); None if missing."""
+        _count(+1)
+        try:
+            data = self._get(key, start, end)
+        finally:
+            _count(-1)
+        if data is not None:
+            _count(0, len(data))
+        return data
+
+    def _get(self, key, start, end) -> bytes | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class FileStore(Store):
+    """``file://`` layers: whole files (``key`` or ``key.gz``, gunzipped) or byte ranges."""
+
+    def _get(self, key, start, end):
+        path = self.base[len("file://"):] + "/" + key
+        try:
+            if start is None and end is None:
+                try:
+                    with open(path, "rb") as f:
+                        return f.read()
+                except FileNotFoundError:
+                    with open(path + ".gz", "rb") as f:
+                        return gunzip_if(f.read(), self.url(key))
+            with open(path, "rb") as f:
+                f.seek(start or 0)
+                return f.read(None if end is None else end - (start or 0))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise SourceError(f"reading {self.url(key)} failed: {e}") from e
+
+
+class HttpStore(Store):
+    """``http(s)://`` layers: plain GETs with ``Range``, a timeout, transient retries."""
+
+    def __init__(self, base: str, *, policy, token: str | None = None, n_connections: int = 32):
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        super().__init__(base)
+        self.policy = policy
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(4, n_connections), max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.trust_env = False if urlsplit(base).hostname in ("127.0.0.1", "localhost", "::1") else True
+
+    def _get(self, key, start, end):
+        from . import _http
+
+        headers = dict(self.headers)
+        if start is not None or end is not None:
+            headers["Range"] = f"bytes={start or 0}-{'' if end is None else end - 1}"
+        url = self.url(key)
+        for attempt in range(self.policy.retries + 1):
+            try:
+                r = self.session.get(url, headers=headers, timeout=self.policy.timeout, allow_redirects=False)
+                if r.status_code == 404:
+                    return None
+                r.raise_for_status()
+                if r.status_code not in (200, 206):
+                    raise SourceError(f"GET {url}: unexpected HTTP {r.status_code}")
+                data = r.content  # requests undoes Content-Encoding: gzip
+                if "Range" in headers and r.status_code == 200 and start:
+                    data = data[start: end]  # a server that ignores Range: cut it here
+                return data
+            except Exception as e:
+                if not _http.is_transient(e):
+                    raise (_http.error_for(e, f"GET {url}") or SourceError(f"GET {url} failed: {e}")) from e
+                if attempt == self.policy.retries:
+                    raise SourceError(f"GET {url} failed after {attempt + 1} attempts: {_http._describe(e)}") from e
+                with _stats_lock:
+                    stats["retries"] += 1
+                time.sleep(self.policy.delay(attempt))
+        raise AssertionError("unreachable")
+
+
+class CloudFilesStore(Store):
+    """Other protocols (``gs://``, ``s3://`` ...) through cloud-files (its own retries)."""
+
+    def __init__(self, base: str):
+        from cloudfiles import CloudFiles
+
+        super().__init__(base)
+        self.cf = CloudFiles(self.base, progress=False)
+
+    def _get(self, key, start, end):
+        try:
+            if start is None and end is None:
+                return self.cf.get(key)
+            return self.cf.get({"path": key, "start": start, "end": end})
+        except Exception as e:
+            raise SourceError(f"reading {self.url(key)} failed: {e}") from e
+
+
+def open_store(base: str, *, policy=None, token: str | None = None, token_host: str | None = None) -> Store:
+    """The ``Store`` for layer URL ``base``. The token is sent only to ``token_host`` (the CAVE server)."""
+    scheme = urlsplit(base).scheme
+    if scheme == "file":
+        return FileStore(base)
+    if scheme in ("http", "https"):
+        from . import _http
+
+        same = token_host is not None and urlsplit(base).netloc == token_host
+        return HttpStore(base, policy=policy or _http.RetryPolicy.from_spec(), token=token if same else None,
+                         n_connections=max_in_flight())
+    return CloudFilesStore(base)
+
+
+def max_in_flight() -> int:
+    """``crantseg.storage.max-in-flight``: reads in flight per worker process."""
+    from ..config import setting
+
+    return max(1, int(setting("storage.max-in-flight", 48)))
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The process's read pool (rebuilt after a fork); its size bounds the reads in flight."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(max_in_flight(), thread_name_prefix="crantseg-read"))
+        return _pool[1]
+
+
+def fetch(store: Store, requests: Iterable[tuple], *, window: int | None = None) -> Iterator[tuple[int, bytes | None]]:
+    """Run ``store.get(*r)`` for each request ``r = (key, start, end)``; yield ``(index, bytes|None)``
+    in completion order. At most ``window`` (default 2 x max-in-flight) reads are queued or
+    running for this call, so the bytes held at once stay bounded. The first failure is raised
+    (the reads still queued are cancelled)."""
+    reqs = list(requests)
+    if not reqs:
+        return
+    pool = _executor()
+    window = window or 2 * max_in_flight()
+    pending = {}
+    nxt = 0
+    try:
+        while nxt < len(reqs) or pending:
+            while nxt < len(reqs) and len(pending) < window:
+                pending[pool.submit(store.get, *reqs[nxt])] = nxt
+                nxt += 1
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i = pending.pop(fut)
+                yield i, fut.result()
+    finally:
+        for fut in pending:
+            fut.cancel()

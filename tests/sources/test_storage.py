@@ -1,0 +1,277 @@
+"""Remote-style storage (issue 11): the layer over HTTP, sharded layers, faults, GET counts,
+corrupt shards, the disk cache. Expected values come from ``truth`` (the unsharded tiny
+dataset read by brute force), so a sharded read is also checked against the unsharded data."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+import requests
+
+from crantseg_dask.dataset.generate import make_dataset
+from crantseg_dask.dataset.layout import PRESETS
+from crantseg_dask.errors import SourceError
+from crantseg_dask.server.app import serve_in_thread
+from crantseg_dask.server.state import Faults
+from crantseg_dask.server.testing import TEST_FAULTS, fast_spec
+from crantseg_dask.sources import _fetch
+from crantseg_dask.sources._chunks import ChunkReader
+from crantseg_dask.sources._shards import index_cache
+from crantseg_dask.sources.base import SourceSpec
+from crantseg_dask.sources.cave import CaveSource
+from crantseg_dask.sources.local import LocalSource
+from crantseg_dask.testing.conformance import SourceConformance, check_times
+
+
+@pytest.fixture(scope="module")
+def sharded_server(tiny_sharded_path, cave_home):
+    server = serve_in_thread(tiny_sharded_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def faulty_sharded_server(tiny_sharded_path, cave_home):
+    server = serve_in_thread(tiny_sharded_path, faults=Faults(**TEST_FAULTS))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def faulty_http_server(tiny_path, cave_home):
+    server = serve_in_thread(tiny_path, faults=Faults(**TEST_FAULTS))
+    yield server
+    server.stop()
+
+
+class TestShardedLocal(SourceConformance):
+    @pytest.fixture
+    def source(self, tiny_sharded_path):
+        return LocalSource(SourceSpec(kind="local", name="tiny-sharded", path=str(tiny_sharded_path)))
+
+
+class TestShardedOverHttp(SourceConformance):
+    @pytest.fixture(scope="class")
+    def source(self, sharded_server):
+        src = CaveSource(fast_spec(sharded_server))
+        assert src.data_dir == f"{sharded_server.address}/storage/segmentation"
+        assert all(src.meta.sharded)
+        return src
+
+
+class TestShardedOverHttpUnderFaults(SourceConformance):
+    """fail 0.2 / stall 0.05 on every request, chunk and shard-index reads included."""
+
+    @pytest.fixture(scope="class")
+    def source(self, faulty_sharded_server):
+        return CaveSource(fast_spec(faulty_sharded_server))
+
+    def test_faults_hit_storage_reads(self, source, faulty_sharded_server, truth):
+        index_cache.clear()
+        before = faulty_sharded_server.state.faults.injected
+        vox = truth.sv_anchor
+        np.testing.assert_array_equal(source.supervoxels_at(vox, 0), truth.supervoxel_at(vox, 0))
+        assert faulty_sharded_server.state.faults.injected - before > 5
+
+
+class TestHttpUnderFaults(SourceConformance):
+    """Unsharded layer over HTTP with fail 0.2 / stall 0.05."""
+
+    @pytest.fixture(scope="class")
+    def source(self, faulty_http_server):
+        return CaveSource(fast_spec(faulty_http_server))
+
+
+def test_faulty_answers_equal_clean_answers(faulty_sharded_server, sharded_server, truth):
+    clean, faulty = CaveSource(fast_spec(sharded_server)), CaveSource(fast_spec(faulty_sharded_server))
+    off, size = truth.bounds(0)
+    vox = np.random.default_rng(3).integers(off, off + size, size=(3000, 3))
+    np.testing.assert_array_equal(faulty.supervoxels_at(vox, 0), clean.supervoxels_at(vox, 0))
+    box = np.array([off, off + size])
+    np.testing.assert_array_equal(faulty.cutout(box, 0), clean.cutout(box, 0))
+
+
+# -- GET counting ------------------------------------------------------------------------------
+def test_sharded_lookup_costs_about_one_get_per_chunk(sharded_server, truth, monkeypatch):
+    src = CaveSource(fast_spec(sharded_server))
+    state = sharded_server.state
+    off, size = truth.bounds(0)
+    cs = np.array(src.meta.chunk_size[0])
+    grid = -(-size // cs)
+    index_cache.clear()
+    rng = np.random.default_rng(5)
+    # warm: one point in each chunk of the lower half of the volume (fetches its indexes)
+    chunks = np.array([(i, j, k) for i in range(grid[0]) for j in range(grid[1]) for k in range(grid[2])])
+    warm = chunks[chunks[:, 0] < grid[0] // 2]
+    vox = off + warm * cs + rng.integers(0, 8, size=warm.shape)
+    n0 = state.n_storage_reads
+    np.testing.assert_array_equal(src.supervoxels_at(vox, 0), truth.supervoxel_at(vox, 0))
+    cold = state.n_storage_reads - n0
+    n_files = len({f for f, _, _ in src._reader._locator(0).locations(warm)})
+    assert len(warm) // 4 <= cold <= len(warm) + 2 * n_files  # data (coalesced) + shard + minishard indexes
+    # the same chunks again, other voxels: indexes cached, about one GET per chunk (or fewer, coalesced)
+    pick = warm[rng.choice(len(warm), 40, replace=False)]
+    vox = np.minimum(off + pick * cs + rng.integers(0, cs, size=pick.shape), off + size - 1)
+    n0 = state.n_storage_reads
+    np.testing.assert_array_equal(src.supervoxels_at(vox, 0), truth.supervoxel_at(vox, 0))
+    assert 1 <= state.n_storage_reads - n0 <= len(pick)
+    # without coalescing: exactly one GET per chunk, no index read
+    monkeypatch.setenv("CRANTSEG_STORAGE_COALESCE_GAP", "-1")
+    vox = np.minimum(off + pick * cs + rng.integers(0, cs, size=pick.shape), off + size - 1)
+    n0 = state.n_storage_reads
+    np.testing.assert_array_equal(src.supervoxels_at(vox, 0), truth.supervoxel_at(vox, 0))
+    assert state.n_storage_reads - n0 == len(pick)
+
+
+def test_reads_in_flight_are_bounded(tiny_path, cave_home, truth, monkeypatch):
+    monkeypatch.setenv("CRANTSEG_STORAGE_MAX_IN_FLIGHT", "3")
+    monkeypatch.setattr(_fetch, "_pool", None)
+    with serve_in_thread(tiny_path, faults=Faults(latency_ms=20)) as server:
+        src = CaveSource(fast_spec(server))
+        _fetch.reset_stats()
+        off, size = truth.bounds(0)
+        vox = np.random.default_rng(1).integers(off, off + size, size=(2000, 3))
+        np.testing.assert_array_equal(src.supervoxels_at(vox, 0), truth.supervoxel_at(vox, 0))
+        assert 2 <= _fetch.stats["peak_in_flight"] <= 3
+    monkeypatch.setattr(_fetch, "_pool", None)
+
+
+# -- corrupt and truncated storage ---------------------------------------------------------------
+@pytest.fixture
+def sharded_copy(tiny_sharded_path, tmp_path):
+    shutil.copytree(tiny_sharded_path, tmp_path / "ds")
+    index_cache.clear()
+    yield tmp_path / "ds"
+    index_cache.clear()
+
+
+def _reader(path):
+    src = LocalSource(SourceSpec(kind="local", name="copy", path=str(path)))
+    return src, src._reader
+
+
+def test_truncated_shard_is_a_clear_error(sharded_copy):
+    src, reader = _reader(sharded_copy)
+    f, _, _ = reader._locator(0).locations([(0, 0, 0)])[0]
+    shard = sharded_copy / "segmentation" / f
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(SourceError, match=rf"shard .*{f}.*(truncated|corrupt)"):
+        reader.read((0, 0, 0), 0)
+    shard.write_bytes(b"\x00" * 5)
+    index_cache.clear()
+    with pytest.raises(SourceError, match=rf"{f}.*truncated shard index"):
+        reader.read((0, 0, 0), 0)
+
+
+def test_corrupt_chunk_in_shard_is_a_clear_error(sharded_copy):
+    src, reader = _reader(sharded_copy)
+    f, s, e = reader._locator(0).locate([(1, 1, 1)])[0]
+    shard = sharded_copy / "segmentation" / f
+    data = bytearray(shard.read_bytes())
+    data[s:e] = b"\x1f\x8b" + bytes(range(256)) * ((e - s) // 256) + b"\x00" * ((e - s - 2) % 256)
+    shard.write_bytes(bytes(data[: len(data)]))
+    with pytest.raises(SourceError, match=rf"{f}"):
+        reader.read((1, 1, 1), 0)
+
+
+def test_corrupt_chunk_bytes_never_reach_the_decoder(sharded_copy):
+    """Valid gzip around garbage compressed_segmentation: SourceError naming the shard, no crash."""
+    import gzip
+
+    src, reader = _reader(sharded_copy)
+    loc = reader._locator(0)
+    f, s, e = loc.locate([(2, 1, 0)])[0]
+    shard = sharded_copy / "segmentation" / f
+    data = bytearray(shard.read_bytes())
+    bad = gzip.compress(b"\x01\x00\x00\x00" + b"\xff" * 64, mtime=0)
+    assert len(bad) <= e - s
+    data[s:s + len(bad)] = bad
+    data[s + len(bad):e] = b"\x00" * (e - s - len(bad))  # trailing zeros: gzip ignores none of it
+    shard.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match=rf"(decoding chunk|gzip).*{f}"):
+        reader.read((2, 1, 0), 0)
+
+
+def test_missing_shard_follows_fill_missing(sharded_copy):
+    src, reader = _reader(sharded_copy)
+    f, _, _ = reader._locator(0).locations([(1, 0, 1)])[0]
+    (sharded_copy / "segmentation" / f).unlink()
+    with pytest.raises(SourceError, match="missing"):
+        reader.read((1, 0, 1), 0)
+    filled = ChunkReader(reader.cloudpath, src.meta, fill_missing=True, scales=src.segmentation_info["scales"])
+    assert filled.read((1, 0, 1), 0).shape == tuple(src.meta.chunk_size[0])
+    assert not filled.read((1, 0, 1), 0).any()
+
+
+# -- the writer ------------------------------------------------------------------------------------
+def test_sharded_writer_is_deterministic_and_cloudvolume_reads_it(tiny_sharded_path, tmp_path, truth):
+    from cloudvolume import CloudVolume
+
+    again = make_dataset(PRESETS["tiny"], tmp_path / "again", sharded=True)
+
+    def digest(root):
+        h = hashlib.sha256()
+        for p in sorted((root / "segmentation").rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(root)).encode() + p.read_bytes())
+        return h.hexdigest()
+
+    assert digest(again) == digest(tiny_sharded_path)
+    assert not list((again / "segmentation").rglob("*.gz"))  # no unsharded chunk left behind
+    for mip in range(truth.params.n_mips):
+        cv = CloudVolume(f"file://{again / 'segmentation'}", mip=mip, progress=False)
+        assert cv.meta.scale(mip)["sharding"]["@type"] == "neuroglancer_uint64_sharded_v1"
+        np.testing.assert_array_equal(np.asarray(cv[:, :, :])[..., 0], truth.volume(mip))
+
+
+# -- the storage route -----------------------------------------------------------------------------
+def test_storage_route_answers_like_a_bucket(sharded_server, cave_server, tiny_sharded_path, tiny_path):
+    base = f"{sharded_server.address}/storage/segmentation"
+    auth = {"Authorization": f"Bearer {sharded_server.token}"}
+    shard = sorted((tiny_sharded_path / "segmentation" / "16_16_42").iterdir())[0]
+    whole = shard.read_bytes()
+    url = f"{base}/16_16_42/{shard.name}"
+    assert requests.get(url).status_code == 401
+    r = requests.get(url, headers={**auth, "Range": "bytes=3-10"})
+    assert r.status_code == 206 and r.content == whole[3:11]
+    assert r.headers["Content-Range"] == f"bytes 3-10/{len(whole)}"
+    assert requests.get(url, headers={**auth, "Range": "bytes=-4"}).content == whole[-4:]
+    assert requests.get(url, headers={**auth, "Range": f"bytes={len(whole)}-"}).status_code == 416
+    assert requests.get(url, auth=("token", sharded_server.token)).content == whole  # cloud-files' Basic auth
+    assert requests.get(url, auth=("token", "0" * 32)).status_code == 401
+    assert requests.get(f"{base}/16_16_42/nothing.shard", headers=auth).status_code == 404
+    assert requests.get(f"{base}/../dataset.json", headers=auth).status_code in (400, 404)
+    # an unsharded chunk stored gzipped is served with Content-Encoding: gzip (requests undoes it)
+    gz = next((tiny_path / "segmentation" / "16_16_42").glob("*.gz"))
+    r = requests.get(f"{cave_server.address}/storage/segmentation/16_16_42/{gz.name[:-3]}",
+                     headers={"Authorization": f"Bearer {cave_server.token}"})
+    assert r.headers["Content-Encoding"] == "gzip"
+    import gzip as _gzip
+
+    assert r.content == _gzip.decompress(gz.read_bytes())
+
+
+def test_file_storage_flag(tiny_path, cave_home, truth):
+    with serve_in_thread(tiny_path, storage="file") as server:
+        src = CaveSource(fast_spec(server))
+        assert src.data_dir == f"file://{tiny_path / 'segmentation'}"
+        vox = truth.sv_anchor[:50]
+        np.testing.assert_array_equal(src.supervoxels_at(vox, 0), truth.supervoxel_at(vox, 0))
+
+
+# -- the disk cache --------------------------------------------------------------------------------
+def test_disk_cache_serves_repeated_reads(sharded_server, truth, tmp_path, monkeypatch):
+    monkeypatch.setenv("CRANTSEG_STORAGE_DISK_CACHE", str(tmp_path / "cache"))
+    src = CaveSource(fast_spec(sharded_server))
+    off, size = truth.bounds(0)
+    vox = np.random.default_rng(9).integers(off, off + size, size=(500, 3))
+    want = truth.supervoxel_at(vox, 0)
+    np.testing.assert_array_equal(src.supervoxels_at(vox, 0), want)
+    assert (tmp_path / "cache").is_dir()
+    n0 = sharded_server.state.n_storage_reads
+    np.testing.assert_array_equal(src.supervoxels_at(vox, 0), want)
+    assert sharded_server.state.n_storage_reads == n0  # every chunk came from the disk cache
+    t = check_times(truth)[-1]
+    assert src.roots(want[:5], t).shape == (5,)
