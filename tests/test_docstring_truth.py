@@ -88,7 +88,7 @@ def test_snapping(truth):
     assert numbers(recorded(f, "locs_to_segments(snapped")) == roots.tolist()
     assert (roots == root).all()
     g = snapping.snap_to_id_graph
-    assert numbers(recorded(g, ".compute()")) == oracle.table(np.array([[4232., 4904., 1701.], [4296., 4904., 1701.]]),
+    assert numbers(recorded(g, ".compute()")) == oracle.table(np.array([[3584., 2704., 504.], [3504., 2784., 420.]]),
                                                                root)[0].ravel().tolist()
     # the table: index, x, y, z, distance (6 decimals), status per line
     t = snapping.snap_table
