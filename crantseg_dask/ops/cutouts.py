@@ -214,8 +214,10 @@ def get_segmentation_cutout_graph(bbox, root_ids: bool = True, mip: int = 0, coo
     >>> lazy.shape, lazy.dtype
     ((26, 12, 5), dtype('uint64'))
     >>> import numpy as np
-    >>> np.unique(lazy.compute())  # background and one neuron, by root ID now
-    array([                 0, 576460752373423560], dtype=uint64)
+    >>> np.unique(lazy.compute())  # background (outside the tissue) and six roots, by root ID now
+    array([                 0, 576460752373423530, 576460752373423531,
+           576460752373423583, 576460752373423584, 576460752373423798,
+           576460752373423806], dtype=uint64)
     """
     unit = as_coordinates(coordinates)
     spec = resolve_dataset(dataset)

@@ -78,15 +78,15 @@ def get_lineage_graph(x, progress=True, *, dataset=None) -> nx.DiGraph:
     Examples
     --------
     >>> from crantseg_dask import get_lineage_graph
-    >>> g = get_lineage_graph(576460752373423543, dataset="tiny")
+    >>> g = get_lineage_graph(576460752373423807, dataset="tiny")
     >>> g.number_of_nodes(), g.number_of_edges()
-    (21, 21)
-    >>> list(g.predecessors(576460752373423543)), list(g.successors(576460752373423543))
-    ([576460752373423542], [576460752373423560])
-    >>> sorted(g.nodes[576460752373423560])
+    (10, 9)
+    >>> list(g.predecessors(576460752373423807)), list(g.successors(576460752373423807))
+    ([576460752373423725, 576460752373423796], [576460752373423813, 576460752373423814])
+    >>> sorted(g.nodes[576460752373423813])
     ['operation_id', 'timestamp']
     >>> [n for n in g if g.out_degree(n) == 0]  # current roots
-    [576460752373423560]
+    [576460752373423813, 576460752373423818]
     """
     spec = resolve_dataset(dataset)
     source = open_source(spec)
@@ -127,13 +127,16 @@ def find_common_time(root_ids, progress=True, *, dataset=None) -> datetime:
 
     Examples
     --------
-    576460752373423543 and 576460752373423558 were merged into one neuron on 2025-07-03 13:33:46 UTC;
-    the younger of the two was created on 2025-07-02 22:29:17 UTC:
+    576460752373423725 and 576460752373423796 were merged into one neuron on 2025-06-24 10:55:06 UTC;
+    the younger of the two was created on 2025-06-15 14:53:11 UTC:
 
     >>> from crantseg_dask import find_common_time
-    >>> find_common_time([576460752373423543, 576460752373423558], dataset="tiny")
-    datetime.datetime(2025, 7, 3, 6, 1, 31, 500000, tzinfo=datetime.timezone.utc)
-    >>> find_common_time([576460752373423543, 576460752373423560], dataset="tiny")
+    >>> find_common_time([576460752373423725, 576460752373423796], dataset="tiny")
+    datetime.datetime(2025, 6, 20, 0, 54, 8, 500000, tzinfo=datetime.timezone.utc)
+
+    576460752373423807 ended when its successor 576460752373423813 was created:
+
+    >>> find_common_time([576460752373423807, 576460752373423813], dataset="tiny")
     Traceback (most recent call last):
         ...
     ValueError: Given root IDs never existed at the same time.

@@ -323,7 +323,7 @@ def locs_to_segments_graph(locs, timestamp: datetime | str | int | None = None, 
     >>> from crantseg_dask.ops.locations import locs_to_segments_graph
     >>> locs = da.from_array(np.array([[4232, 4904, 1701], [3800, 5192, 1659], [0, 0, 0]]), chunks=2)
     >>> locs_to_segments_graph(locs, timestamp="mat", dataset="tiny").compute()
-    array([576460752373423547, 576460752373423549,                  0], dtype=uint64)
+    array([576460752373423809, 576460752373423807,                  0], dtype=uint64)
     """
     spec, source = _open(dataset)
     ts = resolve_timestamp(timestamp, source)
@@ -432,9 +432,9 @@ def locs_to_segments(locs, timestamp=None, coordinates: str = "nm", progress: bo
     >>> from crantseg_dask import locs_to_segments
     >>> locs = [[4232, 4904, 1701], [3800, 5192, 1659], [0, 0, 0]]
     >>> locs_to_segments(locs, dataset="tiny", progress=False)  # now
-    array([576460752373423560, 576460752373423555,                  0])
+    array([576460752373423816, 576460752373423813,                  0])
     >>> locs_to_segments(locs, timestamp="mat", dataset="tiny", progress=False)  # latest materialization
-    array([576460752373423547, 576460752373423549,                  0])
+    array([576460752373423809, 576460752373423807,                  0])
     """
     as_coordinates(coordinates)
     spec, source = _open(dataset)

@@ -58,8 +58,8 @@ def roots_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_la
     >>> from crantseg_dask.ops.mapping import roots_kernel
     >>> svs = np.array([[72198469099454522, 0], [72198469099454522, 72198469032345652]], dtype=np.uint64)
     >>> roots_kernel(svs, resolve_dataset("tiny"), datetime(2025, 8, 1, tzinfo=timezone.utc))
-    array([[576460752373423560,                  0],
-           [576460752373423560, 576460752373423555]], dtype=uint64)
+    array([[576460752373423816,                  0],
+           [576460752373423816, 576460752373423813]], dtype=uint64)
     """
     ids = np.asarray(ids, dtype=np.uint64)
     uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
@@ -87,7 +87,7 @@ def roots_graph(ids: da.Array, spec: SourceSpec, timestamp: datetime, stop_layer
     >>> svs = da.from_array(np.array([72198469099454522, 72198469032345652, 0], dtype=np.uint64), chunks=2)
     >>> ts = datetime(2025, 6, 27, tzinfo=timezone.utc)
     >>> roots_graph(svs, resolve_dataset("tiny"), ts).compute()
-    array([576460752373423547, 576460752373423548,                  0], dtype=uint64)
+    array([576460752373423809, 576460752373423807,                  0], dtype=uint64)
     """
     return ids.map_blocks(roots_kernel, spec=spec, timestamp=timestamp, stop_layer=stop_layer,
                           batch_size=batch_size, retry=retry, dtype=np.uint64,
@@ -163,11 +163,11 @@ def supervoxels_to_roots(ids, timestamp="mat", clear_cache=False, batch_size=100
     >>> from crantseg_dask import supervoxels_to_roots
     >>> svs = [72198469099454522, 72198469032345652, 0]
     >>> supervoxels_to_roots(svs, dataset="tiny")  # at the latest materialization
-    array([576460752373423547, 576460752373423549,                  0])
+    array([576460752373423809, 576460752373423807,                  0])
     >>> supervoxels_to_roots(svs, timestamp=None, dataset="tiny")  # now
-    array([576460752373423560, 576460752373423555,                  0])
+    array([576460752373423816, 576460752373423813,                  0])
     >>> supervoxels_to_roots(svs, stop_layer=2, dataset="tiny")  # L2 IDs
-    array([144256063137382402, 144256063070273551,                  0])
+    array([144256063137382421, 144256063070273549,                  0])
     """
     arr = _as_id_array(ids)
     spec, ts, stop, bs, wait = _prepare(timestamp, stop_layer, batch_size, retry, dataset)
@@ -196,7 +196,7 @@ def supervoxels_to_roots_graph(ids: da.Array, timestamp="mat", batch_size: int =
     >>> from crantseg_dask.ops.mapping import supervoxels_to_roots_graph
     >>> svs = da.from_array(np.array([72198469099454522, 72198469032345652, 0]), chunks=2)
     >>> supervoxels_to_roots_graph(svs, timestamp=None, dataset="tiny").compute()
-    array([576460752373423560, 576460752373423555,                  0])
+    array([576460752373423816, 576460752373423813,                  0])
     """
     spec, ts, stop, bs, wait = _prepare(timestamp, stop_layer, batch_size, retry, dataset)
     return roots_graph(lazy_ids(ids), spec, ts, stop, bs, retry=wait).astype(np.int64)
@@ -300,11 +300,11 @@ def roots_to_supervoxels(neurons, clear_cache=False, progress=True, *, dataset=N
     Examples
     --------
     >>> from crantseg_dask import roots_to_supervoxels
-    >>> leaves = roots_to_supervoxels([576460752373423560, 576460752373423507], dataset="tiny", progress=False)
+    >>> leaves = roots_to_supervoxels([576460752373423816, 576460752373423507], dataset="tiny", progress=False)
     >>> {int(root): len(svs) for root, svs in leaves.items()}
-    {576460752373423507: 9, 576460752373423560: 839}
-    >>> leaves[576460752373423560][:3]
-    array([72057594037927937, 72057594037927938, 72057594037927940], dtype=uint64)
+    {576460752373423507: 9, 576460752373423816: 133}
+    >>> leaves[576460752373423816][:3]
+    array([72057662824513537, 72057662891622403, 72057662891622404], dtype=uint64)
     """
     spec = resolve_dataset(dataset)
     roots = np.unique(parse_root_ids(neurons))

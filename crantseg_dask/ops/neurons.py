@@ -149,13 +149,13 @@ def neuron_to_segments(x, short: bool = False, coordinates: str = "nm", *, datas
     >>> neuron_to_segments(nodes, dataset="tiny")
     id                    1    2
     root_id
-    576460752373423538  1.0  NaN
-    576460752373423555  NaN  2.0
-    576460752373423560  2.0  NaN
+    576460752373423813  NaN  2.0
+    576460752373423816  2.0  NaN
+    576460752373423821  1.0  NaN
     >>> neuron_to_segments(nodes, short=True, dataset="tiny")
        id               match  confidence
-    0   1  576460752373423560    0.333333
-    1   2  576460752373423555    1.000000
+    0   1  576460752373423816    0.333333
+    1   2  576460752373423813    1.000000
     """
     nodes, ids = _nodes(x, neuron_column)
     roots = locs_to_segments(nodes[["x", "y", "z"]], timestamp=timestamp, coordinates=coordinates,

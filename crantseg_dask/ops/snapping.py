@@ -110,10 +110,10 @@ def snap_to_id_graph(locs: da.Array, id, snap_zero: bool = False, search_radius:
     >>> import dask.array as da
     >>> import numpy as np
     >>> from crantseg_dask.ops.snapping import snap_to_id_graph
-    >>> locs = da.from_array(np.array([[4232., 4904., 1701.], [4296., 4904., 1701.]]), chunks=1)
-    >>> snap_to_id_graph(locs, 576460752373423560, dataset="tiny").compute()
-    array([[4232., 4904., 1701.],
-           [4304., 4848., 1722.]])
+    >>> locs = da.from_array(np.array([[3584., 2704., 504.], [3504., 2784., 420.]]), chunks=1)
+    >>> snap_to_id_graph(locs, 576460752373423821, dataset="tiny").compute()
+    array([[3584., 2704.,  504.],
+           [3536., 2768.,  378.]])
     """
     spec = resolve_dataset(dataset)
     target, r = _one_target(id, spec), _check_radius(search_radius, spec)
@@ -140,13 +140,13 @@ def snap_table_graph(df, id_column: str = "id", snap_zero: bool = False, search_
     >>> import dask.dataframe as dd
     >>> import pandas as pd
     >>> from crantseg_dask.ops.snapping import snap_table_graph
-    >>> df = pd.DataFrame({"x": [4232, 4296], "y": [4904, 4904], "z": [1701, 1701],
-    ...                    "id": [576460752373423560, 576460752373423560]})
+    >>> df = pd.DataFrame({"x": [3584, 3504], "y": [2704, 2784], "z": [504, 420],
+    ...                    "id": [576460752373423821, 576460752373423821]})
     >>> lazy = snap_table_graph(dd.from_pandas(df, npartitions=2), dataset="tiny")
     >>> lazy.compute()[["snapped_x", "snapped_y", "snapped_z", "status"]]
        snapped_x  snapped_y  snapped_z     status
-    0     4232.0     4904.0     1701.0  on_target
-    1     4304.0     4848.0     1722.0    snapped
+    0     3584.0     2704.0      504.0  on_target
+    1     3536.0     2768.0      378.0    snapped
     """
     spec = resolve_dataset(dataset)
     unit, r = as_coordinates(coordinates), _check_radius(search_radius, spec)
@@ -220,23 +220,23 @@ def snap_to_id(locs, id, snap_zero: bool = False, search_radius: float = 160, co
 
     Examples
     --------
-    Three locations near neuron 576460752373423560: one on it, one on a neighbouring neuron, one on
-    background (left alone unless ``snap_zero=True``).
+    Three locations near neuron 576460752373423821, at the edge of the tissue: one on it, one on a
+    neighbouring neuron, one on background (left alone unless ``snap_zero=True``).
 
     >>> from crantseg_dask import locs_to_segments, snap_to_id
-    >>> root = 576460752373423560
-    >>> locs = [[4232, 4904, 1701], [4296, 4904, 1701], [4232, 4840, 1701]]
+    >>> root = 576460752373423821
+    >>> locs = [[3584, 2704, 504], [3504, 2784, 420], [3568, 2720, 462]]
     >>> locs_to_segments(locs, dataset="tiny", progress=False)
-    array([576460752373423560, 576460752373423538,                  0])
+    array([576460752373423821, 576460752373423611,                  0])
     >>> snap_to_id(locs, root, dataset="tiny")
     1 of 3 locations needed to be snapped. Of these 0 locations could not be snapped - consider
     increasing `search_radius`.
-    array([[4232., 4904., 1701.],
-           [4304., 4848., 1722.],
-           [4232., 4840., 1701.]])
+    array([[3584., 2704.,  504.],
+           [3536., 2768.,  378.],
+           [3568., 2720.,  462.]])
     >>> snapped = snap_to_id(locs, root, snap_zero=True, verbose=False, dataset="tiny")
     >>> locs_to_segments(snapped, dataset="tiny", progress=False)
-    array([576460752373423560, 576460752373423560, 576460752373423560])
+    array([576460752373423821, 576460752373423821, 576460752373423821])
     """
     as_coordinates(coordinates)
     spec = resolve_dataset(dataset)
@@ -297,13 +297,13 @@ def snap_table(df: pd.DataFrame, id_column: str = "id", snap_zero: bool = False,
     --------
     >>> import pandas as pd
     >>> from crantseg_dask.ops.snapping import snap_table
-    >>> df = pd.DataFrame({"x": [4232, 4296, 4232], "y": [4904, 4904, 4840], "z": [1701, 1701, 1701],
-    ...                    "pre_root": [576460752373423560, 576460752373423560, 576460752373423538]})
+    >>> df = pd.DataFrame({"x": [3584, 3504, 3568], "y": [2704, 2784, 2720], "z": [504, 420, 462],
+    ...                    "pre_root": [576460752373423821, 576460752373423821, 576460752373423611]})
     >>> snap_table(df, id_column="pre_root", snap_zero=True, progress=False, dataset="tiny")
        snapped_x  snapped_y  snapped_z  distance_nm     status
-    0     4232.0     4904.0     1701.0     0.000000  on_target
-    1     4304.0     4848.0     1722.0    65.757129    snapped
-    2     4224.0     4880.0     1722.0    63.780875    snapped
+    0     3584.0     2704.0      504.0     0.000000  on_target
+    1     3536.0     2768.0      378.0    45.880279    snapped
+    2     3488.0     2768.0      420.0    93.600214    snapped
     """
     if not isinstance(df, pd.DataFrame):
         raise InvalidInputError(f"snap_table expects a pandas.DataFrame, got {type(df).__name__}")

@@ -49,7 +49,7 @@ def is_latest_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime) -> 
     >>> import numpy as np
     >>> from crantseg_dask.config import resolve_dataset
     >>> from crantseg_dask.ops.updates import is_latest_kernel
-    >>> ids = np.array([576460752373423560, 576460752373423543, 0], dtype=np.uint64)
+    >>> ids = np.array([576460752373423813, 576460752373423807, 0], dtype=np.uint64)
     >>> is_latest_kernel(ids, resolve_dataset("tiny"), datetime(2025, 8, 1, tzinfo=timezone.utc))
     array([ True, False, False])
     """
@@ -137,10 +137,10 @@ def overlap_kernel(roots: np.ndarray, spec: SourceSpec, timestamp: datetime, sto
     >>> import numpy as np
     >>> from crantseg_dask.config import resolve_dataset
     >>> from crantseg_dask.ops.updates import overlap_kernel
-    >>> best = overlap_kernel(np.array([576460752373423543]), resolve_dataset("tiny"),
+    >>> best = overlap_kernel(np.array([576460752373423807]), resolve_dataset("tiny"),
     ...                       datetime(2025, 8, 1, tzinfo=timezone.utc), stop_layer=2)
     >>> int(best["new_id"][0]), round(float(best["confidence"][0]), 3)
-    (576460752373423560, 0.992)
+    (576460752373423813, 0.525)
     """
     roots = np.asarray(roots, dtype=np.uint64).ravel()
     out = np.zeros(roots.shape, dtype=UPDATE_DTYPE)
@@ -167,10 +167,10 @@ def update_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_l
     >>> import numpy as np
     >>> from crantseg_dask.config import resolve_dataset
     >>> from crantseg_dask.ops.updates import update_kernel
-    >>> ids = np.array([576460752373423560, 576460752373423543, 0], dtype=np.uint64)
+    >>> ids = np.array([576460752373423813, 576460752373423807, 0], dtype=np.uint64)
     >>> out = update_kernel(ids, resolve_dataset("tiny"), datetime(2025, 8, 1, tzinfo=timezone.utc), 2)
     >>> out["new_id"], out["confidence"].round(3)
-    (array([576460752373423560, 576460752373423560,                  0], dtype=uint64), array([1.   , 0.992, 0.   ]))
+    (array([576460752373423813, 576460752373423813,                  0], dtype=uint64), array([1.   , 0.525, 0.   ]))
     """
     ids = np.asarray(ids, dtype=np.uint64)
     uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
@@ -193,7 +193,7 @@ def is_latest_roots_graph(ids: da.Array, timestamp=None, *, dataset=None) -> da.
     >>> import dask.array as da
     >>> import numpy as np
     >>> from crantseg_dask.ops.updates import is_latest_roots_graph
-    >>> ids = da.from_array(np.array([576460752373423560, 576460752373423543]), chunks=1)
+    >>> ids = da.from_array(np.array([576460752373423813, 576460752373423807]), chunks=1)
     >>> is_latest_roots_graph(ids, dataset="tiny").compute()
     array([ True, False])
     """
@@ -240,12 +240,13 @@ def is_latest_roots(x, timestamp=None, dataset=None, progress=True, batch_size=1
 
     Examples
     --------
-    576460752373423543 was merged into 576460752373423560 on 2025-07-03:
+    576460752373423807 was split into 576460752373423813 and 576460752373423814 on 2025-06-27,
+    after the latest materialization:
 
     >>> from crantseg_dask import is_latest_roots
-    >>> is_latest_roots([576460752373423560, 576460752373423543, 0], dataset="tiny", progress=False)
+    >>> is_latest_roots([576460752373423813, 576460752373423807, 0], dataset="tiny", progress=False)
     array([ True, False, False])
-    >>> is_latest_roots([576460752373423560, 576460752373423543], timestamp="mat", dataset="tiny",
+    >>> is_latest_roots([576460752373423813, 576460752373423807], timestamp="mat", dataset="tiny",
     ...                 progress=False)
     array([False,  True])
     """
@@ -276,9 +277,9 @@ def update_ids_graph(ids: da.Array, timestamp=None, stop_layer: int = 2, *, data
     >>> import dask.array as da
     >>> import numpy as np
     >>> from crantseg_dask.ops.updates import update_ids_graph
-    >>> ids = da.from_array(np.array([576460752373423543, 576460752373423560]), chunks=1)
+    >>> ids = da.from_array(np.array([576460752373423807, 576460752373423813]), chunks=1)
     >>> update_ids_graph(ids, dataset="tiny").compute()["new_id"]
-    array([576460752373423560, 576460752373423560], dtype=uint64)
+    array([576460752373423813, 576460752373423813], dtype=uint64)
     """
     spec = resolve_dataset(dataset)
     source = open_source(spec)
@@ -399,23 +400,23 @@ def update_ids(x, supervoxels=None, timestamp=None, stop_layer=2, progress=True,
     Examples
     --------
     >>> from crantseg_dask import update_ids
-    >>> update_ids([576460752373423543, 576460752373423560], dataset="tiny", progress=False)
+    >>> update_ids([576460752373423807, 576460752373423813], dataset="tiny", progress=False)
                    old_id              new_id  confidence  changed
-    0  576460752373423543  576460752373423560       0.992     True
-    1  576460752373423560  576460752373423560       1.000    False
+    0  576460752373423807  576460752373423813    0.524664     True
+    1  576460752373423813  576460752373423813    1.000000    False
 
     A table with a supervoxel per row: outdated rows take their supervoxel's root (confidence 1).
 
     >>> import pandas as pd
-    >>> table = pd.DataFrame({"root_id": [576460752373423547, 576460752373423549],
+    >>> table = pd.DataFrame({"root_id": [576460752373423809, 576460752373423807],
     ...                       "supervoxel_id": [72198469099454522, 72198469032345652]})
     >>> out = update_ids(table, dataset="tiny", progress=False)
     >>> list(out.columns)  # the result's columns, then the input's
     ['old_id', 'new_id', 'confidence', 'changed', 'root_id', 'supervoxel_id']
     >>> out[["old_id", "new_id", "confidence", "changed"]]
                    old_id              new_id  confidence  changed
-    0  576460752373423547  576460752373423560         1.0     True
-    1  576460752373423549  576460752373423555         1.0     True
+    0  576460752373423809  576460752373423816         1.0     True
+    1  576460752373423807  576460752373423813         1.0     True
     """
     frame = x if isinstance(x, pd.DataFrame) else None
     if frame is not None:

@@ -282,12 +282,12 @@ def get_voxels_graph(x, mip: int = 0, bounds=None, sv_map: bool = False, thin: b
     Examples
     --------
     >>> from crantseg_dask.ops.voxels import get_voxels_graph
-    >>> lazy = get_voxels_graph(576460752373423560, mip=1, dataset="tiny")
+    >>> lazy = get_voxels_graph(576460752373423816, mip=1, dataset="tiny")
     >>> lazy.shape, lazy.dtype  # the count is known only once computed
     ((nan, 3), dtype('uint32'))
     >>> voxels = lazy.compute()
     >>> len(voxels), voxels[:2].tolist()
-    (33318, [[48, 112, 9], [48, 113, 9]])
+    (23409, [[48, 140, 34], [48, 140, 35]])
     """
     spec = resolve_dataset(dataset)
     source = open_source(spec)
@@ -417,12 +417,12 @@ def get_voxels(x, mip: int = 0, bounds=None, sv_map: bool = False, thin: bool = 
 
     Examples
     --------
-    >>> root = 576460752373423560  # a root of the "tiny" dataset
+    >>> root = 576460752373423816  # a neuron of the "tiny" dataset
     >>> voxels, svids = get_voxels(root, mip=1, sv_map=True, dataset="tiny", progress=False)
     >>> voxels.dtype, svids.dtype
     (dtype('uint32'), dtype('uint64'))
     >>> len(voxels), voxels[0].tolist(), int(svids[0])  # mip-1 voxel indices, x-major order
-    (33318, [48, 112, 9], 72057662757404675)
+    (23409, [48, 140, 34], 72057662824513537)
     """
     if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
         raise InvalidInputError(f"threads={threads!r} must be a positive integer")
