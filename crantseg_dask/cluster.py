@@ -12,6 +12,10 @@
 Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in workers, which made chunk decoding 2-2.7x
 slower here (perf-baseline pitfall 3); workers this function starts (the default LocalCluster and a
 ``cluster=`` spec's) start without it. The default dashboard listens on 127.0.0.1 only.
+
+The default LocalCluster speaks TLS with temporary credentials (``Security.temporary()``: a
+fresh CA and key pair in memory, ``require_encryption=True``): workers hold the job's CAVE token,
+so no other process on the machine may submit work to them. Remote clusters: see cluster/README.md.
 """
 from __future__ import annotations
 
@@ -55,8 +59,12 @@ def make_client(scheduler: str | None = None, cluster: str | None = None, *, n_w
             yield client
         return
     _no_trim()
+    from distributed.security import Security
+
+    security = Security.temporary()  # mutual TLS: only holders of these in-memory keys may connect
     with LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
-                      dashboard_address=dashboard_address) as c, Client(c) as client:
+                      dashboard_address=dashboard_address, host="127.0.0.1", protocol="tls://",
+                      security=security) as c, Client(c, security=security) as client:
         yield client
 
 
