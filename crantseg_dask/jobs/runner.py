@@ -211,7 +211,8 @@ def _run_locked(op, op_name, input, output, t0, *, dataset, timestamp, scheduler
         keep = [old.get(k) for k in keys] + [old.get("format")] == [attrs[k] for k in keys] + [FORMAT]
         if not keep and not force:
             raise InvalidInputError(
-                f"{output} holds another job than the one asked for; differs: {'; '.join(_differences(old, attrs))}. "
+                f"{output} holds a job with another input, operation, timestamp, arguments, dataset or store format "
+                f"than the one asked for; differs: {'; '.join(_differences(old, attrs))}. "
                 "Use --force to start it again from scratch")
     repaired = {}
     if not keep:
