@@ -87,7 +87,7 @@ def count_calls(monkeypatch, src, names=("is_latest", "roots", "leaves", "leaves
 def test_is_latest_truth_c5_c6_bug7_bug12(spec, truth, unknown_root, label):
     arg, t = when(truth, label)
     roots = truth.all_roots
-    x = np.concatenate([roots, roots[:5], [0, unknown_root, 0]])[::-1].copy()
+    x = np.concatenate([roots, roots[:5], np.array([0, unknown_root, 0], np.uint64)])[::-1].copy()
     got = is_latest_roots(x, timestamp=arg, dataset=spec, progress=False)
     exp = np.array([truth.is_latest(r, t) for r in x])  # 0 and unknown: False
     assert got.dtype == bool and len(got) == len(x)
