@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import os
 import time
+import uuid
 from importlib.metadata import version
 from pathlib import Path
 
@@ -288,13 +289,18 @@ def _submit(client, output, op_name, todo, ctx, token, progress) -> None:
     from distributed import as_completed
     from tqdm import tqdm
 
-    keys = [f"crantseg-{op_name}-{token}-{i:06d}" for i in todo]
+    run = uuid.uuid4().hex[:8]  # per run: a resumed run never meets a failed run's erred tasks
+    keys = [f"crantseg-{op_name}-{token}-{run}-{i:06d}" for i in todo]
     # retries=0: a task's own failure (auth, bad IDs, a bug) is not transient, and the HTTP layer has
     # already retried what is; tasks lost with a killed worker are rerun by the scheduler
     # (distributed.scheduler.allowed-failures), not by these retries.
     futures = client.map(run_partition, [output] * len(todo), [op_name] * len(todo), todo, [ctx] * len(todo),
                          key=keys, retries=0, pure=False)
     with tqdm(total=len(todo), unit="partition", disable=not progress, desc=op_name) as bar:
-        for future in as_completed(futures):
-            future.result()  # re-raises a partition's error here, naming it
-            bar.update(1)
+        try:
+            for future in as_completed(futures):
+                future.result()  # re-raises a partition's error here, naming it
+                bar.update(1)
+        except BaseException:
+            client.cancel(futures, force=True)  # no task of a failed run writes after it returns
+            raise
