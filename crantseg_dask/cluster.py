@@ -47,7 +47,10 @@ def make_client(scheduler: str | None = None, cluster: str | None = None, *, n_w
         spec = yaml.safe_load(Path(cluster).read_text())
         module, _, name = spec["class"].rpartition(".")
         cls = getattr(importlib.import_module(module), name)
-        with cls(**spec.get("kwargs", {})) as c:
+        kwargs = dict(spec.get("kwargs", {}))
+        if spec.get("tls"):
+            kwargs.update(security=_security(spec["tls"]), protocol=kwargs.get("protocol", "tls://"))
+        with cls(**kwargs) as c:
             if spec.get("scale"):
                 c.scale(**spec["scale"])
             with Client(c) as client:
@@ -66,6 +69,20 @@ def make_client(scheduler: str | None = None, cluster: str | None = None, *, n_w
                       dashboard_address=dashboard_address, host="127.0.0.1", protocol="tls://",
                       security=security) as c, Client(c, security=security) as client:
         yield client
+
+
+def _security(tls):
+    """``tls: temporary`` (fresh in-memory CA and keys) or ``tls: {ca_file, cert, key}`` (files
+    shared with the workers, e.g. on a cluster file system) as a ``Security`` requiring TLS."""
+    from distributed.security import Security
+
+    if tls == "temporary" or tls is True:
+        return Security.temporary()
+    if isinstance(tls, dict) and {"ca_file", "cert", "key"} <= set(tls):
+        files = {f"tls_{role}_{kind}": tls[kind] for role in ("client", "scheduler", "worker")
+                 for kind in ("cert", "key")}
+        return Security(tls_ca_file=tls["ca_file"], require_encryption=True, **files)
+    raise ValueError(f"cluster spec: tls must be 'temporary' or {{ca_file, cert, key}}, got {tls!r}")
 
 
 def dashboard_link(client) -> str | None:

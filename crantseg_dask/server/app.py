@@ -50,18 +50,19 @@ class HardenedServer(tornado.httpserver.HTTPServer):
         self._opened: dict = {}
 
     def handle_stream(self, stream, address) -> None:
-        while len(self._connections) >= self.max_connections:
-            oldest = min(self._connections, key=lambda c: self._opened.get(id(c), 0.0))
-            self._connections.discard(oldest)
-            self._opened.pop(id(oldest), None)
-            oldest.stream.close()
+        if len(self._connections) >= self.max_connections:
+            excess = len(self._connections) - self.max_connections + 1
+            for conn in sorted(self._connections, key=lambda c: self._opened.get(id(c), 0.0))[:excess]:
+                self._connections.discard(conn)
+                self._opened.pop(id(conn), None)
+                conn.stream.close()
         super().handle_stream(stream, address)
         for conn in self._connections:
             self._opened.setdefault(id(conn), time.monotonic())
 
     def on_close(self, server_conn) -> None:
         self._opened.pop(id(server_conn), None)
-        super().on_close(server_conn)
+        self._connections.discard(server_conn)  # an evicted connection is no longer in the set
 
 
 def make_app(state: ServedDataset) -> tornado.web.Application:

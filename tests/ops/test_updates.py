@@ -206,17 +206,20 @@ def test_dataframe_rows_c36_c37(local_spec, truth):
     assert out.new_id[1] == 0 and out.new_id[2] is None
     assert out.new_id[0] == expect_update(truth, r[0], t)[0]
     assert out.new_id[3] == expect_update(truth, r[-1], t)[0]
-    empty = update_ids(pd.DataFrame({"root_id": [0, None]}), dataset=local_spec, progress=False)
+    empty = update_ids(pd.DataFrame({"root_id": pd.Series([0, None], dtype=object)}), dataset=local_spec,
+                       progress=False)  # (a float64 column of IDs is refused: issue 17)
     assert len(empty) == 2 and (empty.confidence == 0).all()
 
 
-def test_list_invalid_dropped_c37_c38(local_spec, truth):
+def test_list_keeps_length_and_order_zero_in_zero_out_c37_c38(local_spec, truth):
+    """crantpy drops 0/NaN from a list; issue 17 asks every ID function to keep length and order."""
     for bad in ([0, np.nan, None], [], [0]):
         df = update_ids(bad, dataset=local_spec)
-        assert list(df.columns) == COLUMNS and len(df) == 0
+        assert list(df.columns) == COLUMNS and len(df) == len(bad)
+        assert (df.new_id == 0).all() and (df.confidence == 0).all() and not df.changed.any()
     r = truth.all_roots
     df = update_ids([int(r[3]), 0, int(r[1]), np.nan, int(r[3])], timestamp="mat", dataset=local_spec, progress=False)
-    assert df.old_id.tolist() == [int(r[3]), int(r[1]), int(r[3])]
+    assert df.old_id.tolist() == [int(r[3]), 0, int(r[1]), 0, int(r[3])]
     single = update_ids(str(int(r[1])), timestamp="mat", dataset=local_spec, progress=False)
     assert single.old_id.tolist() == [int(r[1])]  # one numeric string is one ID
 
