@@ -235,3 +235,20 @@ def test_cli_timestamp_in_unix_seconds(client, truth, tiny_path, tmp_path):
             "--timestamp", str(int(t.timestamp())), "--no-progress", "--workers", "1")
     assert r.returncode == 0, r.stderr
     np.testing.assert_array_equal(read_output(tmp_path / "o.zarr")["root_id"], truth.root_of(sv, t))
+
+
+def test_a_bit_flip_that_still_decodes_is_caught_by_the_checksum(tmp_path):
+    """Random coordinates do not compress: zstd stores them raw, so one flipped bit decodes to a
+    wrong value without complaint. Only the crc32c codec tells (mutation: drop it and this fails)."""
+    from crantseg_dask.persist import JobStore
+
+    x = np.random.default_rng(0).random(1000) * 1e5
+    out = str(tmp_path / "o.zarr")
+    JobStore.create(out, inputs={"row": np.arange(1000), "x": x}, outputs={"root_id": ("uint64", 0)},
+                    partition_size=100, attrs={})
+    f = chunk(out, "x", 2)
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    f.write_bytes(bytes(data))
+    assert list(verify(out)["inputs"]) == [2]
+    assert "checksum" in verify(out)["inputs"][2][0]
