@@ -296,6 +296,8 @@ def _submit(client, output, op_name, todo, ctx, token, progress) -> None:
     # (distributed.scheduler.allowed-failures), not by these retries.
     futures = client.map(run_partition, [output] * len(todo), [op_name] * len(todo), todo, [ctx] * len(todo),
                          key=keys, retries=0, pure=False)
+    if not futures:
+        return
     with tqdm(total=len(todo), unit="partition", disable=not progress, desc=op_name) as bar:
         try:
             for future in as_completed(futures):

@@ -168,8 +168,9 @@ class ApiHandler(tornado.web.RequestHandler):
         if bad.any():
             v = int(ids[int(np.argmax(bad))])
             extra = {"error": "unknown_id"} if status == 404 else {}
-            raise ApiError(status, f"{what} {v} has layer bits {int(layer[int(np.argmax(bad))])}: not an ID of "
-                                   f"this dataset (layers 1 to {layout.n_layers})", **extra)
+            raise ApiError(status, f"{what} {v} is not in dataset {self.state.datastack!r}: its layer bits say "
+                                   f"{int(layer[int(np.argmax(bad))])}, this dataset's layers are 1 to "
+                                   f"{layout.n_layers}", **extra)
 
     def ts_arg(self, name: str, default: str = "now") -> datetime | None:
         """Query timestamp (float unix seconds) as an aware UTC datetime; missing -> now / None."""
