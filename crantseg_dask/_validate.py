@@ -17,9 +17,37 @@ import pandas as pd
 
 from .errors import InvalidIDError, InvalidInputError, InvalidLocationError, InvalidTimestampError
 
-__all__ = ["as_bbox", "as_coordinates", "as_ids", "as_locations", "as_timestamp", "to_unix"]
+__all__ = ["as_bbox", "as_coordinates", "as_ids", "as_locations", "as_timestamp", "check_layers",
+           "check_time_range", "floats_allowed", "to_unix"]
 
 _UINT64_MAX = 2**64 - 1
+_FLOAT_EXACT = 2**53  # float64 holds every integer below this exactly, and not all above
+FLOAT_OPTION = ("allow_float_ids: crantseg's setting `crantseg.allow-float-ids` (dask.config.set("
+                "{'crantseg.allow-float-ids': True}) or CRANTSEG_ALLOW_FLOAT_IDS=1), CLI --allow-float-ids")
+
+
+def floats_allowed() -> bool:
+    """Whether the user opted in to float IDs (only whole values below 2**53 are accepted then)."""
+    import os
+
+    env = os.environ.get("CRANTSEG_ALLOW_FLOAT_IDS")
+    if env is not None:
+        return env.strip().lower() in ("1", "true", "yes")
+    import dask.config
+
+    return bool(dask.config.get("crantseg.allow-float-ids", default=False))
+
+
+def _float_refusal(name: str, pos: int | None, v: Any) -> InvalidIDError:
+    where = name if pos is None else f"{name}[{pos}]"
+    if floats_allowed():
+        return InvalidIDError(f"{where} = {_fmt(v)}: a float ID of 2**53 or more cannot be exact (the nearest "
+                              "float64 may be another ID); read the column as integers (dtype uint64 or "
+                              "'Int64' for missing values)")
+    return InvalidIDError(f"{where} = {_fmt(v)}: IDs stored as floats are refused (float64 rounds IDs of "
+                          "2**53 and more to other IDs); read the column as integers (dtype uint64, or "
+                          "'Int64' for missing values), or if every ID is below 2**53 opt in with "
+                          f"{FLOAT_OPTION}")
 _MAX_UNIX_SECONDS = 1e11  # year ~5138: anything larger is almost surely ms or ns
 _MAT = re.compile(r"mat(?:_latest|_(\d+))?", re.ASCII | re.IGNORECASE)
 
@@ -129,12 +157,18 @@ class _BadID(Exception):
     """Internal: why one ID value is rejected."""
 
 
+class _BadFloat(_BadID):
+    """Internal: a float ID without the opt-in, or too large to be exact."""
+
+
 def _one_id(v: Any) -> int | None:
     """One ID as a Python int, or None when missing; raises _BadID with the reason."""
     if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v)):
         return None
     if isinstance(v, (bool, np.bool_)):
         raise _BadID("booleans are not IDs")
+    if isinstance(v, (float, np.floating)) and (not floats_allowed() or not abs(v) < _FLOAT_EXACT):
+        raise _BadFloat()
     if isinstance(v, (str, bytes, float, np.floating)):
         try:
             d = Decimal((v.decode() if isinstance(v, bytes) else v).strip()
@@ -207,19 +241,71 @@ def as_ids(x: Any, *, name: str = "ids", nan: str = "raise") -> np.ndarray:
         return a.astype(np.uint64)
     if a.dtype.kind == "f":  # vectorised check; on failure the loop below names the value
         missing = np.isnan(a)
-        bad = ~np.isfinite(a) | (a < 0) | (a >= 2.0**64) | (a != np.floor(a))
+        bad = ~np.isfinite(a) | (a < 0) | (a >= _FLOAT_EXACT) | (a != np.floor(a))
+        if not floats_allowed() and (~missing).any():
+            bad = ~missing | (missing if nan == "raise" else False)
         if not (bad & ~missing if nan == "zero" else bad).any():
             return np.where(missing, 0, a).astype(np.uint64)
     out = np.empty(a.size, dtype=np.uint64)
     for i, v in enumerate(a.tolist()):
         try:
             iv = _one_id(v)
+        except _BadFloat:
+            raise _float_refusal(name, None if scalar else i, v) from None
         except _BadID as e:
             raise _id_error(name, None if scalar else i, v, str(e)) from None
         if iv is None and nan == "raise":
             raise _id_error(name, None if scalar else i, v, "missing ID")
         out[i] = 0 if iv is None else iv
     return out
+
+
+def check_layers(ids: np.ndarray, layout, *, name: str = "ids") -> np.ndarray:
+    """Refuse IDs whose layer bits are impossible for ``layout`` (layer 0 or above ``n_layers``,
+    e.g. 2**64-1); 0 (no segment) passes. Returns ``ids``.
+
+    Parameters
+    ----------
+    ids : numpy.ndarray
+        uint64 IDs (from ``as_ids``).
+    layout : crantseg_dask._ids.IdLayout
+        The dataset's ID bit layout.
+    name : str
+        Parameter name used in messages.
+    """
+    flat = np.asarray(ids, dtype=np.uint64).ravel()
+    layer = layout.layer(flat).astype(np.int64)
+    bad = (flat != 0) & ((layer < 1) | (layer > layout.n_layers))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InvalidIDError(f"{name}[{i}] = {int(flat[i])}: its layer bits say layer {int(layer[i])}, but this "
+                             f"dataset's IDs have layers 1 to {layout.n_layers}: not an ID of this dataset "
+                             f"({int(bad.sum())} such values)")
+    return ids
+
+
+def check_time_range(ts: datetime, first: datetime | None, *, name: str = "timestamp",
+                     now: datetime | None = None) -> datetime:
+    """Refuse a resolved timestamp before the dataset's first data or after now.
+
+    Parameters
+    ----------
+    ts : datetime.datetime
+        Aware UTC timestamp (from ``as_timestamp``).
+    first : datetime.datetime or None
+        The dataset's first data (oldest timestamp); None skips the lower bound.
+    name : str
+        Parameter name used in messages.
+    now : datetime.datetime, optional
+        The current time (default: now, UTC).
+    """
+    now = now or datetime.now(timezone.utc)
+    lo = _utc(first) if first is not None else None
+    if (lo is not None and ts < lo) or ts > now:
+        rng = f"{lo.isoformat() if lo else '(no lower bound)'} to now ({_utc(now).isoformat()})"
+        why = "before the dataset's first data" if lo is not None and ts < lo else "in the future"
+        raise InvalidTimestampError(f"{name}={ts.isoformat()} is {why}; valid timestamps are {rng}")
+    return ts
 
 
 def _utc(dt: datetime) -> datetime:

@@ -26,7 +26,7 @@ from pathlib import Path
 import dask.config
 import yaml
 
-from ._validate import as_timestamp
+from ._validate import as_timestamp, check_time_range
 from .errors import DatasetError
 from .sources.base import SourceSpec
 
@@ -118,6 +118,18 @@ def resolve_dataset(dataset=None) -> SourceSpec:
     )
 
 
+def first_data(source) -> datetime | None:
+    """When the dataset's data begins (an embedded dataset's ingest time); None when unknown."""
+    edits = getattr(source, "edits", None)
+    if isinstance(edits, dict) and isinstance(edits.get("ingest_ms"), (int, float)):
+        from datetime import timezone
+
+        return datetime.fromtimestamp(edits["ingest_ms"] / 1000, tz=timezone.utc)
+    return None
+
+
 def resolve_timestamp(timestamp, source, *, name: str = "timestamp") -> datetime:
-    """Resolve a timestamp argument once, against ``source`` for "mat" strings: an aware UTC datetime."""
-    return as_timestamp(timestamp, resolve_mat=source.materialization_timestamp, name=name)
+    """Resolve a timestamp argument once, against ``source`` for "mat" strings: an aware UTC datetime.
+    Times before the dataset's first data or after now are refused, naming the valid range."""
+    ts = as_timestamp(timestamp, resolve_mat=source.materialization_timestamp, name=name)
+    return check_time_range(ts, first_data(source), name=name)

@@ -11,8 +11,10 @@ The tree (every leaf also subclasses the builtin callers already catch)::
     │   └── OutOfBoundsError                   boxes or bounds outside the volume
     ├── UnknownIDError(KeyError)               an ID the dataset has never known
     ├── DatasetError(ValueError)               unknown dataset name or a directory that is no dataset
-    └── SourceError(OSError)                   a read or request failed after its retries
-        └── AuthError                          the server refused the token
+    ├── SourceError(OSError)                   a read or request failed after its retries
+    │   └── AuthError                          the server refused the token
+    └── JobStoreError(OSError)                 a job's store cannot be read or written, is damaged
+                                               or is locked by another running job
 
 Errors carry no side effects: they only describe.
 """
@@ -29,6 +31,7 @@ __all__ = [
     "OutOfBoundsError",
     "SourceError",
     "AuthError",
+    "JobStoreError",
     "UnknownIDError",
 ]
 
@@ -78,3 +81,8 @@ class SourceError(CrantsegError, OSError):
 
 class AuthError(SourceError):
     """The server refused our credentials (HTTP 401/403)."""
+
+
+class JobStoreError(CrantsegError, OSError):
+    """A job's Zarr store that cannot be written or read (permissions, a full disk, damaged or
+    missing chunks, another job holding its lock). The message names the file and partition."""

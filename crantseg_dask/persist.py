@@ -13,6 +13,11 @@ Attributes under ``crantseg``: package version, operation, arguments, resolved t
 explicit because an all-zero output chunk is indistinguishable from an unwritten one. A killed worker or driver loses at most the partitions in
 flight: ``resume`` reruns exactly those whose ``_done`` entry is 0, rewriting whole chunks.
 
+Every chunk is written (also all-fill ones) and carries a crc32c checksum (Zarr v3 ``crc32c``
+codec after ``zstd``), so a missing, truncated or altered chunk is detected: ``verify`` reads every
+chunk and names the damaged partitions; ``read_output`` refuses a damaged store naming the
+partition; ``run_job(resume=True)`` reruns partitions whose outputs are damaged.
+
 Rows are stored grouped by storage chunk (for locality); ``read_output`` returns them in input
 order. Plain zarr, xarray (``xr.open_zarr(path)``) and pandas (through ``read_output``) all open it.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,11 +33,28 @@ import pandas as pd
 import zarr
 import zarr.errors
 
-from .errors import InvalidInputError
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
-__all__ = ["JobStore", "fingerprint", "read_output", "read_ragged", "status"]
+from .errors import InvalidInputError, JobStoreError
 
-FORMAT = 2  # 2: input column names recorded, ragged pieces dimensioned and deleted once finalized
+__all__ = ["JobStore", "fingerprint", "read_output", "read_ragged", "status", "verify"]
+
+FORMAT = 3  # 3: crc32c on every chunk, every chunk written; 2: input names recorded, ragged pieces
+CODECS = {"compressors": (ZstdCodec(level=0), Crc32cCodec())}
+WRITE_ALL = {"array.write_empty_chunks": True}  # an all-fill chunk is stored too: missing = damaged
+
+
+def _open(path: str, mode: str) -> zarr.Group:
+    """The job's group; a damaged or unreadable ``zarr.json`` is one clear line naming the file."""
+    try:
+        return zarr.open_group(path, mode=mode)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise InvalidInputError(f"{path} is not a crantseg job (no Zarr group there)") from None
+    except PermissionError as e:
+        raise JobStoreError(f"{path}: cannot open the job's store: {e.strerror or e}") from None
+    except (ValueError, KeyError, TypeError, OSError) as e:  # JSONDecodeError is a ValueError
+        raise JobStoreError(f"{path}/zarr.json is damaged ({type(e).__name__}: {e}); the job's metadata "
+                            "cannot be read: rerun with --force") from None
 
 
 def fingerprint(columns: dict[str, np.ndarray]) -> str:
@@ -51,14 +74,11 @@ class JobStore:
 
     @property
     def group(self) -> zarr.Group:
-        return zarr.open_group(self.path, mode="r+")
+        return _open(self.path, "r+")
 
     @property
     def attrs(self) -> dict:
-        try:
-            g = zarr.open_group(self.path, mode="r")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-            raise InvalidInputError(f"{self.path} is not a crantseg job (no Zarr group there)") from None
+        g = _open(self.path, "r")
         if "crantseg" not in g.attrs:  # zarr.json is written before the attributes: creation was cut short
             raise InvalidInputError(f"{self.path} holds an incomplete job (created but never finished being set "
                                     "up); rerun with --force")
@@ -71,17 +91,19 @@ class JobStore:
         n = len(next(iter(inputs.values())))
         chunk = max(1, min(partition_size, max(n, 1)))
         n_parts = -(-n // chunk)
-        g = zarr.open_group(path, mode="w")
-        for name, a in inputs.items():
-            arr = g.create_array(name, shape=(n,), chunks=(chunk,), dtype=a.dtype, dimension_names=("row",),
-                                 fill_value=0)
-            if n:
-                arr[:] = a
-        for name, (dtype, fill) in outputs.items():
-            g.create_array(name, shape=(n,), chunks=(chunk,), dtype=dtype, dimension_names=("row",),
-                           fill_value=fill)
-        g.create_array("_done", shape=(n_parts,), chunks=(1,), dtype="uint8", dimension_names=("partition",),
-                       fill_value=0)
+        with zarr.config.set(WRITE_ALL):
+            g = zarr.open_group(path, mode="w")
+            for name, a in inputs.items():
+                arr = g.create_array(name, shape=(n,), chunks=(chunk,), dtype=a.dtype, dimension_names=("row",),
+                                     fill_value=0, **CODECS)
+                if n:
+                    arr[:] = a
+            for name, (dtype, fill) in outputs.items():
+                g.create_array(name, shape=(n,), chunks=(chunk,), dtype=dtype, dimension_names=("row",),
+                               fill_value=fill, **CODECS)
+            done = g.create_array("_done", shape=(n_parts,), chunks=(1,), dtype="uint8",
+                                  dimension_names=("partition",), fill_value=0, **CODECS)
+            done[:] = 0
         g.attrs["crantseg"] = {**attrs, "format": FORMAT, "n_rows": n, "partition_size": chunk,
                                "n_partitions": n_parts, "inputs": sorted(inputs), "outputs": sorted(outputs)}
         return cls(path)
@@ -95,24 +117,44 @@ class JobStore:
         return [n for n in self.attrs["inputs"] if n != "row"]
 
     def read(self, names, i: int) -> dict[str, np.ndarray]:
-        g, sl = zarr.open_group(self.path, mode="r"), self.partition(i)
-        return {name: np.asarray(g[name][sl]) for name in names}
+        """Partition ``i`` of the input columns ``names``; a missing or damaged chunk is an error
+        naming the file and partition (never read as zeros)."""
+        g, sl = _open(self.path, "r"), self.partition(i)
+        out = {}
+        for name in names:
+            problem = chunk_problem(g, self.path, name, i)
+            if problem:
+                raise JobStoreError(f"{problem}: input column {name!r} of partition {i} is damaged; it cannot be "
+                                    "recomputed from the store: rerun with --resume and the same --input "
+                                    "(it is rewritten from there) or with --force")
+            out[name] = np.asarray(g[name][sl])
+        return out
 
     def write(self, i: int, columns: dict[str, np.ndarray]) -> None:
         """Write partition ``i``'s outputs, then mark it done (the order matters for resume).
 
         ``ragged:<name>`` entries (any length) go to their own array ``_ragged_<name>_<i>`` (with
         dimension names of its own, so xarray opens an unfinished group too)."""
-        g, sl = self.group, self.partition(i)
-        for name, a in columns.items():
-            if name.startswith("ragged:"):
-                piece = f"_ragged_{name[7:]}_{i:06d}"
-                a = np.asarray(a)
-                g.create_array(piece, data=a, overwrite=True,
-                               dimension_names=tuple(f"{piece}_axis{k}" for k in range(a.ndim)))
-            else:
-                g[name][sl] = a
-        g["_done"][i] = 1
+        sl = self.partition(i)
+        name = "zarr.json"
+        try:
+            with zarr.config.set(WRITE_ALL):
+                g = self.group
+                for name, a in columns.items():
+                    if name.startswith("ragged:"):
+                        piece = name = f"_ragged_{name[7:]}_{i:06d}"
+                        a = np.asarray(a)
+                        g.create_array(piece, data=a, overwrite=True, **CODECS,
+                                       dimension_names=tuple(f"{piece}_axis{k}" for k in range(a.ndim)))
+                    else:
+                        g[name][sl] = a
+                name = "_done"
+                g["_done"][i] = 1
+        except OSError as e:
+            if isinstance(e, JobStoreError):
+                raise
+            raise JobStoreError(f"{self.path}/{name}: writing partition {i} failed: "
+                                f"{e.strerror or e}") from None
 
     def finalize_ragged(self, names, count_column: str) -> None:
         """Concatenate the partitions' ragged pieces into ``<name>`` arrays (rows in stored order)
@@ -123,12 +165,12 @@ class JobStore:
         n_parts = self.attrs["n_partitions"]
         counts = np.asarray(g[count_column][:], dtype=np.int64)
         offsets = np.r_[0, np.cumsum(counts)]
-        g.create_array("offsets", data=offsets, overwrite=True, dimension_names=("row_edge",))
+        g.create_array("offsets", data=offsets, overwrite=True, dimension_names=("row_edge",), **CODECS)
         for name in names:
             parts = [np.asarray(g[f"_ragged_{name}_{i:06d}"][:]) for i in range(n_parts)]
             data = np.concatenate(parts)
             dims = ("item",) + tuple(f"{name}_axis{k}" for k in range(1, data.ndim))
-            g.create_array(name, data=data, overwrite=True, dimension_names=dims)
+            g.create_array(name, data=data, overwrite=True, dimension_names=dims, **CODECS)
         for name in names:
             for i in range(n_parts):
                 del g[f"_ragged_{name}_{i:06d}"]
@@ -140,7 +182,77 @@ class JobStore:
         return "offsets" in keys and all(n in keys for n in names) and not pieces_left
 
     def done(self) -> np.ndarray:
-        return np.asarray(zarr.open_group(self.path, mode="r")["_done"][:]).astype(bool)
+        """Which partitions are marked finished; a damaged ``_done`` entry counts as unfinished."""
+        g = _open(self.path, "r")
+        n = self.attrs["n_partitions"]
+        try:
+            return np.asarray(g["_done"][:]).astype(bool)
+        except Exception:  # noqa: BLE001 - a damaged entry: look at each
+            out = np.zeros(n, dtype=bool)
+            for i in range(n):
+                try:
+                    out[i] = bool(g["_done"][i])
+                except Exception:  # noqa: BLE001
+                    out[i] = False
+            return out
+
+    def mark_undone(self, parts) -> None:
+        """Mark partitions unfinished (their outputs are rewritten by the next run)."""
+        with zarr.config.set(WRITE_ALL):
+            g = self.group
+            for i in parts:
+                g["_done"][i] = 0
+
+    def rewrite_inputs(self, inputs: dict[str, np.ndarray], parts) -> None:
+        """Rewrite partitions ``parts`` of the input columns from ``inputs`` (checked to be the
+        job's own input by its fingerprint)."""
+        with zarr.config.set(WRITE_ALL):
+            g = self.group
+            for i in parts:
+                sl = self.partition(i)
+                for name, a in inputs.items():
+                    g[name][sl] = a[sl]
+
+
+def chunk_problem(g: zarr.Group, path: str, name: str, i: int) -> str | None:
+    """Why chunk ``i`` of the 1-D array ``name`` is damaged (missing, checksum, truncated), or None."""
+    try:
+        arr = g[name]
+    except Exception as e:  # noqa: BLE001 - a missing or damaged array zarr.json
+        return f"{path}/{name}/zarr.json is missing or damaged ({type(e).__name__})"
+    key = arr.metadata.encode_chunk_key((i,))
+    f = f"{path}/{name}/{key}"
+    if not os.path.isfile(f):
+        return f"{f} is missing"
+    c = arr.chunks[0]
+    try:
+        arr[i * c: min((i + 1) * c, arr.shape[0])]
+    except Exception as e:  # noqa: BLE001 - checksum mismatch, truncated zstd frame ...
+        return f"{f} is damaged ({type(e).__name__}: {str(e)[:80]})"
+    return None
+
+
+def verify(path: str) -> dict:
+    """Read every chunk of a job's store; return the damaged partitions.
+
+    Returns ``{"inputs": {partition: [problem, ...]}, "outputs": {...}, "done": [...]}``:
+    ``inputs`` covers ``row`` and the input columns (every partition), ``outputs`` the output
+    columns of partitions marked done (an unfinished partition's outputs are rewritten anyway).
+    """
+    store = JobStore(str(path))
+    a, done = store.attrs, store.done()
+    g = _open(str(path), "r")
+    outputs = [n for n in a["outputs"]]
+    bad_in, bad_out = {}, {}
+    for i in range(a["n_partitions"]):
+        for name in a["inputs"]:
+            if (p := chunk_problem(g, str(path), name, i)):
+                bad_in.setdefault(i, []).append(p)
+        if done[i]:
+            for name in outputs:
+                if (p := chunk_problem(g, str(path), name, i)):
+                    bad_out.setdefault(i, []).append(p)
+    return {"inputs": bad_in, "outputs": bad_out, "done": np.flatnonzero(done).tolist()}
 
 
 def status(path: str) -> dict:
@@ -154,15 +266,36 @@ def status(path: str) -> dict:
 
 def read_output(path: str, columns: list[str] | None = None) -> pd.DataFrame:
     """A job's columns as a DataFrame in input row order (index = input row)."""
-    g = zarr.open_group(str(path), mode="r")
-    a = dict(g.attrs["crantseg"])
-    if not np.asarray(g["_done"][:]).all():
+    store = JobStore(str(path))
+    a, g = store.attrs, _open(str(path), "r")
+    if not store.done().all():
         raise InvalidInputError(f"job {path} is not complete ({status(path)['partitions_done']} of "
                                 f"{a['n_partitions']} partitions); finish it with `crantseg run ... --resume`")
     names = columns or sorted(n for n in g.array_keys()
                               if not n.startswith("_") and n != "row" and g[n].shape == (a["n_rows"],))
-    df = pd.DataFrame({n: np.asarray(g[n][:]) for n in names}, index=pd.Index(np.asarray(g["row"][:]), name="row"))
+    if a.get("format", 0) < 3:  # older stores skipped all-fill chunks and carry no checksums
+        read = lambda n: np.asarray(g[n][:])  # noqa: E731
+    else:
+        read = lambda n: _read_checked(g, str(path), n, a["n_partitions"])  # noqa: E731
+    df = pd.DataFrame({n: read(n) for n in names}, index=pd.Index(read("row"), name="row"))
     return df.sort_index()
+
+
+def _read_checked(g: zarr.Group, path: str, name: str, n_parts: int) -> np.ndarray:
+    """A whole 1-D array, refusing (naming the partition) when a chunk is missing or damaged."""
+    arr = g[name]
+    key = arr.metadata.encode_chunk_key((0,)).rsplit("/", 1)[0]
+    present = set(os.listdir(f"{path}/{name}/{key}")) if os.path.isdir(f"{path}/{name}/{key}") else set()
+    missing = [i for i in range(n_parts) if str(i) not in present]
+    try:
+        if not missing:
+            return np.asarray(arr[:])
+    except Exception:  # noqa: BLE001 - find the damaged chunk below
+        pass
+    bad = [i for i in range(n_parts) if chunk_problem(g, path, name, i)]
+    raise JobStoreError(f"job {path}: column {name!r} of partition {bad[0]} is damaged "
+                        f"({chunk_problem(g, path, name, bad[0])}); {len(bad)} damaged partition(s): "
+                        f"{bad[:10]}; repair it with `crantseg run ... --resume`")
 
 
 def read_ragged(path: str, name: str) -> dict[int, np.ndarray]:

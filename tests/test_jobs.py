@@ -466,4 +466,4 @@ def test_partition_tasks_are_not_retried(tiny_path, tmp_path, monkeypatch):
                     client=c, progress=False)
     assert len(calls) == 1
     keys = {str(t["key"]) for t in stream.data}
-    assert keys and all(re.fullmatch(r"crantseg-locs-to-supervoxels-[0-9a-f]{16}-000000", k) for k in keys), keys
+    assert keys and all(re.fullmatch(r"crantseg-locs-to-supervoxels-[0-9a-f]{16}-[0-9a-f]{8}-000000", k) for k in keys), keys

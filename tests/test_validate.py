@@ -29,6 +29,13 @@ BIG_ID = 576460752303423488 + 12345  # above 2**53: not representable in float64
 MAX_ID = 2**64 - 1
 
 
+@pytest.fixture
+def float_ids(monkeypatch):
+    """Opt in to float IDs (whole values below 2**53): the tests below check that mode; the default
+    refusal is tested in tests/test_reliability_ids.py."""
+    monkeypatch.setenv("CRANTSEG_ALLOW_FLOAT_IDS", "1")
+
+
 # --- as_coordinates -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("raw, expected", [
@@ -200,6 +207,7 @@ def test_ids_single_numeric_string_is_one_id():
     assert out.tolist() == [576460752681552812]
 
 
+@pytest.mark.usefixtures("float_ids")
 def test_ids_collections():
     assert as_ids({3, 1, 2}).tolist() == [1, 2, 3]
     assert as_ids(pd.Series([5, 6])).tolist() == [5, 6]
@@ -226,6 +234,7 @@ def test_ids_returns_new_array_and_leaves_input_alone():
     assert obj.tolist() == [1, "2", None]
 
 
+@pytest.mark.usefixtures("float_ids")
 @pytest.mark.parametrize("x, shown", [
     ([1, -5], "ids[1] = -5"),
     (np.array([3, 2, -7]), "ids[2] = -7"),
@@ -240,6 +249,7 @@ def test_ids_negative_rejected(x, shown):
     assert "non-negative" in str(info.value)
 
 
+@pytest.mark.usefixtures("float_ids")
 @pytest.mark.parametrize("x, shown", [
     ([1.0, 1.5], "ids[1] = 1.5"),
     (np.array([2.0, 0.25]), "ids[1] = 0.25"),
@@ -264,6 +274,7 @@ def test_ids_other_invalid_values(x, shown):
         as_ids(x)
 
 
+@pytest.mark.usefixtures("float_ids")
 @pytest.mark.parametrize("x, shown", [
     ([1, None], "ids[1] = None"),
     (np.array([1.0, np.nan]), "ids[1] = nan"),
@@ -276,6 +287,7 @@ def test_ids_missing_raise_by_default(x, shown):
     assert "nan='zero'" in str(info.value)
 
 
+@pytest.mark.usefixtures("float_ids")
 def test_ids_missing_become_zero_when_asked():
     assert as_ids([1, None, np.nan, pd.NA, "4"], nan="zero").tolist() == [1, 0, 0, 0, 4]
     assert as_ids(np.array([np.nan, 3.0]), nan="zero").tolist() == [0, 3]

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .._validate import as_ids, as_locations
+from .._validate import as_ids, as_locations, check_layers
 from ..errors import InvalidInputError
 from ..ops.mapping import roots_kernel
 from ..sources import SourceSpec, open_source
@@ -161,7 +161,15 @@ def _get_voxels(inputs, ctx: Context):
             "ragged:svids": np.concatenate(svs) if svs else np.zeros(0, np.uint64)}
 
 
+def _check_ids(inputs: dict[str, np.ndarray], source) -> None:
+    """Every ID column's layer bits must be possible in this dataset (0 passes)."""
+    for name in ("supervoxel_id", "root_id", "target_id"):
+        if name in inputs:
+            check_layers(inputs[name], source.meta.layout, name=f"input[{name!r}]")
+
+
 def _check_roots(inputs: dict[str, np.ndarray], source) -> None:
+    _check_ids(inputs, source)
     layout = source.meta.layout
     bad = layout.layer(inputs["root_id"]) != layout.n_layers
     if bad.any():
@@ -183,16 +191,17 @@ OPERATIONS: dict[str, JobOperation] = {
         "snap", _snap_inputs,
         {"snapped_x": F64, "snapped_y": F64, "snapped_z": F64, "distance_nm": F64, "status": ("uint8", 255),
          "supervoxel_id": U64, "root_id": U64},
-        _snap, uses_timestamp=True,
+        _snap, uses_timestamp=True, check=_check_ids,
         defaults={"coordinates": "nm", "id_column": "target_id", "search_radius": 160.0, "snap_zero": False}),
     "update-ids": JobOperation(
         "update-ids", _update_inputs, {"new_id": U64, "confidence": F64, "changed": ("bool", False)},
-        _update_ids, uses_timestamp=True, locality=None,
+        _update_ids, uses_timestamp=True, locality=None, check=_check_ids,
         defaults={"stop_layer": 2, "supervoxel_column": "supervoxel_id"}),
     "get-voxels": JobOperation(
         "get-voxels", _column_ids("root_id"), {"n_voxels": ("int64", -1)}, _get_voxels, locality=None,
         check=_check_roots, ragged=("voxels", "svids"), defaults={"mip": 0, "thin": False}),
     "supervoxels-to-roots": JobOperation(
         "supervoxels-to-roots", _column_ids("supervoxel_id", nan="zero"), {"root_id": U64},
-        _supervoxels_to_roots, uses_timestamp=True, locality=None, defaults={"stop_layer": None}),
+        _supervoxels_to_roots, uses_timestamp=True, locality=None, check=_check_ids,
+        defaults={"stop_layer": None}),
 }

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import os
 import time
+import uuid
 from importlib.metadata import version
 from pathlib import Path
 
@@ -22,9 +23,10 @@ import numpy as np
 import pandas as pd
 
 from ..config import resolve_dataset, resolve_timestamp, setting
-from ..errors import InvalidInputError, SourceError
-from ..persist import FORMAT, JobStore, canonical, fingerprint, status
+from ..errors import CrantsegError, InvalidInputError, JobStoreError, SourceError
+from ..persist import FORMAT, JobStore, canonical, fingerprint, status, verify
 from ..sources import open_source
+from .lock import check_output_path, output_lock
 from .operations import OPERATIONS, Context
 
 __all__ = ["run_job", "run_partition", "read_table"]
@@ -35,19 +37,30 @@ def read_table(source) -> pd.DataFrame:
     if isinstance(source, pd.DataFrame):
         return source
     path = Path(source)
+    if not str(source).strip():
+        raise InvalidInputError("--input '' is empty: give a .parquet, .csv or .zarr table")
     if not path.exists():
         raise InvalidInputError(f"input {str(path)!r} does not exist")
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if suffix in (".csv", ".tsv", ".txt"):
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-    if suffix == ".zarr" or path.is_dir():
+    kind = ("parquet" if suffix in (".parquet", ".pq") else "CSV" if suffix in (".csv", ".tsv", ".txt")
+            else "Zarr" if suffix == ".zarr" or path.is_dir() else None)
+    if kind is None:
+        raise InvalidInputError(f"input {str(path)!r}: use a .parquet, .csv or .zarr table")
+    try:
+        if kind == "parquet":
+            return pd.read_parquet(path)
+        if kind == "CSV":
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
         import zarr
 
         g = zarr.open_group(str(path), mode="r")
         return pd.DataFrame({k: np.asarray(g[k][:]) for k in g.array_keys() if g[k].ndim == 1})
-    raise InvalidInputError(f"input {str(path)!r}: use a .parquet, .csv or .zarr table")
+    except CrantsegError:
+        raise
+    except Exception as e:  # noqa: BLE001 - ArrowInvalid, EmptyDataError, ParserError, Zstd, OSError ...
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise InvalidInputError(f"input {str(path)!r} cannot be read as a {kind} table "
+                                f"({type(e).__name__}{': ' + msg if msg else ''})") from None
 
 
 def _locality_order(inputs: dict[str, np.ndarray], source, mip: int) -> np.ndarray:
@@ -64,7 +77,8 @@ def run_partition(path: str, op_name: str, i: int, ctx: Context) -> int:
     """One task: read partition ``i``'s inputs from Zarr, compute, write outputs, mark done."""
     op = OPERATIONS[op_name]
     store = JobStore(path)
-    outputs = op.kernel(store.read(store.input_names(), i), ctx)
+    inputs = store.read(store.input_names(), i)  # JobStoreError naming file and partition when damaged
+    outputs = op.kernel(inputs, ctx)
     store.write(i, outputs)
     return len(next(iter(outputs.values())))
 
@@ -89,10 +103,51 @@ def _existing_job(output: str, force: bool) -> dict | None:
         raise
 
 
-def _dataset_identity(spec) -> dict:
-    """What makes two datasets the same for resume: the name and where the data comes from."""
-    return {"kind": spec.kind, "name": spec.name, "path": spec.path, "server": spec.server,
-            "datastack": spec.datastack}
+_LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _dataset_identity(spec, source) -> dict:
+    """What makes two datasets the same for resume: the name and where the data comes from.
+
+    A local ``crantseg serve`` (a loopback address) is identified by the data it serves (the
+    dataset digest in its graphene info), not by its port, so a job survives a restart of the
+    server on another port."""
+    ident = {"kind": spec.kind, "name": spec.name, "path": spec.path, "server": spec.server,
+             "datastack": spec.datastack}
+    if spec.kind == "cave" and spec.server:
+        host = spec.server.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+        try:
+            data = (source.segmentation_info or {}).get("crantseg_dataset")
+        except Exception:  # noqa: BLE001 - no info: keep the address as the identity
+            data = None
+        if host in _LOOPBACK and data:
+            ident["server"] = "local crantseg serve"
+            ident["data"] = data
+    return ident
+
+
+def _differences(old: dict, attrs: dict) -> list[str]:
+    """What differs between a stored job and the requested one, for the resume refusal."""
+    names = {"fingerprint": "input", "operation": "operation", "timestamp": "timestamp",
+             "arguments_json": "arguments", "dataset_identity": "dataset"}
+    out = []
+    for key, label in names.items():
+        if old.get(key) != attrs.get(key):
+            a, b = old.get(key), attrs.get(key)
+            if key == "fingerprint":
+                out.append("input (the table's contents differ)")
+            elif key == "dataset_identity":
+                oa, na = (a or {}).get("server"), (b or {}).get("server")
+                addr = (f"; the server address changed ({old.get('dataset_address')} -> "
+                        f"{attrs.get('dataset_address')}) and the server does not identify its data as the same"
+                        if old.get("dataset_address") != attrs.get("dataset_address") else "")
+                out.append(f"dataset ({canonical(a)} -> {canonical(b)}{addr})" if oa == na or not addr
+                           else f"dataset{addr}")
+            else:
+                out.append(f"{label} ({a} -> {b})")
+    if old.get("format") != FORMAT:
+        out.append(f"store format ({old.get('format')} -> {FORMAT})")
+    return out
 
 
 def run_job(op_name: str, input, output, *, dataset=None, timestamp=None, scheduler=None, cluster=None,
@@ -112,7 +167,23 @@ def run_job(op_name: str, input, output, *, dataset=None, timestamp=None, schedu
                                 f"{sorted(op.defaults)}")
     args = {**op.defaults, **args}
     t0 = time.perf_counter()
-    output = str(output)
+    output = check_output_path(output)
+    with output_lock(output, f"{op_name} -> {output}"):
+        try:
+            return _run_locked(op, op_name, input, output, t0, dataset=dataset, timestamp=timestamp,
+                               scheduler=scheduler, cluster=cluster, resume=resume, force=force,
+                               partition_size=partition_size, progress=progress,
+                               performance_report=performance_report, n_workers=n_workers, client=client,
+                               args=args)
+        except OSError as e:
+            if isinstance(e, CrantsegError):
+                raise
+            raise JobStoreError(f"{output}: {type(e).__name__}: {e.strerror or e}"
+                                f"{' (' + e.filename + ')' if getattr(e, 'filename', None) else ''}") from None
+
+
+def _run_locked(op, op_name, input, output, t0, *, dataset, timestamp, scheduler, cluster, resume, force,
+                partition_size, progress, performance_report, n_workers, client, args) -> dict:
     old = _existing_job(output, force)
     if old is not None and not resume and not force:
         raise InvalidInputError(f"{output} already exists: add --resume to finish it or --force to replace it")
@@ -135,7 +206,8 @@ def run_job(op_name: str, input, output, *, dataset=None, timestamp=None, schedu
     fp = fingerprint(inputs)
     attrs = {"version": version("crantseg_dask"), "operation": op_name, "arguments": args,
              "arguments_json": canonical(args), "timestamp": ts.isoformat() if ts else None,
-             "dataset": spec.name, "dataset_identity": _dataset_identity(spec), "fingerprint": fp}
+             "dataset": spec.name, "dataset_identity": _dataset_identity(spec, source),
+             "dataset_address": spec.server, "fingerprint": fp}
     P = int(partition_size or setting("partition-size", 200_000))
     keep = False
     if old is not None and resume:
@@ -143,16 +215,25 @@ def run_job(op_name: str, input, output, *, dataset=None, timestamp=None, schedu
         keep = [old.get(k) for k in keys] + [old.get("format")] == [attrs[k] for k in keys] + [FORMAT]
         if not keep and not force:
             raise InvalidInputError(
-                f"{output} holds a job with another input, operation, timestamp, arguments, dataset or store "
-                "format; use --force to start it again from scratch"
-            )
+                f"{output} holds a job with another input, operation, timestamp, arguments, dataset or store format "
+                f"than the one asked for; differs: {'; '.join(_differences(old, attrs))}. "
+                "Use --force to start it again from scratch")
+    repaired = {}
     if not keep:
-        JobStore.create(output, inputs=inputs, outputs=op.outputs, partition_size=P, attrs=attrs)
+        try:
+            JobStore.create(output, inputs=inputs, outputs=op.outputs, partition_size=P, attrs=attrs)
+        except OSError as e:
+            if isinstance(e, CrantsegError):
+                raise
+            raise JobStoreError(f"{output}: cannot create the job's store: {type(e).__name__}: "
+                                f"{e.strerror or e}") from None
+    else:
+        repaired = _repair(output, inputs, progress)
     store = JobStore(output)
     todo = np.flatnonzero(~store.done()).tolist()
     ctx = Context(spec=spec, timestamp=ts, args=tuple(sorted(args.items())))
     summary = {"output": output, "operation": op_name, "rows": len(table), "partitions": len(store.done()),
-               "ran": len(todo), "timestamp": attrs["timestamp"], "dashboard": None}
+               "ran": len(todo), "timestamp": attrs["timestamp"], "dashboard": None, **repaired}
     if todo:
         from ..cluster import dashboard_link, make_client
 
@@ -180,6 +261,25 @@ def run_job(op_name: str, input, output, *, dataset=None, timestamp=None, schedu
     return summary
 
 
+def _repair(output: str, inputs: dict[str, np.ndarray], progress: bool) -> dict:
+    """Before resuming: read every chunk; rewrite damaged input chunks from the user's input (the
+    same table: its fingerprint matched) and mark partitions with damaged inputs or outputs
+    unfinished, so that they are computed again. Returns what was found (for the summary)."""
+    store = JobStore(output)
+    found = verify(output)
+    bad_in, bad_out = found["inputs"], found["outputs"]
+    if bad_in:
+        store.rewrite_inputs(inputs, sorted(bad_in))
+    rerun = sorted(set(bad_in) | set(bad_out))
+    if rerun:
+        store.mark_undone(rerun)
+        if progress:
+            for i in rerun:
+                print(f"{output}: partition {i} damaged ({'; '.join((bad_in.get(i, []) + bad_out.get(i, []))[:2])}): "
+                      f"{'input rewritten from --input and ' if i in bad_in else ''}recomputed", flush=True)
+    return {"damaged_inputs": sorted(bad_in), "damaged_outputs": sorted(bad_out)} if rerun else {}
+
+
 def _job_token(output: str, attrs: dict) -> str:
     """Task keys of one job: two jobs share tasks only if they write the same output from the same
     input, operation, arguments, timestamp and dataset (then the tasks are the same work)."""
@@ -192,13 +292,20 @@ def _submit(client, output, op_name, todo, ctx, token, progress) -> None:
     from distributed import as_completed
     from tqdm import tqdm
 
-    keys = [f"crantseg-{op_name}-{token}-{i:06d}" for i in todo]
+    run = uuid.uuid4().hex[:8]  # per run: a resumed run never meets a failed run's erred tasks
+    keys = [f"crantseg-{op_name}-{token}-{run}-{i:06d}" for i in todo]
     # retries=0: a task's own failure (auth, bad IDs, a bug) is not transient, and the HTTP layer has
     # already retried what is; tasks lost with a killed worker are rerun by the scheduler
     # (distributed.scheduler.allowed-failures), not by these retries.
     futures = client.map(run_partition, [output] * len(todo), [op_name] * len(todo), todo, [ctx] * len(todo),
                          key=keys, retries=0, pure=False)
+    if not futures:
+        return
     with tqdm(total=len(todo), unit="partition", disable=not progress, desc=op_name) as bar:
-        for future in as_completed(futures):
-            future.result()  # re-raises a partition's error here, naming it
-            bar.update(1)
+        try:
+            for future in as_completed(futures):
+                future.result()  # re-raises a partition's error here, naming it
+                bar.update(1)
+        except BaseException:
+            client.cancel(futures, force=True)  # no task of a failed run writes after it returns
+            raise

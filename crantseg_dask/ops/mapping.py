@@ -16,7 +16,7 @@ import numpy as np
 
 from .._cache import LeavesCache, dataset_identity
 from .._graph import compute
-from .._validate import as_ids
+from .._validate import as_ids, check_layers
 from ..config import data_dir, resolve_dataset, resolve_timestamp, setting
 from ..errors import InvalidInputError
 from ..sources import SourceSpec, open_source
@@ -156,7 +156,8 @@ def supervoxels_to_roots(ids, timestamp="mat", clear_cache=False, batch_size=100
     Raises
     ------
     InvalidInputError (ValueError)
-        ``stop_layer`` outside 1..n_layers, bad ``batch_size``, bad IDs or timestamp.
+        ``stop_layer`` outside 1..n_layers, bad ``batch_size``, bad IDs (float IDs without
+        the ``crantseg.allow-float-ids`` opt-in, impossible layer bits) or timestamp.
 
     Examples
     --------
@@ -171,6 +172,7 @@ def supervoxels_to_roots(ids, timestamp="mat", clear_cache=False, batch_size=100
     """
     arr = _as_id_array(ids)
     spec, ts, stop, bs, wait = _prepare(timestamp, stop_layer, batch_size, retry, dataset)
+    check_layers(arr, open_source(spec).meta.layout, name="ids")
     uniq, inverse = np.unique(arr.ravel(), return_inverse=True)
     nz = uniq[uniq != 0]
     out = np.zeros(uniq.shape, dtype=np.uint64)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .._cache import TTLCache, dataset_identity
 from .._graph import compute
-from .._validate import as_ids
+from .._validate import as_ids, check_layers
 from ..config import resolve_dataset, resolve_timestamp
 from ..errors import InvalidInputError, UnknownIDError
 from ..sources import SourceSpec, open_source
@@ -428,6 +428,7 @@ def update_ids(x, supervoxels=None, timestamp=None, stop_layer=2, progress=True,
     spec = resolve_dataset(dataset)
     source = open_source(spec)
     layout = source.meta.layout
+    check_layers(ids, layout, name="root_id" if frame is not None else "x")
     stop = _stop_layer(stop_layer, layout.n_layers)
     ts = resolve_timestamp(timestamp, source)
     if clear_cache:
@@ -435,18 +436,20 @@ def update_ids(x, supervoxels=None, timestamp=None, stop_layer=2, progress=True,
     update_cache.prune()
     valid = ids != 0
     rows = np.flatnonzero(valid)
-    if frame is None and not valid.any():
-        log.warning("No valid root IDs found; returning an empty DataFrame.")
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(COLUMNS, ["int64", "int64", "float64", "bool"])})
+    if frame is None and not valid.any() and len(ids):
+        log.warning("No valid root IDs found (all are 0): every row keeps 0.")
     roots = ids[rows]
     sv = _supervoxels(roots, supervoxels, frame, rows, use_annotations, annotations)
-    new, conf = _update(roots, sv, spec, ts, stop, layout, progress, use_cache=timestamp is not None)
+    if len(roots):
+        new, conf = _update(roots, sv, spec, ts, stop, layout, progress, use_cache=timestamp is not None)
+    else:
+        new, conf = roots.copy(), np.zeros(0)
     full_new, full_conf = ids.copy(), np.zeros(len(ids))
     full_new[rows], full_conf[rows] = new, conf
-    if frame is None:
-        old = roots.astype(np.int64)
-        return pd.DataFrame({"old_id": old, "new_id": new.astype(np.int64), "confidence": conf,
-                             "changed": new.astype(np.int64) != old})
+    if frame is None:  # one row per input ID, in input order (0 in, 0 out with confidence 0)
+        old = ids.astype(np.int64)
+        return pd.DataFrame({"old_id": old, "new_id": full_new.astype(np.int64), "confidence": full_conf,
+                             "changed": full_new != ids})
     old_col = frame["root_id"]
     if valid.all():
         new_col = full_new.astype(np.int64)

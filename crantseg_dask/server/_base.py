@@ -5,13 +5,23 @@ expressions (integers, or names of letters, digits, ``_`` and ``-``) and then co
 datastack and table this server knows, so no request can name anything outside the dataset.
 Errors are JSON ``{"code", "message", "timestamp", "duration"}`` like PyChunkedGraph's; a request
 without the token gets 401; nothing is ever answered with a redirect.
+
+Hardening every route inherits (routes added later included): synchronous ``get``/``post``/...
+methods run in a small thread pool, not on the event loop (``offload = False`` opts out), so one
+heavy request never stalls the others; their ``finish()`` is deferred to the loop. Request bodies
+are parsed strictly (no NaN/Infinity, no floats or booleans as IDs, nesting bounded) and every
+malformed body or argument is a 400, never a 500. IDs whose layer bits are impossible are 400.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import logging
+import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import numpy as np
@@ -28,6 +38,45 @@ log = logging.getLogger("crantseg.server")
 ID = r"([0-9]{1,20})"            # a node / version / operation ID path segment
 NAME = r"([A-Za-z0-9_\-]{1,100})"  # a datastack or table name path segment
 _U64_MAX = (1 << 64) - 1
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="crantseg-handler")
+_MAX_DEPTH = 32  # JSON nesting accepted in a request body
+_MAX_IDS = 1_000_000  # IDs per request body
+_DEPTH = re.compile(rb"[\[{]")
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON here")
+
+
+def _nesting(body: bytes) -> int:
+    """An upper bound of the body's JSON nesting depth (brackets in strings counted too)."""
+    depth = best = 0
+    for ch in body:
+        if ch in (0x5B, 0x7B):
+            depth += 1
+            best = max(best, depth)
+            if best > _MAX_DEPTH:
+                return best
+        elif ch in (0x5D, 0x7D):
+            depth -= 1
+    return best
+
+
+def _offloaded(fn):
+    """Run a synchronous route method in the handler pool; finish on the event loop."""
+    @functools.wraps(fn)
+    async def run(self, *args, **kwargs):
+        if not self.offload:
+            return fn(self, *args, **kwargs)
+        self._in_thread = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(_POOL, functools.partial(fn, self, *args, **kwargs))
+        finally:
+            self._in_thread = False
+        if self._deferred_finish and not self._finished:
+            tornado.web.RequestHandler.finish(self)
+    run._offloaded = True
+    return run
 
 
 class ApiError(tornado.web.HTTPError):
@@ -43,10 +92,34 @@ class ApiHandler(tornado.web.RequestHandler):
     """Base of every route."""
 
     state: ServedDataset
+    offload = True  # run synchronous route methods in the handler pool (see the module docstring)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for m in ("get", "post", "put", "delete", "patch", "head", "options"):
+            fn = cls.__dict__.get(m)
+            if fn is not None and not inspect.iscoroutinefunction(fn) and not getattr(fn, "_offloaded", False):
+                setattr(cls, m, _offloaded(fn))
 
     def initialize(self, state: ServedDataset) -> None:
         self.state = state
         self._t0 = time.monotonic()
+        self._in_thread = False
+        self._deferred_finish = False
+
+    def finish(self, chunk=None):
+        """In the handler pool: buffer, and let the event loop finish (tornado is not thread-safe)."""
+        if self._in_thread:
+            if chunk is not None:
+                self.write(chunk)
+            self._deferred_finish = True
+            return None
+        return super().finish(chunk)
+
+    def flush(self, include_footers: bool = False):
+        if self._in_thread:
+            return None  # buffered; sent when the loop finishes the request
+        return super().flush(include_footers)
 
     # -- before the route -----------------------------------------------------------------------
     async def prepare(self) -> None:
@@ -79,12 +152,25 @@ class ApiHandler(tornado.web.RequestHandler):
         if datastack != self.state.datastack:
             raise ApiError(404, f"unknown datastack {datastack!r}")
 
-    @staticmethod
-    def node_id(text: str) -> int:
+    def node_id(self, text: str) -> int:
         v = int(text)
         if v > _U64_MAX:
             raise ApiError(400, f"{text} is not a uint64 node ID")
+        self.check_layers(np.array([v], dtype=np.uint64), "node ID", status=404)
         return v
+
+    def check_layers(self, ids: np.ndarray, what: str, status: int = 400) -> None:
+        """``status`` (400, or 404 ``unknown_id`` for a path's node) for IDs whose layer bits are
+        impossible here (layer 0 or above n_layers); 0 passes."""
+        layout = self.state.source.meta.layout
+        layer = layout.layer(ids).astype(np.int64)
+        bad = (ids != 0) & ((layer < 1) | (layer > layout.n_layers))
+        if bad.any():
+            v = int(ids[int(np.argmax(bad))])
+            extra = {"error": "unknown_id"} if status == 404 else {}
+            raise ApiError(status, f"{what} {v} is not in dataset {self.state.datastack!r}: its layer bits say "
+                                   f"{int(layer[int(np.argmax(bad))])}, this dataset's layers are 1 to "
+                                   f"{layout.n_layers}", **extra)
 
     def ts_arg(self, name: str, default: str = "now") -> datetime | None:
         """Query timestamp (float unix seconds) as an aware UTC datetime; missing -> now / None."""
@@ -132,11 +218,14 @@ class ApiHandler(tornado.web.RequestHandler):
         if raw is None:
             return None
         try:
+            if len(raw) > 200:
+                raise ValueError
             axes = [tuple(int(v) for v in part.split("-")) for part in raw.split("_")]
-            if len(axes) != 3 or any(len(a) != 2 for a in axes):
+            if len(axes) != 3 or any(len(a) != 2 for a in axes) or any(abs(v) >= 2**31 for a in axes for v in a):
                 raise ValueError
         except ValueError:
-            raise ApiError(400, f"bounds={raw!r} must look like x0-x1_y0-y1_z0-z1 (integer voxels)") from None
+            raise ApiError(400, f"bounds={raw!r} must look like x0-x1_y0-y1_z0-z1 (integer voxels "
+                                "below 2**31)") from None
         return np.array(axes, dtype=np.int64).T
 
     def json_body(self) -> dict:
@@ -144,26 +233,39 @@ class ApiHandler(tornado.web.RequestHandler):
         body = self.request.body or b""
         if not body.strip():
             return {}
+        if _nesting(body) > _MAX_DEPTH:
+            raise ApiError(400, f"the request body is nested deeper than {_MAX_DEPTH} levels")
         try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "the request body is not valid JSON") from None
+            data = json.loads(body, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise ApiError(400, "the request body is not valid JSON (NaN and Infinity are not accepted)") from None
         if not isinstance(data, dict):
             raise ApiError(400, "the request body must be a JSON object")
         return data
 
-    def ids_from_body(self, key: str = "node_ids") -> np.ndarray:
+    def ids_from_body(self, key: str = "node_ids", layers: bool = False) -> np.ndarray:
+        """The body's list ``key`` of uint64 IDs; ``layers``: 400 for impossible layer bits (list routes
+        answer such IDs like unknown ones, as PyChunkedGraph: 0 / false)."""
         raw = self.json_body().get(key)
         if raw is None:
             raise ApiError(400, f"the JSON body needs a list {key!r}")
-        if not isinstance(raw, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
-            try:
-                raw = [int(v) for v in raw]  # int64_as_str clients send strings
-            except (TypeError, ValueError):
-                raise ApiError(400, f"{key!r} must be a list of integer IDs") from None
-        if any(v < 0 or v > _U64_MAX for v in raw):
-            raise ApiError(400, f"{key!r} holds values outside uint64")
-        return np.array(raw, dtype=np.uint64)
+        if not isinstance(raw, list):
+            raise ApiError(400, f"{key!r} must be a list of integer IDs")
+        if len(raw) > _MAX_IDS:
+            raise ApiError(400, f"{key!r} holds {len(raw)} IDs; at most {_MAX_IDS} per request")
+        out = []
+        for v in raw:  # ints, or decimal strings (int64_as_str clients); never floats or booleans
+            if isinstance(v, str) and v.strip().isdigit() and len(v.strip()) <= 20:
+                v = int(v)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ApiError(400, f"{key!r} must be a list of integer IDs; got {json.dumps(v)[:40]}")
+            if v < 0 or v > _U64_MAX:
+                raise ApiError(400, f"{key!r} holds {v}, outside uint64")
+            out.append(v)
+        ids = np.array(out, dtype=np.uint64)
+        if layers:
+            self.check_layers(ids, f"{key!r} holds")
+        return ids
 
     # -- answers --------------------------------------------------------------------------------
     def send_json(self, obj, status: int = 200) -> None:
@@ -182,6 +284,8 @@ class ApiHandler(tornado.web.RequestHandler):
             mapped = e
         elif isinstance(e, InvalidInputError):
             mapped = ApiError(400, str(e))
+        elif isinstance(e, (RecursionError, OverflowError)):
+            mapped = ApiError(400, f"the request's values are out of range ({type(e).__name__})")
         else:
             return super()._handle_request_exception(e)
         if self.state.pcg_errors and mapped.extra.get("error") == "unknown_id":

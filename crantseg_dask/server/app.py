@@ -4,12 +4,21 @@ Tornado ships with dask's ``distributed`` (already a dependency), is a maintaine
 server that never adds trailing-slash redirects on its own, reads bodies of GET requests, and
 inflates gzip request bodies (``decompress_request``). Asynchronous handlers let the fault mode
 hold stalled requests without blocking the others.
+
+Limits (``LIMITS``, every route): a connection must send each request's headers within
+``header_timeout`` seconds (an idle keep-alive connection is closed after as long); bodies are cut at
+``max_body_size`` bytes after decompression (tornado >= 6.5.6 applies the limit to the inflated
+size: the gzip-bomb fix, CVE-2026-49855) and must arrive within ``body_timeout``; at most
+``max_connections`` connections are open (fewer when the process's file limit is low): a new
+connection beyond that closes the oldest one, so idle or slow clients cannot lock others out.
 """
 from __future__ import annotations
 
 import asyncio
+import resource
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 import tornado.httpserver
@@ -20,7 +29,40 @@ from . import chunkedgraph, info, materialize, storage
 from ._base import NotFoundHandler, access_log
 from .state import Faults, ServedDataset
 
-__all__ = ["make_app", "bind", "serve_forever", "serve_in_thread", "RunningServer"]
+__all__ = ["make_app", "bind", "serve_forever", "serve_in_thread", "RunningServer", "LIMITS", "HardenedServer"]
+
+LIMITS = {"header_timeout": 10.0, "body_timeout": 60.0,
+          "max_body_size": 64 * 2**20, "max_header_size": 64 * 2**10, "max_connections": 256}
+
+
+def _connection_cap(wanted: int) -> int:
+    """``wanted``, lowered to half the process's file-descriptor limit (the rest for data files)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(4, min(wanted, soft // 2)) if soft > 0 else wanted
+
+
+class HardenedServer(tornado.httpserver.HTTPServer):
+    """An HTTPServer with a cap on open connections: beyond it, the oldest connection is closed."""
+
+    def initialize(self, *args, max_connections: int = LIMITS["max_connections"], **kwargs) -> None:
+        super().initialize(*args, **kwargs)
+        self.max_connections = _connection_cap(max_connections)
+        self._opened: dict = {}
+
+    def handle_stream(self, stream, address) -> None:
+        if len(self._connections) >= self.max_connections:
+            excess = len(self._connections) - self.max_connections + 1
+            for conn in sorted(self._connections, key=lambda c: self._opened.get(id(c), 0.0))[:excess]:
+                self._connections.discard(conn)
+                self._opened.pop(id(conn), None)
+                conn.stream.close()
+        super().handle_stream(stream, address)
+        for conn in self._connections:
+            self._opened.setdefault(id(conn), time.monotonic())
+
+    def on_close(self, server_conn) -> None:
+        self._opened.pop(id(server_conn), None)
+        self._connections.discard(server_conn)  # an evicted connection is no longer in the set
 
 
 def make_app(state: ServedDataset) -> tornado.web.Application:
@@ -48,7 +90,11 @@ def address_of(sockets: list[socket.socket]) -> str:
 
 
 async def _serve(state: ServedDataset, sockets, stop: asyncio.Event, started=None) -> None:
-    server = tornado.httpserver.HTTPServer(make_app(state), decompress_request=True, xheaders=False)
+    lim = {**LIMITS, **getattr(state, "limits", {})}
+    server = HardenedServer(make_app(state), decompress_request=True, xheaders=False,
+                            idle_connection_timeout=lim["header_timeout"], body_timeout=lim["body_timeout"],
+                            max_body_size=lim["max_body_size"], max_header_size=lim["max_header_size"],
+                            max_connections=lim["max_connections"])
     server.add_sockets(sockets)
     if started is not None:
         started()

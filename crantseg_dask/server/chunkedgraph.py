@@ -231,7 +231,7 @@ class DeltaRoots(ApiHandler):
 class ValidNodes(ApiHandler):
     def get(self, table: str) -> None:
         self.table_of(table)
-        ids = self.ids_from_body("node_ids")
+        ids = self.ids_from_body("node_ids", layers=False)  # answers which IDs are valid
         end = self.ts_arg("end_timestamp")
         src = self.state.source
         pos, known = _known(src, ids)

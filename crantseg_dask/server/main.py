@@ -1,6 +1,6 @@
 """``crantseg serve``: serve an embedded dataset over the CAVE protocol on 127.0.0.1.
 
-    crantseg serve --dataset DIR [--port N] [--host H] [--datastack NAME] [--token HEX32]
+    crantseg serve --dataset DIR [--port N] [--host H] [--datastack NAME] [--token-file FILE] [-v]
                    [--fail-rate P] [--latency-ms MS] [--stall-rate P] [--stall-seconds S] [--seed N]
                    [--file-storage]
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 __all__ = ["main", "parser"]
@@ -28,7 +29,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="port (0: pick a free one; default 0)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--datastack", default=None, help="datastack name (default: the dataset's)")
-    p.add_argument("--token", default=None, help="token clients must send (32 hex chars; default: a new one)")
+    p.add_argument("--token-file", default=None,
+                   help="read the token clients must send (32 hex chars) from this file; default: the "
+                   "CRANTSEG_SERVER_TOKEN environment variable, else a new random token")
+    p.add_argument("--token", default=None,
+                   help="the token on the command line (visible to other users in `ps`: prefer --token-file)")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered 503 or 429")
     p.add_argument("--latency-ms", "--latency", dest="latency_ms", type=float, default=0.0,
                    help="delay added to every request, ms")
@@ -50,17 +55,30 @@ def main(argv: list[str] | None = None) -> int:
     from .app import address_of, bind, serve_forever
     from .state import Faults, ServedDataset
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", force=True)
+    # -v: one access-log line per request (status, method, path, ms; never the query or the token)
+    logging.getLogger("crantseg.server").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     dataset = args.dataset
+    token = args.token
     try:
+        if args.token_file:
+            try:
+                with open(args.token_file) as f:
+                    token = f.read().strip()
+            except OSError as e:
+                raise OSError(f"--token-file {args.token_file}: {e.strerror or e}") from None
+        elif token is None and os.environ.get("CRANTSEG_SERVER_TOKEN"):
+            token = os.environ["CRANTSEG_SERVER_TOKEN"].strip()
+        elif token is not None:
+            print("crantseg serve: warning: --token is visible to other users of this machine (ps); "
+                  "use --token-file or CRANTSEG_SERVER_TOKEN", file=sys.stderr)
         if not is_dataset_dir(dataset) and dataset in PRESETS:
             from ..config import local_dataset_path
 
             dataset = local_dataset_path(dataset)
         faults = Faults(fail_rate=args.fail_rate, latency_ms=args.latency_ms, stall_rate=args.stall_rate,
                         stall_s=args.stall_seconds, seed=args.seed)
-        state = ServedDataset(dataset, datastack=args.datastack, token=args.token, faults=faults,
+        state = ServedDataset(dataset, datastack=args.datastack, token=token, faults=faults,
                               pcg_errors=args.pcg_errors, storage="file" if args.file_storage else "http")
         sockets = bind(args.host, args.port)
     except (CrantsegError, OSError) as e:

@@ -126,6 +126,13 @@ class ServedDataset:
         self.n_requests = 0  # requests received (all routes, all answers)
         self.viewer_resolution = [float(v) for v in params.viewer_resolution]
         self._ops = sorted(self.source.operations.values(), key=lambda op: op["ts_ms"])
+        # what the data is, whatever the address: jobs resume across a restart on another port
+        import dataclasses
+        import hashlib
+        import json
+
+        blob = json.dumps(dataclasses.asdict(params), sort_keys=True, default=str).encode()
+        self.dataset_digest = hashlib.sha256(blob).hexdigest()[:32]
 
     def __repr__(self) -> str:  # never shows the token
         return f"ServedDataset({str(self.path)!r}, datastack={self.datastack!r})"
@@ -170,6 +177,7 @@ class ServedDataset:
         info["data_dir"] = (f"{base}{STORAGE_PREFIX}" if base and self.storage == "http"
                             else self.source.cloudpath)
         info["chunks_start_at_voxel_offset"] = True
+        info["crantseg_dataset"] = {"name": self.source.params.name, "digest": self.dataset_digest}
         return info
 
     def materializations(self) -> dict[int, datetime]:

@@ -118,7 +118,7 @@ def count_calls(monkeypatch, src, names=("is_latest", "roots", "leaves", "leaves
 def test_is_latest_truth_c5_c6_bug7_bug12(spec, truth, unknown_root, label):
     arg, t = when(truth, label)
     roots = truth.all_roots
-    x = np.concatenate([roots, roots[:5], [0, unknown_root, 0]])[::-1].copy()
+    x = np.concatenate([roots, roots[:5], np.array([0, unknown_root, 0], np.uint64)])[::-1].copy()
     got = is_latest_roots(x, timestamp=arg, dataset=spec, progress=False)
     exp = np.array([truth.is_latest(r, t) for r in x])  # 0 and unknown: False
     assert got.dtype == bool and len(got) == len(x)
@@ -234,17 +234,20 @@ def test_dataframe_rows_c36_c37(local_spec, truth):
     assert out.new_id[1] == 0 and out.new_id[2] is None
     for k in (0, 3):
         check_update(truth, int(frame.root_id[k]), out.new_id[k], out.confidence[k], t)
-    empty = update_ids(pd.DataFrame({"root_id": [0, None]}), dataset=local_spec, progress=False)
+    empty = update_ids(pd.DataFrame({"root_id": pd.Series([0, None], dtype=object)}), dataset=local_spec,
+                       progress=False)  # (a float64 column of IDs is refused: issue 17)
     assert len(empty) == 2 and (empty.confidence == 0).all()
 
 
-def test_list_invalid_dropped_c37_c38(local_spec, truth):
+def test_list_keeps_length_and_order_zero_in_zero_out_c37_c38(local_spec, truth):
+    """crantpy drops 0/NaN from a list; issue 17 asks every ID function to keep length and order."""
     for bad in ([0, np.nan, None], [], [0]):
         df = update_ids(bad, dataset=local_spec)
-        assert list(df.columns) == COLUMNS and len(df) == 0
+        assert list(df.columns) == COLUMNS and len(df) == len(bad)
+        assert (df.new_id == 0).all() and (df.confidence == 0).all() and not df.changed.any()
     r = truth.all_roots
     df = update_ids([int(r[3]), 0, int(r[1]), np.nan, int(r[3])], timestamp="mat", dataset=local_spec, progress=False)
-    assert df.old_id.tolist() == [int(r[3]), int(r[1]), int(r[3])]
+    assert df.old_id.tolist() == [int(r[3]), 0, int(r[1]), 0, int(r[3])]
     single = update_ids(str(int(r[1])), timestamp="mat", dataset=local_spec, progress=False)
     assert single.old_id.tolist() == [int(r[1])]  # one numeric string is one ID
 
