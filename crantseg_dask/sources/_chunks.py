@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SourceError
+from ._partial import read_box, read_points
 from .base import VolumeMeta
 
 __all__ = ["ChunkReader", "lookup_points", "cutout_from_chunks"]
@@ -51,15 +52,27 @@ class ChunkReader:
         if self.meta.sharded and self.meta.sharded[mip]:
             return self._read_sharded(box, mip)
         name = self.filename(chunk, mip)
+        data = self._fetch(chunk, mip, name)
+        if data is None:
+            return np.zeros(shape, dtype=np.uint64)
+        return self._decode(data, shape, mip, name)
+
+    def read_encoded(self, chunk, mip: int) -> bytes | None:
+        """The stored (still encoded, gunzipped) bytes of an unsharded compressed_segmentation
+        chunk, for random access (``_cseg``); None where the caller must decode in full instead
+        (another encoding, a sharded scale, or a missing chunk read as background)."""
+        if self.meta.encoding[mip] != "compressed_segmentation" or (self.meta.sharded and self.meta.sharded[mip]):
+            return None
+        return self._fetch(chunk, mip, self.filename(chunk, mip))
+
+    def _fetch(self, chunk, mip: int, name: str) -> bytes | None:
         try:
             data = self._cf.get(name)
         except Exception as e:  # cloud-files already retries transient errors on remote stores
             raise SourceError(f"reading chunk {self.cloudpath}/{name} failed: {e}") from e
-        if data is None:
-            if self.fill_missing:
-                return np.zeros(shape, dtype=np.uint64)
+        if data is None and not self.fill_missing:
             raise SourceError(f"chunk {self.cloudpath}/{name} is missing (mip {mip}, chunk {tuple(chunk)})")
-        return self._decode(data, shape, mip, name)
+        return data
 
     def _read_sharded(self, box: np.ndarray, mip: int) -> np.ndarray:
         vols = self.__dict__.setdefault("_volumes", {})
@@ -135,12 +148,10 @@ def lookup_points(source, voxels: np.ndarray, mip: int) -> np.ndarray:
     key_sorted = key[order]
     starts = np.flatnonzero(np.r_[True, key_sorted[1:] != key_sorted[:-1]])
     ends = np.r_[starts[1:], len(order)]
-    for s, e in zip(starts, ends):
-        rows = inside[order[s:e]]
-        c = chunk[order[s]]
-        block = source.read_chunk(tuple(int(x) for x in c), mip)
-        local = v[rows] - (lo + c * cs)
-        out[rows] = block[local[:, 0], local[:, 1], local[:, 2]]
+    rows = inside[order]
+    keys = chunk[order[starts]]
+    local = v[rows] - (lo + chunk[order] * cs)
+    out[rows] = read_points(source, mip, keys, np.repeat(np.arange(len(starts)), ends - starts), local)
     return out
 
 
@@ -156,12 +167,8 @@ def cutout_from_chunks(source, box: np.ndarray, mip: int) -> np.ndarray:
     for i in range(first[0], last[0] + 1):
         for j in range(first[1], last[1] + 1):
             for k in range(first[2], last[2] + 1):
-                c = np.array([i, j, k])
-                c_lo = lo + c * cs
-                block = source.read_chunk((i, j, k), mip)
-                a = np.maximum(box[0], c_lo)
-                b = np.minimum(box[1], c_lo + np.array(block.shape))
-                out[tuple(slice(p, q) for p, q in zip(a - box[0], b - box[0]))] = block[
-                    tuple(slice(p, q) for p, q in zip(a - c_lo, b - c_lo))
-                ]
+                c_lo = lo + np.array([i, j, k]) * cs
+                a, b = np.maximum(box[0], c_lo), np.minimum(box[1], c_lo + cs)
+                out[tuple(slice(p, q) for p, q in zip(a - box[0], b - box[0]))] = read_box(
+                    source, (i, j, k), mip, a - c_lo, b - c_lo)
     return out

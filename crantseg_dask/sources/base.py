@@ -151,6 +151,11 @@ class SegmentationSource(abc.ABC):
     def read_chunk(self, chunk: tuple[int, int, int], mip: int) -> np.ndarray:
         """Storage chunk ``chunk`` (grid index) at ``mip`` as an (X, Y, Z) uint64 array."""
 
+    def read_encoded(self, chunk: tuple[int, int, int], mip: int) -> bytes | None:
+        """Encoded bytes of storage chunk ``chunk`` for random access, or None where only
+        ``read_chunk`` (a full decode) applies."""
+        return None
+
     def supervoxels_at(self, voxels: np.ndarray, mip: int) -> np.ndarray:
         """Supervoxel at each absolute voxel (N, 3) at ``mip``; 0 outside the volume.
 

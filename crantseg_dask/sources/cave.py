@@ -138,6 +138,9 @@ class CaveSource(SegmentationSource):
     def read_chunk(self, chunk, mip: int) -> np.ndarray:
         return self._reader.read(chunk, self._meta.check_mip(mip))
 
+    def read_encoded(self, chunk, mip: int) -> bytes | None:
+        return self._reader.read_encoded(chunk, self._meta.check_mip(mip))
+
     def cutout(self, box, mip: int) -> np.ndarray:
         mip = self._meta.check_mip(mip)
         box = np.asarray(box, dtype=np.int64).reshape(2, 3)

@@ -69,6 +69,9 @@ class LocalSource(SegmentationSource):
     def read_chunk(self, chunk, mip: int) -> np.ndarray:
         return self._reader.read(chunk, mip)
 
+    def read_encoded(self, chunk, mip: int) -> bytes | None:
+        return self._reader.read_encoded(chunk, mip)
+
     def cutout(self, box, mip: int) -> np.ndarray:
         return cutout_from_chunks(self, box, mip)
 

@@ -234,6 +234,8 @@ def test_shuffle_reads_each_chunk_once(local_spec, truth, points, monkeypatch):
     reads = []
     original = source.read_chunk
     monkeypatch.setattr(source, "read_chunk", lambda c, mip: reads.append((tuple(c), mip)) or original(c, mip))
+    encoded = source.read_encoded  # random access (few points per chunk) reads the encoded bytes
+    monkeypatch.setattr(source, "read_encoded", lambda c, mip: reads.append((tuple(c), mip)) or encoded(c, mip))
     rng = np.random.default_rng(0)
     shuffled = points[rng.permutation(len(points))]
     d = da.from_array(shuffled, chunks=(41, 3))  # 13 spatially mixed blocks
