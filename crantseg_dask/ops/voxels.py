@@ -31,6 +31,7 @@ from ..config import resolve_dataset
 from ..errors import InvalidIDError, InvalidInputError
 from ..sources import SourceSpec, VolumeMeta, open_source
 from ..sources._chunks import cutout_from_chunks
+from ..sources._partial import read_box
 from .cutouts import check_inside, check_nonempty, get_segmentation_cutout, get_segmentation_cutout_graph, voxel_box
 
 __all__ = ["get_segmentation_cutout", "get_segmentation_cutout_graph", "get_voxels", "get_voxels_graph"]
@@ -78,9 +79,8 @@ def _chunk_views(source, box: np.ndarray, mip: int):
     for c in np.ndindex(*(last - first + 1)):
         c = first + np.array(c)
         c_lo = vol_lo + c * cs
-        block = source.read_chunk(tuple(int(v) for v in c), mip)
-        a, b = np.maximum(box[0], c_lo), np.minimum(box[1], c_lo + np.array(block.shape))
-        yield a, block[tuple(slice(p, q) for p, q in zip(a - c_lo, b - c_lo))]
+        a, b = np.maximum(box[0], c_lo), np.minimum(box[1], c_lo + cs)
+        yield a, read_box(source, c, mip, a - c_lo, b - c_lo)  # only the blocks it touches when few
 
 
 def _box_voxels(spec: SourceSpec, mip: int, box: np.ndarray, read_box: np.ndarray, svs: np.ndarray,

@@ -27,8 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["CsegError", "CROSSOVER", "decode_points", "decode_blocks", "decode_box", "block_voxels",
-           "use_blocks"]
+__all__ = ["CsegError", "CROSSOVER", "decode_points", "decode_positions", "decode_blocks", "decode_box",
+           "block_voxels", "block_positions", "blocks_holding", "use_blocks"]
 
 #: random access is chosen while a chunk needs fewer than this fraction of its voxels (measured)
 CROSSOVER = 0.03
@@ -198,3 +198,53 @@ def decode_box(data: bytes, shape, block, lo, hi) -> np.ndarray:
     (origin, arr), = decode_blocks([data], [shape], block, [0], [lo], [hi])
     a = np.asarray(lo) - origin
     return arr[tuple(slice(p, p + n) for p, n in zip(a, np.asarray(hi) - np.asarray(lo)))]
+
+
+def block_positions(shape, block, block_ids) -> np.ndarray:
+    """(M, 3) local positions of the voxels of blocks ``block_ids`` (linear, x fastest over the
+    chunk's block grid), block by block, clipped to the chunk's ``shape``."""
+    shape, block = np.asarray(shape, dtype=np.int64), np.asarray(block, dtype=np.int64)
+    grid = -(-shape // block)
+    ids = np.asarray(block_ids, dtype=np.int64).ravel()
+    b = np.stack([ids % grid[0], ids // grid[0] % grid[1], ids // (grid[0] * grid[1])], axis=1)
+    offs = np.stack(np.meshgrid(*[np.arange(n) for n in block], indexing="ij"), axis=-1).reshape(-1, 3)
+    pos = (b[:, None, :] * block + offs[None]).reshape(-1, 3)
+    return pos[np.all(pos < shape, axis=1)] if (shape % block).any() else pos
+
+
+def blocks_holding(data: bytes, shape, block, block_ids, labels_sorted: np.ndarray,
+                   max_bits: int = 8) -> np.ndarray:
+    """Whether each block of ``block_ids`` may hold one of ``labels_sorted`` (sorted uint64), from
+    its lookup table alone: the table is read up to ``2**bits`` entries (its true length is not
+    stored, so an entry past its end may give a false True, never a false False). Blocks wider
+    than ``max_bits`` bits are always True. ``CsegError`` on corrupt input."""
+    shape = np.asarray(shape, dtype=np.int64).reshape(1, 3)
+    block = np.asarray(block, dtype=np.int64).reshape(3)
+    ids = np.asarray(block_ids, dtype=np.int64).ravel()
+    words, start, ends, grid, n_blocks = _pack([data], shape, block)
+    s, e = int(start[0]), int(ends[0])
+    if len(ids) and (ids.min() < 0 or ids.max() >= n_blocks[0]):
+        raise CsegError(0, f"block index outside the chunk's {int(n_blocks[0])} blocks")
+    w0 = words[s + 2 * ids].astype(np.int64)
+    bits, table = w0 >> 24, w0 & 0xFFFFFF
+    zero = np.zeros(len(ids), dtype=np.int64)
+    _raise_unless(_BITS_OK[np.minimum(bits, 32)] & (table >= 2 * n_blocks[0]) & (s + table + 1 < e), zero,
+                  "a block header has a bad bit width or a table outside the chunk (truncated or corrupt)")
+    small = bits <= max_bits
+    count = np.where(small, 1 << np.minimum(bits, max_bits), 0)
+    which = np.repeat(np.arange(len(ids)), count)
+    entry = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    tpos = s + table[which] + 2 * entry
+    real = tpos + 1 < e  # entries past the chunk's end cannot be table entries
+    tpos, which = tpos[real], which[real]
+    vals = words[tpos].astype(np.uint64) | (words[tpos + 1].astype(np.uint64) << np.uint64(32))
+    labels_sorted = np.asarray(labels_sorted, dtype=np.uint64)
+    at = np.clip(np.searchsorted(labels_sorted, vals), 0, max(len(labels_sorted) - 1, 0))
+    hit = labels_sorted[at] == vals if len(labels_sorted) else np.zeros(len(vals), dtype=bool)
+    return ~small | (np.bincount(which[hit], minlength=len(ids)) > 0)
+
+
+def decode_positions(data: bytes, shape, block, local) -> np.ndarray:
+    """Labels at ``local`` (M, 3) positions of one encoded chunk (``decode_points`` for one)."""
+    local = np.asarray(local, dtype=np.int64).reshape(-1, 3)
+    return decode_points([data], [shape], block, np.zeros(len(local), dtype=np.int64), local)
