@@ -23,6 +23,7 @@ the crossover is about 3% of a chunk (16k of 524k voxels, about 30 blocks or 16k
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
@@ -30,8 +31,9 @@ import numpy as np
 __all__ = ["CsegError", "CROSSOVER", "decode_points", "decode_positions", "decode_blocks", "decode_box",
            "block_voxels", "block_positions", "blocks_holding", "use_blocks"]
 
-#: random access is chosen while a chunk needs fewer than this fraction of its voxels (measured)
-CROSSOVER = 0.03
+#: random access is chosen while a chunk needs fewer than this fraction of its voxels (measured;
+#: the environment variable CRANTSEG_CSEG_CROSSOVER overrides it, 0 meaning always decode whole)
+CROSSOVER = float(os.environ.get("CRANTSEG_CSEG_CROSSOVER", 0.03))
 _BITS_OK = np.zeros(33, dtype=bool)
 _BITS_OK[[0, 1, 2, 4, 8, 16, 32]] = True
 
