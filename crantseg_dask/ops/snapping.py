@@ -116,9 +116,8 @@ def snap_to_id_graph(locs: da.Array, id, snap_zero: bool = False, search_radius:
     array([[4232., 4904., 1701.],
            [4304., 4848., 1722.]])
     """
-    spec = resolve_dataset(dataset)
+    spec, erode = resolve_dataset(dataset), check_erode(erode)
     target, r = _one_target(id, spec), _check_radius(search_radius, spec)
-    erode = check_erode(erode)
     locs = _dask_locs(locs)
 
     def block(b):
@@ -150,7 +149,7 @@ def snap_table_graph(df, id_column: str = "id", snap_zero: bool = False, search_
     0     4232.0     4904.0     1701.0  on_target
     1     4304.0     4848.0     1722.0    snapped
     """
-    spec = resolve_dataset(dataset)
+    spec, erode = resolve_dataset(dataset), check_erode(erode)
     unit, r = as_coordinates(coordinates), _check_radius(search_radius, spec)
     columns = tuple(columns)
     missing = [c for c in (*columns, id_column) if c not in df.columns]
@@ -246,7 +245,7 @@ def snap_to_id(locs, id, snap_zero: bool = False, search_radius: float = 160, co
     array([576460752373423560, 576460752373423560, 576460752373423560])
     """
     as_coordinates(coordinates)
-    spec = resolve_dataset(dataset)
+    spec, erode = resolve_dataset(dataset), check_erode(erode)
     source = open_source(spec)
     navis = sys.modules.get("navis")  # a TreeNeuron can only exist if navis is imported
     if navis is not None and isinstance(locs, getattr(navis, "TreeNeuron", ())):
@@ -322,7 +321,7 @@ def snap_table(df: pd.DataFrame, id_column: str = "id", snap_zero: bool = False,
         raise InvalidInputError(f"snap_table: columns {missing or list(columns)} are missing or not "
                                 f"three; found {[str(c) for c in df.columns]}")
     as_coordinates(coordinates)
-    spec = resolve_dataset(dataset)
+    spec, erode = resolve_dataset(dataset), check_erode(erode)
     source = open_source(spec)
     locs = df[list(columns)].rename(columns=dict(zip(columns, "xyz")))
     locs_nm = as_locations(locs, coordinates=coordinates, viewer_resolution=source.meta.viewer_resolution)

@@ -9,6 +9,9 @@ start). A block's voxel ``i = x + bx * (y + by * z)`` holds a ``bits``-wide inde
 little-endian values; the label is the uint64 table entry at that index. Edge blocks of a ragged
 chunk are encoded at full block size, so positions use full-block strides.
 
+Only what a voxel needs is checked (its block header, values word and table entry), so a
+truncated chunk still answers the voxels whose bytes survive, and refuses the others.
+
 The label of one voxel is therefore a few array reads. Everything here is vectorised over many
 chunks at once (their bytes are concatenated) and bounds-checked at every read: corrupt or
 truncated input raises ``CsegError`` naming the chunk, never a crash or a read of another chunk.
