@@ -68,7 +68,8 @@ def read_points(source, mip: int, keys: np.ndarray, chunk_of: np.ndarray, local:
         renum[ra_keys] = np.arange(len(ra_keys))
         rows = np.flatnonzero(ra[chunk_of])
         try:
-            out[rows] = _cseg.decode_points(datas, shapes[ra_keys], _block(meta, mip), renum[chunk_of[rows]], local[rows])
+            out[rows] = _cseg.decode_points(datas, shapes[ra_keys], _block(meta, mip), renum[chunk_of[rows]],
+                                            local[rows])
         except _cseg.CsegError as e:
             raise _source_error(source, keys[ra_keys[e.chunk]], mip, e) from e
     for k in np.flatnonzero(~ra & (counts > 0)):
