@@ -16,13 +16,14 @@ The label of one voxel is therefore a few array reads. Everything here is vector
 chunks at once (their bytes are concatenated) and bounds-checked at every read: corrupt or
 truncated input raises ``CsegError`` naming the chunk, never a crash or a read of another chunk.
 
-Which path to take per chunk (``use_blocks``): random access costs about ``RA_COST`` times a
-full-decode voxel per voxel it reads, so a chunk is read by random access when it needs fewer than
-``CROSSOVER`` x (its voxel count) voxels (points, or the voxels of the blocks a box touches), and
-decoded whole otherwise. Measured with ``python benchmarks/bench_cseg_crossover.py`` (demo chunks,
-128 x 128 x 32, numpy random access against ``compressed_segmentation.decompress`` plus its
-validation): random access 40-60 ns per voxel in batches, full decode 1.1-1.6 ns per voxel, so
-the crossover is about 3% of a chunk (16k of 524k voxels, about 30 blocks or 16k points).
+Which path to take per chunk (``use_blocks``): a chunk is read by random access when it needs
+fewer than ``CROSSOVER`` x (its voxel count) voxels (points, or the voxels of the blocks a box
+touches), and decoded whole otherwise. Measured with ``python benchmarks/bench_cseg_crossover.py``
+(63 demo chunks of 128 x 128 x 32, encoded bytes in memory; numpy random access against the
+structural check plus ``compressed_segmentation.decompress``), twice on a machine loaded about
+10x (so read the ratio, not the times): full decode 7.1 / 28 ns per voxel, random access 490 /
+1,630 ns per voxel at 256 points per chunk, crossover 1.5% / 1.7% of a chunk (7.7k / 9.0k
+voxels). ``CROSSOVER`` is 1.5%; the lead reruns the command on a quiet machine to confirm.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ __all__ = ["CsegError", "CROSSOVER", "decode_points", "decode_positions", "decod
 
 #: random access is chosen while a chunk needs fewer than this fraction of its voxels (measured;
 #: the environment variable CRANTSEG_CSEG_CROSSOVER overrides it, 0 meaning always decode whole)
-CROSSOVER = float(os.environ.get("CRANTSEG_CSEG_CROSSOVER", 0.03))
+CROSSOVER = float(os.environ.get("CRANTSEG_CSEG_CROSSOVER", 0.015))
 _BITS_OK = np.zeros(33, dtype=bool)
 _BITS_OK[[0, 1, 2, 4, 8, 16, 32]] = True
 
