@@ -3,7 +3,10 @@ LocalCluster of two worker processes, against the eager calls (snap_table, then
 locs_to_segments) on the same rows through the same cluster.
 
 Reports rows/s, the job's overhead over the eager calls (target: under 25%), and the peak
-resident memory of each worker (target: under 2 GiB).
+resident memory of each worker (target: under 2 GiB). Then a sparse snap job (2 x 10^5 synapse
+rows spread over the volume; --quick: 2 x 10^4) against the same job on the code before random
+access (commit ``BASELINE``), each in a fresh process with its own 2-worker cluster, outputs
+compared.
 """
 from __future__ import annotations
 
@@ -21,6 +24,58 @@ from crantseg_dask.cluster import make_client
 from crantseg_dask.config import local_dataset_path
 from crantseg_dask.jobs import run_job
 from crantseg_dask.jobs.demo import synapse_table
+
+
+#: the commit before random access (issue 12): "today's" code for the sparse snap job
+BASELINE = "b8445a0"
+_SPARSE = """
+import sys, time
+from crantseg_dask.cluster import make_client
+from crantseg_dask.jobs import run_job
+with make_client(n_workers=2) as client:
+    t = time.perf_counter()
+    run_job("snap", sys.argv[1], sys.argv[2], dataset=sys.argv[3], timestamp="mat", partition_size=50_000,
+            client=client, progress=False, snap_zero=True)
+    print(time.perf_counter() - t)
+"""
+
+
+def _sparse_snap_seconds(pythonpath: str, table: Path, out: Path, dataset: Path) -> float:
+    """Wall time of the snap job in a fresh process (and its 2 workers) running ``pythonpath``'s code."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    done = subprocess.run([sys.executable, "-c", _SPARSE, str(table), str(out), str(dataset)], env=env,
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def sparse_snap_rows(path, n: int, tmp: Path) -> list[dict]:
+    """A sparse snap job (``n`` synapse rows spread over the volume) against the same job on the
+    code of ``BASELINE`` (exported with ``git archive``), each in its own process and cluster."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    base = tmp / "baseline"
+    base.mkdir()
+    archive = subprocess.run(["git", "-C", str(repo), "archive", BASELINE, "crantseg_dask"], capture_output=True)
+    if archive.returncode:
+        return [{"benchmark": "sparse snap job", "case": f"{n:,} rows", "ours": "skipped",
+                 "peer": f"baseline {BASELINE} not in this repository", "peer_value": "", "ratio": ""}]
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
+    synapse_table(path, n, seed=2).to_parquet(tmp / "sparse.parquet")
+    t_ours = _sparse_snap_seconds(str(repo), tmp / "sparse.parquet", tmp / "sparse_ours.zarr", path)
+    t_base = _sparse_snap_seconds(str(base), tmp / "sparse.parquet", tmp / "sparse_base.zarr", path)
+    from crantseg_dask.persist import read_output
+
+    ours, theirs = read_output(str(tmp / "sparse_ours.zarr")), read_output(str(tmp / "sparse_base.zarr"))
+    for col in ("snapped_x", "snapped_y", "snapped_z", "root_id"):
+        assert np.array_equal(ours[col].to_numpy(), theirs[col].to_numpy()), f"{col}: ours and the baseline disagree"
+    return [{"benchmark": "sparse snap job", "case": f"{n:,} synapse rows spread over the volume, 2 workers",
+             "ours": f"{n / t_ours:,.0f} rows/s ({t_ours:.1f} s)", "peer": f"same job, code of {BASELINE}",
+             "peer_value": f"{n / t_base:,.0f} rows/s ({t_base:.1f} s)", "ratio": t_base / t_ours}]
 
 
 def _peak_rss_mib() -> float:
@@ -66,6 +121,7 @@ def run(quick: bool = False, partition_size: int = 50_000) -> list[dict]:
         rows.append({"benchmark": "snap + roots job", "case": case,
                      "ours": f"peak worker RSS {job_peak:,.0f} MiB", "peer": "eager peak worker RSS",
                      "peer_value": f"{eager_peak:,.0f} MiB (target: job under 2048 MiB)", "ratio": eager_peak / job_peak})
+        rows += sparse_snap_rows(path, 20_000 if quick else 200_000, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows

@@ -1,4 +1,8 @@
-"""Point lookups: locs_to_supervoxels vs crantpy's way and cloud-volume's scattered_points.
+"""Point lookups: locs_to_supervoxels vs the full-decode path, crantpy's way and scattered_points.
+
+"full decode" is the same call with random access off (``_cseg.CROSSOVER = 0``: every touched
+chunk decoded whole, the path before issue 12). Sizes 10^3 to 10^6 (--quick: 10^3, 10^4), uniform
+over the volume and synapse-like (clustered on neurons, ``jobs.demo.synapse_table``).
 
 crantpy reads one 1x1x1 box per point through cloud-volume, one after another; cloud-volume's
 ``scattered_points`` is the library's batch call. Both are measured on a sample in the same run
@@ -52,6 +56,18 @@ def scattered_points(path, locs: np.ndarray) -> np.ndarray:
     return out
 
 
+def full_decode_way(path, locs: np.ndarray) -> np.ndarray:
+    """Today's path before random access: locs_to_supervoxels with every touched chunk decoded whole."""
+    from crantseg_dask import locs_to_supervoxels
+    from crantseg_dask.sources import _cseg
+
+    saved, _cseg.CROSSOVER = _cseg.CROSSOVER, 0.0
+    try:
+        return locs_to_supervoxels(locs, dataset=str(path), progress=False)
+    finally:
+        _cseg.CROSSOVER = saved
+
+
 def run(quick: bool = False) -> list[dict]:
     from crantseg_dask import locs_to_supervoxels
 
@@ -60,7 +76,7 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     warm = _uniform(path, 50, rng)  # first-use costs (imports, opening the dataset) are not per point
     locs_to_supervoxels(warm, dataset=str(path), progress=False), crantpy_way(path, warm[:5]), scattered_points(path, warm[:5])
-    sizes = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
+    sizes = [1_000, 10_000] if quick else [1_000, 10_000, 100_000, 1_000_000]
     sample = 100 if quick else 300
     for layout in ("uniform", "synapses"):
         for n in sizes:
@@ -69,7 +85,11 @@ def run(quick: bool = False) -> list[dict]:
             ours = locs_to_supervoxels(locs, dataset=str(path), progress=False)
             ours_s = time.perf_counter() - t
             peers = {}
+            t = time.perf_counter()
+            assert np.array_equal(full_decode_way(path, locs), ours), "the full-decode path disagrees with ours"
+            peers["full decode (before random access)"] = n / (time.perf_counter() - t)
             for name, fn, m in (("crantpy per-point", crantpy_way, sample), ("scattered_points", scattered_points, sample * 5)):
+                m = min(m, n)
                 t = time.perf_counter()
                 got = fn(path, locs[:m])
                 peers[name] = m / (time.perf_counter() - t)

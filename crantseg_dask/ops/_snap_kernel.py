@@ -1,9 +1,12 @@
-"""The per-block snapping kernel, working on the sparse foreground of storage chunks.
+"""The per-block snapping kernel: reads only the blocks inside each search ball.
 
-Neurons are thin: a few percent of voxels are foreground. Each storage chunk read is turned once
-into its non-zero voxels (absolute coordinates and labels); a target's voxels near a group of
-points are then picked from those lists, eroded by neighbour look-ups, and offered to a KD-tree
-over voxel centres. Nothing scales with the volume of the box around the points.
+For the rows to search, each touched mip-0 storage chunk is visited once; of it only the
+compressed_segmentation blocks (8 x 8 x 8) that a search ball (plus one voxel for the erosion)
+touches are looked at, blocks whose lookup table holds none of the targets' supervoxels are
+skipped unread, and the rest are read by random access or, when they are many, from one full
+decode (``sources._cseg``, ``sources._partial``). Sparse tables pay for what they touch; a dense
+world (every voxel labelled) costs at most one decoded chunk at a time. A target's voxels are then
+eroded by neighbour look-ups and offered to a KD-tree over voxel centres.
 """
 from __future__ import annotations
 
@@ -14,13 +17,16 @@ import numpy as np
 
 from .._chunking import nm_to_voxels, pack_coords
 from ..errors import InvalidInputError
-from ..sources import SourceSpec, open_source
+from ..sources import SourceSpec, _cseg, _partial, open_source
 
-__all__ = ["STATUS", "_snap_arrays", "_target_leaves", "check_search_radius", "max_search_radius"]
+__all__ = ["ERODE_MODES", "STATUS", "_snap_arrays", "_target_leaves", "check_erode", "check_search_radius",
+           "max_search_radius"]
 
 #: status codes of ``snap_table`` rows, by code
-STATUS = ("on_target", "snapped", "not_found", "background_skipped", "out_of_bounds")
-ON_TARGET, SNAPPED, NOT_FOUND, BACKGROUND, OUT_OF_BOUNDS = range(5)
+STATUS = ("on_target", "snapped", "not_found", "background_skipped", "out_of_bounds", "snapped_uneroded")
+ON_TARGET, SNAPPED, NOT_FOUND, BACKGROUND, OUT_OF_BOUNDS, SNAPPED_UNERODED = range(6)
+#: ``erode`` values: erode (crantpy), don't, or erode and fall back to the uneroded voxels
+ERODE_MODES = (True, False, "fallback")
 
 _LEAVES: OrderedDict = OrderedDict()  # (spec, target) -> sorted leaves, bounded by bytes
 _LEAVES_BUDGET = 256 << 20
@@ -77,43 +83,50 @@ def _target_leaves(spec: SourceSpec, target: int) -> np.ndarray:
     return leaves
 
 
-class _SparseChunks:
-    """Non-zero voxels of mip-0 storage chunks, least recently used first out (~256 MiB)."""
-
-    def __init__(self, source, budget_bytes: int = 256 << 20):
-        self.source, self.meta = source, source.meta
-        self.budget, self.used = budget_bytes, 0
-        self._lru: OrderedDict = OrderedDict()
-        lo, hi = self.meta.bounds(0)
-        self.lo, self.cs = lo, np.array(self.meta.chunk_size[0])
-        self.grid = -(-(hi - lo) // self.cs)
-
-    def chunk(self, c) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(coords (K, 3) absolute, distinct labels, index of each voxel's label) of chunk ``c``."""
-        key = tuple(int(v) for v in c)
-        if key in self._lru:
-            self._lru.move_to_end(key)
-            return self._lru[key]
-        block = self.source.read_chunk(key, 0)
-        nz = np.nonzero(block)
-        coords = np.stack(nz, axis=1).astype(np.int64) + (self.lo + np.array(key) * self.cs)
-        labels, inverse = np.unique(block[nz], return_inverse=True)
-        entry = self._lru[key] = (coords, labels, inverse.ravel())
-        self.used += coords.nbytes + labels.nbytes + entry[2].nbytes
-        while len(self._lru) > 1 and self.used > self.budget:
-            old = self._lru.popitem(last=False)[1]
-            self.used -= sum(a.nbytes for a in old)
-        return entry
+def _needed_blocks(shape: np.ndarray, block: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Linear ids (x fastest) of the blocks of a chunk that the inclusive local boxes [a, b] touch."""
+    need = np.zeros(tuple(-(-shape // block)), dtype=bool)
+    for p, q in zip(a // block, b // block + 1):
+        need[p[0]:q[0], p[1]:q[1], p[2]:q[2]] = True
+    return np.flatnonzero(need.ravel(order="F"))
 
 
-def _target_voxels(sparse: _SparseChunks, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray]):
-    """Foreground voxels inside the boxes [lo, hi] (inclusive, one per row) that belong to a
-    target: (coords (M, 3), owner (M,) index into ``leaves``). Every touched chunk is read once;
-    a supervoxel in several targets' leaves appears once per target."""
+def _box_positions(shape: np.ndarray, block: np.ndarray, ids: np.ndarray, a: np.ndarray, b: np.ndarray):
+    """(M, 3) local positions, x-major, of the voxels inside some inclusive box [a, b] and inside
+    one of the blocks ``ids`` (linear, x fastest), clipped to the chunk's ``shape``."""
+    grid = -(-shape // block)
+    near = np.zeros(tuple(grid * block), dtype=bool)
+    for p, q in zip(a, b + 1):
+        near[p[0]:q[0], p[1]:q[1], p[2]:q[2]] = True
+    keep = np.zeros(int(grid.prod()), dtype=bool)
+    keep[ids] = True
+    keep = keep.reshape(tuple(grid), order="F")
+    m = near.reshape(grid[0], block[0], grid[1], block[1], grid[2], block[2])
+    m &= keep[:, None, :, None, :, None]
+    flat = np.flatnonzero(near)
+    x, rem = np.divmod(flat, int(grid[1] * block[1] * grid[2] * block[2]))
+    y, z = np.divmod(rem, int(grid[2] * block[2]))
+    return np.stack([x, y, z], axis=1)
+
+
+def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray]):
+    """Voxels inside the boxes [lo, hi] (inclusive, one per row) that belong to a target:
+    (coords (M, 3), owner (M,) index into ``leaves``); a supervoxel in several targets' leaves
+    appears once per target.
+
+    Per touched mip-0 storage chunk, only the 8 x 8 x 8 blocks that some box touches are looked
+    at, and of those only the blocks whose lookup table holds a target supervoxel
+    (``_cseg.blocks_holding``); their voxels inside the boxes are read by random access, or from
+    one full decode of the chunk when they are many (``_cseg.use_blocks``). The task's chunks are
+    fetched concurrently as encoded bytes (about 20 KiB each on a dense layer); at most one chunk
+    is decoded at a time, whatever the foreground density."""
+    meta = source.meta
     if len(lo) == 0:
         return np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
-    c_lo = (lo - sparse.lo) // sparse.cs
-    c_hi = (hi - sparse.lo) // sparse.cs
+    vol_lo, cs = meta.bounds(0)[0], np.array(meta.chunk_size[0], dtype=np.int64)
+    block = np.array(_partial._block(meta, 0), dtype=np.int64)
+    ra_ok = _partial._random_access_ok(meta, 0)
+    c_lo, c_hi = (lo - vol_lo) // cs, (hi - vol_lo) // cs
     pairs = []  # (chunk x, y, z, row)
     rows = np.arange(len(lo))
     for b in range(8):  # a ball is smaller than a chunk: its box touches at most 2 per axis
@@ -129,28 +142,42 @@ def _target_voxels(sparse: _SparseChunks, lo: np.ndarray, hi: np.ndarray, leaves
     table_owner = np.repeat(np.arange(len(leaves)), [len(x) for x in leaves])
     order = np.argsort(table, kind="stable")
     table, table_owner = table[order], table_owner[order]
+    shapes = _partial.chunk_shapes(meta, pairs[starts, :3], 0)
+    keys = [tuple(int(v) for v in c) for c in pairs[starts, :3]]
+    encoded = dict(source.read_encoded_many(keys, 0)) if ra_ok else {}  # fetched concurrently
     out_c, out_o = [], []
-    for s0, s1 in zip(starts, np.r_[starts[1:], len(pairs)]):
+    for s0, s1, shape in zip(starts, np.r_[starts[1:], len(pairs)], shapes):
         c = pairs[s0, :3]
-        coords, distinct, inverse = sparse.chunk(c)
-        left_d = np.searchsorted(table, distinct, side="left")
-        count_d = np.searchsorted(table, distinct, side="right") - left_d
-        if not count_d.any():
+        key = tuple(int(v) for v in c)
+        origin = vol_lo + c * cs
+        r = pairs[s0:s1, 3]
+        a, b = np.maximum(lo[r] - origin, 0), np.minimum(hi[r] - origin, shape - 1)
+        ids = _needed_blocks(shape, block, a, b)
+        data = encoded.pop(key, None)
+        try:
+            if data is not None:
+                ids = ids[_cseg.blocks_holding(data, shape, block, ids, table)]
+            if not ids.size:
+                continue
+            pos = _box_positions(shape, block, ids, a, b)
+            if data is not None and _cseg.use_blocks(len(pos), int(shape.prod())):
+                labels = _cseg.decode_positions(data, shape, block, pos)
+            else:
+                whole = source.decode_chunk(key, 0, data) if data is not None else source.read_chunk(key, 0)
+                labels = whole[pos[:, 0], pos[:, 1], pos[:, 2]]
+        except _cseg.CsegError as e:
+            raise _partial._source_error(source, key, 0, e) from e
+        left = np.searchsorted(table, labels, side="left")
+        hit = table[np.minimum(left, len(table) - 1)] == labels if len(table) else np.zeros(len(labels), bool)
+        idx = np.flatnonzero(hit)
+        if not idx.size:
             continue
-        # only voxels inside some row's box: a mask of the chunk marks the union of the boxes
-        origin = sparse.lo + c * sparse.cs
-        near = np.zeros(tuple(sparse.cs), dtype=bool)
-        for r in pairs[s0:s1, 3]:
-            a, b = np.maximum(lo[r] - origin, 0), np.minimum(hi[r] + 1 - origin, sparse.cs)
-            near[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = True
-        local = coords - origin
-        keep = near[local[:, 0], local[:, 1], local[:, 2]] & (count_d[inverse] > 0)
-        idx = np.flatnonzero(keep)
-        left, count = left_d[inverse[idx]], count_d[inverse[idx]]
+        left = left[idx]
+        count = np.searchsorted(table, labels[idx], side="right") - left
         vox = np.repeat(idx, count)
-        pos = np.repeat(left - np.cumsum(np.r_[0, count[:-1]]), count) + np.arange(count.sum())
-        out_c.append(coords[vox])
-        out_o.append(table_owner[pos])
+        at = np.repeat(left - np.cumsum(np.r_[0, count[:-1]]), count) + np.arange(count.sum())
+        out_c.append(pos[vox] + origin)
+        out_o.append(table_owner[at])
     if not out_c:
         return np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
     return np.concatenate(out_c), np.concatenate(out_o)
@@ -211,9 +238,22 @@ def _nearest_many(points: np.ndarray, cand: np.ndarray, res: np.ndarray, r: floa
     return j, best
 
 
+def check_erode(erode) -> bool | str:
+    """``erode`` as one of ``ERODE_MODES``; ``InvalidInputError`` otherwise."""
+    if isinstance(erode, (bool, np.bool_)):
+        return bool(erode)
+    if erode == "fallback":
+        return "fallback"
+    raise InvalidInputError(f"erode={erode!r} must be True, False or 'fallback'")
+
+
 def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap_zero: bool,
-                 search_radius: float, erode: bool = True):
+                 search_radius: float, erode: bool | str = True):
     """Snap one block of rows; pure given the dataset. Rows to search go target by target.
+
+    ``erode``: True keeps only voxels whose 6 face neighbours are the target's too (crantpy);
+    False uses every voxel; "fallback" erodes, and for rows whose ball holds no eroded voxel (a
+    neurite thinner than 3 voxels) takes the nearest uneroded voxel, status ``snapped_uneroded``.
 
     Returns (K, 3) float64 nm coordinates (snapped voxel's minimum corner, else the input), (K,)
     float64 distance in nm from the input to the chosen voxel's centre (0 on target, NaN when not
@@ -228,7 +268,7 @@ def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, sna
     source = open_source(spec)
     meta = source.meta
     check_search_radius(search_radius, meta)
-    sparse = _SparseChunks(source)
+    erode = check_erode(erode)
     res = np.array(meta.resolution[0], dtype=np.float64)
     bounds = meta.bounds(0)
     vox = nm_to_voxels(locs_nm, res)
@@ -253,19 +293,23 @@ def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, sna
         reach = np.all(hi_v >= lo_v, axis=1)  # balls wholly outside the volume find nothing
         todo, lo_v, hi_v = todo[reach], lo_v[reach], hi_v[reach]
         tuniq, tinv = np.unique(targets[todo], return_inverse=True)
-        coords, owner = _target_voxels(sparse, lo_v, hi_v, [_target_leaves(spec, t) for t in tuniq.tolist()])
+        coords, owner = _target_voxels(source, lo_v, hi_v, [_target_leaves(spec, t) for t in tuniq.tolist()])
         # 3. per target: its (eroded) voxels; all of its rows at once: the nearest centre
         row_groups = np.split(todo[np.argsort(tinv.ravel(), kind="stable")], np.cumsum(np.bincount(tinv.ravel()))[:-1])
         by_owner = np.argsort(owner, kind="stable")
         vox_groups = np.split(by_owner, np.cumsum(np.bincount(owner, minlength=len(tuniq)))[:-1])
         for rows, sel in zip(row_groups, vox_groups):
-            cand = coords[sel]
-            cand = _erode(cand) if erode else cand
-            cand = cand[np.lexsort(cand.T[::-1])] if len(cand) else cand
-            j, d2 = _nearest_many(locs_nm[rows], cand, res, r)
-            hit = j >= 0
-            out[rows[hit]] = cand[j[hit]] * res
-            dist[rows[hit]], status[rows[hit]] = np.sqrt(d2[hit]), SNAPPED
+            every = coords[sel]
+            cand = _erode(every) if erode else every
+            for code, cand in ((SNAPPED, cand), (SNAPPED_UNERODED, every if erode == "fallback" else None)):
+                if cand is None or not rows.size:
+                    break
+                cand = cand[np.lexsort(cand.T[::-1])] if len(cand) else cand
+                j, d2 = _nearest_many(locs_nm[rows], cand, res, r)
+                hit = j >= 0
+                out[rows[hit]] = cand[j[hit]] * res
+                dist[rows[hit]], status[rows[hit]] = np.sqrt(d2[hit]), code
+                rows = rows[~hit]  # erosion left nothing in these balls: the fallback's turn
     missed = np.flatnonzero(status == NOT_FOUND)
     status[missed] = np.where(inside[missed], NOT_FOUND, OUT_OF_BOUNDS)
     return out, dist, status

@@ -27,7 +27,8 @@ from ..config import resolve_dataset
 from ..errors import InvalidIDError, InvalidInputError
 from ..sources import SourceSpec, open_source
 from ._snap_kernel import (  # noqa: F401  (the per-block kernel; jobs use it too)
-    NOT_FOUND, OUT_OF_BOUNDS, SNAPPED, STATUS, _snap_arrays, _target_leaves, check_search_radius)
+    NOT_FOUND, OUT_OF_BOUNDS, SNAPPED, SNAPPED_UNERODED, STATUS, _snap_arrays, _target_leaves, check_erode,
+    check_search_radius)
 from .locations import _check_finite, _dask_locs, _partition_size
 
 __all__ = ["STATUS", "snap_table", "snap_table_graph", "snap_to_id", "snap_to_id_graph"]
@@ -100,7 +101,7 @@ def _one_target(id, spec) -> int:
 
 
 def snap_to_id_graph(locs: da.Array, id, snap_zero: bool = False, search_radius: float = 160, *,
-                     dataset=None, erode: bool = True) -> da.Array:
+                     dataset=None, erode: bool | str = True) -> da.Array:
     """Lazy ``snap_to_id`` over the blocks of an (N, 3) float64 nm Dask array -> (N, 3) float64 nm.
 
     Each block groups its own points by chunk; unsnappable rows keep their coordinates.
@@ -115,7 +116,7 @@ def snap_to_id_graph(locs: da.Array, id, snap_zero: bool = False, search_radius:
     array([[3584., 2704.,  504.],
            [3536., 2768.,  378.]])
     """
-    spec = resolve_dataset(dataset)
+    spec, erode = resolve_dataset(dataset), check_erode(erode)
     target, r = _one_target(id, spec), _check_radius(search_radius, spec)
     locs = _dask_locs(locs)
 
@@ -128,7 +129,7 @@ def snap_to_id_graph(locs: da.Array, id, snap_zero: bool = False, search_radius:
 
 def snap_table_graph(df, id_column: str = "id", snap_zero: bool = False, search_radius: float = 160,
                      coordinates: str = "nm", columns=("x", "y", "z"), *, dataset=None,
-                     erode: bool = True):
+                     erode: bool | str = True):
     """Lazy ``snap_table`` over the partitions of a Dask DataFrame (one task per partition).
 
     Returns a Dask DataFrame with the input's index and columns ``snapped_x, snapped_y,
@@ -148,7 +149,7 @@ def snap_table_graph(df, id_column: str = "id", snap_zero: bool = False, search_
     0     3584.0     2704.0      504.0  on_target
     1     3536.0     2768.0      378.0    snapped
     """
-    spec = resolve_dataset(dataset)
+    spec, erode = resolve_dataset(dataset), check_erode(erode)
     unit, r = as_coordinates(coordinates), _check_radius(search_radius, spec)
     columns = tuple(columns)
     missing = [c for c in (*columns, id_column) if c not in df.columns]
@@ -160,12 +161,12 @@ def snap_table_graph(df, id_column: str = "id", snap_zero: bool = False, search_
                              "integers (floats cannot hold every 64-bit ID exactly)")
     resolution = open_source(spec).meta.viewer_resolution if unit == "voxel" else (1.0, 1.0, 1.0)
     return df.map_partitions(_snap_frame, spec, id_column, columns, bool(snap_zero), r,
-                             bool(erode), tuple(resolution), meta=_meta_frame())
+                             check_erode(erode), tuple(resolution), meta=_meta_frame())
 
 
 # -- eager API --------------------------------------------------------------------------------
 def snap_to_id(locs, id, snap_zero: bool = False, search_radius: float = 160, coordinates: str = "nm",
-               verbose: bool = True, *, dataset=None, erode: bool = True) -> np.ndarray:
+               verbose: bool = True, *, dataset=None, erode: bool | str = True) -> np.ndarray:
     """Snap locations to the nearest voxel of a given segment.
 
     Locations whose supervoxel already belongs to ``id`` are returned unchanged; only the others
@@ -188,9 +189,14 @@ def snap_to_id(locs, id, snap_zero: bool = False, search_radius: float = 160, co
     verbose : bool
         Print crantpy's summary messages.
     dataset : str or SourceSpec, optional
-    erode : bool
+    erode : bool or "fallback"
         Only consider voxels of ``id`` whose 6 face neighbours also belong to ``id`` (outside the
         volume counts as background), as crantpy does; False considers every voxel of ``id``.
+        "fallback" erodes, and where erosion leaves no voxel of ``id`` in a row's ball (a neurite
+        under 3 voxels thick) uses the uneroded voxels; ``snap_table`` marks those rows
+        ``snapped_uneroded``. The default stays True, crantpy's behaviour, so results match
+        crantpy's and a snapped point always has a full neighbourhood on ``id``; such rows are then
+        ``not_found`` although ``id`` lies within the radius.
 
     Returns
     -------
@@ -239,7 +245,7 @@ def snap_to_id(locs, id, snap_zero: bool = False, search_radius: float = 160, co
     array([576460752373423821, 576460752373423821, 576460752373423821])
     """
     as_coordinates(coordinates)
-    spec = resolve_dataset(dataset)
+    spec, erode = resolve_dataset(dataset), check_erode(erode)
     source = open_source(spec)
     navis = sys.modules.get("navis")  # a TreeNeuron can only exist if navis is imported
     if navis is not None and isinstance(locs, getattr(navis, "TreeNeuron", ())):
@@ -248,14 +254,15 @@ def snap_to_id(locs, id, snap_zero: bool = False, search_radius: float = 160, co
     r = _check_radius(search_radius, spec)
     target = _one_target(id, spec)
     xyz, _, status = _run(locs_nm, np.full(len(locs_nm), target, np.uint64), spec, bool(snap_zero), r,
-                          bool(erode), verbose, "snap_to_id")
+                          check_erode(erode), verbose, "snap_to_id")
     if verbose:
-        searched = np.isin(status, (SNAPPED, NOT_FOUND)) | (bool(snap_zero) & (status == OUT_OF_BOUNDS))
+        searched = (np.isin(status, (SNAPPED, SNAPPED_UNERODED, NOT_FOUND))
+                    | (bool(snap_zero) & (status == OUT_OF_BOUNDS)))
         k = int(searched.sum())
         if k == 0:
             print("All locations already on the correct segment!")
         else:
-            m = int((searched & (status != SNAPPED)).sum())
+            m = int((searched & ~np.isin(status, (SNAPPED, SNAPPED_UNERODED))).sum())
             print(f"{k} of {len(locs_nm)} locations needed to be snapped. Of these {m} locations "
                   "could not be snapped - consider increasing `search_radius`.")
     return xyz
@@ -263,7 +270,7 @@ def snap_to_id(locs, id, snap_zero: bool = False, search_radius: float = 160, co
 
 def snap_table(df: pd.DataFrame, id_column: str = "id", snap_zero: bool = False,
                search_radius: float = 160, coordinates: str = "nm", columns=("x", "y", "z"),
-               progress: bool = True, *, dataset=None, erode: bool = True) -> pd.DataFrame:
+               progress: bool = True, *, dataset=None, erode: bool | str = True) -> pd.DataFrame:
     """Snap every row of a table to its own target ID (e.g. a synapse table's pre or post root).
 
     Parameters
@@ -286,7 +293,8 @@ def snap_table(df: pd.DataFrame, id_column: str = "id", snap_zero: bool = False,
         ``distance_nm`` (float64: 0 on target, nm from the input to the chosen voxel's centre
         when snapped, NaN otherwise) and ``status`` (categorical): ``on_target``, ``snapped``,
         ``not_found`` (searched, nothing within the radius), ``background_skipped`` (on background
-        with ``snap_zero=False``), ``out_of_bounds`` (outside the volume and not snapped).
+        with ``snap_zero=False``), ``out_of_bounds`` (outside the volume and not snapped),
+        ``snapped_uneroded`` (``erode="fallback"``: snapped to a voxel erosion had removed).
 
     Raises
     ------
@@ -313,7 +321,7 @@ def snap_table(df: pd.DataFrame, id_column: str = "id", snap_zero: bool = False,
         raise InvalidInputError(f"snap_table: columns {missing or list(columns)} are missing or not "
                                 f"three; found {[str(c) for c in df.columns]}")
     as_coordinates(coordinates)
-    spec = resolve_dataset(dataset)
+    spec, erode = resolve_dataset(dataset), check_erode(erode)
     source = open_source(spec)
     locs = df[list(columns)].rename(columns=dict(zip(columns, "xyz")))
     locs_nm = as_locations(locs, coordinates=coordinates, viewer_resolution=source.meta.viewer_resolution)
@@ -322,7 +330,7 @@ def snap_table(df: pd.DataFrame, id_column: str = "id", snap_zero: bool = False,
         row = int(np.argmax(targets == 0))
         raise InvalidIDError(f"{id_column}[{row}] = 0: every row needs a non-zero target ID")
     r = _check_radius(search_radius, spec)
-    xyz, dist, status = _run(locs_nm, targets, spec, bool(snap_zero), r, bool(erode), progress,
+    xyz, dist, status = _run(locs_nm, targets, spec, bool(snap_zero), r, check_erode(erode), progress,
                              "snap_table")
     return pd.DataFrame({"snapped_x": xyz[:, 0], "snapped_y": xyz[:, 1], "snapped_z": xyz[:, 2],
                          "distance_nm": dist,

@@ -36,6 +36,7 @@ from ..config import resolve_dataset
 from ..errors import InvalidIDError, InvalidInputError
 from ..sources import SourceSpec, VolumeMeta, open_source
 from ..sources._chunks import cutout_from_chunks
+from ..sources._partial import read_boxes
 from .cutouts import check_inside, check_nonempty, get_segmentation_cutout, get_segmentation_cutout_graph, voxel_box
 
 __all__ = ["get_segmentation_cutout", "get_segmentation_cutout_graph", "get_voxels", "get_voxels_graph"]
@@ -80,13 +81,12 @@ def _chunk_views(source, box: np.ndarray, mip: int):
     vol_lo = meta.bounds(mip)[0]
     cs = np.array(meta.chunk_size[mip])
     first, last = (box[0] - vol_lo) // cs, (box[1] - 1 - vol_lo) // cs
-    chunks = [tuple(int(v) for v in first + np.array(c)) for c in np.ndindex(*(last - first + 1))]
-    blocks = dict(source.read_chunks(chunks, mip))  # fetched concurrently; yielded in grid order
-    for c in chunks:
-        c_lo = vol_lo + np.array(c) * cs
-        block = blocks.pop(c)
-        a, b = np.maximum(box[0], c_lo), np.minimum(box[1], c_lo + np.array(block.shape))
-        yield a, block[tuple(slice(p, q) for p, q in zip(a - c_lo, b - c_lo))]
+    chunks = np.array([first + np.array(c) for c in np.ndindex(*(last - first + 1))], dtype=np.int64)
+    c_lo = vol_lo + chunks * cs
+    a, b = np.maximum(box[0], c_lo), np.minimum(box[1], c_lo + cs)
+    parts = dict(read_boxes(source, mip, chunks, a - c_lo, b - c_lo))  # fetched concurrently
+    for n in range(len(chunks)):  # in grid order; only the blocks a piece touches when they are few
+        yield a[n], parts.pop(n)
 
 
 def _box_voxels(spec: SourceSpec, mip: int, box: np.ndarray, read_box: np.ndarray, svs: np.ndarray,

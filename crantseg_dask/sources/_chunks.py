@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import SourceError
 from ._fetch import fetch, gunzip_if, open_store
+from ._partial import read_boxes, read_points
 from .base import VolumeMeta
 
 __all__ = ["ChunkReader", "lookup_points", "cutout_from_chunks", "cseg_problem"]
@@ -175,6 +176,20 @@ class ChunkReader:
             return f"{tuple(chunk)} in shard {self.store.url(f)}"
         return self.store.url(self.filename(chunk, mip))
 
+    def read_encoded_many(self, chunks: Iterable, mip: int) -> Iterator[tuple[tuple, bytes | None]]:
+        """``(chunk, encoded bytes)`` for random access (``_cseg``), fetched concurrently: None for
+        every chunk of a scale not in compressed_segmentation, and for a missing chunk read as
+        background (``fill_missing``; the caller decodes it whole); a missing chunk otherwise
+        raises ``SourceError``."""
+        if self.meta.encoding[mip] != "compressed_segmentation":
+            for c in chunks:
+                yield tuple(int(v) for v in c), None
+            return
+        for c, data in self.fetch_encoded(chunks, mip):
+            if data is None and not self.fill_missing:
+                raise SourceError(f"chunk {self._where(c, mip)} is missing (mip {mip}, chunk {c})")
+            yield c, data
+
     def read_many(self, chunks: Iterable, mip: int) -> Iterator[tuple[tuple, np.ndarray]]:
         """``(chunk, decoded array)`` for each chunk, decoded as its bytes arrive."""
         for c, data in self.fetch_encoded(chunks, mip):
@@ -228,11 +243,10 @@ def lookup_points(source, voxels: np.ndarray, mip: int) -> np.ndarray:
     key_sorted = key[order]
     starts = np.flatnonzero(np.r_[True, key_sorted[1:] != key_sorted[:-1]])
     ends = np.r_[starts[1:], len(order)]
-    rows_of = {tuple(int(x) for x in chunk[order[s]]): inside[order[s:e]] for s, e in zip(starts, ends)}
-    for c, block in source.read_chunks(list(rows_of), mip):
-        rows = rows_of[c]
-        local = v[rows] - (lo + np.array(c) * cs)
-        out[rows] = block[local[:, 0], local[:, 1], local[:, 2]]
+    rows = inside[order]
+    keys = chunk[order[starts]]
+    local = v[rows] - (lo + chunk[order] * cs)
+    out[rows] = read_points(source, mip, keys, np.repeat(np.arange(len(starts)), ends - starts), local)
     return out
 
 
@@ -245,13 +259,10 @@ def cutout_from_chunks(source, box: np.ndarray, mip: int) -> np.ndarray:
     out = np.zeros(tuple(box[1] - box[0]), dtype=np.uint64)
     first = (box[0] - lo) // cs
     last = (box[1] - 1 - lo) // cs
-    chunks = [(i, j, k) for i in range(first[0], last[0] + 1) for j in range(first[1], last[1] + 1)
-              for k in range(first[2], last[2] + 1)]
-    for c, block in source.read_chunks(chunks, mip):
-        c_lo = lo + np.array(c) * cs
-        a = np.maximum(box[0], c_lo)
-        b = np.minimum(box[1], c_lo + np.array(block.shape))
-        out[tuple(slice(p, q) for p, q in zip(a - box[0], b - box[0]))] = block[
-            tuple(slice(p, q) for p, q in zip(a - c_lo, b - c_lo))
-        ]
+    chunks = np.array([(i, j, k) for i in range(first[0], last[0] + 1) for j in range(first[1], last[1] + 1)
+                       for k in range(first[2], last[2] + 1)], dtype=np.int64)
+    c_lo = lo + chunks * cs
+    a, b = np.maximum(box[0], c_lo), np.minimum(box[1], c_lo + cs)
+    for n, part in read_boxes(source, mip, chunks, a - c_lo, b - c_lo):
+        out[tuple(slice(p, q) for p, q in zip(a[n] - box[0], b[n] - box[0]))] = part
     return out

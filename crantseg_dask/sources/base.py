@@ -158,6 +158,23 @@ class SegmentationSource(abc.ABC):
             c = tuple(int(v) for v in c)
             yield c, self.read_chunk(c, mip)
 
+    def read_encoded(self, chunk: tuple[int, int, int], mip: int) -> bytes | None:
+        """Encoded bytes of storage chunk ``chunk`` for random access, or None where only
+        ``read_chunk`` (a full decode) applies."""
+        return None
+
+    def read_encoded_many(self, chunks, mip: int):
+        """``(chunk, encoded bytes or None)`` for each chunk, in any order: ``read_encoded`` for a
+        batch (a source fetches them concurrently; this default reads them one by one)."""
+        for c in chunks:
+            c = tuple(int(v) for v in c)
+            yield c, self.read_encoded(c, mip)
+
+    def decode_chunk(self, chunk: tuple[int, int, int], mip: int, data: bytes | None) -> np.ndarray:
+        """Storage chunk ``chunk`` decoded whole from the bytes ``read_encoded`` gave (this default
+        reads it again with ``read_chunk``)."""
+        return self.read_chunk(chunk, mip)
+
     def supervoxels_at(self, voxels: np.ndarray, mip: int) -> np.ndarray:
         """Supervoxel at each absolute voxel (N, 3) at ``mip``; 0 outside the volume.
 

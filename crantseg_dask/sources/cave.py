@@ -148,6 +148,15 @@ class CaveSource(SegmentationSource):
     def read_chunks(self, chunks, mip: int):
         return self._reader.read_many(chunks, self._meta.check_mip(mip))
 
+    def read_encoded(self, chunk, mip: int) -> bytes | None:
+        return next(iter(self.read_encoded_many([chunk], mip)))[1]
+
+    def read_encoded_many(self, chunks, mip: int):
+        return self._reader.read_encoded_many(chunks, self._meta.check_mip(mip))
+
+    def decode_chunk(self, chunk, mip: int, data: bytes | None) -> np.ndarray:
+        return self._reader.decode(chunk, self._meta.check_mip(mip), data)
+
     def cutout(self, box, mip: int) -> np.ndarray:
         mip = self._meta.check_mip(mip)
         box = np.asarray(box, dtype=np.int64).reshape(2, 3)

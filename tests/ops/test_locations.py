@@ -241,6 +241,14 @@ def test_shuffle_reads_each_chunk_once(local_spec, truth, points, monkeypatch):
         return original(chunks, mip)
 
     monkeypatch.setattr(source, "read_chunks", counting)
+    original_encoded = source.read_encoded_many
+
+    def counting_encoded(chunks, mip):  # random access (few points per chunk) reads encoded bytes
+        chunks = [tuple(int(v) for v in c) for c in chunks]
+        reads.extend((c, mip) for c in chunks)
+        return original_encoded(chunks, mip)
+
+    monkeypatch.setattr(source, "read_encoded_many", counting_encoded)
     rng = np.random.default_rng(0)
     shuffled = points[rng.permutation(len(points))]
     d = da.from_array(shuffled, chunks=(41, 3))  # 13 spatially mixed blocks

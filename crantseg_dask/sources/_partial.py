@@ -1,0 +1,116 @@
+"""Per-chunk choice between random access (``_cseg``) and a full chunk decode.
+
+One rule (``_cseg.use_blocks``): a chunk is read by random access when the voxels it must yield
+(points, or the voxels of the 8 x 8 x 8 blocks a box touches) are fewer than ``_cseg.CROSSOVER``
+of its voxels, and decoded whole otherwise. Random access needs the encoded bytes
+(``source.read_encoded_many``, fetched concurrently): compressed_segmentation only, sharded or
+not; anything else (raw, a missing chunk read as background) is decoded in full, and chunks
+decoded whole are fetched concurrently too (``source.read_chunks``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import SourceError
+from . import _cseg
+
+__all__ = ["read_points", "read_box", "read_boxes", "chunk_shapes"]
+
+
+def chunk_shapes(meta, keys: np.ndarray, mip: int) -> np.ndarray:
+    """(K, 3) shape of each storage chunk ``keys`` (K, 3) at ``mip``, clipped at the volume's edge."""
+    lo, hi = meta.bounds(mip)
+    cs = np.array(meta.chunk_size[mip], dtype=np.int64)
+    c_lo = lo + np.asarray(keys, dtype=np.int64).reshape(-1, 3) * cs
+    return np.minimum(c_lo + cs, hi) - c_lo
+
+
+def _encoded(source, keys, mip: int) -> list:
+    """Encoded bytes (or None) of each chunk in ``keys``, in order, fetched concurrently."""
+    keys = [tuple(int(x) for x in c) for c in keys]
+    got = dict(source.read_encoded_many(keys, mip)) if keys else {}
+    return [got.get(c) for c in keys]
+
+
+def _block(meta, mip: int) -> tuple[int, int, int]:
+    return tuple(meta.cseg_block_size[mip]) if meta.cseg_block_size else (8, 8, 8)
+
+
+def _random_access_ok(meta, mip: int) -> bool:
+    return meta.encoding[mip] == "compressed_segmentation"
+
+
+def _source_error(source, key, mip: int, e: Exception) -> SourceError:
+    name = f"{source.meta.keys[mip]}/chunk {tuple(int(x) for x in key)}" if source.meta.keys else str(key)
+    return SourceError(f"decoding chunk {name} at mip {mip} (compressed_segmentation) failed: {e.problem}")
+
+
+def read_points(source, mip: int, keys: np.ndarray, chunk_of: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """Labels at ``local`` (N, 3) positions inside storage chunks ``keys[chunk_of]`` at ``mip``.
+
+    Chunks with few points (``_cseg.use_blocks``) are read by random access, all at once; the
+    others are decoded whole, one at a time. ``SourceError`` for failed reads and corrupt chunks."""
+    meta = source.meta
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1, 3)
+    chunk_of = np.asarray(chunk_of, dtype=np.int64)
+    out = np.zeros(len(chunk_of), dtype=np.uint64)
+    shapes = chunk_shapes(meta, keys, mip)
+    counts = np.bincount(chunk_of, minlength=len(keys))
+    ra = _cseg.use_blocks(counts, shapes.prod(axis=1)) & _random_access_ok(meta, mip)
+    order = np.argsort(chunk_of, kind="stable")
+    bounds = np.r_[0, np.cumsum(counts)]
+    ra_keys = np.flatnonzero(ra)
+    datas = _encoded(source, keys[ra_keys], mip)
+    have = np.array([d is not None for d in datas], dtype=bool)
+    ra[ra_keys[~have]] = False
+    ra_keys, datas = ra_keys[have], [d for d in datas if d is not None]
+    if len(ra_keys):
+        renum = np.full(len(keys), -1, dtype=np.int64)
+        renum[ra_keys] = np.arange(len(ra_keys))
+        rows = np.flatnonzero(ra[chunk_of])
+        try:
+            out[rows] = _cseg.decode_points(datas, shapes[ra_keys], _block(meta, mip), renum[chunk_of[rows]],
+                                            local[rows])
+        except _cseg.CsegError as e:
+            raise _source_error(source, keys[ra_keys[e.chunk]], mip, e) from e
+    whole = {tuple(int(x) for x in keys[k]): k for k in np.flatnonzero(~ra & (counts > 0))}
+    for c, block in source.read_chunks(list(whole), mip) if whole else ():
+        k = whole[c]
+        rows = order[bounds[k]: bounds[k + 1]]
+        p = local[rows]
+        out[rows] = block[p[:, 0], p[:, 1], p[:, 2]]
+    return out
+
+
+def read_boxes(source, mip: int, keys, los, his):
+    """``(n, labels)`` of the half-open box ``[los[n], his[n])`` local to storage chunk ``keys[n]`` at
+    ``mip``, for every ``n``, in any order: only the blocks a box touches when they are few
+    (``_cseg.use_blocks``), else from the whole chunk; all chunks are fetched concurrently."""
+    meta = source.meta
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1, 3)
+    los, his = np.asarray(los, dtype=np.int64).reshape(-1, 3), np.asarray(his, dtype=np.int64).reshape(-1, 3)
+    shapes = chunk_shapes(meta, keys, mip)
+    blk = _block(meta, mip)
+    few = np.array([_cseg.use_blocks(_cseg.block_voxels(lo, hi, shape, blk), int(shape.prod()))
+                    for lo, hi, shape in zip(los, his, shapes)], dtype=bool) & _random_access_ok(meta, mip)
+    whole = list(np.flatnonzero(~few))
+    for n, data in zip(np.flatnonzero(few), _encoded(source, keys[few], mip)):
+        if data is None:
+            whole.append(n)
+            continue
+        try:
+            yield int(n), _cseg.decode_box(data, shapes[n], blk, los[n], his[n])
+        except _cseg.CsegError as e:
+            raise _source_error(source, keys[n], mip, e) from e
+    at = {tuple(int(x) for x in keys[n]): [] for n in whole}
+    for n in whole:
+        at[tuple(int(x) for x in keys[n])].append(n)
+    for c, block in source.read_chunks(list(at), mip) if at else ():
+        for n in at[c]:
+            yield int(n), block[tuple(slice(a, b) for a, b in zip(los[n], his[n]))]
+
+
+def read_box(source, key, mip: int, lo, hi) -> np.ndarray:
+    """Labels of the half-open box [lo, hi) local to storage chunk ``key`` at ``mip``
+    (``read_boxes`` for one box)."""
+    return next(read_boxes(source, mip, [key], [lo], [hi]))[1]
