@@ -362,6 +362,13 @@ def crossed(truth):
     res = truth.resolution(0)
     anchors = truth.sv_anchor[rng.choice(len(truth.sv_anchor), 160, replace=False)]
     locs = (anchors + rng.random(anchors.shape)) * res + rng.normal(0, 40, anchors.shape) * [1, 1, 0.5]
+    # the world is dense inside the tissue: add rows on background voxels at the tissue's edge
+    vol, off = truth.volume(0), np.asarray(truth.bounds(0)[0])
+    fg = vol != 0
+    edge = ~fg & (np.roll(fg, 1, 0) | np.roll(fg, -1, 0) | np.roll(fg, 1, 1) | np.roll(fg, -1, 1))
+    edge_vox = np.argwhere(edge[2:-2, 2:-2, 1:-1]) + [2, 2, 1]
+    edge_vox = edge_vox[rng.choice(len(edge_vox), 24, replace=False)]
+    locs = np.concatenate([locs, (off + edge_vox + 0.5) * res])
     now = datetime.now(timezone.utc)
     tgt, own = other_targets(truth, locs, now, seed=2)
     keep = tgt != 0
