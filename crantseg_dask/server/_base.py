@@ -130,7 +130,7 @@ class ApiHandler(tornado.web.RequestHandler):
             raise ApiError(401, "missing or wrong token: send 'Authorization: Bearer <token>' "
                                 "with the token printed by `crantseg serve`")
         faults = self.state.faults
-        if not faults.active:
+        if not faults.applies_to(self.request.path):
             return
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)

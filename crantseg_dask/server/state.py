@@ -58,6 +58,8 @@ class Faults:
     seed : seed of the RNG, so a run's fault pattern is reproducible.
     script : answers for the next requests, in order, before the rates apply (tests): a status
         (503, 429, 500 ...), ``"stall"``, or 200 for a normal answer.
+    paths : only requests whose path starts with this prefix are delayed or faulted (e.g.
+        ``"/storage/"``: the precomputed layer's reads alone); None: every request.
     """
 
     fail_rate: float = 0.0
@@ -66,6 +68,7 @@ class Faults:
     stall_s: float = 60.0
     seed: int = 0
     script: list = field(default_factory=list)
+    paths: str | None = None
     rng: random.Random = field(init=False, repr=False)
     injected: int = field(init=False, default=0)
 
@@ -81,6 +84,9 @@ class Faults:
     @property
     def active(self) -> bool:
         return bool(self.fail_rate or self.latency_ms or self.stall_rate or self.script)
+
+    def applies_to(self, path: str) -> bool:
+        return self.active and (self.paths is None or path.startswith(self.paths))
 
     def draw(self) -> tuple[str | None, int]:
         """('stall' | 'fail' | None, status) for the next request."""

@@ -19,7 +19,7 @@ from crantseg_dask.sources._partial import chunk_shapes
 
 
 class DenseSource:
-    """A dense random volume behind the two chunk calls the kernel uses."""
+    """A dense random volume behind the chunk calls the kernel uses."""
 
     def __init__(self, meta, seed: int):
         self.meta = dataclasses.replace(meta, resolution=meta.resolution[:1], voxel_offset=meta.voxel_offset[:1],
@@ -45,6 +45,15 @@ class DenseSource:
     def read_encoded(self, key, mip):
         self.reads["read_encoded"] += 1
         return cseg.compress(np.asfortranarray(self._chunk(key)[..., None]), self.meta.cseg_block_size[0], order="F")
+
+    def read_encoded_many(self, keys, mip):  # the batch call the kernel makes
+        for key in keys:
+            yield tuple(key), self.read_encoded(key, mip)
+
+    def decode_chunk(self, key, mip, data):  # a whole decode of bytes read_encoded gave
+        self.reads["read_chunk"] += 1
+        return cseg.decompress(data, tuple(chunk_shapes(self.meta, np.array([key]), 0)[0]) + (1,), np.uint64,
+                               self.meta.cseg_block_size[0], order="F")[..., 0]
 
 
 @pytest.mark.parametrize("crossover", [0.0, 2.0, None])

@@ -15,6 +15,7 @@ from crantseg_dask.dataset.layout import PRESETS
 from crantseg_dask.errors import SourceError
 from crantseg_dask.server.app import serve_in_thread
 from crantseg_dask.server.state import Faults
+from crantseg_dask.server.storage import STORAGE_PREFIX
 from crantseg_dask.server.testing import TEST_FAULTS, fast_spec
 from crantseg_dask.sources import _fetch
 from crantseg_dask.sources._chunks import ChunkReader
@@ -34,14 +35,15 @@ def sharded_server(tiny_sharded_path, cave_home):
 
 @pytest.fixture(scope="module")
 def faulty_sharded_server(tiny_sharded_path, cave_home):
-    server = serve_in_thread(tiny_sharded_path, faults=Faults(**TEST_FAULTS))
+    # faults on the layer's reads only: the CAVE routes' faults are covered by test_cave_source.py
+    server = serve_in_thread(tiny_sharded_path, faults=Faults(**TEST_FAULTS, paths=STORAGE_PREFIX))
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def faulty_http_server(tiny_path, cave_home):
-    server = serve_in_thread(tiny_path, faults=Faults(**TEST_FAULTS))
+    server = serve_in_thread(tiny_path, faults=Faults(**TEST_FAULTS, paths=STORAGE_PREFIX))
     yield server
     server.stop()
 
@@ -62,7 +64,7 @@ class TestShardedOverHttp(SourceConformance):
 
 
 class TestShardedOverHttpUnderFaults(SourceConformance):
-    """fail 0.2 / stall 0.05 on every request, chunk and shard-index reads included."""
+    """fail 0.2 / stall 0.05 on every read of the layer, chunk and shard-index reads included."""
 
     @pytest.fixture(scope="class")
     def source(self, faulty_sharded_server):
@@ -77,11 +79,18 @@ class TestShardedOverHttpUnderFaults(SourceConformance):
 
 
 class TestHttpUnderFaults(SourceConformance):
-    """Unsharded layer over HTTP with fail 0.2 / stall 0.05."""
+    """Unsharded layer over HTTP with fail 0.2 / stall 0.05 on its reads."""
 
     @pytest.fixture(scope="class")
     def source(self, faulty_http_server):
         return CaveSource(fast_spec(faulty_http_server))
+
+
+def test_faults_limited_to_a_path_prefix(faulty_sharded_server):
+    faults = faulty_sharded_server.state.faults
+    assert faults.applies_to(f"{STORAGE_PREFIX}/16_16_42/0.shard")
+    assert not faults.applies_to("/segmentation/api/v1/table/x/node/1/root")
+    assert Faults(fail_rate=0.2).applies_to("/anything") and not Faults().applies_to("/anything")
 
 
 def test_faulty_answers_equal_clean_answers(faulty_sharded_server, sharded_server, truth):
