@@ -65,6 +65,9 @@ def test_demo_runs_end_to_end_on_the_tiny_preset(tmp_path):
     table = pd.read_parquet(tmp_path / "demo" / "synapses.parquet")
     ts = datetime.fromisoformat(zarr.open_group(str(tmp_path / "demo" / "synapses.zarr"), mode="r").attrs["crantseg"]["timestamp"])
     assert all(oracle.truth.is_latest(t, ts) for t in np.unique(table["target_id"]).tolist())
+    # the exhaustive oracle costs ~60 ms a row on the dense world: a random sample of 300 rows
+    pick = np.sort(np.random.default_rng(0).choice(len(table), 300, replace=False))
+    table, out = table.iloc[pick], out.iloc[pick]
     xyz, dist, status = oracle.table(table[["x", "y", "z"]].to_numpy(), table["target_id"].to_numpy(), True, 160.0)
     np.testing.assert_array_equal(out[["snapped_x", "snapped_y", "snapped_z"]].to_numpy(), xyz)
     np.testing.assert_allclose(out["distance_nm"].to_numpy(), dist, rtol=1e-12, equal_nan=True)
@@ -72,8 +75,9 @@ def test_demo_runs_end_to_end_on_the_tiny_preset(tmp_path):
     sv, root = oracle.lookup(xyz, ts)
     np.testing.assert_array_equal(out["supervoxel_id"].to_numpy(), sv)
     np.testing.assert_array_equal(out["root_id"].to_numpy(), root)
-    assert (status == "snapped").sum() > 500
-    on = (root == table["target_id"].to_numpy()).mean()
+    assert (status == "snapped").sum() > 30
+    full = read_output(str(tmp_path / "demo" / "synapses.zarr"))  # the printed share, over every row
+    on = (full["root_id"].to_numpy() == pd.read_parquet(tmp_path / "demo" / "synapses.parquet")["target_id"].to_numpy()).mean()
     assert f"rows whose root is their target neuron: {on:.1%}" in r.stdout
 
 

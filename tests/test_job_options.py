@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 from crantseg_dask.cli import main
-from crantseg_dask.cluster import make_client
 from crantseg_dask.dataset.truth_snap import SnapTruth, other_targets
 from crantseg_dask.errors import InvalidInputError
 from crantseg_dask.jobs import run_job
@@ -26,7 +25,12 @@ VIEWER = np.array([8.0, 8.0, 42.0])
 
 @pytest.fixture(scope="module")
 def client():
-    with make_client(n_workers=2) as c:
+    """A user's own plain-TCP cluster, as ``--scheduler tcp://...`` reaches one (the TLS of
+    ``make_client``'s own cluster keeps its address closed to other processes: issue 17)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, protocol="tcp") as cluster, \
+            Client(cluster) as c:
         yield c
 
 
