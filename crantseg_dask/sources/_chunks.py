@@ -26,7 +26,7 @@ from ._fetch import fetch, gunzip_if, open_store
 from ._partial import read_boxes, read_points
 from .base import VolumeMeta
 
-__all__ = ["ChunkReader", "lookup_points", "cutout_from_chunks", "cseg_problem"]
+__all__ = ["ChunkReader", "ChunkReads", "lookup_points", "cutout_from_chunks", "cseg_problem"]
 
 
 class ChunkReader:
@@ -198,6 +198,26 @@ class ChunkReader:
     def read(self, chunk, mip: int) -> np.ndarray:
         """Decoded chunk as an (X, Y, Z) uint64 array."""
         return self.decode(chunk, mip, self.read_encoded(chunk, mip))
+
+
+class ChunkReads:
+    """The chunk reads of a source backed by a ``ChunkReader`` (``self._reader``, ``self._meta``):
+    one place for the delegations the local and cave sources share."""
+
+    def read_chunk(self, chunk, mip: int) -> np.ndarray:
+        return self._reader.read(chunk, self._meta.check_mip(mip))
+
+    def read_chunks(self, chunks, mip: int):
+        return self._reader.read_many(chunks, self._meta.check_mip(mip))
+
+    def read_encoded(self, chunk, mip: int) -> bytes | None:
+        return next(iter(self.read_encoded_many([chunk], mip)))[1]
+
+    def read_encoded_many(self, chunks, mip: int):
+        return self._reader.read_encoded_many(chunks, self._meta.check_mip(mip))
+
+    def decode_chunk(self, chunk, mip: int, data: bytes | None) -> np.ndarray:
+        return self._reader.decode(chunk, self._meta.check_mip(mip), data)
 
 
 def cseg_problem(data: bytes, shape, block) -> str | None:

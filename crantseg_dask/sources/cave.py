@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import OutOfBoundsError, SourceError, UnknownIDError
 from . import _http
-from ._chunks import ChunkReader, cutout_from_chunks
+from ._chunks import ChunkReader, ChunkReads, cutout_from_chunks
 from .base import SegmentationSource, SourceSpec, VolumeMeta
 
 __all__ = ["CaveSource"]
@@ -47,7 +47,7 @@ def _seconds(dt: datetime) -> float:
     return round(_aware(dt).timestamp() * 1000) / 1000
 
 
-class CaveSource(SegmentationSource):
+class CaveSource(ChunkReads, SegmentationSource):
     """A datastack on a CAVE server (``SourceSpec(kind="cave", server=..., datastack=...)``)."""
 
     def __init__(self, spec: SourceSpec):
@@ -142,21 +142,6 @@ class CaveSource(SegmentationSource):
         return self._meta
 
     # -- voxels ---------------------------------------------------------------------------------
-    def read_chunk(self, chunk, mip: int) -> np.ndarray:
-        return self._reader.read(chunk, self._meta.check_mip(mip))
-
-    def read_chunks(self, chunks, mip: int):
-        return self._reader.read_many(chunks, self._meta.check_mip(mip))
-
-    def read_encoded(self, chunk, mip: int) -> bytes | None:
-        return next(iter(self.read_encoded_many([chunk], mip)))[1]
-
-    def read_encoded_many(self, chunks, mip: int):
-        return self._reader.read_encoded_many(chunks, self._meta.check_mip(mip))
-
-    def decode_chunk(self, chunk, mip: int, data: bytes | None) -> np.ndarray:
-        return self._reader.decode(chunk, self._meta.check_mip(mip), data)
-
     def cutout(self, box, mip: int) -> np.ndarray:
         mip = self._meta.check_mip(mip)
         box = np.asarray(box, dtype=np.int64).reshape(2, 3)

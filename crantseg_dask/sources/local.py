@@ -16,7 +16,7 @@ import numpy as np
 
 from ..dataset.layout import load_json, read_params
 from ..errors import UnknownIDError
-from ._chunks import ChunkReader, cutout_from_chunks
+from ._chunks import ChunkReader, ChunkReads, cutout_from_chunks
 from .base import SegmentationSource, SourceSpec, VolumeMeta
 
 __all__ = ["LocalSource"]
@@ -31,7 +31,7 @@ def _dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
-class LocalSource(SegmentationSource):
+class LocalSource(ChunkReads, SegmentationSource):
     """A dataset directory written by ``crantseg make-dataset``."""
 
     def __init__(self, spec: SourceSpec):
@@ -67,21 +67,6 @@ class LocalSource(SegmentationSource):
         return f"LocalSource({str(self.path)!r})"
 
     # -- voxels -------------------------------------------------------------------------------
-    def read_chunk(self, chunk, mip: int) -> np.ndarray:
-        return self._reader.read(chunk, mip)
-
-    def read_chunks(self, chunks, mip: int):
-        return self._reader.read_many(chunks, self._meta.check_mip(mip))
-
-    def read_encoded(self, chunk, mip: int) -> bytes | None:
-        return next(iter(self.read_encoded_many([chunk], mip)))[1]
-
-    def read_encoded_many(self, chunks, mip: int):
-        return self._reader.read_encoded_many(chunks, self._meta.check_mip(mip))
-
-    def decode_chunk(self, chunk, mip: int, data: bytes | None) -> np.ndarray:
-        return self._reader.decode(chunk, self._meta.check_mip(mip), data)
-
     def cutout(self, box, mip: int) -> np.ndarray:
         return cutout_from_chunks(self, box, mip)
 
