@@ -33,7 +33,8 @@ def test_the_five_notebooks_are_there():
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
-def test_notebook_executes(path):
+def test_notebook_executes(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel's temporary files (tempfile.mkdtemp in 02, 03, 05)
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=False,
                                      resources={"metadata": {"path": str(NOTEBOOKS)}})

@@ -391,11 +391,18 @@ def test_fully_replaced_root_gets_its_successor_issue16(spec, truth):
         assert df.changed.all() and (df.confidence > 0).all()
 
 
-@pytest.fixture(scope="module", params=["tiny", "seed11"])
+@pytest.fixture(scope="module", params=["tiny", "seed11-sample", pytest.param("seed11", marks=pytest.mark.slow)])
 def world(request, truth, local_spec, other_path):
+    """(truth, spec, roots): every root of the tiny world; a fixed random quarter of the roots of
+    the seed-11 world (all of them with ``-m slow``)."""
     if request.param == "tiny":
-        return truth, local_spec
-    return Truth(other_path), type(local_spec)(kind="local", name="seed11", path=str(other_path))
+        return truth, local_spec, truth.all_roots
+    other = Truth(other_path)
+    spec = type(local_spec)(kind="local", name="seed11", path=str(other_path))
+    if request.param == "seed11":
+        return other, spec, other.all_roots
+    pick = np.random.default_rng(11).choice(len(other.all_roots), len(other.all_roots) // 4, replace=False)
+    return other, spec, other.all_roots[np.sort(pick)]
 
 
 @pytest.mark.parametrize("layer", range(1, 9))
@@ -403,8 +410,7 @@ def test_update_every_root_every_materialization(world, layer):
     """Every root (stale, current, not yet created) at every materialization and after the last
     edit, for every stop_layer, without and with a supervoxel per row (the first of three, the
     middle leaf of the second of three, none on the rest)."""
-    truth, spec = world
-    roots = truth.all_roots
+    truth, spec, roots = world
     svs = np.array([truth.leaves(r)[0] if k % 3 == 0 else truth.leaves(r)[len(truth.leaves(r)) // 2]
                     if k % 3 == 1 else 0 for k, r in enumerate(roots.tolist())], dtype=np.uint64)
     times = [truth.materialization(m["version"]) for m in truth.edits["materializations"]]

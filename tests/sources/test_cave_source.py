@@ -42,7 +42,16 @@ def flaky_source(flaky_server):
 
 
 class TestCaveSourceUnderFaults(SourceConformance):
-    """fail_rate 0.2: a fifth of the requests fail with 503/429; every answer is still correct."""
+    """fail_rate 0.2: a fifth of the requests fail with 503/429; every answer is still correct.
+
+    Every route is faulted here, so the default run keeps a check of each source method; the
+    exhaustive sweeps (every root, every layer, every check time) run over this server with
+    ``-m slow`` and, in the default run, over the clean server (TestCaveSource)."""
+
+    slow_tests = frozenset({"test_leaves_of_every_root", "test_latest_roots", "test_node_chunks_follow_the_pcg_rule"}
+                           | {f"test_layer_nodes_like_truth[{k}]" for k in (2, 3, 5, 6, 7)}
+                           | {f"test_leaves_within_bounds_are_chunk_granular[{k}]" for k in (1, 2, 3, 5, 6, 7)}
+                           | {f"test_leaves_within_bounds_match_brute_force[{k}]" for k in (2, 3, 5, 6, 7)})
 
     @pytest.fixture
     def source(self, flaky_source):
@@ -51,6 +60,16 @@ class TestCaveSourceUnderFaults(SourceConformance):
     def test_faults_were_injected(self, flaky_source, flaky_server, truth):
         flaky_source.roots(truth.supervoxels, check_times(truth)[-1])
         assert flaky_server.state.faults.injected > 10
+
+    def test_latest_roots_on_a_sample(self, source, truth):
+        """``test_latest_roots`` (slow here) on every 11th root at every 5th check time: forwards
+        from a root's creation and backwards to its ancestors (truth: a sweep of the edit log)."""
+        before = 0
+        for t in check_times(truth)[2::5]:
+            for root in truth.all_roots[::11].tolist():
+                assert set(source.latest_roots(root, t).tolist()) == truth.latest_roots(root, t), (root, t)
+                before += t < truth.created(root)
+        assert before
 
 
 # -- beyond the suite ------------------------------------------------------------------------------

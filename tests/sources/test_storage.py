@@ -26,6 +26,18 @@ from crantseg_dask.sources.local import LocalSource
 from crantseg_dask.testing.conformance import SourceConformance, check_times
 
 
+#: The fault-injected classes below fault the layer's reads only (chunks, shard indexes, info):
+#: their graph checks ask the same clean CAVE routes as TestShardedOverHttp and TestCaveSource do,
+#: so the default run keeps the checks that read the layer and ``-m slow`` runs the rest.
+READS_THE_LAYER = ("test_meta", "test_supervoxels_at", "test_cutout")
+#: The conformance checks that sweep every root, layer or box over the graph routes (the
+#: costly ones over HTTP).
+SWEEPS = frozenset({"test_leaves_of_every_root", "test_latest_roots", "test_node_chunks_follow_the_pcg_rule",
+                    "test_l2_graph", "test_l2_ids_group_supervoxels_like_truth", "test_layer_nodes_like_truth",
+                    "test_leaves_within_bounds_are_chunk_granular", "test_leaves_within_bounds_match_brute_force"})
+GRAPH_ONLY = frozenset(n for n in dir(SourceConformance) if n.startswith("test_") and n not in READS_THE_LAYER)
+
+
 @pytest.fixture(scope="module")
 def sharded_server(tiny_sharded_path, cave_home):
     server = serve_in_thread(tiny_sharded_path)
@@ -55,6 +67,12 @@ class TestShardedLocal(SourceConformance):
 
 
 class TestShardedOverHttp(SourceConformance):
+    """The sharded layer read over HTTP (range reads of shards). The server answers the graph
+    routes from a ``LocalSource`` over the sharded dataset (TestShardedLocal runs the whole suite
+    on that) and the client is TestCaveSource's: the default run keeps every check that reads
+    the layer and the quick graph ones; the sweeps over every root / layer / box run with -m slow."""
+
+    slow_tests = SWEEPS
     @pytest.fixture(scope="class")
     def source(self, sharded_server):
         src = CaveSource(fast_spec(sharded_server))
@@ -65,6 +83,8 @@ class TestShardedOverHttp(SourceConformance):
 
 class TestShardedOverHttpUnderFaults(SourceConformance):
     """fail 0.2 / stall 0.05 on every read of the layer, chunk and shard-index reads included."""
+
+    slow_tests = GRAPH_ONLY
 
     @pytest.fixture(scope="class")
     def source(self, faulty_sharded_server):
@@ -80,6 +100,8 @@ class TestShardedOverHttpUnderFaults(SourceConformance):
 
 class TestHttpUnderFaults(SourceConformance):
     """Unsharded layer over HTTP with fail 0.2 / stall 0.05 on its reads."""
+
+    slow_tests = GRAPH_ONLY
 
     @pytest.fixture(scope="class")
     def source(self, faulty_http_server):
