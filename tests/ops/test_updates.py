@@ -297,10 +297,15 @@ def other_path(tmp_path_factory):
     return make_dataset(dataclasses.replace(PRESETS["tiny"], seed=11), tmp_path_factory.mktemp("other") / "d")
 
 
-def test_cache_keyed_by_dataset_bug10(local_spec, truth, other_path):
+@pytest.fixture(scope="module")
+def other_truth(other_path):
+    return Truth(other_path)
+
+
+def test_cache_keyed_by_dataset_bug10(local_spec, truth, other_path, other_truth):
     path = other_path
     other = type(local_spec)(kind="local", name="other", path=str(path))
-    t2 = Truth(path)
+    t2 = other_truth
     t = max(truth.operation_times()[-1], t2.operation_times()[-1])
     common = np.intersect1d(truth.all_roots, t2.all_roots)
     assert len(common)
@@ -368,8 +373,12 @@ def test_update_ids_job_matches_truth(truth, tiny_path, tmp_path):
     roots = truth.all_roots.tolist()
     sv = [int(truth.leaves(r)[0]) if k % 3 == 0 else 0 for k, r in enumerate(roots)]
     pd.DataFrame({"root_id": roots, "supervoxel_id": sv}).to_parquet(tmp_path / "t.parquet")
-    run_job("update-ids", tmp_path / "t.parquet", tmp_path / "u.zarr", dataset=str(tiny_path),
-            timestamp=int(t.timestamp()), partition_size=17, progress=False)
+    from distributed import Client
+
+    # an in-process cluster (the job's process clusters are tests/test_jobs.py's subject)
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        run_job("update-ids", tmp_path / "t.parquet", tmp_path / "u.zarr", dataset=str(tiny_path),
+                timestamp=int(t.timestamp()), partition_size=17, client=client, progress=False)
     out = read_output(tmp_path / "u.zarr")
     for k, (r, s) in enumerate(zip(roots, sv)):
         check_update(truth, r, int(out["new_id"][k]), float(out["confidence"][k]), t, sv=s)
@@ -392,12 +401,12 @@ def test_fully_replaced_root_gets_its_successor_issue16(spec, truth):
 
 
 @pytest.fixture(scope="module", params=["tiny", "seed11-sample", pytest.param("seed11", marks=pytest.mark.slow)])
-def world(request, truth, local_spec, other_path):
+def world(request, truth, local_spec, other_path, other_truth):
     """(truth, spec, roots): every root of the tiny world; a fixed random quarter of the roots of
     the seed-11 world (all of them with ``-m slow``)."""
     if request.param == "tiny":
         return truth, local_spec, truth.all_roots
-    other = Truth(other_path)
+    other = other_truth
     spec = type(local_spec)(kind="local", name="seed11", path=str(other_path))
     if request.param == "seed11":
         return other, spec, other.all_roots
