@@ -67,14 +67,27 @@ class GraphTruth:
     def volume_contacts(self) -> np.ndarray:
         """(K, 2) sorted pairs (a < b) of supervoxels sharing a voxel face at mip 0."""
         vol = self.volume(0)
-        pairs = []
+        svs = np.asarray(self.supervoxels, np.uint64)
+        n = len(svs)
+        if not n:
+            return np.zeros((0, 2), np.uint64)
+        # each voxel's index into the sorted supervoxels (-1 on background), so that a pair is one
+        # int64, (index of a) * n + (index of b), and the unique keys are the unique pairs in
+        # lexicographic order (np.unique(axis=0) on the ID pairs is several times slower)
+        idx = np.searchsorted(svs, vol)
+        fg = vol != 0
+        if np.any(idx[fg] >= n) or np.any(svs[np.minimum(idx[fg], n - 1)] != vol[fg]):
+            raise ValueError("the volume holds labels that are not supervoxels of the edit log")
+        idx[~fg] = -1
+        keys = []
         for axis in range(3):
-            a = np.moveaxis(vol, axis, 0)
+            a = np.moveaxis(idx, axis, 0)
             u, v = a[:-1].ravel(), a[1:].ravel()
-            m = (u != 0) & (v != 0) & (u != v)
-            pairs.append(np.stack([np.minimum(u[m], v[m]), np.maximum(u[m], v[m])], axis=1))
-        both = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64)
-        return np.unique(both, axis=0) if len(both) else both
+            m = (u >= 0) & (v >= 0) & (u != v)
+            u, v = u[m], v[m]
+            keys.append(np.unique(np.minimum(u, v) * n + np.maximum(u, v)))
+        key = np.unique(np.concatenate(keys))
+        return np.stack([svs[key // n], svs[key % n]], axis=1)
 
     @lru_cache(maxsize=4)
     def fragment_volume(self, mip: int = 0) -> np.ndarray:
