@@ -241,9 +241,14 @@ class Truth(GraphTruth):
         no answer here uses them (``volume_contacts`` recomputes them from the volume)."""
         return np.load(self.path / "history" / "contacts.npy")
 
+    @cached_property
+    def _label_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, mip-0 voxel counts) of the volume."""
+        return np.unique(self.volume(0), return_counts=True)
+
     def largest_roots(self, n: int, ts=None) -> list[int]:
         """The ``n`` roots alive at ``ts`` (default: now) with the most mip-0 voxels, smallest first."""
-        svs, counts = np.unique(self.volume(0), return_counts=True)
+        svs, counts = self._label_counts
         roots = self.root_of(svs, ts if ts is not None else datetime.now(timezone.utc))
         size: dict[int, int] = {}
         for r, c in zip(roots.tolist(), counts.tolist()):
