@@ -224,12 +224,27 @@ class Truth(GraphTruth):
         """Supervoxel at nm locations: voxel = floor(nm / resolution at mip)."""
         return self.supervoxel_at(np.floor(np.asarray(locs_nm, float) / self.resolution(mip)), mip)
 
+    @lru_cache(maxsize=4)
+    def label_index(self, mip: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(the volume's distinct labels at ``mip``, sorted, 0 included; each voxel's index into them)."""
+        vol = self.volume(mip)
+        labels = np.union1d(np.asarray(self.supervoxels, np.uint64), np.zeros(1, np.uint64))
+        index = np.searchsorted(labels, vol)
+        if not np.array_equal(labels[np.minimum(index, len(labels) - 1)], vol):  # a label not in the log
+            labels, index = np.unique(vol, return_inverse=True)
+        return labels, index.reshape(vol.shape)
+
+    def mask_of(self, svids, mip: int = 0) -> np.ndarray:
+        """Boolean volume at ``mip``: True where the voxel's label is one of ``svids`` (the same as
+        ``np.isin(volume(mip), svids)``, through a per-label lookup table)."""
+        labels, index = self.label_index(mip)
+        return np.isin(labels, np.asarray(svids, np.uint64))[index]
+
     def voxels_of(self, root, mip: int = 0, bounds_vox=None) -> np.ndarray:
         """Absolute voxel coordinates (N, 3), lexicographically sorted, of ``root`` at ``mip``,
         optionally inside the half-open voxel box ``bounds_vox`` = [[lo], [hi]]."""
-        vol = self.volume(mip)
         off, _ = self.bounds(mip)
-        hit = np.argwhere(np.isin(vol, self.leaves(root))) + off
+        hit = np.argwhere(self.mask_of(self.leaves(root), mip)) + off
         if bounds_vox is not None:
             lo, hi = np.asarray(bounds_vox)
             hit = hit[np.all((hit >= lo) & (hit < hi), axis=1)]
