@@ -110,7 +110,9 @@ class SnapTruth:
         """Every row: (xyz (N, 3) nm, distance (N,) nm, status (N,) str)."""
         locs = np.asarray(locs_nm, np.float64).reshape(-1, 3)
         targets = np.broadcast_to(np.asarray(targets, np.uint64), (len(locs),))
-        rows = [self.row(p, int(t), snap_zero, search_radius, erode) for p, t in zip(locs, targets)]
+        rows = [None] * len(locs)
+        for i in np.argsort(targets, kind="stable"):  # one target after another: each mask built once
+            rows[i] = self.row(locs[i], int(targets[i]), snap_zero, search_radius, erode)
         xyz = np.array([r[0] for r in rows], np.float64).reshape(-1, 3)
         return xyz, np.array([r[1] for r in rows], np.float64), np.array([r[2] for r in rows], dtype=object)
 
@@ -128,7 +130,7 @@ def other_targets(truth: Truth, locs_nm, ts, seed: int = 0, reach=(4, 4, 2)) -> 
     rng = np.random.default_rng(seed)
     res, vol = truth.resolution(0), truth.volume(0)
     off, size = (np.asarray(a, np.int64) for a in truth.bounds(0))
-    labels = np.unique(vol)
+    labels = truth.label_index(0)[0]  # every label of the volume, sorted
     roots = truth.root_of(labels, ts)
 
     def root(sv):
