@@ -24,9 +24,17 @@ def tiny_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_sharded_path(tmp_path_factory):
-    """The ``tiny`` dataset written with every mip sharded (``make_dataset(..., sharded=True)``)."""
-    return make_dataset(PRESETS["tiny"], tmp_path_factory.mktemp("datasets") / "tiny-sharded", sharded=True)
+def tiny_sharded_path(tiny_path, tmp_path_factory):
+    """The ``tiny`` dataset written with every mip sharded: what ``make_dataset(..., sharded=True)``
+    writes (it builds the dataset, then ``shard_layer``), here from a copy of ``tiny_path``."""
+    import shutil
+
+    from ..dataset.sharded import shard_layer
+
+    out = tmp_path_factory.mktemp("datasets") / "tiny-sharded"
+    shutil.copytree(tiny_path, out)
+    shard_layer(out / "segmentation")
+    return out
 
 
 @pytest.fixture(scope="session")
