@@ -5,6 +5,7 @@
     python benchmarks/run.py points voxels jobs   # a subset
     python benchmarks/run.py --preset tiny --quick  # on another embedded preset (a smoke run)
     python benchmarks/run.py --quick storage      # storage (file:// vs HTTP with latency) on tiny
+    python benchmarks/run.py jobmem               # peak RSS per worker of the 10^7-row job
 
 Results are printed as tables and written to benchmarks/results/NAME.md (with the command, machine
 and date, and the density of the dataset measured on: bytes, labels per chunk, bits per block);
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["points", "ids", "voxels", "jobs", "storage", "refresh"]
+BENCHES = ["points", "ids", "voxels", "jobs", "jobmem", "storage", "refresh"]
 
 
 def print_rows(rows: list[dict]) -> str:
@@ -44,6 +45,9 @@ def dataset_line(preset: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        print(__doc__.strip() + f"\n\nBenchmarks: {' '.join(BENCHES)} (default: all of them).")
+        return 0
     quick = "--quick" in argv
     if "--preset" in argv:
         i = argv.index("--preset")
