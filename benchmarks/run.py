@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["points", "ids", "voxels", "jobs", "jobmem", "storage", "refresh"]
+BENCHES = ["points", "ids", "voxels", "jobs", "jobmem", "storage", "storagejob", "refresh"]
 
 
 def print_rows(rows: list[dict]) -> str:
