@@ -121,7 +121,13 @@ def run(quick: bool = False, partition_size: int = 50_000) -> list[dict]:
         rows.append({"benchmark": "snap + roots job", "case": case,
                      "ours": f"peak worker RSS {job_peak:,.0f} MiB", "peer": "eager peak worker RSS",
                      "peer_value": f"{eager_peak:,.0f} MiB (target: job under 2048 MiB)", "ratio": eager_peak / job_peak})
-        rows += sparse_snap_rows(path, 20_000 if quick else 200_000, tmp)
+        try:
+            rows += sparse_snap_rows(path, 20_000 if quick else 200_000, tmp)
+        except Exception as e:  # noqa: BLE001 - report the failure, keep the main job's rows
+            detail = getattr(e, "stderr", None) or str(e)
+            rows.append({"benchmark": "sparse snap job", "case": "", "ours": "failed", "peer": BASELINE,
+                         "peer_value": f"{type(e).__name__}: {str(detail).strip().splitlines()[-1][:120]}",
+                         "ratio": ""})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows

@@ -33,13 +33,15 @@ LATENCIES = (0, 20, 50)
 
 
 def _sharded_copy(preset: str) -> Path:
-    """The preset written sharded (generated once beside the unsharded one)."""
+    """The preset written sharded (generated once beside the unsharded one, or the copy at
+    ``CRANTSEG_BENCH_SHARDED``, e.g. one made by ``crantseg make-dataset --preset demo --sharded``)."""
     from crantseg_dask.config import data_dir
     from crantseg_dask.dataset.generate import make_dataset
     from crantseg_dask.dataset.layout import GENERATOR_VERSION, PRESETS, is_dataset_dir
 
     p = PRESETS[preset]
-    path = data_dir() / f"{preset}-seed{p.seed}-g{GENERATOR_VERSION}-sharded"
+    path = Path(os.environ.get("CRANTSEG_BENCH_SHARDED") or
+                data_dir() / f"{preset}-seed{p.seed}-g{GENERATOR_VERSION}-sharded")
     if not is_dataset_dir(path):
         make_dataset(p, path, overwrite=True, sharded=True)
     return path
