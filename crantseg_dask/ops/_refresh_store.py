@@ -60,9 +60,13 @@ class RefreshTable:
     history: list = field(default_factory=list)
 
     def ids(self, name: str) -> np.ndarray:
+        """Column ``name`` as validated uint64 IDs (a uint64 column as stored, not copied)."""
         if name not in self.columns:
             raise InvalidInputError(f"{self.path}: no column {name!r}; columns: {sorted(self.names)}")
-        return as_ids(self.columns[name], name=f"{self.path.name}[{name!r}]", nan="zero")
+        values = self.columns[name]
+        if isinstance(values, np.ndarray) and values.dtype == np.uint64 and values.ndim == 1:
+            return values
+        return as_ids(values, name=f"{self.path.name}[{name!r}]", nan="zero")
 
     @property
     def names(self) -> list[str]:

@@ -76,7 +76,7 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     ``supervoxels[col]``: None, the column's supervoxels (an array), or a function of row
     indices giving the supervoxels of those rows only (read for the touched rows alone).
     Returns ``(new, info)``: ``new[col]`` the refreshed column; ``info`` holds ``touched`` /
-    ``changed`` (bool per row per column), ``expired``, ``stale``, ``unknown`` (unique roots).
+    ``changed`` (row indices per column), ``expired``, ``stale``, ``unknown`` (unique roots).
     Requests: one ``delta_roots`` (sent while the columns are factorized), ``is_latest`` over
     the unique roots not in it (batches in parallel), and ``update_ids`` over the touched rows
     only."""
@@ -85,12 +85,9 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     layout = source.meta.layout
     with ThreadPoolExecutor(N_THREADS) as pool:
         delta = pool.submit(source.delta_roots, t0, t1)
-        # each column factorized once (hash-based, O(rows)); everything after works on unique values
-        codes, uniques = {}, {}
-        for col, r in roots.items():
-            codes[col], u = pd.factorize(r, sort=False)
-            uniques[col] = np.asarray(u, dtype=np.uint64)
-        allr = np.unique(np.concatenate(list(uniques.values()) or [np.zeros(0, np.uint64)]))
+        # one hash pass per column for its unique roots; the rows come later, for the few touched
+        uniques = [np.asarray(pd.unique(r), dtype=np.uint64) for r in roots.values()]
+        allr = np.unique(np.concatenate(uniques or [np.zeros(0, np.uint64)]))
         allr = allr[allr != 0]
         in_old = np.isin(allr, delta.result()[0])
         expired, rest = allr[in_old], allr[~in_old]
@@ -110,7 +107,7 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     touch = np.union1d(expired, stale)
     rows_of, keys = {}, []
     for col, r in roots.items():
-        rows = np.flatnonzero(np.isin(uniques[col], touch)[codes[col]])
+        rows = rows_holding(r, touch)
         rows_of[col] = rows
         sv = supervoxels.get(col)
         sv = np.zeros(len(rows), np.uint64) if sv is None else (sv(rows) if callable(sv) else sv[rows])
@@ -131,11 +128,25 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
         out[rows] = mapped[at: at + len(rows)]
         at += len(rows)
         new[col] = out
-        touched[col] = np.zeros(len(r), bool)
-        touched[col][rows] = True
-        changed[col] = np.zeros(len(r), bool)
-        changed[col][rows] = out[rows] != r[rows]
+        touched[col] = rows
+        changed[col] = rows[out[rows] != r[rows]]
     return new, {"touched": touched, "changed": changed, "expired": expired, "stale": stale, "unknown": unknown}
+
+
+def rows_holding(values: np.ndarray, ids: np.ndarray, bits: int = 20) -> np.ndarray:
+    """Sorted indices of the entries of ``values`` (uint64) that are in ``ids``.
+
+    A few vectorised passes, no hash table over ``values``: a lookup table on the low ``bits``
+    bits of each value picks candidates (every hit, and about ``len(values) * len(ids) / 2**bits``
+    others), which an exact ``isin`` then checks."""
+    ids = np.asarray(ids, dtype=np.uint64)
+    if not len(ids) or not len(values):
+        return np.zeros(0, np.int64)
+    mask = (1 << bits) - 1
+    lut = np.zeros(1 << bits, bool)
+    lut[ids.view(np.int64) & mask] = True
+    cand = np.flatnonzero(lut[values.view(np.int64) & mask])
+    return cand[np.isin(values[cand], ids)]
 
 
 def _unique_pairs(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -262,8 +273,8 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
     report.stale_roots = int(len(info["stale"]))
     report.unknown_roots = int(len(info["unknown"]))
     report.unknown_examples = [int(v) for v in info["unknown"][:N_EXAMPLES]]
-    report.rows_touched = {c: int(info["touched"][c].sum()) for c in cols}
-    report.rows_changed = {c: int(info["changed"][c].sum()) for c in cols}
+    report.rows_touched = {c: len(info["touched"][c]) for c in cols}
+    report.rows_changed = {c: len(info["changed"][c]) for c in cols}
     if report.unknown_roots and unknown == "raise":
         raise InvalidInputError(f"{tab.path}: {report.unknown_roots} roots are unknown to dataset {spec.name!r} "
                                 f"(e.g. {report.unknown_examples[:5]}); table not refreshed")
@@ -275,7 +286,10 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
     if dry_run:
         report.status = "dry-run"
     else:
-        previous = {f"{c}_previous": np.where(info["changed"][c], roots[c], 0).astype(np.uint64) for c in cols}
+        previous = {}
+        for c in cols:
+            previous[f"{c}_previous"] = prev = np.zeros(report.rows, np.uint64)
+            prev[info["changed"][c]] = roots[c][info["changed"][c]]
         record = {k: v for k, v in report.as_dict().items()
                   if k not in ("table", "status", "seconds", "message", "files_written", "bytes_written")}
         record["dataset"] = spec.name
