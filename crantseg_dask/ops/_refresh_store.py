@@ -144,12 +144,12 @@ class RefreshTable:
             for name, values in arrays.items():
                 if name in g:
                     arr = g[name]
-                    values = values.astype(arr.dtype)
+                    values = np.asarray(values, dtype=arr.dtype)
                     dirty = changed_chunks(np.asarray(self.columns[name]), values, arr.chunks[0])
                 else:
                     arr = g.create_array(name, shape=(n,), chunks=(size,), dtype=np.uint64, fill_value=0,
                                          dimension_names=("row",), **CODECS)
-                    values = values.astype(np.uint64)
+                    values = np.asarray(values, dtype=np.uint64)
                     dirty = np.arange(-(-n // size))
                 for lo, hi in _runs(dirty):
                     write_chunks(tmp / name, arr, values, lo, hi)

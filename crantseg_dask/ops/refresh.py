@@ -91,6 +91,9 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
         allr = allr[allr != 0]
         in_old = np.isin(allr, delta.result()[0])
         expired, rest = allr[in_old], allr[~in_old]
+        # the expired roots' rows and supervoxels are read while the other roots are checked
+        reads = {col: pool.submit(_rows_and_supervoxels, r, expired, supervoxels.get(col))
+                 for col, r in roots.items()}
         bad = rest[layout.layer(rest) != layout.n_layers]  # not root IDs at all
         rest = rest[layout.layer(rest) == layout.n_layers]
         if rest.size:
@@ -98,20 +101,22 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
             batches = [rest[i: i + step] for i in range(0, len(rest), step)]
             alive = np.concatenate(list(pool.map(lambda b: np.asarray(source.is_latest(b, t0), bool), batches)))
             bad = np.union1d(bad, rest[~alive])
+        found = {col: f.result() for col, f in reads.items()}
     stale = unknown = np.zeros(0, np.uint64)
     if bad.size:  # not alive at t0: outdated already (update them too) or unknown to the dataset
         got = update_ids(bad, timestamp=t1, stop_layer=stop_layer, dataset=spec, progress=progress)
         lost = (got["confidence"].to_numpy() == 0) | (layout.layer(bad) != layout.n_layers)
         lost[lost] = [not _known(source, r) for r in bad[lost].tolist()]  # a few, one by one
         unknown, stale = bad[lost], bad[~lost]
-    touch = np.union1d(expired, stale)
     rows_of, keys = {}, []
     for col, r in roots.items():
-        rows = rows_holding(r, touch)
+        rows, sv = found[col]
+        if stale.size:
+            more_rows, more_sv = _rows_and_supervoxels(r, stale, supervoxels.get(col))
+            order = np.argsort(np.concatenate([rows, more_rows]), kind="stable")
+            rows, sv = np.concatenate([rows, more_rows])[order], np.concatenate([sv, more_sv])[order]
         rows_of[col] = rows
-        sv = supervoxels.get(col)
-        sv = np.zeros(len(rows), np.uint64) if sv is None else (sv(rows) if callable(sv) else sv[rows])
-        keys.append(np.stack([r[rows], np.asarray(sv, np.uint64)], axis=1))
+        keys.append(np.stack([r[rows], sv], axis=1))
     pairs = np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64)
     uniq_pairs, inverse = _unique_pairs(pairs)  # (root, supervoxel) once each
     mapped = uniq_pairs[:, 0].copy()
@@ -131,6 +136,15 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
         touched[col] = rows
         changed[col] = rows[out[rows] != r[rows]]
     return new, {"touched": touched, "changed": changed, "expired": expired, "stale": stale, "unknown": unknown}
+
+
+def _rows_and_supervoxels(roots: np.ndarray, ids: np.ndarray, supervoxels) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``roots`` holding one of ``ids`` and their supervoxels (0 without a column)."""
+    rows = rows_holding(roots, ids)
+    if supervoxels is None:
+        return rows, np.zeros(len(rows), np.uint64)
+    sv = supervoxels(rows) if callable(supervoxels) else supervoxels[rows]
+    return rows, np.asarray(sv, dtype=np.uint64)
 
 
 def rows_holding(values: np.ndarray, ids: np.ndarray, bits: int = 20) -> np.ndarray:
