@@ -64,7 +64,7 @@ def _written(rep) -> str:
 def run(quick: bool = False, latency_ms: float = 20.0, partition_size: int = 200_000, preset: str | None = None,
         n: int | None = None) -> list[dict]:
     preset = preset or ("tiny" if quick else "demo")
-    n = n or int(os.environ.get("CRANTSEG_BENCH_REFRESH_ROWS", 0)) or (20_000 if quick else 10_000_000)
+    n = n or int(os.environ.get("CRANTSEG_BENCH_REFRESH_ROWS", "0")) or (20_000 if quick else 10_000_000)
     path = local_dataset_path(preset)
     k = 1 if preset == "tiny" else 4
     tables, t0, t1 = _tables(path, n, k)

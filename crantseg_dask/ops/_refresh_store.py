@@ -36,7 +36,7 @@ import pandas as pd
 from .._validate import as_ids
 from ..errors import InvalidInputError
 
-__all__ = ["RefreshTable", "open_table", "swap", "changed_chunks", "TIMESTAMP_COLUMN", "RECORD_KEY"]
+__all__ = ["RECORD_KEY", "TIMESTAMP_COLUMN", "RefreshTable", "changed_chunks", "open_table", "swap"]
 
 TIMESTAMP_COLUMN = "roots_valid_at"
 RECORD_KEY = "crantseg.refresh"  # parquet schema metadata key; the Zarr attribute is crantseg["refresh"]

@@ -30,11 +30,16 @@ import numpy as np
 import pandas as pd
 
 from ..config import cave_dataset, resolve_dataset, resolve_timestamp
-from ..errors import CrantsegError, InvalidInputError, InvalidTimestampError, UnknownIDError
+from ..errors import (
+    CrantsegError,
+    InvalidInputError,
+    InvalidTimestampError,
+    UnknownIDError,
+)
 from ..sources import open_source
 from ._refresh_store import TIMESTAMP_COLUMN, open_table
 
-__all__ = ["refresh", "refresh_roots", "RefreshReport", "main"]
+__all__ = ["RefreshReport", "main", "refresh", "refresh_roots"]
 
 N_EXAMPLES = 10
 N_THREADS = 4  # concurrent requests (delta roots, validity batches)
@@ -283,9 +288,9 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         return report
     svs = {c: ((lambda rows, s=s: tab.ids_at(s, rows)) if s else None) for c, s in sv_cols.items()}
     new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress)
-    report.expired_roots = int(len(info["expired"]))
-    report.stale_roots = int(len(info["stale"]))
-    report.unknown_roots = int(len(info["unknown"]))
+    report.expired_roots = len(info["expired"])
+    report.stale_roots = len(info["stale"])
+    report.unknown_roots = len(info["unknown"])
     report.unknown_examples = [int(v) for v in info["unknown"][:N_EXAMPLES]]
     report.rows_touched = {c: len(info["touched"][c]) for c in cols}
     report.rows_changed = {c: len(info["changed"][c]) for c in cols}
