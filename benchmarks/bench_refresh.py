@@ -10,7 +10,8 @@ about 1% (a lab's table of mostly stable neurons), spread uniformly over the row
 the same rows grouped by neuron (sorted by root), refreshed as a job's Zarr output only. The
 issue's 20x target applies when under 2% of rows change. Requests are counted by the server;
 "written" is what the refresh wrote (a Zarr job: the rewritten chunks and metadata, every other
-file hard-linked; parquet: the whole file). Rows: ``CRANTSEG_BENCH_REFRESH_ROWS`` (default 10^7).
+file hard-linked; parquet: the whole file). Rows: ``CRANTSEG_BENCH_REFRESH_ROWS`` (default 10^7);
+tables: ``CRANTSEG_BENCH_REFRESH_TABLES`` (comma-separated of uniform, low, grouped; default all).
 """
 from __future__ import annotations
 
@@ -77,7 +78,10 @@ def run(quick: bool = False, latency_ms: float = 20.0, partition_size: int = 200
         with make_client(n_workers=2) as client:
             # every worker's imports and CAVE client construction outside the timings
             client.run(lambda: open_source(spec).meta and None)
-            for name, table in tables.items():
+            keys = {"uniform": "uniform", "low": "low churn", "grouped": "low churn, grouped by neuron"}
+            only = os.environ.get("CRANTSEG_BENCH_REFRESH_TABLES")
+            chosen = [keys[k.strip()] for k in only.split(",")] if only else list(tables)
+            for name, table in ((k, v) for k, v in tables.items() if k in chosen):
                 case = f"{n:,} rows, {preset} mat {k} -> {k + 1}, {latency_ms:.0f} ms/request ({name})"
                 table.to_parquet(tmp / "in.parquet")
                 timings = {}
