@@ -1,12 +1,16 @@
 """Tables that ``refresh`` reads and replaces atomically: a job's Zarr group, parquet or CSV.
 
-A refreshed table is always written complete beside the original (``.<name>.refresh-tmp``) and
+A refreshed table is always staged complete beside the original (``.<name>.refresh-tmp``) and
 then swapped in with one atomic step:
 
-* a file (parquet, CSV) is replaced with ``os.replace``;
-* a Zarr group (a directory) is exchanged with the new one by ``renameat2(RENAME_EXCHANGE)``
-  (Linux); where that is unavailable, two renames with the old group parked at
-  ``.<name>.refresh-old``, which ``recover`` puts right on the next run.
+* a file (parquet, CSV) is written whole and replaced with ``os.replace``;
+* a Zarr group (a directory) is staged copy-on-write: its tree is copied with every chunk file
+  hard-linked (no data copied), and only the chunks whose values change are written anew, each
+  as a new file replacing its link (the old group's files are never written through). The
+  staged group is exchanged with the old one by ``renameat2(RENAME_EXCHANGE)`` (Linux); where
+  that is unavailable, two renames with the old group parked at ``.<name>.refresh-old``, which
+  ``recover`` puts right on the next run. The work is in proportion to the chunks that change
+  (plus one link per file).
 
 A crash before the swap leaves the old table in place (the next run deletes the leftover and
 starts again); a crash after it leaves the new table in place (the next run finds nothing to do
@@ -32,7 +36,7 @@ import pandas as pd
 from .._validate import as_ids
 from ..errors import InvalidInputError
 
-__all__ = ["RefreshTable", "open_table", "swap", "TIMESTAMP_COLUMN", "RECORD_KEY"]
+__all__ = ["RECORD_KEY", "TIMESTAMP_COLUMN", "RefreshTable", "changed_chunks", "open_table", "swap"]
 
 TIMESTAMP_COLUMN = "roots_valid_at"
 RECORD_KEY = "crantseg.refresh"  # parquet schema metadata key; the Zarr attribute is crantseg["refresh"]
@@ -56,9 +60,13 @@ class RefreshTable:
     history: list = field(default_factory=list)
 
     def ids(self, name: str) -> np.ndarray:
+        """Column ``name`` as validated uint64 IDs (a uint64 column as stored, not copied)."""
         if name not in self.columns:
             raise InvalidInputError(f"{self.path}: no column {name!r}; columns: {sorted(self.names)}")
-        return as_ids(self.columns[name], name=f"{self.path.name}[{name!r}]", nan="zero")
+        values = self.columns[name]
+        if isinstance(values, np.ndarray) and values.dtype == np.uint64 and values.ndim == 1:
+            return values
+        return as_ids(values, name=f"{self.path.name}[{name!r}]", nan="zero")
 
     @property
     def names(self) -> list[str]:
@@ -68,29 +76,29 @@ class RefreshTable:
     def operation(self) -> str | None:
         return self.attrs.get("operation")
 
+    def ids_at(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Column ``name`` at ``rows`` only: a Zarr column not yet read decodes just the chunks
+        holding those rows."""
+        if name not in self.columns:
+            raise InvalidInputError(f"{self.path}: no column {name!r}; columns: {sorted(self.names)}")
+        raw = self.columns.raw(name) if isinstance(self.columns, _LazyColumns) else self.columns[name]
+        if isinstance(raw, np.ndarray) or hasattr(raw, "null_count"):
+            return self.ids(name)[rows]
+        return as_ids(raw.get_orthogonal_selection((np.asarray(rows, np.int64),)),
+                      name=f"{self.path.name}[{name!r}]", nan="zero")
+
     # -- writing --------------------------------------------------------------------------------
     def write(self, new: dict[str, np.ndarray], previous: dict[str, np.ndarray], timestamp: str,
-              record: dict) -> None:
-        """Write the refreshed table beside this one, then swap it in (see the module docstring)."""
+              record: dict) -> dict:
+        """Write the refreshed table beside this one, then swap it in (see the module docstring).
+
+        Returns ``{"files_written": .., "bytes_written": ..}``: the files this refresh wrote (a
+        Zarr group: the rewritten chunks and metadata; parquet / CSV: the whole file)."""
         tmp = _sibling(self.path, "tmp")
         _remove(tmp)
         history = self.history + [record]
         if self.kind == "zarr":
-            import zarr
-
-            # chunk files hard-linked (no copy), metadata copied; every array refresh writes is
-            # deleted first and written anew, so no linked file is ever written through
-            shutil.copytree(self.path, tmp, copy_function=_link_chunks)
-            g = zarr.open_group(str(tmp), mode="r+")
-            chunks = g[next(iter(new))].chunks
-            for name, values in {**new, **previous}.items():
-                dtype = g[name].dtype if name in g else np.dtype(np.uint64)
-                if name in g:
-                    del g[name]
-                g.create_array(name, shape=values.shape, chunks=chunks, dtype=dtype, fill_value=0,
-                               dimension_names=("row",))
-                g[name][:] = values.astype(dtype)
-            g.attrs["crantseg"] = {**self.attrs, "timestamp": timestamp, "refresh": history}
+            stats = self._write_zarr(tmp, {**new, **previous}, timestamp, history)
         elif self.kind == "parquet":  # column by column in arrow: no pandas round trip
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -107,6 +115,7 @@ class RefreshTable:
                  if TIMESTAMP_COLUMN in t.column_names else t.append_column(TIMESTAMP_COLUMN, stamp))
             meta = {**(t.schema.metadata or {}), RECORD_KEY.encode(): json.dumps(history).encode()}
             pq.write_table(t.replace_schema_metadata(meta), tmp)
+            stats = {"files_written": 1, "bytes_written": tmp.stat().st_size}
         else:
             df = self.frame.copy()
             for name, values in {**new, **previous}.items():
@@ -114,8 +123,80 @@ class RefreshTable:
                 df[name] = values.astype(old if old.kind in "iu" else np.int64)
             df[TIMESTAMP_COLUMN] = timestamp
             df.to_csv(tmp, index=False)
+            stats = {"files_written": 1, "bytes_written": tmp.stat().st_size}
         swap(tmp, self.path)
         _remove(tmp)
+        return stats
+
+    def _write_zarr(self, tmp: Path, arrays: dict[str, np.ndarray], timestamp: str, history: list) -> dict:
+        """Stage the refreshed group at ``tmp``: every file hard-linked to the old group's, then
+        only the chunks whose values change written anew (a new file replacing the link, never
+        written through it); a column the group lacks is created whole."""
+        import zarr
+
+        from ..persist import CODECS, WRITE_ALL
+
+        stage_tree(self.path, tmp)
+        g = zarr.open_group(str(tmp), mode="r+")
+        n = int(self.attrs["n_rows"])
+        size = g[next(iter(arrays))].chunks[0]
+        with zarr.config.set(WRITE_ALL):
+            for name, values in arrays.items():
+                if name in g:
+                    arr = g[name]
+                    values = np.asarray(values, dtype=arr.dtype)
+                    dirty = changed_chunks(np.asarray(self.columns[name]), values, arr.chunks[0])
+                else:
+                    arr = g.create_array(name, shape=(n,), chunks=(size,), dtype=np.uint64, fill_value=0,
+                                         dimension_names=("row",), **CODECS)
+                    values = np.asarray(values, dtype=np.uint64)
+                    dirty = np.arange(-(-n // size))
+                for lo, hi in _runs(dirty):
+                    write_chunks(tmp / name, arr, values, lo, hi)
+        g.attrs["crantseg"] = {**self.attrs, "timestamp": timestamp, "refresh": history}
+        return _new_files(tmp)
+
+
+def stage_tree(src: Path, dst: Path) -> None:
+    """Copy the group's tree to ``dst``: chunk files hard-linked (no data copied), metadata copied."""
+    shutil.copytree(src, dst, copy_function=_link_chunks)
+
+
+def changed_chunks(old: np.ndarray, new: np.ndarray, size: int) -> np.ndarray:
+    """Indices of the length-``size`` chunks of a 1-D column in which ``new`` differs from ``old``."""
+    diff = np.flatnonzero(old != new)
+    return np.unique(diff // size)
+
+
+def _runs(chunks: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted chunk indices as half-open runs of consecutive chunks."""
+    if not len(chunks):
+        return []
+    breaks = np.flatnonzero(np.diff(chunks) != 1) + 1
+    return [(int(c[0]), int(c[-1]) + 1) for c in np.split(chunks, breaks)]
+
+
+def write_chunks(folder: Path, arr, values: np.ndarray, lo: int, hi: int) -> None:
+    """Write chunks ``lo:hi`` of the 1-D array ``arr`` (stored under ``folder``) from ``values``:
+    their hard links are removed first, so the old group's files are never written through."""
+    size = arr.chunks[0]
+    for i in range(lo, hi):
+        f = folder / arr.metadata.encode_chunk_key((i,))
+        if f.exists():
+            f.unlink()
+    arr[lo * size: min(hi * size, arr.shape[0])] = values[lo * size: min(hi * size, arr.shape[0])]
+
+
+def _new_files(tmp: Path) -> dict:
+    """Files under ``tmp`` not shared with the old group (link count 1): what staging wrote."""
+    files = size = 0
+    for root, _, names in os.walk(tmp):
+        for name in names:
+            st = os.stat(os.path.join(root, name))
+            if st.st_nlink == 1:
+                files += 1
+                size += st.st_size
+    return {"files_written": files, "bytes_written": size}
 
 
 def _link_chunks(src: str, dst: str) -> None:
@@ -228,6 +309,10 @@ def _open_zarr(path: Path) -> RefreshTable:
 
 class _LazyColumns(dict):
     """Zarr arrays or arrow columns read into numpy on first access (refresh needs few columns)."""
+
+    def raw(self, key):
+        """The stored object (a Zarr array, an arrow column) or the numpy array read from it."""
+        return super().__getitem__(key)
 
     def __getitem__(self, key):
         value = super().__getitem__(key)

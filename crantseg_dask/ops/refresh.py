@@ -11,6 +11,10 @@ The refreshed table replaces the old one atomically (see ``_refresh_store``). It
 time (job attribute ``timestamp`` / column ``roots_valid_at``), a refresh record (from, to, rows
 touched and changed per column, unknown roots), and for each root column ``<col>_previous``: the
 root the row held before this refresh where it changed, 0 elsewhere.
+
+Cost: one pass over the root columns (read and factorized), validity requests in proportion to
+the table's unique roots, supervoxels read and mapped for the touched rows only, and for a job's
+Zarr output only the chunks whose values change are written (``_refresh_store``).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
@@ -25,13 +30,19 @@ import numpy as np
 import pandas as pd
 
 from ..config import cave_dataset, resolve_dataset, resolve_timestamp
-from ..errors import CrantsegError, InvalidInputError, InvalidTimestampError, UnknownIDError
+from ..errors import (
+    CrantsegError,
+    InvalidInputError,
+    InvalidTimestampError,
+    UnknownIDError,
+)
 from ..sources import open_source
 from ._refresh_store import TIMESTAMP_COLUMN, open_table
 
-__all__ = ["refresh", "refresh_roots", "RefreshReport", "main"]
+__all__ = ["RefreshReport", "main", "refresh", "refresh_roots"]
 
 N_EXAMPLES = 10
+N_THREADS = 4  # concurrent requests (delta roots, validity batches)
 
 
 @dataclass
@@ -50,6 +61,8 @@ class RefreshReport:
     stale_roots: int = 0                                   # outdated already at the table's time
     unknown_roots: int = 0
     unknown_examples: list = field(default_factory=list)
+    files_written: int = 0                                 # Zarr: rewritten chunks + metadata
+    bytes_written: int = 0
     seconds: float = 0.0
     message: str = ""
 
@@ -61,44 +74,54 @@ def _time(ts: datetime) -> str:
     return ts.isoformat()
 
 
-def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict[str, np.ndarray | None], source, spec,
-                  t0: datetime, t1: datetime, stop_layer: int = 2, progress: bool = False) -> tuple[dict, dict]:
+def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec, t0: datetime, t1: datetime,
+                  stop_layer: int = 2, progress: bool = False) -> tuple[dict, dict]:
     """Roots of each column at ``t1`` given the roots at ``t0`` (uint64 arrays, 0 = empty).
 
+    ``supervoxels[col]``: None, the column's supervoxels (an array), or a function of row
+    indices giving the supervoxels of those rows only (read for the touched rows alone).
     Returns ``(new, info)``: ``new[col]`` the refreshed column; ``info`` holds ``touched`` /
-    ``changed`` (bool per row per column), ``expired``, ``stale``, ``unknown`` (unique roots).
-    Requests: one ``delta_roots``, ``is_latest`` over the unique roots not in it, and
-    ``update_ids`` over the touched rows only."""
+    ``changed`` (row indices per column), ``expired``, ``stale``, ``unknown`` (unique roots).
+    Requests: one ``delta_roots`` (sent while the columns are factorized), ``is_latest`` over
+    the unique roots not in it (batches in parallel), and ``update_ids`` over the touched rows
+    only."""
     from .updates import update_ids
 
     layout = source.meta.layout
-    old, _ = source.delta_roots(t0, t1)
-    # each column factorized once (hash-based, O(rows)); everything after works on unique values
-    codes, uniques = {}, {}
-    for col, r in roots.items():
-        codes[col], u = pd.factorize(r, sort=False)
-        uniques[col] = np.asarray(u, dtype=np.uint64)
-    allr = np.unique(np.concatenate(list(uniques.values()) or [np.zeros(0, np.uint64)]))
-    allr = allr[allr != 0]
-    in_old = np.isin(allr, old)
-    expired, rest = allr[in_old], allr[~in_old]
-    bad = rest[layout.layer(rest) != layout.n_layers]  # not root IDs at all
-    rest = rest[layout.layer(rest) == layout.n_layers]
-    if rest.size:
-        bad = np.union1d(bad, rest[~source.is_latest(rest, t0)])
+    with ThreadPoolExecutor(N_THREADS) as pool:
+        delta = pool.submit(source.delta_roots, t0, t1)
+        # one hash pass per column for its unique roots; the rows come later, for the few touched
+        uniques = [np.asarray(pd.unique(r), dtype=np.uint64) for r in roots.values()]
+        allr = np.unique(np.concatenate(uniques or [np.zeros(0, np.uint64)]))
+        allr = allr[allr != 0]
+        in_old = np.isin(allr, delta.result()[0])
+        expired, rest = allr[in_old], allr[~in_old]
+        # the expired roots' rows and supervoxels are read while the other roots are checked
+        reads = {col: pool.submit(_rows_and_supervoxels, r, expired, supervoxels.get(col))
+                 for col, r in roots.items()}
+        bad = rest[layout.layer(rest) != layout.n_layers]  # not root IDs at all
+        rest = rest[layout.layer(rest) == layout.n_layers]
+        if rest.size:
+            step = int(getattr(source, "batch_size", 0) or 10_000)
+            batches = [rest[i: i + step] for i in range(0, len(rest), step)]
+            alive = np.concatenate(list(pool.map(lambda b: np.asarray(source.is_latest(b, t0), bool), batches)))
+            bad = np.union1d(bad, rest[~alive])
+        found = {col: f.result() for col, f in reads.items()}
     stale = unknown = np.zeros(0, np.uint64)
     if bad.size:  # not alive at t0: outdated already (update them too) or unknown to the dataset
         got = update_ids(bad, timestamp=t1, stop_layer=stop_layer, dataset=spec, progress=progress)
         lost = (got["confidence"].to_numpy() == 0) | (layout.layer(bad) != layout.n_layers)
         lost[lost] = [not _known(source, r) for r in bad[lost].tolist()]  # a few, one by one
         unknown, stale = bad[lost], bad[~lost]
-    touch = np.union1d(expired, stale)
     rows_of, keys = {}, []
     for col, r in roots.items():
-        rows = np.flatnonzero(np.isin(uniques[col], touch)[codes[col]])
+        rows, sv = found[col]
+        if stale.size:
+            more_rows, more_sv = _rows_and_supervoxels(r, stale, supervoxels.get(col))
+            order = np.argsort(np.concatenate([rows, more_rows]), kind="stable")
+            rows, sv = np.concatenate([rows, more_rows])[order], np.concatenate([sv, more_sv])[order]
         rows_of[col] = rows
-        sv = supervoxels.get(col)
-        keys.append(np.stack([r[rows], np.zeros(len(rows), np.uint64) if sv is None else sv[rows]], axis=1))
+        keys.append(np.stack([r[rows], sv], axis=1))
     pairs = np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64)
     uniq_pairs, inverse = _unique_pairs(pairs)  # (root, supervoxel) once each
     mapped = uniq_pairs[:, 0].copy()
@@ -115,11 +138,34 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict[str, np.ndarra
         out[rows] = mapped[at: at + len(rows)]
         at += len(rows)
         new[col] = out
-        touched[col] = np.zeros(len(r), bool)
-        touched[col][rows] = True
-        changed[col] = np.zeros(len(r), bool)
-        changed[col][rows] = out[rows] != r[rows]
+        touched[col] = rows
+        changed[col] = rows[out[rows] != r[rows]]
     return new, {"touched": touched, "changed": changed, "expired": expired, "stale": stale, "unknown": unknown}
+
+
+def _rows_and_supervoxels(roots: np.ndarray, ids: np.ndarray, supervoxels) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``roots`` holding one of ``ids`` and their supervoxels (0 without a column)."""
+    rows = rows_holding(roots, ids)
+    if supervoxels is None:
+        return rows, np.zeros(len(rows), np.uint64)
+    sv = supervoxels(rows) if callable(supervoxels) else supervoxels[rows]
+    return rows, np.asarray(sv, dtype=np.uint64)
+
+
+def rows_holding(values: np.ndarray, ids: np.ndarray, bits: int = 20) -> np.ndarray:
+    """Sorted indices of the entries of ``values`` (uint64) that are in ``ids``.
+
+    A few vectorised passes, no hash table over ``values``: a lookup table on the low ``bits``
+    bits of each value picks candidates (every hit, and about ``len(values) * len(ids) / 2**bits``
+    others), which an exact ``isin`` then checks."""
+    ids = np.asarray(ids, dtype=np.uint64)
+    if not len(ids) or not len(values):
+        return np.zeros(0, np.int64)
+    mask = (1 << bits) - 1
+    lut = np.zeros(1 << bits, bool)
+    lut[ids.view(np.int64) & mask] = True
+    cand = np.flatnonzero(lut[values.view(np.int64) & mask])
+    return cand[np.isin(values[cand], ids)]
 
 
 def _unique_pairs(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -240,14 +286,14 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         report.message = f"roots already valid at {_time(t1)}: nothing to do, table unchanged"
         report.seconds = time.perf_counter() - t_start
         return report
-    svs = {c: (tab.ids(s) if s else None) for c, s in sv_cols.items()}
+    svs = {c: ((lambda rows, s=s: tab.ids_at(s, rows)) if s else None) for c, s in sv_cols.items()}
     new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress)
-    report.expired_roots = int(len(info["expired"]))
-    report.stale_roots = int(len(info["stale"]))
-    report.unknown_roots = int(len(info["unknown"]))
+    report.expired_roots = len(info["expired"])
+    report.stale_roots = len(info["stale"])
+    report.unknown_roots = len(info["unknown"])
     report.unknown_examples = [int(v) for v in info["unknown"][:N_EXAMPLES]]
-    report.rows_touched = {c: int(info["touched"][c].sum()) for c in cols}
-    report.rows_changed = {c: int(info["changed"][c].sum()) for c in cols}
+    report.rows_touched = {c: len(info["touched"][c]) for c in cols}
+    report.rows_changed = {c: len(info["changed"][c]) for c in cols}
     if report.unknown_roots and unknown == "raise":
         raise InvalidInputError(f"{tab.path}: {report.unknown_roots} roots are unknown to dataset {spec.name!r} "
                                 f"(e.g. {report.unknown_examples[:5]}); table not refreshed")
@@ -259,10 +305,15 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
     if dry_run:
         report.status = "dry-run"
     else:
-        previous = {f"{c}_previous": np.where(info["changed"][c], roots[c], 0).astype(np.uint64) for c in cols}
-        record = {k: v for k, v in report.as_dict().items() if k not in ("table", "status", "seconds", "message")}
+        previous = {}
+        for c in cols:
+            previous[f"{c}_previous"] = prev = np.zeros(report.rows, np.uint64)
+            prev[info["changed"][c]] = roots[c][info["changed"][c]]
+        record = {k: v for k, v in report.as_dict().items()
+                  if k not in ("table", "status", "seconds", "message", "files_written", "bytes_written")}
         record["dataset"] = spec.name
-        tab.write(new, previous, _time(t1), record)
+        written = tab.write(new, previous, _time(t1), record)
+        report.files_written, report.bytes_written = written["files_written"], written["bytes_written"]
         report.status = "refreshed"
     report.seconds = time.perf_counter() - t_start
     return report

@@ -257,7 +257,19 @@ def hang():
     print("HANG", flush=True)
     time.sleep(600)
 
-if stage == "before-swap":      # the new table is written completely beside the old one
+if stage == "linked":           # the staged group: every file a hard link to the old group's
+    real_stage = st.stage_tree
+    def stage(src, dst):
+        real_stage(src, dst)
+        hang()
+    st.stage_tree = stage
+elif stage == "mid-chunks":     # the first run of changed chunks written into the staged group
+    real_write = st.write_chunks
+    def write(*args):
+        real_write(*args)
+        hang()
+    st.write_chunks = write
+elif stage == "before-swap":    # the new table is written completely beside the old one
     st.swap = lambda new, path: hang()
 elif stage == "after-swap":     # swapped in, the old one not yet deleted
     def swap(new, path):
@@ -307,9 +319,11 @@ def job_at_mat1(tmp_path, truth, local_spec):
     return out, svs
 
 
-@pytest.mark.parametrize("stage", ["before-swap", "after-swap", "between-renames"])
+@pytest.mark.parametrize("stage", ["linked", "mid-chunks", "before-swap", "after-swap", "between-renames"])
 def test_killed_refresh_leaves_a_readable_table_and_the_rerun_completes_it(job_at_mat1, truth, stage):
-    from crantseg_dask.persist import read_output, status
+    """Killed at each stage of the copy-on-write write path: the old table whole (its chunk files
+    never written through their links) or the new one; the rerun gives the truth's table."""
+    from crantseg_dask.persist import read_output, status, verify
 
     out, svs = job_at_mat1
     t1 = truth.materialization(_versions(truth)[-1])
@@ -317,7 +331,7 @@ def test_killed_refresh_leaves_a_readable_table_and_the_rerun_completes_it(job_a
     _kill_refresh_at(stage, out, "mat_4" if _versions(truth)[-1] == 4 else t1.isoformat())
     leftovers = list(out.parent.glob(".job.zarr.refresh-*"))
     assert leftovers, "the killed refresh left no work in progress: it was not killed mid-way"
-    if stage == "before-swap":  # the old table, whole
+    if stage in ("linked", "mid-chunks", "before-swap"):  # the old table, whole
         pd.testing.assert_frame_equal(read_output(str(out)), before)
         assert status(str(out))["timestamp"] == truth.materialization(1).isoformat()
     elif stage == "after-swap":  # the new table, whole
@@ -325,11 +339,86 @@ def test_killed_refresh_leaves_a_readable_table_and_the_rerun_completes_it(job_a
     else:  # the old table is parked beside; the next run puts things right
         assert not out.exists()
     rep = refresh(out, t1)
-    assert rep.status == ("refreshed" if stage == "before-swap" else "unchanged")
+    assert rep.status == ("unchanged" if stage in ("after-swap", "between-renames") else "refreshed")
     got = read_output(str(out))
     assert (_u64(got["root_id"]) == truth.root_of(svs, t1)).all()
+    moved = truth.root_of(svs, t1) != truth.root_of(svs, truth.materialization(1))
+    assert (_u64(got["root_id_previous"]) == np.where(moved, truth.root_of(svs, truth.materialization(1)), 0)).all()
+    assert verify(str(out))["outputs"] == {}
     assert status(str(out))["timestamp"] == t1.isoformat()
     assert not list(out.parent.glob(".job.zarr.refresh-*"))
+
+
+def _chunk_inodes(group, name: str) -> dict[int, int]:
+    folder = group / name / "c"
+    return {int(f.name): f.stat().st_ino for f in folder.iterdir()} if folder.is_dir() else {}
+
+
+def test_refresh_of_a_job_rewrites_only_the_chunks_that_change(tmp_path, truth, local_spec):
+    """A job whose first half holds only supervoxels with the same root at every materialization
+    and whose seventh chunk only supervoxels whose root changes before mat 2 and never after:
+    refreshed to mat 2 and then to the last, exactly the chunks of root_id and root_id_previous whose values change (by
+    the truth) are new files; every other chunk file is the old one (same inode); read_output
+    and verify see a whole group."""
+    from distributed import Client
+
+    from crantseg_dask.jobs import run_job
+    from crantseg_dask.persist import read_output, verify
+
+    versions = _versions(truth)
+    times = [truth.materialization(v) for v in versions]
+    stable = truth.supervoxels[(truth.root_of(truth.supervoxels, times[0])[:, None]
+                                == np.stack([truth.root_of(truth.supervoxels, t) for t in times], 1)).all(1)]
+    at = np.stack([truth.root_of(truth.supervoxels, t) for t in times[:2] + times[-1:]], 1)
+    early = truth.supervoxels[(at[:, 0] != at[:, 1]) & (at[:, 1] == at[:, 2])]
+    assert len(early)
+    rng = np.random.default_rng(5)
+    svs = np.concatenate([rng.choice(stable, 600), rng.choice(early, 100),
+                          rng.choice(truth.supervoxels, 500)]).astype(np.uint64)
+    pd.DataFrame({"supervoxel_id": svs.astype(np.int64)}).to_parquet(tmp_path / "in.parquet")
+    out = tmp_path / "job.zarr"
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        run_job("supervoxels-to-roots", tmp_path / "in.parquet", out, dataset=local_spec, timestamp="mat_1",
+                client=client, progress=False, partition_size=100)
+    stored = svs[np.asarray(zarr.open_group(str(out), mode="r")["row"][:])]  # stored row order
+    prev_before = np.zeros(len(svs), np.uint64)
+    for a, b in ((0, 1), (1, len(times) - 1)):
+        inodes = {c: _chunk_inodes(out, c) for c in ("root_id", "root_id_previous", "supervoxel_id")}
+        rep = refresh(out, times[b])
+        old, new = truth.root_of(stored, times[a]), truth.root_of(stored, times[b])
+        prev = np.where(old != new, old, 0).astype(np.uint64)
+        after = {c: _chunk_inodes(out, c) for c in inodes}
+        for col, before_values, values in (("root_id", old, new), ("root_id_previous", prev_before, prev)):
+            want = set(np.flatnonzero((before_values != values).reshape(-1, 100).any(1)).tolist())
+            if not inodes[col]:  # created by this refresh: every chunk written
+                want = set(range(len(svs) // 100))
+            got = {i for i, ino in after[col].items() if inodes[col].get(i) != ino}
+            assert got == want, (a, b, col)
+            assert len(after[col]) == len(svs) // 100
+            if col == "root_id":  # some chunks of the random half change, none of the stable half
+                assert got and not got & set(range(6)), (a, b)
+        assert after["supervoxel_id"] == inodes["supervoxel_id"]
+        assert rep.files_written >= len(got)
+        g = read_output(str(out))
+        assert (_u64(g["root_id"]) == truth.root_of(svs, times[b])).all()
+        moved = truth.root_of(svs, times[a]) != truth.root_of(svs, times[b])
+        assert (_u64(g["root_id_previous"]) == np.where(moved, truth.root_of(svs, times[a]), 0)).all()
+        prev_before = prev
+    assert verify(str(out))["outputs"] == {}
+
+
+def test_rows_holding_kernel():
+    """Against np.isin, with values sharing the low bits the lookup table keys on."""
+    from crantseg_dask.ops.refresh import rows_holding
+
+    rng = np.random.default_rng(1)
+    ids = (rng.integers(1, 1 << 40, 50).astype(np.uint64) << np.uint64(20)) | np.uint64(7)
+    values = np.concatenate([ids[rng.integers(0, 50, 500)], (rng.integers(1, 1 << 40, 5000).astype(np.uint64)
+                                                             << np.uint64(20)) | np.uint64(7)])
+    values = values[rng.permutation(len(values))]
+    look = ids[::2]
+    assert rows_holding(values, look).tolist() == np.flatnonzero(np.isin(values, look)).tolist()
+    assert rows_holding(values, look[:0]).size == 0 and rows_holding(values[:0], look).size == 0
 
 
 def test_dry_run_and_explicit_columns(tmp_path, truth, local_spec, capsys):
