@@ -25,7 +25,7 @@ from pathlib import Path
 
 import dask
 
-__all__ = ["make_client", "dashboard_link"]
+__all__ = ["make_client", "connect", "check_scheduler", "dashboard_link"]
 
 
 def _no_trim() -> None:
@@ -57,8 +57,7 @@ def make_client(scheduler: str | None = None, cluster: str | None = None, *, n_w
                 yield client
         return
     if scheduler:
-        kw = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
-        with Client(**kw) as client:
+        with connect(scheduler) as client:
             yield client
         return
     _no_trim()
@@ -68,6 +67,47 @@ def make_client(scheduler: str | None = None, cluster: str | None = None, *, n_w
     with LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
                       dashboard_address=dashboard_address, host="127.0.0.1", protocol="tls://",
                       security=security) as c, Client(c, security=security) as client:
+        yield client
+
+
+def check_scheduler(scheduler: str) -> str:
+    """``scheduler`` as ``make_client`` takes it, refused at once (``ClusterError``) when it cannot
+    be one: a scheduler file that does not exist (Dask would wait for it forever) or an address
+    without ``HOST:PORT``."""
+    from .errors import ClusterError
+
+    text = str(scheduler).strip()
+    if text.endswith(".json"):
+        if not Path(text).is_file():
+            raise ClusterError(f"--scheduler {text}: no such scheduler file (a running `dask scheduler "
+                               "--scheduler-file FILE` writes it)")
+        return text
+    rest = text.split("://", 1)[-1]
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClusterError(f"--scheduler {text!r} is neither tcp://HOST:PORT nor a scheduler file (.json)")
+    return text
+
+
+@contextlib.contextmanager
+def connect(scheduler: str, timeout: float | None = None):
+    """A ``Client`` of the running scheduler at ``scheduler`` (address or scheduler file), failing
+    within ``timeout`` seconds (setting ``crantseg.connect-timeout``, default 10) with one line."""
+    from distributed import Client
+
+    from .config import setting
+    from .errors import ClusterError
+
+    scheduler = check_scheduler(scheduler)
+    timeout = float(timeout if timeout is not None else setting("connect-timeout", 10))
+    kw = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
+    try:
+        client = Client(**kw, timeout=f"{timeout}s")
+    except (OSError, TimeoutError) as e:
+        where = scheduler if "address" in kw else f"the scheduler in {scheduler}"
+        raise ClusterError(f"cannot connect to {where} within {timeout:g} s ({type(e).__name__}); is the "
+                           "scheduler running? (start one with `dask scheduler`)") from None
+    with client:
         yield client
 
 

@@ -26,7 +26,10 @@ from ..config import resolve_dataset, resolve_timestamp, setting
 from ..errors import CrantsegError, InvalidInputError, JobStoreError, SourceError
 from ..persist import FORMAT, JobStore, canonical, fingerprint, status, verify
 from ..sources import open_source
+from ..ops.extent import inside_volume, outside_message
+from .columns import job_columns
 from .lock import check_output_path, output_lock
+from .validate import check_job_arguments
 from .operations import OPERATIONS, Context
 
 __all__ = ["run_job", "run_partition", "read_table"]
@@ -54,6 +57,10 @@ def read_table(source) -> pd.DataFrame:
         import zarr
 
         g = zarr.open_group(str(path), mode="r")
+        if "crantseg" in g.attrs:  # a job's output: its table, in input order
+            from ..persist import read_output
+
+            return read_output(str(path)).reset_index(drop=True)
         return pd.DataFrame({k: np.asarray(g[k][:]) for k in g.array_keys() if g[k].ndim == 1})
     except CrantsegError:
         raise
@@ -77,7 +84,7 @@ def run_partition(path: str, op_name: str, i: int, ctx: Context) -> int:
     """One task: read partition ``i``'s inputs from Zarr, compute, write outputs, mark done."""
     op = OPERATIONS[op_name]
     store = JobStore(path)
-    inputs = store.read(store.input_names(), i)  # JobStoreError naming file and partition when damaged
+    inputs = store.read_inputs(i)  # JobStoreError naming file and partition when damaged
     outputs = op.kernel(inputs, ctx)
     store.write(i, outputs)
     return len(next(iter(outputs.values())))
@@ -166,6 +173,8 @@ def run_job(op_name: str, input, output, *, dataset=None, timestamp=None, schedu
         raise InvalidInputError(f"{op_name} takes no argument {', '.join(map(repr, unknown))}; its arguments: "
                                 f"{sorted(op.defaults)}")
     args = {**op.defaults, **args}
+    check_job_arguments(args, partition_size=partition_size, n_workers=n_workers, scheduler=scheduler,
+                        cluster=cluster, client=client)
     t0 = time.perf_counter()
     output = check_output_path(output)
     with output_lock(output, f"{op_name} -> {output}"):
@@ -189,6 +198,8 @@ def _run_locked(op, op_name, input, output, t0, *, dataset, timestamp, scheduler
         raise InvalidInputError(f"{output} already exists: add --resume to finish it or --force to replace it")
     spec = resolve_dataset(dataset)
     source = open_source(spec)
+    if "mip" in args:
+        args["mip"] = source.meta.check_mip(args["mip"])
     ts = None
     if op.uses_timestamp:
         if timestamp is None and resume and old is not None and old.get("timestamp"):
@@ -202,12 +213,26 @@ def _run_locked(op, op_name, input, output, t0, *, dataset, timestamp, scheduler
         op.check(inputs, source)
     order = (_locality_order(inputs, source, int(args.get("mip", 0))) if op.locality == "locations"
              else np.arange(len(table)))
-    inputs = {"row": order.astype(np.int64), **{k: v[order] for k, v in inputs.items()}}
+    inputs = {k: v[order] for k, v in inputs.items()}
+    sources = {k: args[a] for k, a in (("target_id", "id_column"), ("supervoxel_id", "supervoxel_column"))
+               if isinstance(args.get(a), str)}
+    stored, array_attrs, input_map, renamed = job_columns(table.iloc[order].reset_index(drop=True), inputs,
+                                                          sources, set(op.outputs) | set(op.ragged))
+    if op.locality == "locations" and "status" not in op.outputs:  # snap has its own out_of_bounds status
+        mip = int(args.get("mip", 0))
+        xyz = np.stack([inputs["x"], inputs["y"], inputs["z"]], axis=1)
+        stored["in_volume"] = inside_volume(xyz, source.meta, mip)
+        if progress and not stored["in_volume"].all():
+            back = np.empty_like(order)
+            back[order] = np.arange(len(order))  # input row order, so the message names the user's first row
+            print(outside_message(xyz[back], source.meta, mip, args.get("coordinates", "nm"), what="rows"),
+                  flush=True)
+    inputs = {"row": order.astype(np.int64), **stored}
     fp = fingerprint(inputs)
     attrs = {"version": version("crantseg_dask"), "operation": op_name, "arguments": args,
              "arguments_json": canonical(args), "timestamp": ts.isoformat() if ts else None,
              "dataset": spec.name, "dataset_identity": _dataset_identity(spec, source),
-             "dataset_address": spec.server, "fingerprint": fp}
+             "dataset_address": spec.server, "fingerprint": fp, "renamed": renamed}
     P = int(partition_size or setting("partition-size", 200_000))
     keep = False
     if old is not None and resume:
@@ -218,27 +243,31 @@ def _run_locked(op, op_name, input, output, t0, *, dataset, timestamp, scheduler
                 f"{output} holds a job with another input, operation, timestamp, arguments, dataset or store format "
                 f"than the one asked for; differs: {'; '.join(_differences(old, attrs))}. "
                 "Use --force to start it again from scratch")
-    repaired = {}
-    if not keep:
-        try:
-            JobStore.create(output, inputs=inputs, outputs=op.outputs, partition_size=P, attrs=attrs)
-        except OSError as e:
-            if isinstance(e, CrantsegError):
-                raise
-            raise JobStoreError(f"{output}: cannot create the job's store: {type(e).__name__}: "
-                                f"{e.strerror or e}") from None
-    else:
-        repaired = _repair(output, inputs, progress)
+    repaired = _repair(output, inputs, progress) if keep else {}
     store = JobStore(output)
-    todo = np.flatnonzero(~store.done()).tolist()
+    pending = (~store.done()).any() if keep else True
     ctx = Context(spec=spec, timestamp=ts, args=tuple(sorted(args.items())))
-    summary = {"output": output, "operation": op_name, "rows": len(table), "partitions": len(store.done()),
-               "ran": len(todo), "timestamp": attrs["timestamp"], "dashboard": None, **repaired}
-    if todo:
+    summary = {"output": output, "operation": op_name, "rows": len(table), "partitions": 0, "ran": 0,
+               "timestamp": attrs["timestamp"], "dashboard": None, **repaired}
+    if renamed:
+        summary["renamed"] = renamed
+    if pending:
         from ..cluster import dashboard_link, make_client
 
+        # the cluster first: a scheduler that cannot be reached leaves no half-created output behind
         with (contextlib.nullcontext(client) if client is not None
               else make_client(scheduler, cluster, n_workers=n_workers)) as c:
+            if not keep:
+                try:
+                    JobStore.create(output, inputs=inputs, outputs=op.outputs, partition_size=P, attrs=attrs,
+                                    array_attrs=array_attrs, input_map=input_map)
+                except OSError as e:
+                    if isinstance(e, CrantsegError):
+                        raise
+                    raise JobStoreError(f"{output}: cannot create the job's store: {type(e).__name__}: "
+                                        f"{e.strerror or e}") from None
+            todo = np.flatnonzero(~store.done()).tolist()
+            summary["ran"] = len(todo)
             summary["dashboard"] = dashboard_link(c)
             if progress:
                 print(f"dashboard: {summary['dashboard']}", flush=True)
@@ -249,11 +278,13 @@ def _run_locked(op, op_name, input, output, t0, *, dataset, timestamp, scheduler
                 report = pr(filename=performance_report)
             with report:
                 _submit(c, output, op_name, todo, ctx, _job_token(output, attrs), progress)
+        summary["partitions"] = len(store.done())
         unfinished = np.flatnonzero(~store.done()).tolist()
         if unfinished:
             raise SourceError(f"{output}: partitions {unfinished[:20]}{' ...' if len(unfinished) > 20 else ''} "
                               f"({len(unfinished)} of {summary['partitions']}) were not written although their "
                               "tasks reported success; rerun with --resume")
+    summary["partitions"] = len(store.done())
     if op.ragged and store.done().all() and not store.is_finalized(op.ragged):
         store.finalize_ragged(op.ragged, count_column=next(iter(op.outputs)))
     summary["seconds"] = time.perf_counter() - t0
