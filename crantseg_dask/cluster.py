@@ -64,10 +64,29 @@ def make_client(scheduler: str | None = None, cluster: str | None = None, *, n_w
     from distributed.security import Security
 
     security = Security.temporary()  # mutual TLS: only holders of these in-memory keys may connect
-    with LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
-                      dashboard_address=dashboard_address, host="127.0.0.1", protocol="tls://",
-                      security=security) as c, Client(c, security=security) as client:
+    with _workers_ignore_sigint():  # Ctrl-C is the driver's to handle: no traceback from every worker
+        c = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
+                         dashboard_address=dashboard_address, host="127.0.0.1", protocol="tls://",
+                         security=security)
+    with c, Client(c, security=security) as client:
         yield client
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """While worker processes start: SIGINT ignored, which they inherit (a terminal's Ctrl-C goes
+    to the whole process group; the driver alone handles it, then closes the cluster)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def check_scheduler(scheduler: str) -> str:

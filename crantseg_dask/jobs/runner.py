@@ -332,11 +332,50 @@ def _submit(client, output, op_name, todo, ctx, token, progress) -> None:
                          key=keys, retries=0, pure=False)
     if not futures:
         return
-    with tqdm(total=len(todo), unit="partition", disable=not progress, desc=op_name) as bar:
+    with tqdm(total=len(todo), unit="partition", disable=not progress, desc=op_name) as bar, \
+            _deferred_interrupt() as interrupted:
         try:
-            for future in as_completed(futures):
-                future.result()  # re-raises a partition's error here, naming it
-                bar.update(1)
+            pending = as_completed(futures)
+            while not pending.is_empty():
+                if interrupted():
+                    raise KeyboardInterrupt
+                batch = pending.next_batch(block=False)
+                if not batch:
+                    time.sleep(0.05)
+                for future in batch:
+                    future.result()  # re-raises a partition's error here, naming it
+                    bar.update(1)
+        except KeyboardInterrupt:
+            _quiet_cancelled()  # the nanny's "still alive, killing" while the cluster closes
+            with contextlib.suppress(Exception):
+                client.run(_quiet_cancelled)  # cancelled tasks are expected now: no warning per task
+            client.cancel(futures, force=True)
+            raise
         except BaseException:
             client.cancel(futures, force=True)  # no task of a failed run writes after it returns
             raise
+
+
+def _quiet_cancelled() -> None:
+    import logging
+
+    for name in ("distributed.worker.state_machine", "distributed.nanny"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Ctrl-C (SIGINT) noted, not raised inside Dask's event-loop calls (which would print their
+    own tracebacks): the submit loop checks ``interrupted()`` and stops cleanly."""
+    import signal
+    import threading
+
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit.is_set
+        return
+    old = signal.signal(signal.SIGINT, lambda *_: hit.set())
+    try:
+        yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, old)
