@@ -134,27 +134,46 @@ def _dataset_identity(spec, source) -> dict:
 
 
 def _differences(old: dict, attrs: dict) -> list[str]:
-    """What differs between a stored job and the requested one, for the resume refusal."""
-    names = {"fingerprint": "input", "operation": "operation", "timestamp": "timestamp",
-             "arguments_json": "arguments", "dataset_identity": "dataset"}
+    """What differs between a stored job and the requested one, each as ``what (old -> new)``."""
     out = []
-    for key, label in names.items():
-        if old.get(key) != attrs.get(key):
-            a, b = old.get(key), attrs.get(key)
-            if key == "fingerprint":
-                out.append("input (the table's contents differ)")
-            elif key == "dataset_identity":
-                oa, na = (a or {}).get("server"), (b or {}).get("server")
-                addr = (f"; the server address changed ({old.get('dataset_address')} -> "
-                        f"{attrs.get('dataset_address')}) and the server does not identify its data as the same"
-                        if old.get("dataset_address") != attrs.get("dataset_address") else "")
-                out.append(f"dataset ({canonical(a)} -> {canonical(b)}{addr})" if oa == na or not addr
-                           else f"dataset{addr}")
-            else:
-                out.append(f"{label} ({a} -> {b})")
+    if old.get("operation") != attrs.get("operation"):
+        out.append(f"operation ({old.get('operation')} -> {attrs.get('operation')})")
+    if old.get("fingerprint") != attrs.get("fingerprint"):
+        out.append(_input_difference(old, attrs))
+    a, b = old.get("arguments") or {}, attrs.get("arguments") or {}
+    for key in sorted(set(a) | set(b)):
+        if canonical(a.get(key)) != canonical(b.get(key)):
+            out.append(f"argument {key} ({a.get(key, '(none)')!r} -> {b.get(key, '(none)')!r})")
+    if old.get("arguments_json") != attrs.get("arguments_json") and canonical(a) == canonical(b):
+        out.append(f"arguments ({old.get('arguments_json')} -> {attrs.get('arguments_json')})")
+    if old.get("timestamp") != attrs.get("timestamp"):
+        out.append(f"timestamp ({old.get('timestamp')} -> {attrs.get('timestamp')})")
+    if old.get("dataset_identity") != attrs.get("dataset_identity"):
+        a, b = old.get("dataset_identity"), attrs.get("dataset_identity")
+        oa, na = (a or {}).get("server"), (b or {}).get("server")
+        addr = (f"; the server address changed ({old.get('dataset_address')} -> "
+                f"{attrs.get('dataset_address')}) and the server does not identify its data as the same"
+                if old.get("dataset_address") != attrs.get("dataset_address") else "")
+        out.append(f"dataset ({canonical(a)} -> {canonical(b)}{addr})" if oa == na or not addr
+                   else f"dataset{addr}")
     if old.get("format") != FORMAT:
         out.append(f"store format ({old.get('format')} -> {FORMAT})")
     return out
+
+
+def _input_difference(old: dict, attrs: dict) -> str:
+    """Which part of the input changed: its rows, its columns, or which columns' values."""
+    n_old, n_new = old.get("n_rows"), attrs.get("n_rows")
+    if n_old is not None and n_new is not None and n_old != n_new:
+        return f"input ({n_old} rows -> {n_new} rows)"
+    a, b = old.get("column_fingerprints"), attrs.get("column_fingerprints")
+    if isinstance(a, dict) and isinstance(b, dict):
+        cols = lambda d: sorted(k for k in d if not k.startswith("_") and k not in ("row", "in_volume"))  # noqa: E731
+        if cols(a) != cols(b):
+            return f"input columns ({cols(a)} -> {cols(b)})"
+        changed = [k for k in cols(a) if a[k] != b[k]] or [k for k in sorted(a) if a.get(k) != b.get(k)]
+        return f"input (the values of column{'s' if len(changed) > 1 else ''} {', '.join(changed)} differ)"
+    return "input (the table's contents differ)"
 
 
 def run_job(op_name: str, input, output, *, dataset=None, timestamp=None, scheduler=None, cluster=None,
@@ -232,7 +251,8 @@ def _run_locked(op, op_name, input, output, t0, *, dataset, timestamp, scheduler
     attrs = {"version": version("crantseg_dask"), "operation": op_name, "arguments": args,
              "arguments_json": canonical(args), "timestamp": ts.isoformat() if ts else None,
              "dataset": spec.name, "dataset_identity": _dataset_identity(spec, source),
-             "dataset_address": spec.server, "fingerprint": fp, "renamed": renamed}
+             "dataset_address": spec.server, "fingerprint": fp, "renamed": renamed, "n_rows": len(table),
+             "column_fingerprints": {k: fingerprint({k: v}) for k, v in inputs.items()}}
     P = int(partition_size or setting("partition-size", 200_000))
     keep = False
     if old is not None and resume:
@@ -241,8 +261,8 @@ def _run_locked(op, op_name, input, output, t0, *, dataset, timestamp, scheduler
         if not keep and not force:
             raise InvalidInputError(
                 f"{output} holds a job with another input, operation, timestamp, arguments, dataset or store format "
-                f"than the one asked for; differs: {'; '.join(_differences(old, attrs))}. "
-                "Use --force to start it again from scratch")
+                f"than the one asked for; differs (stored -> asked for): {'; '.join(_differences(old, attrs))}. "
+                "Rerun with the stored values to finish it, or add --force to start it again from scratch")
     repaired = _repair(output, inputs, progress) if keep else {}
     store = JobStore(output)
     pending = (~store.done()).any() if keep else True
