@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import time
 import uuid
 from importlib.metadata import version
@@ -235,17 +236,18 @@ def _run_locked(op, op_name, input, output, t0, *, dataset, timestamp, scheduler
     inputs = {k: v[order] for k, v in inputs.items()}
     sources = {k: args[a] for k, a in (("target_id", "id_column"), ("supervoxel_id", "supervoxel_column"))
                if isinstance(args.get(a), str)}
-    stored, array_attrs, input_map, renamed = job_columns(table.iloc[order].reset_index(drop=True), inputs,
-                                                          sources, set(op.outputs) | set(op.ragged))
-    if op.locality == "locations" and "status" not in op.outputs:  # snap has its own out_of_bounds status
+    flag = op.locality == "locations" and "status" not in op.outputs  # snap has its own out_of_bounds status
+    stored, array_attrs, input_map, renamed = job_columns(table.iloc[order].reset_index(drop=True), inputs, sources,
+                                                          set(op.outputs) | set(op.ragged) | ({"in_volume"} if flag else set()))
+    if flag:
         mip = int(args.get("mip", 0))
         xyz = np.stack([inputs["x"], inputs["y"], inputs["z"]], axis=1)
         stored["in_volume"] = inside_volume(xyz, source.meta, mip)
-        if progress and not stored["in_volume"].all():
+        if not stored["in_volume"].all():  # a warning, not progress: always said
             back = np.empty_like(order)
             back[order] = np.arange(len(order))  # input row order, so the message names the user's first row
-            print(outside_message(xyz[back], source.meta, mip, args.get("coordinates", "nm"), what="rows"),
-                  flush=True)
+            print(f"warning: {outside_message(xyz[back], source.meta, mip, args.get('coordinates', 'nm'), what='rows')}",
+                  file=sys.stderr, flush=True)
     inputs = {"row": order.astype(np.int64), **stored}
     fp = fingerprint(inputs)
     attrs = {"version": version("crantseg_dask"), "operation": op_name, "arguments": args,
@@ -297,7 +299,7 @@ def _run_locked(op, op_name, input, output, t0, *, dataset, timestamp, scheduler
 
                 report = pr(filename=performance_report)
             with report:
-                _submit(c, output, op_name, todo, ctx, _job_token(output, attrs), progress)
+                _submit(c, os.path.abspath(output), op_name, todo, ctx, _job_token(output, attrs), progress)
         summary["partitions"] = len(store.done())
         unfinished = np.flatnonzero(~store.done()).tolist()
         if unfinished:
