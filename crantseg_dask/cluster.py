@@ -68,8 +68,22 @@ def make_client(scheduler: str | None = None, cluster: str | None = None, *, n_w
         c = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
                          dashboard_address=dashboard_address, host="127.0.0.1", protocol="tls://",
                          security=security)
-    with c, Client(c, security=security) as client:
-        yield client
+    import logging
+
+    nanny = logging.getLogger("distributed.nanny")
+    level = nanny.level
+    try:
+        with c:
+            try:
+                with Client(c, security=security) as client:
+                    yield client
+            finally:
+                # closing on a busy machine can take a worker past the nanny's 4 s grace period: its
+                # "still alive ... killing" warning after a finished job is noise (shown with -v)
+                if nanny.getEffectiveLevel() >= logging.WARNING:
+                    nanny.setLevel(logging.ERROR)
+    finally:
+        nanny.setLevel(level)
 
 
 @contextlib.contextmanager
