@@ -10,7 +10,7 @@
   scale: {jobs: 4}}`` builds any cluster class (SLURM, the Kubernetes operator, Gateway ...).
 
 Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in workers, which made chunk decoding 2-2.7x
-slower here (perf-baseline pitfall 3); workers this function starts (the default LocalCluster and a
+slower here; workers this function starts (the default LocalCluster and a
 ``cluster=`` spec's) start without it. The default dashboard listens on 127.0.0.1 only.
 
 The default LocalCluster speaks TLS with temporary credentials (``Security.temporary()``: a

@@ -26,7 +26,6 @@ from crantseg_dask.cli import main
 from crantseg_dask.dataset.truth_snap import SnapTruth
 from crantseg_dask.errors import InvalidInputError
 from crantseg_dask.jobs import run_job
-from crantseg_dask.ops.extent import OutsideVolumeWarning
 from crantseg_dask.ops.snapping import STATUS
 from crantseg_dask.persist import read_output
 
@@ -194,6 +193,8 @@ def test_nan_option_and_its_advice(tiny_path, tmp_path, monkeypatch, capsys):
 
 # -- 2: points outside the volume are reported ----------------------------------------------------
 def test_points_outside_the_volume_warn_with_count_extent_and_unit(truth, tiny_path):
+    from crantseg_dask.ops.extent import OutsideVolumeWarning
+
     res = truth.resolution(0)
     inside = (truth.sv_anchor[:3] + 0.5) * res
     locs = np.concatenate([inside, [[1e9, 1e9, 1e9], [-500, -500, -500]]])
@@ -343,3 +344,36 @@ def test_demo_shows_generation_progress_and_writes_to_its_documented_place(tmp_p
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
     assert "`./crantseg-demo/`" in readme and "`--out DIR` to move it" in readme
     shutil.rmtree(tmp_path / "data")
+
+
+# -- 4: any CAVE deployment from the CLI (token from a file, never on the command line) --------------
+def test_run_names_a_cave_deployment_with_a_token_file(client, cave_server, truth, table, table_file, tmp_path,
+                                                       monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "token").write_text(cave_server.token + "\n")
+    assert main(["run", "locs-to-supervoxels", "--input", str(table_file), "--output", "o.zarr", "--server",
+                 cave_server.address, "--datastack", cave_server.datastack, "--token-file", "token",
+                 "--scheduler", client.scheduler.address, "--no-progress"]) == 0
+    out = read_output("o.zarr")
+    np.testing.assert_array_equal(out["supervoxel_id"].to_numpy(), truth.supervoxel_at_nm(table[["x", "y", "z"]]))
+    assert cave_server.token not in (tmp_path / "o.zarr" / "zarr.json").read_text()
+    (tmp_path / "bad").write_text("not-the-token")
+    assert main(["run", "locs-to-supervoxels", "--input", str(table_file), "--output", "o2.zarr", "--server",
+                 cave_server.address, "--datastack", cave_server.datastack, "--token-file", "bad",
+                 "--scheduler", client.scheduler.address, "--no-progress"]) == 2
+    assert not (tmp_path / "o2.zarr").exists()
+
+
+def test_readme_stands_alone_and_the_notebooks_extra_has_a_front_end(truth):
+    import tomllib
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    readme = open(os.path.join(root, "README.md")).read()
+    for outside in ("../", "DESIGN.md", "reference §", "checklist "):
+        assert outside not in readme, outside
+    off, size = truth.bounds(0)
+    lo, hi = off * truth.resolution(0), (off + size) * truth.resolution(0)
+    extent = ", ".join(f"{a} {lo[k]:,.0f}–{hi[k]:,.0f}" for k, a in enumerate("xyz"))
+    assert f"| `tiny` | {'×'.join(map(str, size))}, 12 neurons | {extent} |" in readme
+    extras = tomllib.load(open(os.path.join(root, "pyproject.toml"), "rb"))["project"]["optional-dependencies"]
+    assert any(d.startswith("notebook>=") for d in extras["notebooks"])
