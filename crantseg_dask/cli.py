@@ -1,4 +1,4 @@
-"""The ``crantseg`` command: ``demo | run | status | serve | make-dataset``.
+"""The ``crantseg`` command: ``demo | run | status | refresh | serve | make-dataset | help``.
 
 Each subcommand parses its own arguments in the module that implements it; this file only
 dispatches, so ``crantseg serve --help`` is answered by ``crantseg_dask.server.main``.
@@ -73,19 +73,52 @@ def make_dataset_main(argv: list[str]) -> int:
     return 0
 
 
+def _usage() -> str:
+    lines = [f"  {name:<13} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return ("usage: crantseg [-v] COMMAND [ARGS]   (crantseg COMMAND --help for a command's options)\n\n"
+            "commands:\n" + "\n".join(lines) + "\n  help          this list\n\noptions:\n"
+            "  --version     print the version and exit\n"
+            "  -v            show Dask's INFO logs (off by default)")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """crantseg's own messages at INFO; Dask's (scheduler, workers, nanny, comms) at WARNING
+    unless ``verbose``. Set before ``distributed`` is imported here and, through the environment,
+    in every worker process this run starts."""
+    import dask.config
+
+    level = "info" if verbose else "warning"
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = level
+    dask.config.set({"logging.distributed": level})  # dask is imported already: read when distributed is
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    logging.getLogger("crantseg").setLevel(logging.INFO)
+    for noisy in ("distributed", "bokeh", "tornado"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # before dask is imported, here and in workers
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("distributed", "bokeh", "tornado"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = [f"  {name:<13} {help_}" for name, (_, _, help_) in COMMANDS.items()]
-        print("usage: crantseg COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines))
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"\ncrantseg: unknown command {argv[0]!r}", file=sys.stderr)
-            return 2
+    verbose = False
+    while argv and argv[0] in ("-v", "--verbose"):
+        verbose, argv = True, argv[1:]
+    if argv and argv[0] in COMMANDS and argv[0] != "serve" and any(a in ("-v", "--verbose") for a in argv[1:]):
+        verbose, argv = True, [a for a in argv if a not in ("-v", "--verbose")]
+    setup_logging(verbose)
+    if argv and argv[0] in ("--version", "version"):
+        from importlib.metadata import version
+
+        print(f"crantseg {version('crantseg_dask')}")
         return 0
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        if len(argv) > 1 and argv[0] == "help" and argv[1] in COMMANDS:
+            argv = [argv[1], "--help"]
+        else:
+            print(_usage())
+            return 0
+    if argv[0] not in COMMANDS:
+        print(_usage(), file=sys.stderr)
+        print(f"\ncrantseg: unknown command {argv[0]!r}", file=sys.stderr)
+        return 2
     module, func, _ = COMMANDS[argv[0]]
     return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
 

@@ -10,7 +10,7 @@
   scale: {jobs: 4}}`` builds any cluster class (SLURM, the Kubernetes operator, Gateway ...).
 
 Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in workers, which made chunk decoding 2-2.7x
-slower here (perf-baseline pitfall 3); workers this function starts (the default LocalCluster and a
+slower here; workers this function starts (the default LocalCluster and a
 ``cluster=`` spec's) start without it. The default dashboard listens on 127.0.0.1 only.
 
 The default LocalCluster speaks TLS with temporary credentials (``Security.temporary()``: a
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import dask
 
-__all__ = ["make_client", "dashboard_link"]
+__all__ = ["make_client", "connect", "check_scheduler", "dashboard_link"]
 
 
 def _no_trim() -> None:
@@ -57,17 +57,90 @@ def make_client(scheduler: str | None = None, cluster: str | None = None, *, n_w
                 yield client
         return
     if scheduler:
-        kw = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
-        with Client(**kw) as client:
+        with connect(scheduler) as client:
             yield client
         return
     _no_trim()
     from distributed.security import Security
 
     security = Security.temporary()  # mutual TLS: only holders of these in-memory keys may connect
-    with LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
-                      dashboard_address=dashboard_address, host="127.0.0.1", protocol="tls://",
-                      security=security) as c, Client(c, security=security) as client:
+    with _workers_ignore_sigint():  # Ctrl-C is the driver's to handle: no traceback from every worker
+        c = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
+                         dashboard_address=dashboard_address, host="127.0.0.1", protocol="tls://",
+                         security=security)
+    import logging
+
+    nanny = logging.getLogger("distributed.nanny")
+    level = nanny.level
+    try:
+        with c:
+            try:
+                with Client(c, security=security) as client:
+                    yield client
+            finally:
+                # closing on a busy machine can take a worker past the nanny's 4 s grace period: its
+                # "still alive ... killing" warning after a finished job is noise (shown with -v)
+                if nanny.getEffectiveLevel() >= logging.WARNING:
+                    nanny.setLevel(logging.ERROR)
+    finally:
+        nanny.setLevel(level)
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """While worker processes start: SIGINT ignored, which they inherit (a terminal's Ctrl-C goes
+    to the whole process group; the driver alone handles it, then closes the cluster)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def check_scheduler(scheduler: str) -> str:
+    """``scheduler`` as ``make_client`` takes it, refused at once (``ClusterError``) when it cannot
+    be one: a scheduler file that does not exist (Dask would wait for it forever) or an address
+    without ``HOST:PORT``."""
+    from .errors import ClusterError
+
+    text = str(scheduler).strip()
+    if text.endswith(".json"):
+        if not Path(text).is_file():
+            raise ClusterError(f"--scheduler {text}: no such scheduler file (a running `dask scheduler "
+                               "--scheduler-file FILE` writes it)")
+        return text
+    rest = text.split("://", 1)[-1]
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClusterError(f"--scheduler {text!r} is neither tcp://HOST:PORT nor a scheduler file (.json)")
+    return text
+
+
+@contextlib.contextmanager
+def connect(scheduler: str, timeout: float | None = None):
+    """A ``Client`` of the running scheduler at ``scheduler`` (address or scheduler file), failing
+    within ``timeout`` seconds (setting ``crantseg.connect-timeout``, default 10) with one line."""
+    from distributed import Client
+
+    from .config import setting
+    from .errors import ClusterError
+
+    scheduler = check_scheduler(scheduler)
+    timeout = float(timeout if timeout is not None else setting("connect-timeout", 10))
+    kw = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
+    try:
+        client = Client(**kw, timeout=f"{timeout}s")
+    except (OSError, TimeoutError) as e:
+        where = scheduler if "address" in kw else f"the scheduler in {scheduler}"
+        raise ClusterError(f"cannot connect to {where} within {timeout:g} s ({type(e).__name__}); is the "
+                           "scheduler running? (start one with `dask scheduler`)") from None
+    with client:
         yield client
 
 

@@ -60,9 +60,9 @@ def data_dir() -> Path:
     return Path(platformdirs.user_cache_dir("crantseg_dask")) / "datasets"
 
 
-def local_dataset_path(preset: str) -> Path:
+def local_dataset_path(preset: str, progress: bool = False) -> Path:
     """Path of embedded preset ``preset``, generating it on first use (under a file lock beside it,
-    so concurrent first uses generate it once)."""
+    so concurrent first uses generate it once; ``progress`` prints a line per slab written)."""
     from .dataset.generate import make_dataset
     from .dataset.layout import GENERATOR_VERSION, PRESETS, is_dataset_dir
 
@@ -80,7 +80,7 @@ def local_dataset_path(preset: str) -> Path:
         try:
             if not is_dataset_dir(path):
                 log.warning("generating the embedded %r dataset in %s (first use)", preset, path)
-                make_dataset(PRESETS[preset], path, overwrite=True)
+                make_dataset(PRESETS[preset], path, overwrite=True, progress=progress)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return path

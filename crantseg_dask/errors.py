@@ -13,8 +13,9 @@ The tree (every leaf also subclasses the builtin callers already catch)::
     ├── DatasetError(ValueError)               unknown dataset name or a directory that is no dataset
     ├── SourceError(OSError)                   a read or request failed after its retries
     │   └── AuthError                          the server refused the token
-    └── JobStoreError(OSError)                 a job's store cannot be read or written, is damaged
-                                               or is locked by another running job
+    ├── JobStoreError(OSError)                 a job's store cannot be read or written, is damaged
+    │                                          or is locked by another running job
+    └── ClusterError(OSError)                  a Dask scheduler that cannot be reached in time
 
 Errors carry no side effects: they only describe.
 """
@@ -32,6 +33,7 @@ __all__ = [
     "SourceError",
     "AuthError",
     "JobStoreError",
+    "ClusterError",
     "UnknownIDError",
 ]
 
@@ -86,3 +88,7 @@ class AuthError(SourceError):
 class JobStoreError(CrantsegError, OSError):
     """A job's Zarr store that cannot be written or read (permissions, a full disk, damaged or
     missing chunks, another job holding its lock). The message names the file and partition."""
+
+
+class ClusterError(CrantsegError, OSError):
+    """A Dask scheduler or cluster cannot be reached or started."""

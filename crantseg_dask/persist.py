@@ -39,7 +39,7 @@ from .errors import InvalidInputError, JobStoreError
 
 __all__ = ["JobStore", "fingerprint", "read_output", "read_ragged", "status", "verify"]
 
-FORMAT = 3  # 3: crc32c on every chunk, every chunk written; 2: input names recorded, ragged pieces
+FORMAT = 4  # 4: every input column kept (text, categoricals), status as names; 3: crc32c on every chunk, every chunk written; 2: input names recorded, ragged pieces
 CODECS = {"compressors": (ZstdCodec(level=0), Crc32cCodec())}
 WRITE_ALL = {"array.write_empty_chunks": True}  # an all-fill chunk is stored too: missing = damaged
 
@@ -61,8 +61,12 @@ def fingerprint(columns: dict[str, np.ndarray]) -> str:
     """sha256 over the names, dtypes and bytes of the input columns."""
     h = hashlib.sha256()
     for name in sorted(columns):
-        a = np.ascontiguousarray(columns[name])
-        h.update(name.encode()), h.update(str(a.dtype).encode()), h.update(a.tobytes())
+        a = np.asarray(columns[name])
+        if a.dtype.kind in "OTU":  # text: the strings, not the object pointers
+            h.update(name.encode()), h.update(b"text"), h.update("\x1f".join(map(str, a.tolist())).encode())
+        else:
+            a = np.ascontiguousarray(a)
+            h.update(name.encode()), h.update(str(a.dtype).encode()), h.update(a.tobytes())
     return h.hexdigest()
 
 
@@ -86,26 +90,42 @@ class JobStore:
 
     @classmethod
     def create(cls, path: str, *, inputs: dict[str, np.ndarray], outputs: dict[str, tuple[str, object]],
-               partition_size: int, attrs: dict) -> "JobStore":
-        """Create the group: write the inputs, allocate the outputs and an all-zero ``_done``."""
+               partition_size: int, attrs: dict, array_attrs: dict[str, dict] | None = None,
+               input_map: dict[str, str] | None = None) -> "JobStore":
+        """Create the group: write the inputs, allocate the outputs and an all-zero ``_done``.
+
+        ``outputs`` maps name -> (dtype, fill); ``("category", categories)`` is a text column of
+        those names (``categories`` attribute; partitions may write the integer codes).
+        ``input_map``: the operation's input name -> stored array (default: the same name)."""
+        array_attrs = dict(array_attrs or {})
         n = len(next(iter(inputs.values())))
         chunk = max(1, min(partition_size, max(n, 1)))
         n_parts = -(-n // chunk)
         with zarr.config.set(WRITE_ALL):
             g = zarr.open_group(path, mode="w")
             for name, a in inputs.items():
-                arr = g.create_array(name, shape=(n,), chunks=(chunk,), dtype=a.dtype, dimension_names=("row",),
-                                     fill_value=0, **CODECS)
+                text = a.dtype.kind in "OTU"
+                arr = g.create_array(name, shape=(n,), chunks=(chunk,), dtype=str if text else a.dtype,
+                                     dimension_names=("row",), fill_value="" if text else _zero(a.dtype), **CODECS)
+                if name in array_attrs:
+                    arr.attrs.update(array_attrs[name])
                 if n:
                     arr[:] = a
             for name, (dtype, fill) in outputs.items():
+                if dtype == "category":
+                    arr = g.create_array(name, shape=(n,), chunks=(chunk,), dtype=str, dimension_names=("row",),
+                                         fill_value="", **CODECS)
+                    arr.attrs["categories"] = list(fill)
+                    continue
                 g.create_array(name, shape=(n,), chunks=(chunk,), dtype=dtype, dimension_names=("row",),
                                fill_value=fill, **CODECS)
             done = g.create_array("_done", shape=(n_parts,), chunks=(1,), dtype="uint8",
                                   dimension_names=("partition",), fill_value=0, **CODECS)
             done[:] = 0
         g.attrs["crantseg"] = {**attrs, "format": FORMAT, "n_rows": n, "partition_size": chunk,
-                               "n_partitions": n_parts, "inputs": sorted(inputs), "outputs": sorted(outputs)}
+                               "n_partitions": n_parts, "inputs": sorted(inputs), "outputs": sorted(outputs),
+                               "input_map": dict(input_map or {k: k for k in inputs if k != "row"}),
+                               "columns": [k for k in inputs if k != "row" and not k.startswith("_")]}
         return cls(path)
 
     def partition(self, i: int) -> slice:
@@ -115,6 +135,13 @@ class JobStore:
     def input_names(self) -> list[str]:
         """The input columns the operation reads (``row`` excluded)."""
         return [n for n in self.attrs["inputs"] if n != "row"]
+
+    def read_inputs(self, i: int) -> dict[str, np.ndarray]:
+        """Partition ``i`` of the operation's inputs, under the operation's names."""
+        a = self.attrs
+        mapping = a.get("input_map") or {n: n for n in a["inputs"] if n != "row"}
+        stored = self.read(list(dict.fromkeys(mapping.values())), i)
+        return {key: stored[name] for key, name in mapping.items()}
 
     def read(self, names, i: int) -> dict[str, np.ndarray]:
         """Partition ``i`` of the input columns ``names``; a missing or damaged chunk is an error
@@ -147,7 +174,11 @@ class JobStore:
                         g.create_array(piece, data=a, overwrite=True, **CODECS,
                                        dimension_names=tuple(f"{piece}_axis{k}" for k in range(a.ndim)))
                     else:
-                        g[name][sl] = a
+                        arr = g[name]
+                        cats = arr.attrs.get("categories")
+                        if cats is not None and np.asarray(a).dtype.kind in "iu":  # codes -> names
+                            a = np.asarray(cats, dtype=object)[np.asarray(a)]
+                        arr[sl] = a
                 name = "_done"
                 g["_done"][i] = 1
         except OSError as e:
@@ -271,13 +302,18 @@ def read_output(path: str, columns: list[str] | None = None) -> pd.DataFrame:
     if not store.done().all():
         raise InvalidInputError(f"job {path} is not complete ({status(path)['partitions_done']} of "
                                 f"{a['n_partitions']} partitions); finish it with `crantseg run ... --resume`")
-    names = columns or sorted(n for n in g.array_keys()
-                              if not n.startswith("_") and n != "row" and g[n].shape == (a["n_rows"],))
+    keys = [n for n in g.array_keys() if not n.startswith("_") and n != "row" and g[n].shape == (a["n_rows"],)]
+    first = [n for n in a.get("columns", []) if n in keys]  # the user's columns in their order, then outputs
+    names = columns or first + [n for n in sorted(a["outputs"]) if n in keys and n not in first] + sorted(
+        set(keys) - set(first) - set(a["outputs"]))
     if a.get("format", 0) < 3:  # older stores skipped all-fill chunks and carry no checksums
         read = lambda n: np.asarray(g[n][:])  # noqa: E731
     else:
         read = lambda n: _read_checked(g, str(path), n, a["n_partitions"])  # noqa: E731
-    df = pd.DataFrame({n: read(n) for n in names}, index=pd.Index(read("row"), name="row"))
+    from .jobs.columns import from_stored
+
+    df = pd.DataFrame({n: from_stored(read(n), dict(g[n].attrs)) for n in names},
+                      index=pd.Index(read("row"), name="row"))
     return df.sort_index()
 
 
@@ -306,6 +342,10 @@ def read_ragged(path: str, name: str) -> dict[int, np.ndarray]:
     offsets, data = np.asarray(g["offsets"][:]), np.asarray(g[name][:])
     rows = np.asarray(g["row"][:])
     return {int(r): data[offsets[k]: offsets[k + 1]] for k, r in enumerate(rows.tolist())}
+
+
+def _zero(dtype: np.dtype):
+    return False if dtype.kind == "b" else np.zeros((), dtype).item() if dtype.kind in "mM" else 0
 
 
 def canonical(obj) -> str:

@@ -411,7 +411,7 @@ def test_get_voxels_output_opens_with_xarray_and_keeps_no_pieces(client, truth, 
     monkeypatch.setattr(JobStore, "read", lambda self, names, i: read.append(list(names)) or original(self, names, i))
     run_partition(str(out), "get-voxels", 0, Context(spec=__import__("crantseg_dask").config.resolve_dataset(
         str(tiny_path)), timestamp=None, args=(("mip", 2), ("thin", False))))
-    assert read == [["root_id"]]
+    assert read == [[JobStore(str(out)).attrs["input_map"]["root_id"]]]  # the operation's root_id only
 
 
 def test_default_dashboard_listens_on_loopback_only():

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
+import shlex
 import sys
 
 from ..errors import CrantsegError
@@ -14,12 +16,80 @@ from .runner import run_job
 __all__ = ["run_main", "status_main", "add_cluster_arguments"]
 
 
+def _integer(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is not allowed: expected an integer >= {low}")
+        return value
+    return parse
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: expected a number > 0")
+    return value
+
+
 def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--scheduler", help="tcp://HOST:PORT of a running scheduler, or a scheduler file (.json)")
+    g.add_argument("--scheduler", help="tcp://HOST:PORT of a running scheduler, or a scheduler file (.json); "
+                   "refused within --connect-timeout seconds when it does not answer")
     g.add_argument("--cluster", help="a cluster spec YAML (see cluster/)")
-    p.add_argument("--workers", type=int, default=2, help="workers of the default LocalCluster (default 2)")
+    p.add_argument("--workers", type=_integer(1), default=2, help="workers of the default LocalCluster (default 2)")
+    p.add_argument("--connect-timeout", type=_positive, help="seconds to wait for --scheduler (default 10)")
     p.add_argument("--performance-report", help="write a Dask performance report (HTML) here")
+
+
+def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
+    """``--dataset`` or a CAVE deployment: ``--server`` + ``--datastack`` (+ ``--token-file``)."""
+    p.add_argument("--dataset", help="latest | sandbox | local | tiny | demo | a dataset directory")
+    p.add_argument("--server", help="any CAVE deployment's global server, e.g. https://global.daf-apis.com "
+                   "(with --datastack; the token comes from caveclient's usual secret file, or --token-file)")
+    p.add_argument("--datastack", help="the datastack on --server")
+    p.add_argument("--token-file", help="a file holding the CAVE token (never pass a token itself on the "
+                   "command line); default: caveclient's secret in ~/.cloudvolume/secrets")
+
+
+def dataset_argument(p: argparse.ArgumentParser, a: argparse.Namespace):
+    """The ``dataset=`` for ``run_job``: a name or path, or ``cave_dataset(server, datastack)``."""
+    if a.server is None and a.datastack is None:
+        if a.token_file:
+            p.error("--token-file needs --server and --datastack")
+        return a.dataset
+    if a.dataset is not None:
+        p.error("give either --dataset or --server with --datastack, not both")
+    if not a.server or not a.datastack:
+        p.error("--server and --datastack go together: give both")
+    if not re.match(r"https?://[^/\s]+", a.server):
+        p.error(f"--server {a.server!r}: expected http(s)://HOST[:PORT]")
+    from ..config import cave_dataset
+
+    options = {}
+    if a.token_file:
+        try:
+            token = open(a.token_file).read().strip()
+        except OSError as e:
+            p.error(f"--token-file {a.token_file}: {e.strerror or e}")
+        if token.startswith("{"):  # a caveclient secret file: {"token": ...}
+            token = json.loads(token).get("token", "")
+        if not token:
+            p.error(f"--token-file {a.token_file} holds no token")
+        options["token"] = token
+    return cave_dataset(a.server, a.datastack, **options)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The exact command that finishes the job ``argv`` started."""
+    args = [x for x in argv if x != "--force"]
+    return "crantseg run " + shlex.join(args + ([] if "--resume" in args else ["--resume"]))
 
 
 def run_main(argv: list[str]) -> int:
@@ -27,19 +97,23 @@ def run_main(argv: list[str]) -> int:
     p.add_argument("operation", choices=sorted(OPERATIONS))
     p.add_argument("--input", required=True, help="parquet, CSV or Zarr table")
     p.add_argument("--output", required=True, help="Zarr group to write (OUT.zarr)")
-    p.add_argument("--dataset", help="latest | sandbox | local | tiny | demo | a dataset directory")
+    add_dataset_arguments(p)
     p.add_argument("--timestamp", help='None (now), "mat", "mat_<N>", ISO 8601 or unix seconds (e.g. 1751005783)')
     p.add_argument("--resume", action="store_true", help="finish an interrupted job (only unfinished partitions run)")
     p.add_argument("--force", action="store_true",
                    help="replace an existing output; with --resume, start again from scratch (discarding finished "
                    "partitions) when the job changed")
-    p.add_argument("--partition-size", type=int, help="rows per task (default: crantseg.partition-size)")
+    p.add_argument("--partition-size", type=_integer(1), help="rows per task (default: crantseg.partition-size)")
     p.add_argument("--coordinates", help="locs-to-supervoxels, locs-to-segments, snap: units of x, y, z: nm "
                    "(default) or voxel (8x8x42 nm)")
-    p.add_argument("--mip", type=int, help="locs-to-supervoxels and get-voxels: the mip (default 0)")
+    p.add_argument("--mip", type=_integer(0), help="locs-to-supervoxels and get-voxels: the mip (default 0)")
     p.add_argument("--thin", action="store_true", help="get-voxels: drop voxels at unjoined interfaces")
     p.add_argument("--id-column", help="snap: the column holding each row's target ID (default target_id)")
-    p.add_argument("--search-radius", type=float, help="snap: radius in nm (default 160)")
+    p.add_argument("--search-radius", type=_positive, help="snap: radius in nm (default 160)")
+    p.add_argument("--snap-zero", action="store_true",
+                   help="snap: also snap rows on background (ID 0), as snap_table(snap_zero=True)")
+    p.add_argument("--nan", choices=("raise", "zero"),
+                   help="supervoxels-to-roots, update-ids: missing IDs (NaN, empty) raise or become 0 (default zero)")
     p.add_argument("--allow-float-ids", action="store_true",
                    help="accept ID columns stored as floats when every value is a whole number below 2**53 "
                    "(larger floats cannot hold a uint64 ID exactly and are always refused)")
@@ -53,7 +127,8 @@ def run_main(argv: list[str]) -> int:
     # each option goes to the operations that read it; given to another one it is an error, not ignored
     takes = {"coordinates": ("locs-to-supervoxels", "locs-to-segments", "snap"),
              "mip": ("locs-to-supervoxels", "get-voxels"), "thin": ("get-voxels",),
-             "id_column": ("snap",), "search_radius": ("snap",)}
+             "id_column": ("snap",), "search_radius": ("snap",), "snap_zero": ("snap",),
+             "nan": ("supervoxels-to-roots", "update-ids")}
     extra = {}
     for name, ops in takes.items():
         value = getattr(a, name)
@@ -64,16 +139,28 @@ def run_main(argv: list[str]) -> int:
         extra[name] = value
     if a.timestamp is not None and not op.uses_timestamp:
         p.error(f"--timestamp does not apply to {a.operation}: it reads no root IDs at a time")
+    dataset = dataset_argument(p, a)
     try:
         import dask.config
 
-        with dask.config.set({"crantseg.allow-float-ids": bool(a.allow_float_ids)}):
-            summary = run_job(a.operation, a.input, a.output, dataset=a.dataset, timestamp=timestamp,
+        settings = {"crantseg.allow-float-ids": bool(a.allow_float_ids)}
+        if a.connect_timeout is not None:
+            settings["crantseg.connect-timeout"] = a.connect_timeout
+        with dask.config.set(settings):
+            summary = run_job(a.operation, a.input, a.output, dataset=dataset, timestamp=timestamp,
                               scheduler=a.scheduler, cluster=a.cluster, resume=a.resume, force=a.force,
                               partition_size=a.partition_size, progress=not a.no_progress,
                               performance_report=a.performance_report, n_workers=a.workers, **extra)
+    except KeyboardInterrupt:
+        print(f"crantseg run: interrupted; {_progress(a.output)}: {resume_command(argv)}", file=sys.stderr,
+              flush=True)
+        return 130
     except CrantsegError as e:
-        print(f"crantseg run: {_one_line(e)}", file=sys.stderr)
+        text = _one_line(e)
+        if "nan='zero'" in text:  # the Python API's advice, in this command's terms
+            text = (text.replace("pass nan='zero'", "add --nan zero") if "nan" in op.defaults
+                    else text.replace(", or pass nan='zero' to map missing IDs to 0", " (every row needs an ID)"))
+        print(f"crantseg run: {text}", file=sys.stderr)
         return 2
     except OSError as e:  # a file the job touched outside the store (permissions, full disk ...)
         print(f"crantseg run: {type(e).__name__}: {e}", file=sys.stderr)
@@ -107,6 +194,15 @@ def status_main(argv: list[str]) -> int:
         return 1
     print(f"  verified: every chunk of {s['partitions']} partitions reads back with a matching checksum")
     return 0
+
+
+def _progress(output: str) -> str:
+    """"3 of 10 partitions done" for the job at ``output`` (or that nothing was written)."""
+    try:
+        s = status(output)
+    except Exception:  # noqa: BLE001 - no job there yet
+        return "no partition was written; run it again with"
+    return f"{s['partitions_done']} of {s['partitions']} partitions done; finish the job with"
 
 
 def _one_line(e: BaseException) -> str:

@@ -15,10 +15,14 @@ import numpy as np
 import pandas as pd
 
 from ..config import local_dataset_path, resolve_dataset
+from ..dataset.layout import PRESETS
 from ..sources import open_source
+from .cli import _integer
 from .runner import run_job
 
-__all__ = ["main", "synapse_table"]
+__all__ = ["main", "synapse_table", "DEFAULT_OUT"]
+
+DEFAULT_OUT = "crantseg-demo"  # relative: the demo writes into the directory it is run from
 
 
 def synapse_table(dataset_path, n: int, seed: int = 0, jitter_nm: float = 60.0) -> pd.DataFrame:
@@ -38,13 +42,19 @@ def synapse_table(dataset_path, n: int, seed: int = 0, jitter_nm: float = 60.0) 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="crantseg demo", description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="demo", help="embedded dataset preset (default: demo; tiny is quick)")
-    p.add_argument("--rows", type=int, default=1_000_000, help="synapses in the table (default 10^6)")
-    p.add_argument("--out", default="crantseg-demo", help="directory for the table and the Zarr output")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--partition-size", type=int, default=50_000, help="rows per task (default 50,000)")
+    p.add_argument("--rows", type=_integer(1), default=1_000_000, help="synapses in the table (default 10^6)")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help=f"directory for the table and the Zarr output (default: ./{DEFAULT_OUT}, in the current "
+                   "directory)")
+    p.add_argument("--workers", type=_integer(1), default=2)
+    p.add_argument("--partition-size", type=_integer(1), default=50_000, help="rows per task (default 50,000)")
     a = p.parse_args(argv)
+    if a.preset not in PRESETS:
+        p.error(f"argument --preset: unknown preset {a.preset!r}; presets: {', '.join(sorted(PRESETS))}")
     t0 = time.perf_counter()
-    path = local_dataset_path(a.preset)
+    print(f"dataset: the embedded {a.preset!r} preset (generated on first use; a line per slab while it is)",
+          flush=True)
+    path = local_dataset_path(a.preset, progress=True)
     print(f"dataset: {path} ({time.perf_counter() - t0:.1f} s)")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if "status" in result:
         from ..ops.snapping import STATUS
 
-        counts = result["status"].value_counts().sort_index()
-        print("\n".join(f"  {STATUS[int(code)]:<20} {n:>10,}" for code, n in counts.items()))
+        counts = result["status"].value_counts()
+        print("\n".join(f"  {name:<20} {counts.get(name, 0):>10,}" for name in STATUS))
     print(f"output: {out / 'synapses.zarr'} (open with crantseg_dask.persist.read_output or xarray.open_zarr)")
     print(f"total {time.perf_counter() - t0:.1f} s")
     return 0

@@ -16,6 +16,7 @@ import pandas as pd
 from .._validate import as_ids, as_locations, check_layers
 from ..errors import InvalidInputError
 from ..ops.mapping import roots_kernel
+from ..ops._snap_kernel import STATUS
 from ..sources import SourceSpec, open_source
 
 __all__ = ["JobOperation", "Context", "OPERATIONS"]
@@ -56,7 +57,7 @@ def _column_ids(column: str, *, nan: str = "raise"):
     def read(df: pd.DataFrame, args: dict) -> dict[str, np.ndarray]:
         if column not in df.columns:
             raise InvalidInputError(f"input table has no {column!r} column (columns: {list(df.columns)})")
-        return {column: as_ids(df[column], name=f"input[{column!r}]", nan=nan)}
+        return {column: as_ids(df[column], name=f"input[{column!r}]", nan=args.get("nan", nan))}
     return read
 
 
@@ -111,7 +112,7 @@ def _update_inputs(df: pd.DataFrame, args: dict) -> dict[str, np.ndarray]:
     out = _column_ids("root_id", nan="zero")(df, args)
     sv = args.get("supervoxel_column", "supervoxel_id")
     if sv in df.columns:
-        out["supervoxel_id"] = as_ids(df[sv], name=f"input[{sv!r}]", nan="zero")
+        out["supervoxel_id"] = as_ids(df[sv], name=f"input[{sv!r}]", nan=args.get("nan", "zero"))
     return out
 
 
@@ -189,19 +190,19 @@ OPERATIONS: dict[str, JobOperation] = {
         uses_timestamp=True, defaults={"coordinates": "nm"}),
     "snap": JobOperation(
         "snap", _snap_inputs,
-        {"snapped_x": F64, "snapped_y": F64, "snapped_z": F64, "distance_nm": F64, "status": ("uint8", 255),
+        {"snapped_x": F64, "snapped_y": F64, "snapped_z": F64, "distance_nm": F64, "status": ("category", STATUS),
          "supervoxel_id": U64, "root_id": U64},
         _snap, uses_timestamp=True, check=_check_ids,
         defaults={"coordinates": "nm", "id_column": "target_id", "search_radius": 160.0, "snap_zero": False}),
     "update-ids": JobOperation(
         "update-ids", _update_inputs, {"new_id": U64, "confidence": F64, "changed": ("bool", False)},
         _update_ids, uses_timestamp=True, locality=None, check=_check_ids,
-        defaults={"stop_layer": 2, "supervoxel_column": "supervoxel_id"}),
+        defaults={"stop_layer": 2, "supervoxel_column": "supervoxel_id", "nan": "zero"}),
     "get-voxels": JobOperation(
         "get-voxels", _column_ids("root_id"), {"n_voxels": ("int64", -1)}, _get_voxels, locality=None,
         check=_check_roots, ragged=("voxels", "svids"), defaults={"mip": 0, "thin": False}),
     "supervoxels-to-roots": JobOperation(
         "supervoxels-to-roots", _column_ids("supervoxel_id", nan="zero"), {"root_id": U64},
         _supervoxels_to_roots, uses_timestamp=True, locality=None, check=_check_ids,
-        defaults={"stop_layer": None}),
+        defaults={"stop_layer": None, "nan": "zero"}),
 }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import time
 import uuid
 from importlib.metadata import version
@@ -26,7 +27,10 @@ from ..config import resolve_dataset, resolve_timestamp, setting
 from ..errors import CrantsegError, InvalidInputError, JobStoreError, SourceError
 from ..persist import FORMAT, JobStore, canonical, fingerprint, status, verify
 from ..sources import open_source
+from ..ops.extent import inside_volume, outside_message
+from .columns import job_columns
 from .lock import check_output_path, output_lock
+from .validate import check_job_arguments
 from .operations import OPERATIONS, Context
 
 __all__ = ["run_job", "run_partition", "read_table"]
@@ -54,6 +58,10 @@ def read_table(source) -> pd.DataFrame:
         import zarr
 
         g = zarr.open_group(str(path), mode="r")
+        if "crantseg" in g.attrs:  # a job's output: its table, in input order
+            from ..persist import read_output
+
+            return read_output(str(path)).reset_index(drop=True)
         return pd.DataFrame({k: np.asarray(g[k][:]) for k in g.array_keys() if g[k].ndim == 1})
     except CrantsegError:
         raise
@@ -77,7 +85,7 @@ def run_partition(path: str, op_name: str, i: int, ctx: Context) -> int:
     """One task: read partition ``i``'s inputs from Zarr, compute, write outputs, mark done."""
     op = OPERATIONS[op_name]
     store = JobStore(path)
-    inputs = store.read(store.input_names(), i)  # JobStoreError naming file and partition when damaged
+    inputs = store.read_inputs(i)  # JobStoreError naming file and partition when damaged
     outputs = op.kernel(inputs, ctx)
     store.write(i, outputs)
     return len(next(iter(outputs.values())))
@@ -127,27 +135,46 @@ def _dataset_identity(spec, source) -> dict:
 
 
 def _differences(old: dict, attrs: dict) -> list[str]:
-    """What differs between a stored job and the requested one, for the resume refusal."""
-    names = {"fingerprint": "input", "operation": "operation", "timestamp": "timestamp",
-             "arguments_json": "arguments", "dataset_identity": "dataset"}
+    """What differs between a stored job and the requested one, each as ``what (old -> new)``."""
     out = []
-    for key, label in names.items():
-        if old.get(key) != attrs.get(key):
-            a, b = old.get(key), attrs.get(key)
-            if key == "fingerprint":
-                out.append("input (the table's contents differ)")
-            elif key == "dataset_identity":
-                oa, na = (a or {}).get("server"), (b or {}).get("server")
-                addr = (f"; the server address changed ({old.get('dataset_address')} -> "
-                        f"{attrs.get('dataset_address')}) and the server does not identify its data as the same"
-                        if old.get("dataset_address") != attrs.get("dataset_address") else "")
-                out.append(f"dataset ({canonical(a)} -> {canonical(b)}{addr})" if oa == na or not addr
-                           else f"dataset{addr}")
-            else:
-                out.append(f"{label} ({a} -> {b})")
+    if old.get("operation") != attrs.get("operation"):
+        out.append(f"operation ({old.get('operation')} -> {attrs.get('operation')})")
+    if old.get("fingerprint") != attrs.get("fingerprint"):
+        out.append(_input_difference(old, attrs))
+    a, b = old.get("arguments") or {}, attrs.get("arguments") or {}
+    for key in sorted(set(a) | set(b)):
+        if canonical(a.get(key)) != canonical(b.get(key)):
+            out.append(f"argument {key} ({a.get(key, '(none)')!r} -> {b.get(key, '(none)')!r})")
+    if old.get("arguments_json") != attrs.get("arguments_json") and canonical(a) == canonical(b):
+        out.append(f"arguments ({old.get('arguments_json')} -> {attrs.get('arguments_json')})")
+    if old.get("timestamp") != attrs.get("timestamp"):
+        out.append(f"timestamp ({old.get('timestamp')} -> {attrs.get('timestamp')})")
+    if old.get("dataset_identity") != attrs.get("dataset_identity"):
+        a, b = old.get("dataset_identity"), attrs.get("dataset_identity")
+        oa, na = (a or {}).get("server"), (b or {}).get("server")
+        addr = (f"; the server address changed ({old.get('dataset_address')} -> "
+                f"{attrs.get('dataset_address')}) and the server does not identify its data as the same"
+                if old.get("dataset_address") != attrs.get("dataset_address") else "")
+        out.append(f"dataset ({canonical(a)} -> {canonical(b)}{addr})" if oa == na or not addr
+                   else f"dataset{addr}")
     if old.get("format") != FORMAT:
         out.append(f"store format ({old.get('format')} -> {FORMAT})")
     return out
+
+
+def _input_difference(old: dict, attrs: dict) -> str:
+    """Which part of the input changed: its rows, its columns, or which columns' values."""
+    n_old, n_new = old.get("n_rows"), attrs.get("n_rows")
+    if n_old is not None and n_new is not None and n_old != n_new:
+        return f"input ({n_old} rows -> {n_new} rows)"
+    a, b = old.get("column_fingerprints"), attrs.get("column_fingerprints")
+    if isinstance(a, dict) and isinstance(b, dict):
+        cols = lambda d: sorted(k for k in d if not k.startswith("_") and k not in ("row", "in_volume"))  # noqa: E731
+        if cols(a) != cols(b):
+            return f"input columns ({cols(a)} -> {cols(b)})"
+        changed = [k for k in cols(a) if a[k] != b[k]] or [k for k in sorted(a) if a.get(k) != b.get(k)]
+        return f"input (the values of column{'s' if len(changed) > 1 else ''} {', '.join(changed)} differ)"
+    return "input (the table's contents differ)"
 
 
 def run_job(op_name: str, input, output, *, dataset=None, timestamp=None, scheduler=None, cluster=None,
@@ -166,6 +193,8 @@ def run_job(op_name: str, input, output, *, dataset=None, timestamp=None, schedu
         raise InvalidInputError(f"{op_name} takes no argument {', '.join(map(repr, unknown))}; its arguments: "
                                 f"{sorted(op.defaults)}")
     args = {**op.defaults, **args}
+    check_job_arguments(args, partition_size=partition_size, n_workers=n_workers, scheduler=scheduler,
+                        cluster=cluster, client=client)
     t0 = time.perf_counter()
     output = check_output_path(output)
     with output_lock(output, f"{op_name} -> {output}"):
@@ -189,6 +218,8 @@ def _run_locked(op, op_name, input, output, t0, *, dataset, timestamp, scheduler
         raise InvalidInputError(f"{output} already exists: add --resume to finish it or --force to replace it")
     spec = resolve_dataset(dataset)
     source = open_source(spec)
+    if "mip" in args:
+        args["mip"] = source.meta.check_mip(args["mip"])
     ts = None
     if op.uses_timestamp:
         if timestamp is None and resume and old is not None and old.get("timestamp"):
@@ -202,12 +233,28 @@ def _run_locked(op, op_name, input, output, t0, *, dataset, timestamp, scheduler
         op.check(inputs, source)
     order = (_locality_order(inputs, source, int(args.get("mip", 0))) if op.locality == "locations"
              else np.arange(len(table)))
-    inputs = {"row": order.astype(np.int64), **{k: v[order] for k, v in inputs.items()}}
+    inputs = {k: v[order] for k, v in inputs.items()}
+    sources = {k: args[a] for k, a in (("target_id", "id_column"), ("supervoxel_id", "supervoxel_column"))
+               if isinstance(args.get(a), str)}
+    flag = op.locality == "locations" and "status" not in op.outputs  # snap has its own out_of_bounds status
+    stored, array_attrs, input_map, renamed = job_columns(table.iloc[order].reset_index(drop=True), inputs, sources,
+                                                          set(op.outputs) | set(op.ragged) | ({"in_volume"} if flag else set()))
+    if flag:
+        mip = int(args.get("mip", 0))
+        xyz = np.stack([inputs["x"], inputs["y"], inputs["z"]], axis=1)
+        stored["in_volume"] = inside_volume(xyz, source.meta, mip)
+        if not stored["in_volume"].all():  # a warning, not progress: always said
+            back = np.empty_like(order)
+            back[order] = np.arange(len(order))  # input row order, so the message names the user's first row
+            print(f"warning: {outside_message(xyz[back], source.meta, mip, args.get('coordinates', 'nm'), what='rows')}",
+                  file=sys.stderr, flush=True)
+    inputs = {"row": order.astype(np.int64), **stored}
     fp = fingerprint(inputs)
     attrs = {"version": version("crantseg_dask"), "operation": op_name, "arguments": args,
              "arguments_json": canonical(args), "timestamp": ts.isoformat() if ts else None,
              "dataset": spec.name, "dataset_identity": _dataset_identity(spec, source),
-             "dataset_address": spec.server, "fingerprint": fp}
+             "dataset_address": spec.server, "fingerprint": fp, "renamed": renamed, "n_rows": len(table),
+             "column_fingerprints": {k: fingerprint({k: v}) for k, v in inputs.items()}}
     P = int(partition_size or setting("partition-size", 200_000))
     keep = False
     if old is not None and resume:
@@ -216,29 +263,33 @@ def _run_locked(op, op_name, input, output, t0, *, dataset, timestamp, scheduler
         if not keep and not force:
             raise InvalidInputError(
                 f"{output} holds a job with another input, operation, timestamp, arguments, dataset or store format "
-                f"than the one asked for; differs: {'; '.join(_differences(old, attrs))}. "
-                "Use --force to start it again from scratch")
-    repaired = {}
-    if not keep:
-        try:
-            JobStore.create(output, inputs=inputs, outputs=op.outputs, partition_size=P, attrs=attrs)
-        except OSError as e:
-            if isinstance(e, CrantsegError):
-                raise
-            raise JobStoreError(f"{output}: cannot create the job's store: {type(e).__name__}: "
-                                f"{e.strerror or e}") from None
-    else:
-        repaired = _repair(output, inputs, progress)
+                f"than the one asked for; differs (stored -> asked for): {'; '.join(_differences(old, attrs))}. "
+                "Rerun with the stored values to finish it, or add --force to start it again from scratch")
+    repaired = _repair(output, inputs, progress) if keep else {}
     store = JobStore(output)
-    todo = np.flatnonzero(~store.done()).tolist()
+    pending = (~store.done()).any() if keep else True
     ctx = Context(spec=spec, timestamp=ts, args=tuple(sorted(args.items())))
-    summary = {"output": output, "operation": op_name, "rows": len(table), "partitions": len(store.done()),
-               "ran": len(todo), "timestamp": attrs["timestamp"], "dashboard": None, **repaired}
-    if todo:
+    summary = {"output": output, "operation": op_name, "rows": len(table), "partitions": 0, "ran": 0,
+               "timestamp": attrs["timestamp"], "dashboard": None, **repaired}
+    if renamed:
+        summary["renamed"] = renamed
+    if pending:
         from ..cluster import dashboard_link, make_client
 
+        # the cluster first: a scheduler that cannot be reached leaves no half-created output behind
         with (contextlib.nullcontext(client) if client is not None
               else make_client(scheduler, cluster, n_workers=n_workers)) as c:
+            if not keep:
+                try:
+                    JobStore.create(output, inputs=inputs, outputs=op.outputs, partition_size=P, attrs=attrs,
+                                    array_attrs=array_attrs, input_map=input_map)
+                except OSError as e:
+                    if isinstance(e, CrantsegError):
+                        raise
+                    raise JobStoreError(f"{output}: cannot create the job's store: {type(e).__name__}: "
+                                        f"{e.strerror or e}") from None
+            todo = np.flatnonzero(~store.done()).tolist()
+            summary["ran"] = len(todo)
             summary["dashboard"] = dashboard_link(c)
             if progress:
                 print(f"dashboard: {summary['dashboard']}", flush=True)
@@ -248,12 +299,14 @@ def _run_locked(op, op_name, input, output, t0, *, dataset, timestamp, scheduler
 
                 report = pr(filename=performance_report)
             with report:
-                _submit(c, output, op_name, todo, ctx, _job_token(output, attrs), progress)
+                _submit(c, os.path.abspath(output), op_name, todo, ctx, _job_token(output, attrs), progress)
+        summary["partitions"] = len(store.done())
         unfinished = np.flatnonzero(~store.done()).tolist()
         if unfinished:
             raise SourceError(f"{output}: partitions {unfinished[:20]}{' ...' if len(unfinished) > 20 else ''} "
                               f"({len(unfinished)} of {summary['partitions']}) were not written although their "
                               "tasks reported success; rerun with --resume")
+    summary["partitions"] = len(store.done())
     if op.ragged and store.done().all() and not store.is_finalized(op.ragged):
         store.finalize_ragged(op.ragged, count_column=next(iter(op.outputs)))
     summary["seconds"] = time.perf_counter() - t0
@@ -301,11 +354,50 @@ def _submit(client, output, op_name, todo, ctx, token, progress) -> None:
                          key=keys, retries=0, pure=False)
     if not futures:
         return
-    with tqdm(total=len(todo), unit="partition", disable=not progress, desc=op_name) as bar:
+    with tqdm(total=len(todo), unit="partition", disable=not progress, desc=op_name) as bar, \
+            _deferred_interrupt() as interrupted:
         try:
-            for future in as_completed(futures):
-                future.result()  # re-raises a partition's error here, naming it
-                bar.update(1)
+            pending = as_completed(futures)
+            while not pending.is_empty():
+                if interrupted():
+                    raise KeyboardInterrupt
+                batch = pending.next_batch(block=False)
+                if not batch:
+                    time.sleep(0.05)
+                for future in batch:
+                    future.result()  # re-raises a partition's error here, naming it
+                    bar.update(1)
+        except KeyboardInterrupt:
+            _quiet_cancelled()  # the nanny's "still alive, killing" while the cluster closes
+            with contextlib.suppress(Exception):
+                client.run(_quiet_cancelled)  # cancelled tasks are expected now: no warning per task
+            client.cancel(futures, force=True)
+            raise
         except BaseException:
             client.cancel(futures, force=True)  # no task of a failed run writes after it returns
             raise
+
+
+def _quiet_cancelled() -> None:
+    import logging
+
+    for name in ("distributed.worker.state_machine", "distributed.nanny"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Ctrl-C (SIGINT) noted, not raised inside Dask's event-loop calls (which would print their
+    own tracebacks): the submit loop checks ``interrupted()`` and stops cleanly."""
+    import signal
+    import threading
+
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit.is_set
+        return
+    old = signal.signal(signal.SIGINT, lambda *_: hit.set())
+    try:
+        yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, old)

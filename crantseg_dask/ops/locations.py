@@ -32,6 +32,7 @@ from .._validate import as_coordinates, as_locations
 from ..config import resolve_dataset, resolve_timestamp, setting
 from ..errors import InvalidLocationError
 from ..sources import SourceSpec, open_source
+from .extent import warn_outside
 from .mapping import roots_graph, roots_kernel
 
 __all__ = ["locs_to_segments", "locs_to_segments_graph", "locs_to_supervoxels",
@@ -305,7 +306,9 @@ def locs_to_supervoxels_graph(locs, mip: int = 0, *, dataset=None, partition_siz
             return _shuffle_graph(locs, spec, mip, None, _n_buckets(locs, partition_size))
         return locs.map_blocks(_supervoxels_block, spec=spec, mip=mip, drop_axis=1,
                                dtype=np.uint64, meta=np.empty((0,), np.uint64))
-    return _supervoxels_graph(as_locations(locs), spec, mip, partition_size)
+    locs_nm = as_locations(locs)
+    warn_outside(locs_nm, source.meta, mip)
+    return _supervoxels_graph(locs_nm, spec, mip, partition_size)
 
 
 def locs_to_segments_graph(locs, timestamp: datetime | str | int | None = None, *, dataset=None,
@@ -334,7 +337,9 @@ def locs_to_segments_graph(locs, timestamp: datetime | str | int | None = None, 
             return _shuffle_graph(locs, spec, 0, (ts, None, batch), _n_buckets(locs, partition_size))
         return roots_graph(locs_to_supervoxels_graph(locs, 0, dataset=spec, shuffle=False), spec, ts,
                            None, batch)
-    return _segments_graph(as_locations(locs), spec, ts, partition_size)
+    locs_nm = as_locations(locs)
+    warn_outside(locs_nm, source.meta, 0)
+    return _segments_graph(locs_nm, spec, ts, partition_size)
 
 
 # -- eager API --------------------------------------------------------------------------------
@@ -362,7 +367,9 @@ def locs_to_supervoxels(locs, mip: int = 0, coordinates: str = "nm", progress: b
     -------
     numpy.ndarray of uint64, shape (N,)
         Supervoxel at voxel ``floor(nm / resolution[mip])`` of each location, in input order
-        (duplicates give identical IDs). Background and locations outside the volume give 0.
+        (duplicates give identical IDs). Background and locations outside the volume give 0;
+        outside locations are also reported (``OutsideVolumeWarning``: the count, the volume's
+        extent in nm, and the other unit when most would be inside under it).
 
     Raises
     ------
@@ -392,6 +399,7 @@ def locs_to_supervoxels(locs, mip: int = 0, coordinates: str = "nm", progress: b
     locs_nm = as_locations(locs, coordinates=coordinates, viewer_resolution=source.meta.viewer_resolution)
     if not len(locs_nm):
         return np.zeros(0, dtype=np.uint64)
+    warn_outside(locs_nm, source.meta, mip, coordinates)
     (out,) = compute(_supervoxels_graph(locs_nm, spec, mip), progress=progress,
                      desc="locs_to_supervoxels")
     return np.asarray(out, dtype=np.uint64)
@@ -442,6 +450,7 @@ def locs_to_segments(locs, timestamp=None, coordinates: str = "nm", progress: bo
     locs_nm = as_locations(locs, coordinates=coordinates, viewer_resolution=source.meta.viewer_resolution)
     if not len(locs_nm):
         return np.zeros(0, dtype=np.int64)
+    warn_outside(locs_nm, source.meta, 0, coordinates)
     (out,) = compute(_segments_graph(locs_nm, spec, ts), progress=progress,
                      desc="locs_to_segments")
     return np.asarray(out).astype(np.int64)

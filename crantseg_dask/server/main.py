@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             from ..config import local_dataset_path
 
             dataset = local_dataset_path(dataset)
+        elif not is_dataset_dir(dataset) and not os.path.exists(dataset):
+            from ..errors import DatasetError
+
+            raise DatasetError(f"--dataset {dataset!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an "
+                               "existing directory (one written by `crantseg make-dataset`)")
         faults = Faults(fail_rate=args.fail_rate, latency_ms=args.latency_ms, stall_rate=args.stall_rate,
                         stall_s=args.stall_seconds, seed=args.seed)
         state = ServedDataset(dataset, datastack=args.datastack, token=token, faults=faults,

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -90,6 +91,9 @@ class RetryPolicy:
                 with request_slot():
                     return fn()
             except Exception as e:  # classified below; anything unknown is re-raised untouched
+                if (host := unresolved_host(e)) is not None:  # offline or a misspelt address: no 30 s of retries
+                    raise SourceError(f"{endpoint}: cannot resolve the host name {host!r} (no network, or a "
+                                      "misspelt server address)") from e
                 if not is_transient(e):
                     mapped = error_for(e, endpoint)
                     if mapped is None:
@@ -124,6 +128,26 @@ def request_slot() -> threading.BoundedSemaphore:
 def _response_of(e: BaseException):
     r = getattr(e, "response", None)
     return r if isinstance(r, requests.Response) else None
+
+
+def unresolved_host(e: BaseException) -> str | None:
+    """The host name whose DNS lookup failed behind ``e`` (a requests ``ConnectionError``), or None."""
+    if not isinstance(e, requests.ConnectionError):
+        return None
+    seen, todo = set(), [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if type(x).__name__ == "NameResolutionError" or isinstance(x, socket.gaierror):
+            import re
+
+            m = re.search(r"host='([^']+)'", str(e)) or re.search(r"Failed to resolve '([^']+)'", str(x))
+            return m.group(1) if m else "?"
+        todo += [getattr(x, "reason", None), x.__cause__, x.__context__] + [a for a in x.args
+                                                                            if isinstance(a, BaseException)]
+    return None
 
 
 def is_transient(e: BaseException) -> bool:
