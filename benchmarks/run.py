@@ -5,6 +5,7 @@
     python benchmarks/run.py points voxels jobs   # a subset
     python benchmarks/run.py --preset tiny --quick  # on another embedded preset (a smoke run)
     python benchmarks/run.py --quick storage      # storage (file:// vs HTTP with latency) on tiny
+    python benchmarks/run.py scale                # scale model: constants, miniature, CRANT (SCALE.md)
 
 Results are printed as tables and written to benchmarks/results/NAME.md (with the command, machine
 and date, and the density of the dataset measured on: bytes, labels per chunk, bits per block);
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["points", "ids", "voxels", "jobs", "storage", "refresh"]
+BENCHES = ["points", "ids", "voxels", "jobs", "storage", "refresh", "scale"]
 
 
 def print_rows(rows: list[dict]) -> str:
