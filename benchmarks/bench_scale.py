@@ -46,6 +46,7 @@ CONST_ROWS = 60_000
 GET_MS, CAVE_MS, CAVE_CAP = 50.0, 20.0, 2
 #: assumptions for CRANT that the demo cannot measure (SCALE.md says so)
 CRANT_SVS_PER_TARGET = 20_000   # supervoxels of a CRANT neuron a snap target's leaves carry
+CRANT_S_PER_ID = 2e-6          # PyChunkedGraph time per ID sent or answered (10k roots in ~20 ms + latency)
 CRANT_TARGETS_PER_ROW = 0.4     # distinct targets per row of a task (the demo: 0.36 at 45 rows per chunk)
 CRANT_CAVE = {"cave_latency": 0.2, "cave_rate": 50.0, "get_latency": 0.05}
 
@@ -280,7 +281,7 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
             zlib.decompress(b, 16 + zlib.MAX_WBITS)
         inflate = (time.thread_time() - t) / len(blobs)
         wire = float(np.mean([len(b) for b in blobs]))
-        plan_fixed, plan_row = measure_planning(spec, tmp, [big.iloc[:CONST_ROWS], big.iloc[:500_000]])
+        plan_fixed, plan_row = measure_planning(spec, tmp, [big.iloc[:CONST_ROWS], big.iloc[:300_000]])
         table.to_parquet(tmp / "const.parquet")
         probe = instrument()
         t_submit = {}
@@ -491,8 +492,8 @@ def crant_rows(const: sm.Constants, clus: sm.Clustering, label: str) -> list[str
 
 def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, seconds) -> str:
     c = asdict(const)
-    crant_const = replace(const, svs_per_target=CRANT_SVS_PER_TARGET)
-    roots_only = replace(const, svs_per_target=0.0)
+    crant_const = replace(const, svs_per_target=CRANT_SVS_PER_TARGET, cave_s_per_id=CRANT_S_PER_ID)
+    roots_only = replace(const, svs_per_target=0.0, cave_s_per_id=CRANT_S_PER_ID)
     head = ("| case | cores | wall | bottleneck | GETs | bytes | CAVE requests | partition | reads in flight "
             "| CAVE concurrency / process | worker memory | bounds |\n|" + "---|" * 12)
     lines = [
@@ -510,7 +511,8 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, second
         f"Geometry {sm.CRANT.size} voxels at mip 0, {sm.CRANT.n_chunks:,} storage chunks of 128 x 128 x 32. "
         f"Cluster: one-thread worker processes, nodes of 16 cores with 10 Gbit/s, chunk GETs at "
         f"{CRANT_CAVE['get_latency'] * 1000:.0f} ms, a shared CAVE server answering in "
-        f"{CRANT_CAVE['cave_latency'] * 1000:.0f} ms (+ the measured time per ID) and allowing "
+        f"{CRANT_CAVE['cave_latency'] * 1000:.0f} ms plus {CRANT_S_PER_ID * 1e6:g} us per ID sent or answered "
+        "(assumed) and allowing "
         f"{CRANT_CAVE['cave_rate']:.0f} requests/s and 64 concurrent requests to this job; 2 GiB per worker. "
         f"Rows touch {clus.touched(1e8, sm.CRANT.n_chunks):,.0f} chunks "
         f"(fitted distribution below). Settings are `recommend`'s: partition = `--partition-size` / "
@@ -645,7 +647,7 @@ def run(quick: bool = False) -> list[dict]:
                      "ours": f"model {p.wall:.1f} s ({p.bottleneck})", "peer": "measured",
                      "peer_value": f"{r['wall']:.1f} s", "ratio": p.wall / r["wall"]})
     for cores in (8, 16, 64, 256):
-        s, p = sm.recommend(10**8, clus, sm.CRANT, replace(const, svs_per_target=0.0),
+        s, p = sm.recommend(10**8, clus, sm.CRANT, replace(const, svs_per_target=0.0, cave_s_per_id=CRANT_S_PER_ID),
                             sm.crant_cluster(cores, **CRANT_CAVE), cave_server_concurrency=64,
                             targets_per_row=CRANT_TARGETS_PER_ROW)
         rows.append({"benchmark": "CRANT 10^8 rows (on-target by roots)", "case": f"{cores} cores",
