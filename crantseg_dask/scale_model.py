@@ -212,26 +212,25 @@ IN_FLIGHT = (8, 16, 32, 48, 64, 128, 256)
 def recommend(rows: int, clustering: Clustering, geometry: Geometry, const: Constants, cluster: Cluster, *,
               worker_mib: float = 2048.0, cave_server_concurrency: int | None = None,
               targets_per_row: float | None = None):
-    """(settings, prediction): the partition size and reads in flight with the smallest predicted
-    wall time (ties: fewer reads in flight, then larger partitions, whose tasks the scheduler
-    handles more cheaply) whose worker fits ``worker_mib``; the CAVE concurrency per process is the
+    """(settings, prediction): among the partition sizes and reads in flight whose worker fits
+    ``worker_mib`` and whose predicted wall time is within 2% of the best, the fewest reads in
+    flight, then the largest partition (fewer tasks for the scheduler); the CAVE concurrency per process is the
     worker's threads, lowered so the cluster's total stays within ``cave_server_concurrency``."""
     conc = cluster.threads
     if cave_server_concurrency is not None:
         conc = max(1, min(conc, cave_server_concurrency // max(1, cluster.workers)))
-    best = None
+    fits = []
     for f in IN_FLIGHT:
         for p in PARTITIONS:
             c = replace(cluster, reads_in_flight=f, cave_concurrency=conc)
             pred = predict(rows, p, clustering, geometry, const, c, targets_per_row)
-            if pred.worker_mib > worker_mib:
-                continue
-            key = (round(pred.wall, 1), f, -p)
-            if best is None or key < best[0]:
-                best = (key, {"partition": p, "reads_in_flight": f, "cave_concurrency": conc}, pred)
-    if best is None:
+            if pred.worker_mib <= worker_mib:
+                fits.append((pred.wall, f, -p, pred))
+    if not fits:
         raise ValueError(f"no partition size fits {worker_mib} MiB per worker")
-    return best[1], best[2]
+    best = min(w for w, *_ in fits)
+    _, f, p, pred = min((x for x in fits if x[0] <= 1.02 * best), key=lambda x: (x[1], x[2]))
+    return {"partition": -p, "reads_in_flight": f, "cave_concurrency": conc}, pred
 
 
 def crant_cluster(cores: int, *, get_latency: float = 0.05, cave_latency: float = 0.2,
