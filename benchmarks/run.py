@@ -6,6 +6,7 @@
     python benchmarks/run.py --preset tiny --quick  # on another embedded preset (a smoke run)
     python benchmarks/run.py --quick storage      # storage (file:// vs HTTP with latency) on tiny
     python benchmarks/run.py jobmem               # peak RSS per worker of the 10^7-row job
+    python benchmarks/run.py scale                # scale model: constants, miniature, CRANT (SCALE.md)
 
 Results are printed as tables and written to benchmarks/results/NAME.md (with the command, machine
 and date, and the density of the dataset measured on: bytes, labels per chunk, bits per block);
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["points", "ids", "voxels", "jobs", "jobmem", "storage", "storagejob", "refresh"]
+BENCHES = ["points", "ids", "voxels", "jobs", "jobmem", "storage", "storagejob", "refresh", "scale"]
 
 
 def print_rows(rows: list[dict]) -> str:

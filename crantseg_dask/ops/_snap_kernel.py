@@ -63,7 +63,6 @@ def check_search_radius(search_radius, meta) -> float:
 def _target_leaves(spec: SourceSpec, target: int) -> np.ndarray:
     """Sorted supervoxels of ``target`` (itself for a supervoxel). Timeless, so cached per process
     (least recently used first out, about 256 MiB at most)."""
-    global _leaves_bytes
     key = (spec, int(target))
     with _leaves_lock:
         if key in _LEAVES:
@@ -74,13 +73,33 @@ def _target_leaves(spec: SourceSpec, target: int) -> np.ndarray:
         leaves = np.array([target], dtype=np.uint64)
     else:
         leaves = np.sort(np.asarray(source.leaves(int(target)), dtype=np.uint64))
+    _remember(key, leaves)
+    return leaves
+
+
+def _remember(key, leaves: np.ndarray) -> None:
+    global _leaves_bytes
     with _leaves_lock:
         if key not in _LEAVES:
             _LEAVES[key] = leaves
             _leaves_bytes += leaves.nbytes
         while len(_LEAVES) > 1 and _leaves_bytes > _LEAVES_BUDGET:
             _leaves_bytes -= _LEAVES.popitem(last=False)[1].nbytes
-    return leaves
+
+
+def _prefetch_leaves(spec: SourceSpec, targets: np.ndarray) -> None:
+    """Fill the leaves cache for the (unique) ``targets`` above layer 1 that it lacks, with
+    batched ``leaves_many`` requests instead of one ``leaves`` request per target (a partition of
+    a synapse table has thousands of targets; one request each was a CAVE round trip each)."""
+    source = open_source(spec)
+    targets = np.asarray(targets, dtype=np.uint64)
+    with _leaves_lock:
+        missing = np.array([t for t in targets.tolist() if (spec, t) not in _LEAVES], dtype=np.uint64)
+    missing = missing[source.meta.layout.layer(missing) > 1] if missing.size else missing
+    if missing.size < 2:  # nothing to batch: _target_leaves asks for it alone
+        return
+    for node, leaves in source.leaves_many(missing, stop_layer=1).items():
+        _remember((spec, int(node)), np.sort(np.asarray(leaves, dtype=np.uint64)))
 
 
 def _needed_blocks(shape: np.ndarray, block: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -277,6 +296,7 @@ def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, sna
     sv = np.asarray(source.supervoxels_at(vox, 0), dtype=np.uint64)
     on = np.zeros(n, dtype=bool)
     uniq, which = np.unique(targets, return_inverse=True)
+    _prefetch_leaves(spec, uniq)
     for t, m in zip(uniq.tolist(), np.split(np.argsort(which, kind="stable"),
                                             np.cumsum(np.bincount(which))[:-1])):
         on[m] = np.isin(sv[m], _target_leaves(spec, t)) & (sv[m] != 0)

@@ -132,8 +132,9 @@ class ApiHandler(tornado.web.RequestHandler):
         faults = self.state.faults
         if not faults.applies_to(self.request.path):
             return
-        if faults.latency_ms:
-            await asyncio.sleep(faults.latency_ms / 1000)
+        delay = faults.latency_for(self.request.path)
+        if delay:
+            await asyncio.sleep(delay / 1000)
         kind, status = faults.draw()
         if kind == "stall":
             await asyncio.sleep(faults.stall_s)

@@ -1,7 +1,8 @@
 """``crantseg serve``: serve an embedded dataset over the CAVE protocol on 127.0.0.1.
 
     crantseg serve --dataset DIR [--port N] [--host H] [--datastack NAME] [--token-file FILE] [-v]
-                   [--fail-rate P] [--latency-ms MS] [--stall-rate P] [--stall-seconds S] [--seed N]
+                   [--fail-rate P] [--latency-ms MS]
+                   [--storage-latency-ms MS] [--stall-rate P] [--stall-seconds S] [--seed N]
                    [--file-storage]
 
 The precomputed layer is served too (``/storage/segmentation``, the graphene info's ``data_dir``),
@@ -37,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered 503 or 429")
     p.add_argument("--latency-ms", "--latency", dest="latency_ms", type=float, default=0.0,
                    help="delay added to every request, ms")
+    p.add_argument("--storage-latency-ms", type=float, default=None,
+                   help="delay added to the precomputed layer's reads (/storage/) instead, ms "
+                        "(default: --latency-ms)")
     p.add_argument("--stall-rate", type=float, default=0.0, help="share of requests held --stall-seconds")
     p.add_argument("--stall-seconds", type=float, default=60.0, help="how long a stalled request is held")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault RNG")
@@ -81,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
             raise DatasetError(f"--dataset {dataset!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an "
                                "existing directory (one written by `crantseg make-dataset`)")
-        faults = Faults(fail_rate=args.fail_rate, latency_ms=args.latency_ms, stall_rate=args.stall_rate,
+        faults = Faults(fail_rate=args.fail_rate, latency_ms=args.latency_ms,
+                        storage_latency_ms=args.storage_latency_ms, stall_rate=args.stall_rate,
                         stall_s=args.stall_seconds, seed=args.seed)
         state = ServedDataset(dataset, datastack=args.datastack, token=token, faults=faults,
                               pcg_errors=args.pcg_errors, storage="file" if args.file_storage else "http")
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  warning:   bound to {args.host}: other machines can reach this server (with the token)")
     if faults.active:
         print(f"  faults:    fail_rate={faults.fail_rate} latency_ms={faults.latency_ms} "
+              f"storage_latency_ms={faults.storage_latency_ms} "
               f"stall_rate={faults.stall_rate} stall_seconds={faults.stall_s} seed={faults.seed}")
     print(f'  use it:    cave_dataset("{address}", "{state.datastack}", token="{state.token}")')
     print("Press Ctrl+C to stop.", flush=True)

@@ -53,6 +53,8 @@ class Faults:
 
     fail_rate : share of requests answered 503 or 429 (half each), chosen by a seeded RNG.
     latency_ms : delay added to every request.
+    storage_latency_ms : delay added to the precomputed layer's reads instead (``/storage/``;
+        None: ``latency_ms``), e.g. chunk GETs at 50 ms and CAVE requests at 20 ms.
     stall_rate : share of requests held for ``stall_s`` seconds (past a client's timeout) before
         being answered 503.
     seed : seed of the RNG, so a run's fault pattern is reproducible.
@@ -64,6 +66,7 @@ class Faults:
 
     fail_rate: float = 0.0
     latency_ms: float = 0.0
+    storage_latency_ms: float | None = None
     stall_rate: float = 0.0
     stall_s: float = 60.0
     seed: int = 0
@@ -77,13 +80,19 @@ class Faults:
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
                 raise InvalidInputError(f"{name}={v!r} must be between 0 and 1")
-        if self.latency_ms < 0 or self.stall_s < 0:
-            raise InvalidInputError("latency_ms and stall_s must be >= 0")
+        if self.latency_ms < 0 or self.stall_s < 0 or (self.storage_latency_ms or 0) < 0:
+            raise InvalidInputError("latency_ms, storage_latency_ms and stall_s must be >= 0")
         self.rng = random.Random(self.seed)
 
     @property
     def active(self) -> bool:
-        return bool(self.fail_rate or self.latency_ms or self.stall_rate or self.script)
+        return bool(self.fail_rate or self.latency_ms or self.storage_latency_ms or self.stall_rate or self.script)
+
+    def latency_for(self, path: str) -> float:
+        """The delay in ms for a request to ``path``."""
+        if self.storage_latency_ms is not None and path.startswith("/storage/"):
+            return self.storage_latency_ms
+        return self.latency_ms
 
     def applies_to(self, path: str) -> bool:
         return self.active and (self.paths is None or path.startswith(self.paths))
