@@ -21,10 +21,10 @@ from ..config import resolve_dataset, resolve_timestamp
 from ..errors import InvalidInputError, UnknownIDError
 from ..sources import SourceSpec, open_source
 from ._lazy import lazy_ids
-from .mapping import parse_root_ids, roots_graph
+from .mapping import parse_root_ids, roots_graph, roots_kernel
 from .validity import is_valid_root
 
-__all__ = ["is_latest_kernel", "is_latest_roots", "is_latest_roots_graph", "overlap_kernel",
+__all__ = ["is_latest_kernel", "is_latest_roots", "is_latest_roots_graph", "overlap_kernel", "update_rows",
            "update_kernel", "update_ids", "update_ids_graph", "UPDATE_DTYPE", "update_cache"]
 
 log = logging.getLogger("crantseg")
@@ -157,9 +157,48 @@ def overlap_kernel(roots: np.ndarray, spec: SourceSpec, timestamp: datetime, sto
     return out
 
 
-def update_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_layer: int) -> np.ndarray:
-    """``update_ids`` on one block without supervoxels: current roots -> (id, 1.0), outdated ->
-    ``overlap_kernel``, 0 -> (0, 0.0). Same shape as ``ids``, ``UPDATE_DTYPE``.
+def update_rows(roots: np.ndarray, supervoxels: np.ndarray | None, layout, latest, root_of, best):
+    """The ``update_ids`` rule on rows: (new_id uint64, confidence float64), row-aligned.
+
+    Rows whose ID is 0 or not at the root layer keep it with confidence 0; current roots keep it
+    with confidence 1; outdated rows with a supervoxel whose root is not 0 take that root
+    (confidence 1); the rest take the overlap successor and its confidence. The lookups get
+    unique, non-zero IDs: ``latest(roots) -> bool``, ``root_of(supervoxels) -> roots`` (at the
+    timestamp) and ``best(outdated roots) -> UPDATE_DTYPE`` (``overlap_kernel``); the kernel
+    passes the plain kernels, the eager call cached lookups computed as Dask tasks.
+    """
+    roots = np.asarray(roots, dtype=np.uint64).ravel()
+    new, conf = roots.copy(), np.zeros(len(roots))
+    good = (roots != 0) & (layout.layer(roots) == layout.n_layers)
+    uniq, at = np.unique(roots[good], return_inverse=True)
+    is_latest = good.copy()
+    if uniq.size:
+        is_latest[good] = np.asarray(latest(uniq), dtype=bool)[at.ravel()]
+    conf[is_latest] = 1.0
+    pending = good & ~is_latest
+    if supervoxels is not None:
+        sv = np.asarray(supervoxels, dtype=np.uint64).ravel()
+        use = pending & (sv != 0)
+        if use.any():
+            svu, sv_at = np.unique(sv[use], return_inverse=True)
+            by_sv = np.zeros(len(roots), np.uint64)
+            by_sv[use] = np.asarray(root_of(svu), dtype=np.uint64)[sv_at.ravel()]
+            hit = use & (by_sv != 0)
+            new[hit], conf[hit] = by_sv[hit], 1.0
+            pending &= ~hit
+    if pending.any():
+        stale, at = np.unique(roots[pending], return_inverse=True)
+        rec = best(stale)
+        new[pending], conf[pending] = rec["new_id"][at.ravel()], rec["confidence"][at.ravel()]
+    return new, conf
+
+
+def update_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_layer: int,
+                  supervoxels: np.ndarray | None = None) -> np.ndarray:
+    """``update_ids`` on one block (``update_rows`` with the plain kernels): current roots ->
+    (id, 1.0); outdated with a supervoxel (``supervoxels``, row-aligned, 0 = none) -> its root at
+    ``timestamp``, 1.0; other outdated -> ``overlap_kernel``; 0 and non-root IDs -> (id, 0.0).
+    Same shape as ``ids``, ``UPDATE_DTYPE``.
 
     Examples
     --------
@@ -173,14 +212,13 @@ def update_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_l
     (array([576460752373423813, 576460752373423813,                  0], dtype=uint64), array([1.   , 0.525, 0.   ]))
     """
     ids = np.asarray(ids, dtype=np.uint64)
-    uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
-    out = np.zeros(uniq.shape, dtype=UPDATE_DTYPE)
-    latest = is_latest_kernel(uniq, spec, timestamp)
-    out["new_id"] = uniq
-    out["confidence"][latest] = 1.0
-    stale = ~latest & (uniq != 0)
-    out[stale] = overlap_kernel(uniq[stale], spec, timestamp, stop_layer)
-    return out[inverse.ravel()].reshape(ids.shape)
+    new, conf = update_rows(ids, supervoxels, open_source(spec).meta.layout,
+                            lambda u: is_latest_kernel(u, spec, timestamp),
+                            lambda s: roots_kernel(s, spec, timestamp),
+                            lambda r: overlap_kernel(r, spec, timestamp, stop_layer))
+    out = np.empty(ids.size, dtype=UPDATE_DTYPE)
+    out["new_id"], out["confidence"] = new, conf
+    return out.reshape(ids.shape)
 
 
 # -- is_latest_roots --------------------------------------------------------------------------
@@ -473,52 +511,41 @@ class _NoCache:
 
 
 def _update(roots, sv, spec, ts, stop, layout, progress, use_cache=True):
-    """new_id (uint64) and confidence for each valid row; see ``update_ids``. ``use_cache=False``
-    neither reads nor writes ``update_cache``."""
+    """new_id (uint64) and confidence for each valid row: ``update_rows`` with lookups that read
+    ``update_cache`` and compute what is missing as Dask tasks over batches of unique IDs (the
+    current-ness checks and the supervoxels' roots in one round, the overlap step in a second).
+    ``use_cache=False`` neither reads nor writes ``update_cache``."""
     ident = (dataset_identity(spec), ts.isoformat(), stop)
     cache = update_cache if use_cache else _NoCache()
-    new, conf = roots.copy(), np.zeros(len(roots))
     good = layout.layer(roots) == layout.n_layers  # other layers cannot be updated: confidence 0
-    uniq = np.unique(roots[good])
-    cached = {int(r): cache.get(ident + ("latest", int(r))) for r in uniq.tolist()}
+    cached = {int(r): cache.get(ident + ("latest", int(r))) for r in np.unique(roots[good]).tolist()}
     need = np.array([r for r, v in cached.items() if v is None], dtype=np.uint64)
+    svu = np.unique(sv[good & (sv != 0)])
     lazy = []
     if need.size:
         lazy.append(da.from_array(need, chunks=100_000, name=False).map_blocks(
             is_latest_kernel, spec=spec, timestamp=ts, dtype=bool, meta=np.empty((0,), bool)))
-    use_sv = good & (sv != 0)
-    if use_sv.any():
-        svu, sv_inv = np.unique(sv[use_sv], return_inverse=True)
+    if svu.size:
         lazy.append(roots_graph(da.from_array(svu, chunks=10_000, name=False), spec, ts))
     got = list(compute(*lazy, progress=progress, desc="update_ids")) if lazy else []
     if need.size:
         for r, v in zip(need.tolist(), got.pop(0).tolist()):
             cached[r] = v
             cache.put(ident + ("latest", r), v)
-    latest_u = np.array([bool(cached[r]) for r in uniq.tolist()], dtype=bool)
-    latest = good.copy()
-    latest[good] = latest_u[np.searchsorted(uniq, roots[good])]
-    conf[latest] = 1.0
-    pending = good & ~latest
-    if use_sv.any():
-        sv_root = np.zeros(len(roots), np.uint64)
-        sv_root[use_sv] = got.pop(0)[sv_inv.ravel()]
-        hit = pending & (sv_root != 0)
-        new[hit], conf[hit] = sv_root[hit], 1.0
-        pending &= ~hit
-    stale = np.unique(roots[pending])
-    best = {int(r): cache.get(ident + ("overlap", int(r))) for r in stale.tolist()}
-    todo = np.array([r for r, v in best.items() if v is None], dtype=np.uint64)
-    if todo.size:
-        lazy = da.from_array(todo, chunks=OVERLAP_BATCH, name=False).map_blocks(
-            overlap_kernel, spec=spec, timestamp=ts, stop_layer=stop, dtype=UPDATE_DTYPE,
-            meta=np.empty((0,), UPDATE_DTYPE))
-        (res,) = compute(lazy, progress=progress, desc="update_ids overlap")
-        for r, rec in zip(todo.tolist(), res.tolist()):
-            best[r] = (int(rec[0]), float(rec[1]))
-            cache.put(ident + ("overlap", r), best[r])
-    if stale.size:
-        at = np.searchsorted(stale, roots[pending])
-        new[pending] = np.array([best[r][0] for r in stale.tolist()], dtype=np.uint64)[at]
-        conf[pending] = np.array([best[r][1] for r in stale.tolist()], dtype=np.float64)[at]
-    return new, conf
+    sv_roots = got.pop(0) if svu.size else np.zeros(0, np.uint64)
+
+    def best(stale: np.ndarray) -> np.ndarray:
+        found = {int(r): cache.get(ident + ("overlap", int(r))) for r in stale.tolist()}
+        todo = np.array([r for r, v in found.items() if v is None], dtype=np.uint64)
+        if todo.size:
+            lazy = da.from_array(todo, chunks=OVERLAP_BATCH, name=False).map_blocks(
+                overlap_kernel, spec=spec, timestamp=ts, stop_layer=stop, dtype=UPDATE_DTYPE,
+                meta=np.empty((0,), UPDATE_DTYPE))
+            (res,) = compute(lazy, progress=progress, desc="update_ids overlap")
+            for r, rec in zip(todo.tolist(), res.tolist()):
+                found[r] = (int(rec[0]), float(rec[1]))
+                cache.put(ident + ("overlap", r), found[r])
+        return np.array([found[r] for r in stale.tolist()], dtype=UPDATE_DTYPE)
+
+    return update_rows(roots, sv, layout, lambda u: np.array([bool(cached[r]) for r in u.tolist()], dtype=bool),
+                       lambda s: sv_roots[np.searchsorted(svu, s)], best)
