@@ -171,7 +171,7 @@ def case_supervoxels_to_roots(client, truth, tiny_path, tmp_path, points):
         _, got = _run(client, tiny_path, tmp_path, "supervoxels-to-roots", table, timestamp=ts, **args)
         want = supervoxels_to_roots(svs, timestamp=ts, progress=False, dataset=str(tiny_path), **args)
         np.testing.assert_array_equal(got["root_id"].to_numpy(), np.asarray(want).astype(np.uint64))
-        assert (np.asarray(want) == 0).sum() == 2
+        assert (np.asarray(want)[-5:-3] == 0).all() and (np.asarray(want) != 0).sum() > 150
 
 
 CASES = {"locs-to-supervoxels": case_locs_to_supervoxels, "locs-to-segments": case_locs_to_segments,
