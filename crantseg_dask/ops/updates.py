@@ -38,6 +38,18 @@ update_cache = TTLCache(max_age=7200.0, max_entries=1_000_000)
 
 
 # -- kernels ----------------------------------------------------------------------------------
+def _on_unique(ids: np.ndarray, fn, dtype) -> np.ndarray:
+    """``fn`` over the sorted unique non-zero IDs of ``ids``, scattered back to every position of
+    ``ids`` (same shape, ``dtype``); 0 gives ``dtype``'s zero and never reaches ``fn``."""
+    ids = np.asarray(ids, dtype=np.uint64)
+    uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
+    out = np.zeros(uniq.shape, dtype=dtype)
+    nz = uniq != 0
+    if nz.any():
+        out[nz] = fn(uniq[nz])
+    return out[inverse.ravel()].reshape(ids.shape)
+
+
 def is_latest_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime) -> np.ndarray:
     """Whether each root is current at ``timestamp`` (bool, same shape). 0 is False; unknown IDs
     and roots created after ``timestamp`` are False, and so are non-root IDs (PCG reports existing
@@ -53,15 +65,12 @@ def is_latest_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime) -> 
     >>> is_latest_kernel(ids, resolve_dataset("tiny"), datetime(2025, 8, 1, tzinfo=timezone.utc))
     array([ True, False, False])
     """
-    ids = np.asarray(ids, dtype=np.uint64)
-    uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
-    out = np.zeros(uniq.shape, dtype=bool)
-    nz = uniq != 0
-    if nz.any():
+    def latest(uniq: np.ndarray) -> np.ndarray:
         source = open_source(spec)
         layout = source.meta.layout
-        out[nz] = source.is_latest(uniq[nz], timestamp) & (layout.layer(uniq[nz]) == layout.n_layers)
-    return out[inverse.ravel()].reshape(ids.shape)
+        return source.is_latest(uniq, timestamp) & (layout.layer(uniq) == layout.n_layers)
+
+    return _on_unique(ids, latest, bool)
 
 
 def _leaves(source, roots: np.ndarray, stop_layer: int) -> list[np.ndarray | None]:
@@ -293,16 +302,13 @@ def is_latest_roots(x, timestamp=None, dataset=None, progress=True, batch_size=1
     if validate_ids and ids.any():
         is_valid_root(ids[ids != 0], dataset=spec, raise_exc=True)
     ts = resolve_timestamp(timestamp, open_source(spec))
-    if ids.size == 0:
-        return np.zeros(0, dtype=bool)
-    uniq, inverse = np.unique(ids, return_inverse=True)
-    out = np.zeros(uniq.shape, dtype=bool)
-    nz = uniq != 0
-    if nz.any():
-        lazy = da.from_array(uniq[nz], chunks=max(int(batch_size), 1), name=False).map_blocks(
+
+    def latest(uniq: np.ndarray) -> np.ndarray:  # one task per batch of unique IDs
+        lazy = da.from_array(uniq, chunks=max(int(batch_size), 1), name=False).map_blocks(
             is_latest_kernel, spec=spec, timestamp=ts, dtype=bool, meta=np.empty((0,), bool))
-        (out[nz],) = compute(lazy, progress=progress, desc="is_latest_roots")
-    return out[inverse]
+        return compute(lazy, progress=progress, desc="is_latest_roots")[0]
+
+    return _on_unique(ids, latest, bool)
 
 
 # -- update_ids -------------------------------------------------------------------------------
