@@ -110,10 +110,10 @@ def _box_positions(shape: np.ndarray, block: np.ndarray, ids: np.ndarray, a: np.
     return np.stack([x, y, z], axis=1)
 
 
-def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray]):
+def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray], with_labels: bool = False):
     """Voxels inside the boxes [lo, hi] (inclusive, one per row) that belong to a target:
-    (coords (M, 3), owner (M,) index into ``leaves``, label (M,) supervoxel); a supervoxel in
-    several targets' leaves appears once per target.
+    (coords (M, 3), owner (M,) index into ``leaves``) and with ``with_labels`` also (M,) their
+    supervoxels; a supervoxel in several targets' leaves appears once per target.
 
     Per touched mip-0 storage chunk, only the 8 x 8 x 8 blocks that some box touches are looked
     at, and of those only the blocks whose lookup table holds a target supervoxel
@@ -123,7 +123,7 @@ def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarr
     is decoded at a time, whatever the foreground density."""
     meta = source.meta
     if len(lo) == 0:
-        return np.zeros((0, 3), np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint64)
+        return (np.zeros((0, 3), np.int64), np.zeros(0, np.int64)) + ((np.zeros(0, np.uint64),) if with_labels else ())
     vol_lo, cs = meta.bounds(0)[0], np.array(meta.chunk_size[0], dtype=np.int64)
     block = np.array(_partial._block(meta, 0), dtype=np.int64)
     ra_ok = _partial._random_access_ok(meta, 0)
@@ -181,8 +181,9 @@ def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarr
         out_o.append(table_owner[at])
         out_l.append(labels[vox])
     if not out_c:
-        return np.zeros((0, 3), np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint64)
-    return np.concatenate(out_c), np.concatenate(out_o), np.concatenate(out_l).astype(np.uint64, copy=False)
+        return (np.zeros((0, 3), np.int64), np.zeros(0, np.int64)) + ((np.zeros(0, np.uint64),) if with_labels else ())
+    found = np.concatenate(out_c), np.concatenate(out_o)
+    return found + ((np.concatenate(out_l).astype(np.uint64, copy=False),) if with_labels else ())
 
 
 def _erode(coords: np.ndarray) -> np.ndarray:
@@ -315,8 +316,8 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
         reach = np.all(hi_v >= lo_v, axis=1)  # balls wholly outside the volume find nothing
         todo, lo_v, hi_v = todo[reach], lo_v[reach], hi_v[reach]
         tuniq, tinv = np.unique(targets[todo], return_inverse=True)
-        coords, owner, label = _target_voxels(source, lo_v, hi_v,
-                                              [_target_leaves(spec, t) for t in tuniq.tolist()])
+        coords, owner, label = _target_voxels(source, lo_v, hi_v, [_target_leaves(spec, t) for t in tuniq.tolist()],
+                                              with_labels=True)
         # 3. per target: its (eroded) voxels; all of its rows at once: the nearest centre
         row_groups = np.split(todo[np.argsort(tinv.ravel(), kind="stable")], np.cumsum(np.bincount(tinv.ravel()))[:-1])
         by_owner = np.argsort(owner, kind="stable")

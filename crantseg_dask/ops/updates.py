@@ -175,6 +175,23 @@ def update_rows(roots: np.ndarray, supervoxels: np.ndarray | None, layout, lates
     unique, non-zero IDs: ``latest(roots) -> bool``, ``root_of(supervoxels) -> roots`` (at the
     timestamp) and ``best(outdated roots) -> UPDATE_DTYPE`` (``overlap_kernel``); the kernel
     passes the plain kernels, the eager call cached lookups computed as Dask tasks.
+
+    Examples
+    --------
+    The rule alone, with made-up lookups: ``cur`` is current, ``old`` is not; its successor by
+    overlap holds 40 % of its nodes; the third row's supervoxel lies in ``cur``.
+
+    >>> import numpy as np
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources import open_source
+    >>> from crantseg_dask.ops.updates import UPDATE_DTYPE, update_rows
+    >>> layout = open_source(resolve_dataset("tiny")).meta.layout
+    >>> cur, old, sv = 576460752373423813, 576460752373423807, 72198469032345652
+    >>> new, conf = update_rows(np.array([cur, old, old, 0], np.uint64), np.array([0, 0, sv, 0], np.uint64), layout,
+    ...                         lambda roots: roots == cur, lambda svs: np.full(len(svs), cur, np.uint64),
+    ...                         lambda stale: np.array([(cur, 0.4)] * len(stale), dtype=UPDATE_DTYPE))
+    >>> new.tolist(), conf.tolist()
+    ([576460752373423813, 576460752373423813, 576460752373423813, 0], [1.0, 0.4, 1.0, 0.0])
     """
     roots = np.asarray(roots, dtype=np.uint64).ravel()
     new, conf = roots.copy(), np.zeros(len(roots))
