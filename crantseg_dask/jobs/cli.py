@@ -10,10 +10,10 @@ import sys
 
 from ..errors import CrantsegError
 from ..persist import status, verify
-from .operations import OPERATIONS
+from .operations import OPERATIONS, Param
 from .runner import run_job
 
-__all__ = ["run_main", "status_main", "add_cluster_arguments"]
+__all__ = ["run_main", "status_main", "add_cluster_arguments", "add_operation_arguments", "operation_arguments"]
 
 
 def _integer(low: int):
@@ -92,8 +92,65 @@ def resume_command(argv: list[str]) -> str:
     return "crantseg run " + shlex.join(args + ([] if "--resume" in args else ["--resume"]))
 
 
+def add_operation_arguments(p: argparse.ArgumentParser) -> dict[str, tuple[Param, list[str]]]:
+    """One option per parameter name declared by the operations (``OPERATIONS``), its type and
+    help text from the declaration. Returns name -> (the declaration, the operations taking it)."""
+    options: dict[str, tuple[Param, list[str]]] = {}
+    for op in OPERATIONS.values():
+        for prm in op.params:
+            first = options.setdefault(prm.name, (prm, []))
+            if (first[0].type, first[0].choices) != (prm.type, prm.choices):
+                raise TypeError(f"parameter {prm.name!r} of {op.name} is declared with another type than "
+                                f"for {first[1][0]}")
+            first[1].append(op.name)
+    g = p.add_argument_group("operation options (each applies only to the operations it names)")
+    for name, (prm, ops) in options.items():
+        decl = [q for op in ops for q in OPERATIONS[op].params if q.name == name]
+        if len({(q.help, repr(q.default)) for q in decl}) == 1:
+            text = f"{', '.join(ops)}: {_described(prm)}"
+        else:
+            text = "; ".join(f"{op}: {_described(q)}" for op, q in zip(ops, decl))
+        if prm.type is bool:
+            g.add_argument(prm.option, action="store_true", default=None, help=text)
+        else:
+            g.add_argument(prm.option, type=prm.type, default=None, choices=prm.choices or None,
+                           metavar=name.upper(), help=text)
+    return options
+
+
+def _described(prm: Param) -> str:
+    """A parameter's help and its default (None and False go without: the help says what unset means)."""
+    return prm.help if prm.default is None or prm.default is False else f"{prm.help} (default {prm.default})"
+
+
+def _operations_help() -> str:
+    """What each operation reads and writes, from its declaration."""
+    lines = ["operations:"]
+    for name in sorted(OPERATIONS):
+        op = OPERATIONS[name]
+        writes = list(op.outputs) + [f"{r} (ragged)" for r in op.ragged]
+        lines.append(f"  {name}: reads {op.reads}; writes {', '.join(writes)}"
+                     f"{'; at --timestamp' if op.uses_timestamp else ''}")
+    return "\n".join(lines)
+
+
+def operation_arguments(a: argparse.Namespace, op_name: str, options: dict) -> dict:
+    """The operation options given on the command line, as ``run_job`` keywords. ``ValueError``
+    naming the option when it does not apply to ``op_name`` (never silently ignored)."""
+    extra = {}
+    for name, (prm, ops) in options.items():
+        value = getattr(a, name)
+        if value is None:
+            continue
+        if op_name not in ops:
+            raise ValueError(f"{prm.option} does not apply to {op_name} (only to {', '.join(ops)})")
+        extra[name] = value
+    return extra
+
+
 def run_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="crantseg run", description="Run an operation over a table as a resumable job.")
+    p = argparse.ArgumentParser(prog="crantseg run", description="Run an operation over a table as a resumable job.",
+                                epilog=_operations_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("operation", choices=sorted(OPERATIONS))
     p.add_argument("--input", required=True, help="parquet, CSV or Zarr table")
     p.add_argument("--output", required=True, help="Zarr group to write (OUT.zarr)")
@@ -104,39 +161,21 @@ def run_main(argv: list[str]) -> int:
                    help="replace an existing output; with --resume, start again from scratch (discarding finished "
                    "partitions) when the job changed")
     p.add_argument("--partition-size", type=_integer(1), help="rows per task (default: crantseg.partition-size)")
-    p.add_argument("--coordinates", help="locs-to-supervoxels, locs-to-segments, snap: units of x, y, z: nm "
-                   "(default) or voxel (8x8x42 nm)")
-    p.add_argument("--mip", type=_integer(0), help="locs-to-supervoxels and get-voxels: the mip (default 0)")
-    p.add_argument("--thin", action="store_true", help="get-voxels: drop voxels at unjoined interfaces")
-    p.add_argument("--id-column", help="snap: the column holding each row's target ID (default target_id)")
-    p.add_argument("--search-radius", type=_positive, help="snap: radius in nm (default 160)")
-    p.add_argument("--snap-zero", action="store_true",
-                   help="snap: also snap rows on background (ID 0), as snap_table(snap_zero=True)")
-    p.add_argument("--nan", choices=("raise", "zero"),
-                   help="supervoxels-to-roots, update-ids: missing IDs (NaN, empty) raise or become 0 (default zero)")
     p.add_argument("--allow-float-ids", action="store_true",
                    help="accept ID columns stored as floats when every value is a whole number below 2**53 "
                    "(larger floats cannot hold a uint64 ID exactly and are always refused)")
     p.add_argument("--no-progress", action="store_true")
     add_cluster_arguments(p)
+    options = add_operation_arguments(p)
     a = p.parse_args(argv)
     timestamp = a.timestamp
     if timestamp is not None and re.fullmatch(r"[+-]?[0-9]+(\.[0-9]*)?", timestamp.strip()):
         timestamp = float(timestamp)  # unix seconds, as --help says
     op = OPERATIONS[a.operation]
-    # each option goes to the operations that read it; given to another one it is an error, not ignored
-    takes = {"coordinates": ("locs-to-supervoxels", "locs-to-segments", "snap"),
-             "mip": ("locs-to-supervoxels", "get-voxels"), "thin": ("get-voxels",),
-             "id_column": ("snap",), "search_radius": ("snap",), "snap_zero": ("snap",),
-             "nan": ("supervoxels-to-roots", "update-ids")}
-    extra = {}
-    for name, ops in takes.items():
-        value = getattr(a, name)
-        if value is None or value is False:
-            continue
-        if a.operation not in ops:
-            p.error(f"--{name.replace('_', '-')} does not apply to {a.operation} (only to {', '.join(ops)})")
-        extra[name] = value
+    try:
+        extra = operation_arguments(a, a.operation, options)
+    except ValueError as e:
+        p.error(str(e))
     if a.timestamp is not None and not op.uses_timestamp:
         p.error(f"--timestamp does not apply to {a.operation}: it reads no root IDs at a time")
     dataset = dataset_argument(p, a)

@@ -1,12 +1,19 @@
-"""What each job operation reads, writes and computes per partition.
+"""The job operations, each declared once: inputs, outputs, parameters and the kernel it runs.
 
-An operation is a small record: the input columns it needs (validated and normalised once, on the
-driver), the output columns (dtype, fill), whether it takes a timestamp, how rows are grouped for
-locality, and a per-partition ``kernel(inputs, ctx) -> outputs`` over plain numpy arrays.
+A ``JobOperation`` says which input columns it reads (validated and normalised once, on the
+driver), which output columns it writes (dtype, fill), its parameters (``Param``: name, type,
+default, help; ``run_job``'s keywords and ``crantseg run``'s options are derived from them),
+whether it reads roots at a timestamp, and how rows are grouped for locality. Its ``kernel``
+adapts one partition's numpy columns to the operation's kernel in ``ops/`` (the same function
+the eager and lazy calls run); jobs add no logic of their own.
+
+Adding a parameter is one ``Param`` in the operation's ``params``; the kernel reads it with
+``ctx.arg(name)``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
@@ -15,11 +22,14 @@ import pandas as pd
 
 from .._validate import as_ids, as_locations, check_layers
 from ..errors import InvalidInputError
+from ..ops._snap_kernel import STATUS, snap_kernel
+from ..ops.locations import supervoxels_kernel
 from ..ops.mapping import roots_kernel
-from ..ops._snap_kernel import STATUS
-from ..sources import SourceSpec, open_source
+from ..ops.updates import update_kernel
+from ..ops.voxels import voxels_kernel
+from ..sources import SourceSpec
 
-__all__ = ["JobOperation", "Context", "OPERATIONS"]
+__all__ = ["JobOperation", "Context", "Param", "OPERATIONS"]
 
 
 @dataclass(frozen=True)
@@ -34,17 +44,69 @@ class Context:
         return dict(self.args).get(name, default)
 
 
+_KINDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a job operation: a keyword of ``run_job`` and an option of ``crantseg run``.
+
+    ``type`` is bool, int, float or str; ``default`` None means "not set" (the kernel decides).
+    """
+
+    name: str
+    type: type
+    default: object
+    help: str
+    choices: tuple = ()
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value, op: str):
+        """``value`` if it fits the declared type (and choices); ``InvalidInputError`` naming it otherwise."""
+        if value is None and self.default is None:
+            return value
+        t = self.type
+        ok = (isinstance(value, (bool, np.bool_)) if t is bool
+              else isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) if t is int
+              else isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+              and math.isfinite(value) if t is float
+              else isinstance(value, str))
+        if not ok or (self.choices and value not in self.choices):
+            want = f"one of {list(self.choices)}" if self.choices else _KINDS[t]
+            raise InvalidInputError(f"{op}: {self.name}={value!r} must be {want}")
+        return value
+
+
 @dataclass(frozen=True)
 class JobOperation:
+    """One job operation (see the module docstring). ``kernel(inputs, ctx) -> outputs`` maps a
+    partition's input columns to its output columns (ragged outputs as ``"ragged:<name>"``)."""
+
     name: str
     inputs: Callable[[pd.DataFrame, dict], dict[str, np.ndarray]]
     outputs: dict[str, tuple[str, object]]
     kernel: Callable[[dict[str, np.ndarray], Context], dict[str, np.ndarray]]
+    params: tuple[Param, ...] = ()
     uses_timestamp: bool = False
     locality: str | None = "locations"  # rows grouped by storage chunk before partitioning
-    defaults: dict = field(default_factory=dict)
     check: Callable | None = None  # check(inputs, source): validation that needs the dataset
     ragged: tuple[str, ...] = ()  # outputs of varying length per row ("ragged:<name>" from the kernel)
+    reads: str = ""  # the input columns, for help texts
+
+    @property
+    def defaults(self) -> dict:
+        return {p.name: p.default for p in self.params}
+
+    def arguments(self, given: dict) -> dict:
+        """Every parameter's value: ``given`` (checked against the declaration) over the defaults."""
+        params = {p.name: p for p in self.params}
+        if unknown := sorted(set(given) - set(params)):
+            raise InvalidInputError(f"{self.name} takes no argument {', '.join(map(repr, unknown))}; its arguments: "
+                                    f"{sorted(params)}")
+        return {**self.defaults, **{k: params[k].check(v, self.name) for k, v in given.items()}}
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -71,95 +133,12 @@ def _snap_inputs(df: pd.DataFrame, args: dict) -> dict[str, np.ndarray]:
     return {**_locations(df, args), "target_id": targets}
 
 
-# -- kernels ------------------------------------------------------------------------------------
-def _voxels(inputs, ctx: Context, mip: int) -> np.ndarray:
-    res = np.asarray(open_source(ctx.spec).meta.resolution[mip])
-    locs = np.stack([inputs["x"], inputs["y"], inputs["z"]], axis=1)
-    return np.floor(locs / res).astype(np.int64)
-
-
-def _locs_to_supervoxels(inputs, ctx: Context):
-    mip = int(ctx.arg("mip", 0))
-    return {"supervoxel_id": open_source(ctx.spec).supervoxels_at(_voxels(inputs, ctx, mip), mip)}
-
-
-def _locs_to_segments(inputs, ctx: Context):
-    sv = open_source(ctx.spec).supervoxels_at(_voxels(inputs, ctx, 0), 0)
-    return {"supervoxel_id": sv, "root_id": roots_kernel(sv, ctx.spec, ctx.timestamp)}
-
-
-def _supervoxels_to_roots(inputs, ctx: Context):
-    return {"root_id": roots_kernel(inputs["supervoxel_id"], ctx.spec, ctx.timestamp,
-                                    stop_layer=ctx.arg("stop_layer"))}
-
-
-def _snap(inputs, ctx: Context):
-    """Snap each row to its own target, then look up the supervoxel and root at the snapped spot."""
-    from ..ops.snapping import _snap_arrays
-
-    locs = np.stack([inputs["x"], inputs["y"], inputs["z"]], axis=1)
-    snapped, dist, status = _snap_arrays(locs, inputs["target_id"], ctx.spec, bool(ctx.arg("snap_zero", False)),
-                                         float(ctx.arg("search_radius", 160.0)))
-    source = open_source(ctx.spec)
-    res = np.asarray(source.meta.resolution[0])
-    sv = source.supervoxels_at(np.floor(snapped / res).astype(np.int64), 0)
-    return {"snapped_x": snapped[:, 0], "snapped_y": snapped[:, 1], "snapped_z": snapped[:, 2],
-            "distance_nm": dist, "status": status.astype(np.uint8), "supervoxel_id": sv,
-            "root_id": roots_kernel(sv, ctx.spec, ctx.timestamp)}
-
-
 def _update_inputs(df: pd.DataFrame, args: dict) -> dict[str, np.ndarray]:
     out = _column_ids("root_id", nan="zero")(df, args)
     sv = args.get("supervoxel_column", "supervoxel_id")
     if sv in df.columns:
         out["supervoxel_id"] = as_ids(df[sv], name=f"input[{sv!r}]", nan=args.get("nan", "zero"))
     return out
-
-
-def _update_ids(inputs, ctx: Context):
-    """update_ids on one partition (as ``crantseg_dask.update_ids``): current roots pass through
-    (confidence 1); outdated rows with a supervoxel take its root at the timestamp (confidence 1);
-    the others the current root holding most of their layer-``stop_layer`` nodes (confidence =
-    that share); IDs that are not roots keep their ID with confidence 0."""
-    from ..ops.updates import is_latest_kernel, overlap_kernel
-
-    old = inputs["root_id"]
-    layout = open_source(ctx.spec).meta.layout
-    new, conf = old.copy(), np.zeros(len(old))
-    good = (old != 0) & (layout.layer(old) == layout.n_layers)
-    latest = good & is_latest_kernel(old, ctx.spec, ctx.timestamp)
-    conf[latest] = 1.0
-    pending = good & ~latest
-    sv = inputs.get("supervoxel_id")
-    if sv is not None and (pending & (sv != 0)).any():
-        rows = np.flatnonzero(pending & (sv != 0))
-        by_sv = roots_kernel(sv[rows], ctx.spec, ctx.timestamp)
-        rows, by_sv = rows[by_sv != 0], by_sv[by_sv != 0]
-        new[rows], conf[rows] = by_sv, 1.0
-        pending[rows] = False
-    if pending.any():
-        stale, at = np.unique(old[pending], return_inverse=True)
-        best = overlap_kernel(stale, ctx.spec, ctx.timestamp, int(ctx.arg("stop_layer", 2)))
-        new[pending], conf[pending] = best["new_id"][at], best["confidence"][at]
-    return {"new_id": new, "confidence": conf, "changed": new != old}
-
-
-def _get_voxels(inputs, ctx: Context):
-    """The voxels of each row's root (whole root, at ``mip``): ragged ``voxels`` (M, 3) uint32 and
-    ``svids`` (M,) uint64, with ``n_voxels`` per row. Computed inside the task (no nested graph)."""
-    import dask
-
-    from ..ops.voxels import get_voxels
-
-    parts, svs, counts = [], [], []
-    with dask.config.set(scheduler="sync"):
-        for root in inputs["root_id"].tolist():
-            v, s = get_voxels(root, mip=int(ctx.arg("mip", 0)), sv_map=True, thin=bool(ctx.arg("thin", False)),
-                              progress=False, dataset=ctx.spec)
-            parts.append(v), svs.append(s), counts.append(len(v))
-    return {"n_voxels": np.array(counts, dtype=np.int64),
-            "ragged:voxels": np.concatenate(parts) if parts else np.zeros((0, 3), np.uint32),
-            "ragged:svids": np.concatenate(svs) if svs else np.zeros(0, np.uint64)}
 
 
 def _check_ids(inputs: dict[str, np.ndarray], source) -> None:
@@ -179,30 +158,91 @@ def _check_roots(inputs: dict[str, np.ndarray], source) -> None:
                                 f"({int(bad.sum())} rows are not roots)")
 
 
+# -- kernels: the ops/ kernels on one partition's columns ---------------------------------------
+def _xyz(inputs) -> np.ndarray:
+    return np.stack([inputs["x"], inputs["y"], inputs["z"]], axis=1)
+
+
+def _locs_to_supervoxels(inputs, ctx: Context):
+    return {"supervoxel_id": supervoxels_kernel(_xyz(inputs), ctx.spec, int(ctx.arg("mip", 0)))}
+
+
+def _locs_to_segments(inputs, ctx: Context):
+    sv = supervoxels_kernel(_xyz(inputs), ctx.spec, 0)
+    return {"supervoxel_id": sv, "root_id": roots_kernel(sv, ctx.spec, ctx.timestamp)}
+
+
+def _supervoxels_to_roots(inputs, ctx: Context):
+    return {"root_id": roots_kernel(inputs["supervoxel_id"], ctx.spec, ctx.timestamp,
+                                    stop_layer=ctx.arg("stop_layer"))}
+
+
+def _snap(inputs, ctx: Context):
+    """Snap each row to its own target; the supervoxel at the snapped spot comes from the snap
+    kernel (no second read), its root from ``roots_kernel``."""
+    got = snap_kernel(_xyz(inputs), inputs["target_id"], ctx.spec, bool(ctx.arg("snap_zero", False)),
+                      float(ctx.arg("search_radius", 160.0)))
+    return {"snapped_x": got.xyz[:, 0], "snapped_y": got.xyz[:, 1], "snapped_z": got.xyz[:, 2],
+            "distance_nm": got.distance, "status": got.status.astype(np.uint8), "supervoxel_id": got.supervoxel,
+            "root_id": roots_kernel(got.supervoxel, ctx.spec, ctx.timestamp)}
+
+
+def _update_ids(inputs, ctx: Context):
+    old = inputs["root_id"]
+    got = update_kernel(old, ctx.spec, ctx.timestamp, int(ctx.arg("stop_layer", 2)),
+                        supervoxels=inputs.get("supervoxel_id"))
+    return {"new_id": got["new_id"], "confidence": got["confidence"], "changed": got["new_id"] != old}
+
+
+def _get_voxels(inputs, ctx: Context):
+    """Ragged ``voxels`` (M, 3) uint32 and ``svids`` (M,) uint64 of each row's root, ``n_voxels`` per row."""
+    parts, svs = [], []
+    for root in inputs["root_id"].tolist():
+        v, s = voxels_kernel(root, ctx.spec, mip=int(ctx.arg("mip", 0)), thin=bool(ctx.arg("thin", False)),
+                             sv_map=True)
+        parts.append(v), svs.append(s)
+    return {"n_voxels": np.array([len(v) for v in parts], dtype=np.int64),
+            "ragged:voxels": np.concatenate(parts) if parts else np.zeros((0, 3), np.uint32),
+            "ragged:svids": np.concatenate(svs) if svs else np.zeros(0, np.uint64)}
+
+
+# -- the declarations ---------------------------------------------------------------------------
+COORDINATES = Param("coordinates", str, "nm", "units of x, y, z: nm or voxel (8x8x42 nm)")
+MIP = Param("mip", int, 0, "the mip")
+NAN = Param("nan", str, "zero", "missing IDs (NaN, empty) raise or become 0", choices=("raise", "zero"))
 U64 = ("uint64", 0)
 F64 = ("float64", float("nan"))
-OPERATIONS: dict[str, JobOperation] = {
-    "locs-to-supervoxels": JobOperation(
-        "locs-to-supervoxels", _locations, {"supervoxel_id": U64}, _locs_to_supervoxels,
-        defaults={"mip": 0, "coordinates": "nm"}),
-    "locs-to-segments": JobOperation(
-        "locs-to-segments", _locations, {"supervoxel_id": U64, "root_id": U64}, _locs_to_segments,
-        uses_timestamp=True, defaults={"coordinates": "nm"}),
-    "snap": JobOperation(
+XYZ = "x, y, z"
+
+OPERATIONS: dict[str, JobOperation] = {op.name: op for op in (
+    JobOperation(
+        "locs-to-supervoxels", _locations, {"supervoxel_id": U64}, _locs_to_supervoxels, reads=XYZ,
+        params=(MIP, COORDINATES)),
+    JobOperation(
+        "locs-to-segments", _locations, {"supervoxel_id": U64, "root_id": U64}, _locs_to_segments, reads=XYZ,
+        uses_timestamp=True, params=(COORDINATES,)),
+    JobOperation(
         "snap", _snap_inputs,
         {"snapped_x": F64, "snapped_y": F64, "snapped_z": F64, "distance_nm": F64, "status": ("category", STATUS),
          "supervoxel_id": U64, "root_id": U64},
-        _snap, uses_timestamp=True, check=_check_ids,
-        defaults={"coordinates": "nm", "id_column": "target_id", "search_radius": 160.0, "snap_zero": False}),
-    "update-ids": JobOperation(
+        _snap, uses_timestamp=True, check=_check_ids, reads=f"{XYZ} and the target ID column",
+        params=(COORDINATES,
+                Param("id_column", str, "target_id", "the column holding each row's target ID"),
+                Param("search_radius", float, 160.0, "radius in nm"),
+                Param("snap_zero", bool, False, "also snap rows on background or outside the volume"))),
+    JobOperation(
         "update-ids", _update_inputs, {"new_id": U64, "confidence": F64, "changed": ("bool", False)},
         _update_ids, uses_timestamp=True, locality=None, check=_check_ids,
-        defaults={"stop_layer": 2, "supervoxel_column": "supervoxel_id", "nan": "zero"}),
-    "get-voxels": JobOperation(
+        reads="root_id (and the supervoxel column when present)",
+        params=(Param("stop_layer", int, 2, "the layer compared in the overlap step"),
+                Param("supervoxel_column", str, "supervoxel_id", "the column of a supervoxel per row"),
+                NAN)),
+    JobOperation(
         "get-voxels", _column_ids("root_id"), {"n_voxels": ("int64", -1)}, _get_voxels, locality=None,
-        check=_check_roots, ragged=("voxels", "svids"), defaults={"mip": 0, "thin": False}),
-    "supervoxels-to-roots": JobOperation(
+        check=_check_roots, ragged=("voxels", "svids"), reads="root_id",
+        params=(MIP, Param("thin", bool, False, "drop voxels at unjoined interfaces"))),
+    JobOperation(
         "supervoxels-to-roots", _column_ids("supervoxel_id", nan="zero"), {"root_id": U64},
-        _supervoxels_to_roots, uses_timestamp=True, locality=None, check=_check_ids,
-        defaults={"stop_layer": None, "nan": "zero"}),
-}
+        _supervoxels_to_roots, uses_timestamp=True, locality=None, check=_check_ids, reads="supervoxel_id",
+        params=(Param("stop_layer", int, None, "the layer of the IDs returned (default: roots)"), NAN)),
+)}

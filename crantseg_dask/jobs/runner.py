@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._chunking import chunk_keys, nm_to_voxels
 from ..config import resolve_dataset, resolve_timestamp, setting
 from ..errors import CrantsegError, InvalidInputError, JobStoreError, SourceError
 from ..persist import FORMAT, JobStore, canonical, fingerprint, status, verify
@@ -72,13 +73,13 @@ def read_table(source) -> pd.DataFrame:
 
 
 def _locality_order(inputs: dict[str, np.ndarray], source, mip: int) -> np.ndarray:
-    """Row order grouping rows by storage chunk (stable: ties keep input order)."""
+    """Row order grouping rows by storage chunk at ``mip`` (``_chunking.chunk_keys``; rows outside
+    the volume count to the nearest chunk, as the snap plan does). Stable: ties keep input order."""
     meta = source.meta
-    vox = np.floor(np.stack([inputs["x"], inputs["y"], inputs["z"]], axis=1) / meta.resolution[mip])
-    chunk = np.floor((vox - meta.bounds(mip)[0]) / meta.chunk_size[mip]).astype(np.int64)
-    chunk = np.clip(chunk, -1, 1 << 20) + 1
-    key = (chunk[:, 0] * (1 << 21) + chunk[:, 1]) * (1 << 21) + chunk[:, 2]
-    return np.argsort(key, kind="stable")
+    bounds = meta.bounds(mip)
+    vox = np.clip(nm_to_voxels(np.stack([inputs["x"], inputs["y"], inputs["z"]], axis=1), meta.resolution[mip]),
+                  bounds[0], bounds[1] - 1)
+    return np.argsort(chunk_keys(vox, bounds, meta.chunk_size[mip]), kind="stable")
 
 
 def run_partition(path: str, op_name: str, i: int, ctx: Context) -> int:
@@ -189,10 +190,7 @@ def run_job(op_name: str, input, output, *, dataset=None, timestamp=None, schedu
     if op_name not in OPERATIONS:
         raise InvalidInputError(f"unknown operation {op_name!r}; operations: {sorted(OPERATIONS)}")
     op = OPERATIONS[op_name]
-    if unknown := sorted(set(args) - set(op.defaults)):
-        raise InvalidInputError(f"{op_name} takes no argument {', '.join(map(repr, unknown))}; its arguments: "
-                                f"{sorted(op.defaults)}")
-    args = {**op.defaults, **args}
+    args = op.arguments(args)  # unknown names and ill-typed values raise here, before anything is created
     check_job_arguments(args, partition_size=partition_size, n_workers=n_workers, scheduler=scheduler,
                         cluster=cluster, client=client)
     t0 = time.perf_counter()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,8 +20,8 @@ from .._chunking import nm_to_voxels, pack_coords
 from ..errors import InvalidInputError
 from ..sources import SourceSpec, _cseg, _partial, open_source
 
-__all__ = ["ERODE_MODES", "STATUS", "_snap_arrays", "_target_leaves", "check_erode", "check_search_radius",
-           "max_search_radius"]
+__all__ = ["ERODE_MODES", "STATUS", "Snapped", "snap_kernel", "_target_leaves", "check_erode",
+           "check_search_radius", "max_search_radius"]
 
 #: status codes of ``snap_table`` rows, by code
 STATUS = ("on_target", "snapped", "not_found", "background_skipped", "out_of_bounds", "snapped_uneroded")
@@ -128,10 +129,10 @@ def _box_positions(shape: np.ndarray, block: np.ndarray, ids: np.ndarray, a: np.
     return np.stack([x, y, z], axis=1)
 
 
-def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray]):
+def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray], with_labels: bool = False):
     """Voxels inside the boxes [lo, hi] (inclusive, one per row) that belong to a target:
-    (coords (M, 3), owner (M,) index into ``leaves``); a supervoxel in several targets' leaves
-    appears once per target.
+    (coords (M, 3), owner (M,) index into ``leaves``) and with ``with_labels`` also (M,) their
+    supervoxels; a supervoxel in several targets' leaves appears once per target.
 
     Per touched mip-0 storage chunk, only the 8 x 8 x 8 blocks that some box touches are looked
     at, and of those only the blocks whose lookup table holds a target supervoxel
@@ -141,7 +142,7 @@ def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarr
     is decoded at a time, whatever the foreground density."""
     meta = source.meta
     if len(lo) == 0:
-        return np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
+        return (np.zeros((0, 3), np.int64), np.zeros(0, np.int64)) + ((np.zeros(0, np.uint64),) if with_labels else ())
     vol_lo, cs = meta.bounds(0)[0], np.array(meta.chunk_size[0], dtype=np.int64)
     block = np.array(_partial._block(meta, 0), dtype=np.int64)
     ra_ok = _partial._random_access_ok(meta, 0)
@@ -164,7 +165,7 @@ def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarr
     shapes = _partial.chunk_shapes(meta, pairs[starts, :3], 0)
     keys = [tuple(int(v) for v in c) for c in pairs[starts, :3]]
     encoded = dict(source.read_encoded_many(keys, 0)) if ra_ok else {}  # fetched concurrently
-    out_c, out_o = [], []
+    out_c, out_o, out_l = [], [], []
     for s0, s1, shape in zip(starts, np.r_[starts[1:], len(pairs)], shapes):
         c = pairs[s0, :3]
         key = tuple(int(v) for v in c)
@@ -197,15 +198,22 @@ def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarr
         at = np.repeat(left - np.cumsum(np.r_[0, count[:-1]]), count) + np.arange(count.sum())
         out_c.append(pos[vox] + origin)
         out_o.append(table_owner[at])
+        out_l.append(labels[vox])
     if not out_c:
-        return np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
-    return np.concatenate(out_c), np.concatenate(out_o)
+        return (np.zeros((0, 3), np.int64), np.zeros(0, np.int64)) + ((np.zeros(0, np.uint64),) if with_labels else ())
+    found = np.concatenate(out_c), np.concatenate(out_o)
+    return found + ((np.concatenate(out_l).astype(np.uint64, copy=False),) if with_labels else ())
 
 
 def _erode(coords: np.ndarray) -> np.ndarray:
     """Voxels of the set whose 6 face neighbours are all in the set."""
+    return coords[_interior(coords)]
+
+
+def _interior(coords: np.ndarray) -> np.ndarray:
+    """Mask of the voxels of the set whose 6 face neighbours are all in the set."""
     if len(coords) == 0:
-        return coords
+        return np.zeros(0, dtype=bool)
     lo = coords.min(axis=0) - 1  # relative packing: negative coordinates (voxel_offset) are legal
     keys = np.sort(pack_coords(coords, lo))
     keep = np.ones(len(coords), dtype=bool)
@@ -213,7 +221,7 @@ def _erode(coords: np.ndarray) -> np.ndarray:
         nb = pack_coords(coords + d, lo)
         pos = np.clip(np.searchsorted(keys, nb), 0, len(keys) - 1)
         keep &= keys[pos] == nb
-    return coords[keep]
+    return keep
 
 
 def _nearest_many(points: np.ndarray, cand: np.ndarray, res: np.ndarray, r: float):
@@ -266,24 +274,38 @@ def check_erode(erode) -> bool | str:
     raise InvalidInputError(f"erode={erode!r} must be True, False or 'fallback'")
 
 
-def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap_zero: bool,
-                 search_radius: float, erode: bool | str = True):
-    """Snap one block of rows; pure given the dataset. Rows to search go target by target.
+class Snapped(NamedTuple):
+    """What ``snap_kernel`` returns for K rows, in block order."""
 
-    ``erode``: True keeps only voxels whose 6 face neighbours are the target's too (crantpy);
-    False uses every voxel; "fallback" erodes, and for rows whose ball holds no eroded voxel (a
-    neurite thinner than 3 voxels) takes the nearest uneroded voxel, status ``snapped_uneroded``.
+    #: (K, 3) float64 nm: the snapped voxel's minimum corner, else the input location
+    xyz: np.ndarray
+    #: (K,) float64 nm from the input to the chosen voxel's centre (0 on target, NaN when not snapped)
+    distance: np.ndarray
+    #: (K,) int8 status codes (``STATUS``)
+    status: np.ndarray
+    #: (K,) uint64 supervoxel under ``xyz`` (0 on background and outside the volume)
+    supervoxel: np.ndarray
 
-    Returns (K, 3) float64 nm coordinates (snapped voxel's minimum corner, else the input), (K,)
-    float64 distance in nm from the input to the chosen voxel's centre (0 on target, NaN when not
-    snapped), (K,) int8 status codes (``STATUS``), all in block order."""
+
+def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap_zero: bool,
+                search_radius: float, erode: bool | str = True) -> Snapped:
+    """Snap one block of rows, each to its own target; pure given the dataset.
+
+    Rows to search go target by target. ``erode``: True keeps only voxels whose 6 face neighbours
+    are the target's too (crantpy); False uses every voxel; "fallback" erodes, and for rows whose
+    ball holds no eroded voxel (a neurite thinner than 3 voxels) takes the nearest uneroded voxel,
+    status ``snapped_uneroded``.
+
+    Returns a ``Snapped`` (coordinates, distances, statuses and the supervoxel under each
+    returned location: the one looked up under the input, or the label of the voxel snapped
+    to, so no chunk is read again to find it)."""
     locs_nm = np.asarray(locs_nm, dtype=np.float64).reshape(-1, 3)
     targets = np.asarray(targets, dtype=np.uint64).ravel()
     n = len(locs_nm)
     out, dist = locs_nm.copy(), np.full(n, np.nan)
     status = np.full(n, NOT_FOUND, dtype=np.int8)
     if n == 0:
-        return out, dist, status
+        return Snapped(out, dist, status, np.zeros(0, np.uint64))
     source = open_source(spec)
     meta = source.meta
     check_search_radius(search_radius, meta)
@@ -294,6 +316,7 @@ def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, sna
     inside = np.all((vox >= bounds[0]) & (vox < bounds[1]), axis=1)
     # 1. the supervoxel under each row; rows already on their target stay
     sv = np.asarray(source.supervoxels_at(vox, 0), dtype=np.uint64)
+    under = sv.copy()  # the supervoxel under each returned location
     on = np.zeros(n, dtype=bool)
     uniq, which = np.unique(targets, return_inverse=True)
     _prefetch_leaves(spec, uniq)
@@ -313,23 +336,26 @@ def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, sna
         reach = np.all(hi_v >= lo_v, axis=1)  # balls wholly outside the volume find nothing
         todo, lo_v, hi_v = todo[reach], lo_v[reach], hi_v[reach]
         tuniq, tinv = np.unique(targets[todo], return_inverse=True)
-        coords, owner = _target_voxels(source, lo_v, hi_v, [_target_leaves(spec, t) for t in tuniq.tolist()])
+        coords, owner, label = _target_voxels(source, lo_v, hi_v, [_target_leaves(spec, t) for t in tuniq.tolist()],
+                                              with_labels=True)
         # 3. per target: its (eroded) voxels; all of its rows at once: the nearest centre
         row_groups = np.split(todo[np.argsort(tinv.ravel(), kind="stable")], np.cumsum(np.bincount(tinv.ravel()))[:-1])
         by_owner = np.argsort(owner, kind="stable")
         vox_groups = np.split(by_owner, np.cumsum(np.bincount(owner, minlength=len(tuniq)))[:-1])
         for rows, sel in zip(row_groups, vox_groups):
-            every = coords[sel]
-            cand = _erode(every) if erode else every
-            for code, cand in ((SNAPPED, cand), (SNAPPED_UNERODED, every if erode == "fallback" else None)):
-                if cand is None or not rows.size:
+            every = sel
+            inner = sel[_interior(coords[sel])] if erode else every
+            for code, pick in ((SNAPPED, inner), (SNAPPED_UNERODED, every if erode == "fallback" else None)):
+                if pick is None or not rows.size:
                     break
-                cand = cand[np.lexsort(cand.T[::-1])] if len(cand) else cand
+                pick = pick[np.lexsort(coords[pick].T[::-1])] if len(pick) else pick
+                cand = coords[pick]
                 j, d2 = _nearest_many(locs_nm[rows], cand, res, r)
                 hit = j >= 0
                 out[rows[hit]] = cand[j[hit]] * res
+                under[rows[hit]] = label[pick[j[hit]]]
                 dist[rows[hit]], status[rows[hit]] = np.sqrt(d2[hit]), code
                 rows = rows[~hit]  # erosion left nothing in these balls: the fallback's turn
     missed = np.flatnonzero(status == NOT_FOUND)
     status[missed] = np.where(inside[missed], NOT_FOUND, OUT_OF_BOUNDS)
-    return out, dist, status
+    return Snapped(out, dist, status, under)

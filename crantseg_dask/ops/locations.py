@@ -6,7 +6,7 @@ The steps (DESIGN.md section 2; dask-image's ``map_coordinates`` pattern):
 2. key each point by the storage chunk holding it at the requested mip, sort, and split into
    partitions of at most ``crantseg.partition-size`` rows that keep a chunk's points together
    (``_chunking.plan_partitions``);
-3. one task per partition: ``_supervoxels_block`` reads each touched chunk once
+3. one task per partition: ``supervoxels_kernel`` reads each touched chunk once
    (``SegmentationSource.supervoxels_at``); roots go through the shared deduplicating
    ``ops.mapping.roots_kernel``;
 4. one final task puts the results back into input order.
@@ -36,7 +36,7 @@ from .extent import warn_outside
 from .mapping import roots_graph, roots_kernel
 
 __all__ = ["locs_to_segments", "locs_to_segments_graph", "locs_to_supervoxels",
-           "locs_to_supervoxels_graph", "plan_locations"]
+           "locs_to_supervoxels_graph", "plan_locations", "supervoxels_kernel"]
 
 
 # -- kernels ----------------------------------------------------------------------------------
@@ -48,11 +48,20 @@ def _check_finite(locs_nm: np.ndarray) -> None:
                                    "coordinates must be finite")
 
 
-def _supervoxels_block(locs_nm: np.ndarray, spec: SourceSpec, mip: int) -> np.ndarray:
+def supervoxels_kernel(locs_nm: np.ndarray, spec: SourceSpec, mip: int) -> np.ndarray:
     """Supervoxel under each nm location of one block, (K,) uint64 in block order.
 
     ``floor(nm / resolution[mip])`` gives the voxel; points outside the volume and background give
     0; the source reads each touched storage chunk once. A failed read raises ``SourceError``.
+    The roots of these supervoxels come from ``ops.mapping.roots_kernel``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.ops.locations import supervoxels_kernel
+    >>> supervoxels_kernel(np.array([[4232.0, 4904.0, 1701.0], [0.0, 0.0, 0.0]]), resolve_dataset("tiny"), 0)
+    array([72198469099454522,                 0], dtype=uint64)
     """
     locs_nm = np.asarray(locs_nm, dtype=np.float64).reshape(-1, 3)
     _check_finite(locs_nm)
@@ -304,7 +313,7 @@ def locs_to_supervoxels_graph(locs, mip: int = 0, *, dataset=None, partition_siz
         locs = _dask_locs(locs)
         if shuffle:
             return _shuffle_graph(locs, spec, mip, None, _n_buckets(locs, partition_size))
-        return locs.map_blocks(_supervoxels_block, spec=spec, mip=mip, drop_axis=1,
+        return locs.map_blocks(supervoxels_kernel, spec=spec, mip=mip, drop_axis=1,
                                dtype=np.uint64, meta=np.empty((0,), np.uint64))
     locs_nm = as_locations(locs)
     warn_outside(locs_nm, source.meta, mip)

@@ -1,7 +1,7 @@
 """Snap locations onto a segment: ``snap_to_id`` and the per-row table form ``snap_table``.
 
 Steps: validate once; plan rows by the mip-0 storage chunk holding them (``_chunking``); one task
-per partition (``_snap_arrays``) looks up the supervoxel under every row, keeps rows already on
+per partition (``snap_kernel``) looks up the supervoxel under every row, keeps rows already on
 their target, and for the others reads ONE cutout per storage chunk group (nearby points share
 it), finds the target's voxels (optionally eroded), and picks the voxel whose centre is nearest
 in true anisotropic nm distance. Results go back into input order.
@@ -12,8 +12,6 @@ so snapping by root needs no timestamp) or a supervoxel.
 from __future__ import annotations
 
 import sys
-
-
 
 import dask
 import dask.array as da
@@ -26,9 +24,8 @@ from .._validate import as_coordinates, as_ids, as_locations
 from ..config import resolve_dataset
 from ..errors import InvalidIDError, InvalidInputError
 from ..sources import SourceSpec, open_source
-from ._snap_kernel import (  # noqa: F401  (the per-block kernel; jobs use it too)
-    NOT_FOUND, OUT_OF_BOUNDS, SNAPPED, SNAPPED_UNERODED, STATUS, _snap_arrays, _target_leaves, check_erode,
-    check_search_radius)
+from ._snap_kernel import (NOT_FOUND, OUT_OF_BOUNDS, SNAPPED, SNAPPED_UNERODED, STATUS, _target_leaves,
+                           check_erode, check_search_radius, snap_kernel)
 from .locations import _check_finite, _dask_locs, _partition_size
 
 __all__ = ["STATUS", "snap_table", "snap_table_graph", "snap_to_id", "snap_to_id_graph"]
@@ -45,7 +42,7 @@ def _snap_frame(df: pd.DataFrame, spec: SourceSpec, id_column: str, columns, sna
     if (targets == 0).any():
         row = int(np.argmax(targets == 0))
         raise InvalidIDError(f"{id_column}[{df.index[row]!r}] = 0: every row needs a non-zero target ID")
-    xyz, dist, status = _snap_arrays(locs, targets, spec, snap_zero, search_radius, erode)
+    xyz, dist, status, _ = snap_kernel(locs, targets, spec, snap_zero, search_radius, erode)
     return pd.DataFrame({"snapped_x": xyz[:, 0], "snapped_y": xyz[:, 1], "snapped_z": xyz[:, 2],
                          "distance_nm": dist,
                          "status": pd.Categorical.from_codes(status, categories=list(STATUS))},
@@ -71,11 +68,11 @@ def _check_radius(search_radius, spec: SourceSpec) -> float:
 
 
 def _snap_partitions(locs_nm, targets, spec, snap_zero, r, erode):
-    """Delayed ``_snap_arrays`` per planned partition, and the plan."""
+    """Delayed ``snap_kernel`` per planned partition, and the plan."""
     plan = _plan(locs_nm, spec)
     off = plan.offsets
     s_locs, s_tgt = locs_nm[plan.order], targets[plan.order]
-    parts = [dask.delayed(_snap_arrays, pure=True)(s_locs[a:b], s_tgt[a:b], spec, snap_zero, r, erode)
+    parts = [dask.delayed(snap_kernel, pure=True)(s_locs[a:b], s_tgt[a:b], spec, snap_zero, r, erode)
              for a, b in zip(off[:-1], off[1:])]
     return parts, plan
 
@@ -122,7 +119,7 @@ def snap_to_id_graph(locs: da.Array, id, snap_zero: bool = False, search_radius:
 
     def block(b):
         _check_finite(b)
-        return _snap_arrays(b, np.full(len(b), target, np.uint64), spec, snap_zero, r, erode)[0]
+        return snap_kernel(b, np.full(len(b), target, np.uint64), spec, snap_zero, r, erode)[0]
 
     return locs.map_blocks(block, dtype=np.float64, meta=np.empty((0, 3), np.float64))
 

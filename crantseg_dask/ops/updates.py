@@ -21,10 +21,10 @@ from ..config import resolve_dataset, resolve_timestamp
 from ..errors import InvalidInputError, UnknownIDError
 from ..sources import SourceSpec, open_source
 from ._lazy import lazy_ids
-from .mapping import parse_root_ids, roots_graph
+from .mapping import parse_root_ids, roots_graph, roots_kernel
 from .validity import is_valid_root
 
-__all__ = ["is_latest_kernel", "is_latest_roots", "is_latest_roots_graph", "overlap_kernel",
+__all__ = ["is_latest_kernel", "is_latest_roots", "is_latest_roots_graph", "overlap_kernel", "update_rows",
            "update_kernel", "update_ids", "update_ids_graph", "UPDATE_DTYPE", "update_cache"]
 
 log = logging.getLogger("crantseg")
@@ -38,6 +38,18 @@ update_cache = TTLCache(max_age=7200.0, max_entries=1_000_000)
 
 
 # -- kernels ----------------------------------------------------------------------------------
+def _on_unique(ids: np.ndarray, fn, dtype) -> np.ndarray:
+    """``fn`` over the sorted unique non-zero IDs of ``ids``, scattered back to every position of
+    ``ids`` (same shape, ``dtype``); 0 gives ``dtype``'s zero and never reaches ``fn``."""
+    ids = np.asarray(ids, dtype=np.uint64)
+    uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
+    out = np.zeros(uniq.shape, dtype=dtype)
+    nz = uniq != 0
+    if nz.any():
+        out[nz] = fn(uniq[nz])
+    return out[inverse.ravel()].reshape(ids.shape)
+
+
 def is_latest_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime) -> np.ndarray:
     """Whether each root is current at ``timestamp`` (bool, same shape). 0 is False; unknown IDs
     and roots created after ``timestamp`` are False, and so are non-root IDs (PCG reports existing
@@ -53,15 +65,12 @@ def is_latest_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime) -> 
     >>> is_latest_kernel(ids, resolve_dataset("tiny"), datetime(2025, 8, 1, tzinfo=timezone.utc))
     array([ True, False, False])
     """
-    ids = np.asarray(ids, dtype=np.uint64)
-    uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
-    out = np.zeros(uniq.shape, dtype=bool)
-    nz = uniq != 0
-    if nz.any():
+    def latest(uniq: np.ndarray) -> np.ndarray:
         source = open_source(spec)
         layout = source.meta.layout
-        out[nz] = source.is_latest(uniq[nz], timestamp) & (layout.layer(uniq[nz]) == layout.n_layers)
-    return out[inverse.ravel()].reshape(ids.shape)
+        return source.is_latest(uniq, timestamp) & (layout.layer(uniq) == layout.n_layers)
+
+    return _on_unique(ids, latest, bool)
 
 
 def _leaves(source, roots: np.ndarray, stop_layer: int) -> list[np.ndarray | None]:
@@ -157,9 +166,65 @@ def overlap_kernel(roots: np.ndarray, spec: SourceSpec, timestamp: datetime, sto
     return out
 
 
-def update_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_layer: int) -> np.ndarray:
-    """``update_ids`` on one block without supervoxels: current roots -> (id, 1.0), outdated ->
-    ``overlap_kernel``, 0 -> (0, 0.0). Same shape as ``ids``, ``UPDATE_DTYPE``.
+def update_rows(roots: np.ndarray, supervoxels: np.ndarray | None, layout, latest, root_of, best):
+    """The ``update_ids`` rule on rows: (new_id uint64, confidence float64), row-aligned.
+
+    Rows whose ID is 0 or not at the root layer keep it with confidence 0; current roots keep it
+    with confidence 1; outdated rows with a supervoxel whose root is not 0 take that root
+    (confidence 1); the rest take the overlap successor and its confidence. The lookups get
+    unique, non-zero IDs: ``latest(roots) -> bool``, ``root_of(supervoxels) -> roots`` (at the
+    timestamp) and ``best(outdated roots) -> UPDATE_DTYPE`` (``overlap_kernel``); the kernel
+    passes the plain kernels, the eager call cached lookups computed as Dask tasks.
+
+    Examples
+    --------
+    The rule alone, with made-up lookups: ``cur`` is current, ``old`` is not; its successor by
+    overlap holds 40 % of its nodes; the third row's supervoxel lies in ``cur``.
+
+    >>> import numpy as np
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources import open_source
+    >>> from crantseg_dask.ops.updates import UPDATE_DTYPE, update_rows
+    >>> layout = open_source(resolve_dataset("tiny")).meta.layout
+    >>> cur, old, sv = 576460752373423813, 576460752373423807, 72198469032345652
+    >>> new, conf = update_rows(np.array([cur, old, old, 0], np.uint64), np.array([0, 0, sv, 0], np.uint64), layout,
+    ...                         lambda roots: roots == cur, lambda svs: np.full(len(svs), cur, np.uint64),
+    ...                         lambda stale: np.array([(cur, 0.4)] * len(stale), dtype=UPDATE_DTYPE))
+    >>> new.tolist(), conf.tolist()
+    ([576460752373423813, 576460752373423813, 576460752373423813, 0], [1.0, 0.4, 1.0, 0.0])
+    """
+    roots = np.asarray(roots, dtype=np.uint64).ravel()
+    new, conf = roots.copy(), np.zeros(len(roots))
+    good = (roots != 0) & (layout.layer(roots) == layout.n_layers)
+    uniq, at = np.unique(roots[good], return_inverse=True)
+    is_latest = good.copy()
+    if uniq.size:
+        is_latest[good] = np.asarray(latest(uniq), dtype=bool)[at.ravel()]
+    conf[is_latest] = 1.0
+    pending = good & ~is_latest
+    if supervoxels is not None:
+        sv = np.asarray(supervoxels, dtype=np.uint64).ravel()
+        use = pending & (sv != 0)
+        if use.any():
+            svu, sv_at = np.unique(sv[use], return_inverse=True)
+            by_sv = np.zeros(len(roots), np.uint64)
+            by_sv[use] = np.asarray(root_of(svu), dtype=np.uint64)[sv_at.ravel()]
+            hit = use & (by_sv != 0)
+            new[hit], conf[hit] = by_sv[hit], 1.0
+            pending &= ~hit
+    if pending.any():
+        stale, at = np.unique(roots[pending], return_inverse=True)
+        rec = best(stale)
+        new[pending], conf[pending] = rec["new_id"][at.ravel()], rec["confidence"][at.ravel()]
+    return new, conf
+
+
+def update_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_layer: int,
+                  supervoxels: np.ndarray | None = None) -> np.ndarray:
+    """``update_ids`` on one block (``update_rows`` with the plain kernels): current roots ->
+    (id, 1.0); outdated with a supervoxel (``supervoxels``, row-aligned, 0 = none) -> its root at
+    ``timestamp``, 1.0; other outdated -> ``overlap_kernel``; 0 and non-root IDs -> (id, 0.0).
+    Same shape as ``ids``, ``UPDATE_DTYPE``.
 
     Examples
     --------
@@ -173,14 +238,13 @@ def update_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_l
     (array([576460752373423813, 576460752373423813,                  0], dtype=uint64), array([1.   , 0.525, 0.   ]))
     """
     ids = np.asarray(ids, dtype=np.uint64)
-    uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
-    out = np.zeros(uniq.shape, dtype=UPDATE_DTYPE)
-    latest = is_latest_kernel(uniq, spec, timestamp)
-    out["new_id"] = uniq
-    out["confidence"][latest] = 1.0
-    stale = ~latest & (uniq != 0)
-    out[stale] = overlap_kernel(uniq[stale], spec, timestamp, stop_layer)
-    return out[inverse.ravel()].reshape(ids.shape)
+    new, conf = update_rows(ids, supervoxels, open_source(spec).meta.layout,
+                            lambda u: is_latest_kernel(u, spec, timestamp),
+                            lambda s: roots_kernel(s, spec, timestamp),
+                            lambda r: overlap_kernel(r, spec, timestamp, stop_layer))
+    out = np.empty(ids.size, dtype=UPDATE_DTYPE)
+    out["new_id"], out["confidence"] = new, conf
+    return out.reshape(ids.shape)
 
 
 # -- is_latest_roots --------------------------------------------------------------------------
@@ -255,16 +319,13 @@ def is_latest_roots(x, timestamp=None, dataset=None, progress=True, batch_size=1
     if validate_ids and ids.any():
         is_valid_root(ids[ids != 0], dataset=spec, raise_exc=True)
     ts = resolve_timestamp(timestamp, open_source(spec))
-    if ids.size == 0:
-        return np.zeros(0, dtype=bool)
-    uniq, inverse = np.unique(ids, return_inverse=True)
-    out = np.zeros(uniq.shape, dtype=bool)
-    nz = uniq != 0
-    if nz.any():
-        lazy = da.from_array(uniq[nz], chunks=max(int(batch_size), 1), name=False).map_blocks(
+
+    def latest(uniq: np.ndarray) -> np.ndarray:  # one task per batch of unique IDs
+        lazy = da.from_array(uniq, chunks=max(int(batch_size), 1), name=False).map_blocks(
             is_latest_kernel, spec=spec, timestamp=ts, dtype=bool, meta=np.empty((0,), bool))
-        (out[nz],) = compute(lazy, progress=progress, desc="is_latest_roots")
-    return out[inverse]
+        return compute(lazy, progress=progress, desc="is_latest_roots")[0]
+
+    return _on_unique(ids, latest, bool)
 
 
 # -- update_ids -------------------------------------------------------------------------------
@@ -473,52 +534,41 @@ class _NoCache:
 
 
 def _update(roots, sv, spec, ts, stop, layout, progress, use_cache=True):
-    """new_id (uint64) and confidence for each valid row; see ``update_ids``. ``use_cache=False``
-    neither reads nor writes ``update_cache``."""
+    """new_id (uint64) and confidence for each valid row: ``update_rows`` with lookups that read
+    ``update_cache`` and compute what is missing as Dask tasks over batches of unique IDs (the
+    current-ness checks and the supervoxels' roots in one round, the overlap step in a second).
+    ``use_cache=False`` neither reads nor writes ``update_cache``."""
     ident = (dataset_identity(spec), ts.isoformat(), stop)
     cache = update_cache if use_cache else _NoCache()
-    new, conf = roots.copy(), np.zeros(len(roots))
     good = layout.layer(roots) == layout.n_layers  # other layers cannot be updated: confidence 0
-    uniq = np.unique(roots[good])
-    cached = {int(r): cache.get(ident + ("latest", int(r))) for r in uniq.tolist()}
+    cached = {int(r): cache.get(ident + ("latest", int(r))) for r in np.unique(roots[good]).tolist()}
     need = np.array([r for r, v in cached.items() if v is None], dtype=np.uint64)
+    svu = np.unique(sv[good & (sv != 0)])
     lazy = []
     if need.size:
         lazy.append(da.from_array(need, chunks=100_000, name=False).map_blocks(
             is_latest_kernel, spec=spec, timestamp=ts, dtype=bool, meta=np.empty((0,), bool)))
-    use_sv = good & (sv != 0)
-    if use_sv.any():
-        svu, sv_inv = np.unique(sv[use_sv], return_inverse=True)
+    if svu.size:
         lazy.append(roots_graph(da.from_array(svu, chunks=10_000, name=False), spec, ts))
     got = list(compute(*lazy, progress=progress, desc="update_ids")) if lazy else []
     if need.size:
         for r, v in zip(need.tolist(), got.pop(0).tolist()):
             cached[r] = v
             cache.put(ident + ("latest", r), v)
-    latest_u = np.array([bool(cached[r]) for r in uniq.tolist()], dtype=bool)
-    latest = good.copy()
-    latest[good] = latest_u[np.searchsorted(uniq, roots[good])]
-    conf[latest] = 1.0
-    pending = good & ~latest
-    if use_sv.any():
-        sv_root = np.zeros(len(roots), np.uint64)
-        sv_root[use_sv] = got.pop(0)[sv_inv.ravel()]
-        hit = pending & (sv_root != 0)
-        new[hit], conf[hit] = sv_root[hit], 1.0
-        pending &= ~hit
-    stale = np.unique(roots[pending])
-    best = {int(r): cache.get(ident + ("overlap", int(r))) for r in stale.tolist()}
-    todo = np.array([r for r, v in best.items() if v is None], dtype=np.uint64)
-    if todo.size:
-        lazy = da.from_array(todo, chunks=OVERLAP_BATCH, name=False).map_blocks(
-            overlap_kernel, spec=spec, timestamp=ts, stop_layer=stop, dtype=UPDATE_DTYPE,
-            meta=np.empty((0,), UPDATE_DTYPE))
-        (res,) = compute(lazy, progress=progress, desc="update_ids overlap")
-        for r, rec in zip(todo.tolist(), res.tolist()):
-            best[r] = (int(rec[0]), float(rec[1]))
-            cache.put(ident + ("overlap", r), best[r])
-    if stale.size:
-        at = np.searchsorted(stale, roots[pending])
-        new[pending] = np.array([best[r][0] for r in stale.tolist()], dtype=np.uint64)[at]
-        conf[pending] = np.array([best[r][1] for r in stale.tolist()], dtype=np.float64)[at]
-    return new, conf
+    sv_roots = got.pop(0) if svu.size else np.zeros(0, np.uint64)
+
+    def best(stale: np.ndarray) -> np.ndarray:
+        found = {int(r): cache.get(ident + ("overlap", int(r))) for r in stale.tolist()}
+        todo = np.array([r for r, v in found.items() if v is None], dtype=np.uint64)
+        if todo.size:
+            lazy = da.from_array(todo, chunks=OVERLAP_BATCH, name=False).map_blocks(
+                overlap_kernel, spec=spec, timestamp=ts, stop_layer=stop, dtype=UPDATE_DTYPE,
+                meta=np.empty((0,), UPDATE_DTYPE))
+            (res,) = compute(lazy, progress=progress, desc="update_ids overlap")
+            for r, rec in zip(todo.tolist(), res.tolist()):
+                found[r] = (int(rec[0]), float(rec[1]))
+                cache.put(ident + ("overlap", r), found[r])
+        return np.array([found[r] for r in stale.tolist()], dtype=UPDATE_DTYPE)
+
+    return update_rows(roots, sv, layout, lambda u: np.array([bool(cached[r]) for r in u.tolist()], dtype=bool),
+                       lambda s: sv_roots[np.searchsorted(svu, s)], best)

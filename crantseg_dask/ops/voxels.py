@@ -29,17 +29,17 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .._chunking import pack_coords
 from .._graph import compute
-from .._validate import as_bbox, as_ids
 from ..config import resolve_dataset
-from ..errors import InvalidIDError, InvalidInputError
-from ..sources import SourceSpec, VolumeMeta, open_source
+from ..errors import InvalidInputError
+from ..sources import SourceSpec, open_source
 from ..sources._chunks import cutout_from_chunks
 from ..sources._partial import read_boxes
-from .cutouts import check_inside, check_nonempty, get_segmentation_cutout, get_segmentation_cutout_graph, voxel_box
+from ._voxel_plan import VoxelPlan, _chunk_boxes, _mip_factor, _x_slabs, plan_voxels  # noqa: F401 (bench_voxels)
+from .cutouts import get_segmentation_cutout, get_segmentation_cutout_graph
 
-__all__ = ["get_segmentation_cutout", "get_segmentation_cutout_graph", "get_voxels", "get_voxels_graph"]
+__all__ = ["get_segmentation_cutout", "get_segmentation_cutout_graph", "get_voxels", "get_voxels_graph",
+           "voxels_kernel"]
 
 _NO_VOXELS = np.zeros((0, 3), np.uint32)
 _NO_SVIDS = np.zeros(0, np.uint64)
@@ -158,109 +158,31 @@ def _merge(parts: list, key_origin: np.ndarray, key_shape: np.ndarray, want_sv: 
     return vox, (sv if order is None else sv[order]).astype(np.uint64, copy=False)
 
 
-# -- planning (metadata and the chunked graph only; no voxel reads) -----------------------------
-def _root_id(x, meta: VolumeMeta) -> int:
-    """``x`` as one root ID; raises "is not a valid root ID" from its layer bits alone."""
-    ids = as_ids(x, name="x")
-    if ids.size != 1:
-        raise InvalidIDError(f"x must be a single root ID, got {ids.size} IDs; call get_voxels once per root")
-    if int(meta.layout.layer(ids)[0]) != meta.n_layers:
-        raise InvalidIDError(
-            f"{int(ids[0])} is not a valid root ID (its layer is {int(meta.layout.layer(ids)[0])}, roots are "
-            f"layer {meta.n_layers}); map supervoxels to roots with supervoxels_to_roots first"
-        )
-    return int(ids[0])
+def voxels_kernel(root: int, spec: SourceSpec, mip: int = 0, thin: bool = False, sv_map: bool = False,
+                  bounds=None, use_l2_chunks: bool = True):
+    """``get_voxels`` of one root in this process, without a graph (for a task that handles many
+    roots): the plan's read tasks run one after another and one merge sorts their voxels. Returns
+    (voxels (N, 3) uint32, svids (N,) uint64; empty unless ``sv_map``), equal to ``get_voxels``'.
 
-
-def _mip_factor(meta: VolumeMeta, mip: int) -> np.ndarray:
-    f = np.array(meta.resolution[mip]) / np.array(meta.resolution[0])
-    fi = np.round(f).astype(np.int64)
-    if not np.allclose(f, fi) or (fi < 1).any():
-        raise InvalidInputError(f"mip={mip}: resolution {meta.resolution[mip]} is not an integer multiple of "
-                                f"mip 0's {meta.resolution[0]}; use a mip whose voxels tile mip 0's")
-    return fi
-
-
-def _chunk_boxes(meta: VolumeMeta, coords: np.ndarray, mip: int, f: np.ndarray) -> np.ndarray:
-    """(K, 2, 3) voxel boxes at ``mip`` of graph chunks ``coords`` (K, 3), clipped to the volume.
-
-    The mip-0 box [lo, hi) becomes [floor(lo / f), ceil(hi / f)): every mip voxel that covers a
-    mip-0 voxel of the chunk (downsampling takes each label from inside its block)."""
-    span = np.array(meta.graph_chunk)
-    lo0 = coords * span + (np.array(meta.voxel_offset[0]) if meta.chunks_start_at_voxel_offset else 0)
-    b0, bm = meta.bounds(0), meta.bounds(mip)
-    lo0, hi0 = np.maximum(lo0, b0[0]), np.minimum(lo0 + span, b0[1])
-    lo, hi = np.maximum(lo0 // f, bm[0]), np.minimum(-(-hi0 // f), bm[1])
-    return np.stack([lo, hi], axis=1)
-
-
-def _plan_tasks(meta: VolumeMeta, mip: int, coords: np.ndarray, boxes: np.ndarray, sv_chunk: np.ndarray):
-    """Group graph chunks into read tasks: [(box (2, 3), indices into the supervoxels)].
-
-    Chunks whose boxes start in the same storage chunk at ``mip`` share a task reading the union
-    box, so a storage chunk holding several graph chunks (at mips > 0, graph chunks shrink) is
-    decoded once. Each supervoxel lies in exactly one graph chunk, so no voxel is kept twice."""
-    cs = np.array(meta.chunk_size[mip])
-    tile = (boxes[:, 0] - meta.bounds(mip)[0]) // cs
-    tiles, tile_of = np.unique(tile, axis=0, return_inverse=True)
-    tile_of = tile_of.reshape(-1)
-    lo = np.minimum(np.min(coords, axis=0, initial=0), np.min(sv_chunk, axis=0, initial=0))
-    ch_key, sv_key = pack_coords(coords, lo), pack_coords(sv_chunk, lo)
-    order = np.argsort(ch_key)
-    pos = np.searchsorted(ch_key[order], sv_key)
-    sv_tile = tile_of[order[np.clip(pos, 0, len(order) - 1)]]
-    sv_tile[(pos >= len(order)) | (ch_key[order[np.clip(pos, 0, len(order) - 1)]] != sv_key)] = -1
-    sv_order = np.argsort(sv_tile, kind="stable")
-    starts = np.searchsorted(sv_tile[sv_order], np.arange(len(tiles)), side="left")
-    ends = np.searchsorted(sv_tile[sv_order], np.arange(len(tiles)), side="right")
-    out = []
-    for t in range(len(tiles)):
-        mine = boxes[tile_of == t]
-        box = np.stack([mine[:, 0].min(axis=0), mine[:, 1].max(axis=0)])
-        out.append((box, sv_order[starts[t]:ends[t]]))
-    return out
-
-
-def _x_slabs(boxes: np.ndarray) -> list[np.ndarray]:
-    """Partition task boxes into groups with pairwise disjoint x ranges, in increasing x: each
-    group's sorted voxels then follow the previous group's (x-major order needs no global sort)."""
-    if not len(boxes):
-        return []
-    order = np.argsort(boxes[:, 0, 0], kind="stable")
-    slabs, current, reach = [], [order[0]], boxes[order[0], 1, 0]
-    for i in order[1:]:
-        if boxes[i, 0, 0] < reach:
-            current.append(i)
-            reach = max(reach, boxes[i, 1, 0])
-        else:
-            slabs.append(np.array(current))
-            current, reach = [i], boxes[i, 1, 0]
-    slabs.append(np.array(current))
-    return slabs
-
-
-def _thin_lut(source, root: int, l2: np.ndarray, svs: np.ndarray):
-    """(sorted root supervoxels, L2-node index of each, sorted joined-pair keys, node count)."""
-    children = source.leaves_many(l2, stop_layer=1)
-    sv_list, grp_list = [], []
-    for i, node in enumerate(l2.tolist()):
-        c = np.asarray(children.get(node, ()), dtype=np.uint64)
-        sv_list.append(c)
-        grp_list.append(np.full(len(c), i, np.int64))
-    lut_svs = np.concatenate(sv_list + [np.zeros(0, np.uint64)])
-    lut_grp = np.concatenate(grp_list + [np.zeros(0, np.int64)])
-    orphans = np.setdiff1d(svs, lut_svs)  # under no L2 node (a skip connection): own node, no edges
-    lut_svs = np.concatenate([lut_svs, orphans])
-    lut_grp = np.concatenate([lut_grp, len(l2) + np.arange(len(orphans))])
-    order = np.argsort(lut_svs)
-    n = len(l2) + len(orphans)
-    edges = np.asarray(source.l2_graph(root), dtype=np.uint64).reshape(-1, 2)
-    ia, ib = np.searchsorted(l2, edges[:, 0]), np.searchsorted(l2, edges[:, 1])
-    ok = (ia < len(l2)) & (ib < len(l2))
-    ok[ok] &= (l2[ia[ok]] == edges[ok, 0]) & (l2[ib[ok]] == edges[ok, 1])
-    ia, ib = ia[ok].astype(np.int64), ib[ok].astype(np.int64)
-    joined = np.unique(np.minimum(ia, ib) * n + np.maximum(ia, ib))
-    return lut_svs[order], lut_grp[order], joined, n
+    Examples
+    --------
+    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.ops.voxels import voxels_kernel
+    >>> voxels, svids = voxels_kernel(576460752373423816, resolve_dataset("tiny"), mip=1, sv_map=True)
+    >>> len(voxels), voxels[0].tolist(), int(svids[0])
+    (23409, [48, 140, 34], 72057662824513537)
+    """
+    plan = plan_voxels(spec, root, mip, bounds, thin)
+    want_sv = bool(sv_map)
+    if not len(plan.boxes):
+        return _NO_VOXELS, _NO_SVIDS
+    if use_l2_chunks:
+        jobs = [(b, plan.svs[idx], True) for b, idx in plan.tasks()]
+    else:
+        jobs = [(plan.cutout_box(), plan.svs, False)]
+    parts = [_box_voxels(spec, plan.mip, b, plan.read_box(b), svs, plan.lut, plan.key_origin, plan.key_shape,
+                         want_sv, by_chunks) for b, svs, by_chunks in jobs]
+    return _merge(parts, plan.key_origin, plan.key_shape, want_sv)
 
 
 # -- graph builder and eager wrapper ------------------------------------------------------------
@@ -289,60 +211,27 @@ def get_voxels_graph(x, mip: int = 0, bounds=None, sv_map: bool = False, thin: b
     >>> len(voxels), voxels[:2].tolist()
     (23409, [[48, 140, 34], [48, 140, 35]])
     """
-    spec = resolve_dataset(dataset)
-    source = open_source(spec)
-    meta = source.meta
-    root = _root_id(x, meta)  # 1. before anything touches voxels
-    mip = meta.check_mip(mip)
-    f = _mip_factor(meta, mip)
-    vol = meta.bounds(mip)
-    box = None
-    if bounds is not None:  # 2.
-        box = voxel_box(as_bbox(bounds, name="bounds"), meta, mip)
-        check_inside(box, meta, mip, problem="Requested bounds exceed volume limits",
-                     advice="Clip `bounds` (nm, [[xmin, xmax], [ymin, ymax], [zmin, zmax]]) to the volume, "
-                            "or pass bounds=None to cover the whole neuron.")
-        check_nonempty(box, meta, mip, name="bounds")
-    graph_box = None  # mip-0 box for the chunk-granular leaves queries (one voxel wider for thin)
-    if box is not None:
-        pad = 1 if thin else 0
-        graph_box = np.clip(np.stack([(box[0] - pad) * f, (box[1] + pad) * f]), *meta.bounds(0)[:, None])
-    l2 = np.sort(np.asarray(source.leaves(root, stop_layer=2, bounds=graph_box), dtype=np.uint64))  # 3.
-    svs = np.sort(np.asarray(source.leaves(root, stop_layer=1, bounds=graph_box), dtype=np.uint64))
-    layout = meta.layout
-    sv_chunk = layout.chunk_coords(svs)
-    coords = np.unique(np.concatenate([layout.chunk_coords(l2), sv_chunk]), axis=0)
-    boxes = _chunk_boxes(meta, coords, mip, f)
-    if box is not None:
-        boxes = np.stack([np.maximum(boxes[:, 0], box[0]), np.minimum(boxes[:, 1], box[1])], axis=1)
-    nonempty = np.all(boxes[:, 1] > boxes[:, 0], axis=1)
-    coords, boxes = coords[nonempty], boxes[nonempty]
-    lut = _thin_lut(source, root, l2, svs) if thin and len(svs) else None
-
-    key_origin, key_shape = vol[0], vol[1] - vol[0]
-    want_sv = bool(sv_map)
-    token = dask.base.tokenize(spec, root, mip, box, want_sv, bool(thin), bool(use_l2_chunks))
+    plan = plan_voxels(resolve_dataset(dataset), x, mip, bounds, thin)
+    want_sv, spec, lut = bool(sv_map), plan.spec, plan.lut
+    token = dask.base.tokenize(spec, plan.root, plan.mip, plan.box, want_sv, bool(thin), bool(use_l2_chunks))
     lut_d = dask.delayed(lut, name=f"get_voxels-thin-{token}") if lut is not None else None
     kernel = dask.delayed(_box_voxels, pure=True)
     merge = dask.delayed(_merge, pure=True, nout=2)
-
-    def read_box(b):
-        return np.stack([np.maximum(b[0] - 1, vol[0]), np.minimum(b[1] + 1, vol[1])]) if thin else b
-
     slabs = []  # (voxels, svids) delayed pairs in x order
     if not use_l2_chunks:  # cutout mode: one box
-        if len(boxes):
-            cut = box if box is not None else np.stack([boxes[:, 0].min(axis=0), boxes[:, 1].max(axis=0)])
-            part = kernel(spec, mip, cut, read_box(cut), svs, lut_d, key_origin, key_shape, want_sv, False,
-                          dask_key_name=f"get_voxels-cutout-{token}")
-            slabs.append(merge([part], key_origin, key_shape, want_sv, dask_key_name=f"get_voxels-merge-{token}-0"))
+        if len(plan.boxes):
+            cut = plan.cutout_box()
+            part = kernel(spec, plan.mip, cut, plan.read_box(cut), plan.svs, lut_d, plan.key_origin, plan.key_shape,
+                          want_sv, False, dask_key_name=f"get_voxels-cutout-{token}")
+            slabs.append(merge([part], plan.key_origin, plan.key_shape, want_sv,
+                               dask_key_name=f"get_voxels-merge-{token}-0"))
     else:  # 4. one task per read tile of graph chunks, one merge per x-slab
-        tasks = _plan_tasks(meta, mip, coords, boxes, sv_chunk)
-        parts = [kernel(spec, mip, b, read_box(b), svs[idx], lut_d, key_origin, key_shape, want_sv, True,
-                        dask_key_name=f"get_voxels-chunk-{token}-{i}")
+        tasks = plan.tasks()
+        parts = [kernel(spec, plan.mip, b, plan.read_box(b), plan.svs[idx], lut_d, plan.key_origin, plan.key_shape,
+                        want_sv, True, dask_key_name=f"get_voxels-chunk-{token}-{i}")
                  for i, (b, idx) in enumerate(tasks)]
         for j, members in enumerate(_x_slabs(np.array([b for b, _ in tasks]).reshape(-1, 2, 3))):
-            slabs.append(merge([parts[i] for i in members], key_origin, key_shape, want_sv,
+            slabs.append(merge([parts[i] for i in members], plan.key_origin, plan.key_shape, want_sv,
                                dask_key_name=f"get_voxels-merge-{token}-{j}"))
     if not slabs:
         voxels, svids = da.from_array(_NO_VOXELS, chunks=-1), da.from_array(_NO_SVIDS, chunks=-1)

@@ -21,6 +21,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .._chunking import chunk_keys
 from ..errors import SourceError
 from ._fetch import fetch, gunzip_if, open_store
 from ._partial import read_boxes, read_points
@@ -257,8 +258,7 @@ def lookup_points(source, voxels: np.ndarray, mip: int) -> np.ndarray:
         return out
     cs = np.array(meta.chunk_size[mip])
     chunk = (v[inside] - lo) // cs
-    grid = -(-(hi - lo) // cs)
-    key = (chunk[:, 0] * grid[1] + chunk[:, 1]) * grid[2] + chunk[:, 2]
+    key = chunk_keys(v[inside], (lo, hi), cs)
     order = np.argsort(key, kind="stable")
     key_sorted = key[order]
     starts = np.flatnonzero(np.r_[True, key_sorted[1:] != key_sorted[:-1]])

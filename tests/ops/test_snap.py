@@ -331,7 +331,7 @@ def test_search_radius_limit(local_spec, truth, targets, near, table):
     """Radii beyond 4 mip-0 storage chunks (smallest axis, in nm) are refused before any read."""
     import dask.array as da
 
-    from crantseg_dask.ops._snap_kernel import _snap_arrays
+    from crantseg_dask.ops._snap_kernel import snap_kernel
     from crantseg_dask.ops.snapping import snap_to_id_graph
 
     meta = open_source(local_spec).meta
@@ -342,7 +342,7 @@ def test_search_radius_limit(local_spec, truth, targets, near, table):
              lambda r: snap_to_id_graph(da.from_array(near, chunks=(50, 3)), t, search_radius=r, dataset=local_spec),
              lambda r: snap_table_graph(dd.from_pandas(table, npartitions=2), id_column="root",
                                         search_radius=r, dataset=local_spec),
-             lambda r: _snap_arrays(near[:3], np.full(3, t, np.uint64), local_spec, False, r)]
+             lambda r: snap_kernel(near[:3], np.full(3, t, np.uint64), local_spec, False, r)]
     for call in calls:
         with pytest.raises(InvalidInputError, match=f"limit of {limit:g} nm"):
             call(limit * 1.01)
