@@ -107,10 +107,10 @@ def test_version_help_and_bare_command(tmp_path):
     ("locs-to-supervoxels", ["--partition-size", "-5"],
      "crantseg run: error: argument --partition-size: -5 is not allowed: expected an integer >= 1"),
     ("locs-to-supervoxels", ["--mip", "-1"],
-     "crantseg run: error: argument --mip: -1 is not allowed: expected an integer >= 0"),
+     "crantseg run: mip (--mip)=-1: expected an integer >= 0"),
     ("locs-to-supervoxels", ["--mip", "9"], "crantseg run: mip=9 is not available; this volume has mips 0..2"),
     ("snap", ["--id-column", "post_pt_root_id", "--search-radius", "-5"],
-     "crantseg run: error: argument --search-radius: -5 is not allowed: expected a number > 0"),
+     "crantseg run: search_radius=-5.0 (--search-radius): expected a number of nm > 0"),
     ("locs-to-supervoxels", ["--scheduler", "MISSING.json"],
      "crantseg run: --scheduler MISSING.json: no such scheduler file (a running `dask scheduler "
      "--scheduler-file FILE` writes it)"),
