@@ -10,13 +10,16 @@ one); timestamps arrive as float seconds.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 
 from ._base import ID, NAME, ApiError, ApiHandler
 from .info import base_url
 from .state import VERSIONS
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["routes"]
 

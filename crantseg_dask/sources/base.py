@@ -201,6 +201,8 @@ class SegmentationSource(abc.ABC):
         chunks overlapping the mip-0 voxel box ``bounds`` (2, 3). Timeless."""
 
     def leaves_many(self, nodes: np.ndarray, stop_layer: int = 1, bounds=None) -> dict[int, np.ndarray]:
+        """``leaves`` of each node: node -> its descendants at ``stop_layer`` (sorted uint64), in the
+        order the nodes first appear (duplicates answered once); ``bounds`` as in ``leaves``."""
         return {int(n): self.leaves(int(n), stop_layer, bounds) for n in np.asarray(nodes, np.uint64)}
 
     @abc.abstractmethod
