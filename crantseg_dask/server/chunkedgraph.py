@@ -147,7 +147,6 @@ class DeltaRoots(ApiHandler):
         past = self.ts_arg("timestamp_past", default="none")
         if past is None:
             raise ApiError(400, "timestamp_past is mandatory")
-        future = self.ts_arg("timestamp_future")
         old, new = self.state.source.delta_root_lists(past, self.ts_arg("timestamp_future"))
         self.send_json({"old_roots": old.tolist(), "new_roots": new.tolist()})
 

@@ -330,7 +330,7 @@ class CaveSource(ChunkReads, SegmentationSource):
         ts, cg = _aware(end_timestamp), self.cg
         for i in range(0, len(ids), self.batch_size):
             batch = ids[i: i + self.batch_size]
-            out[i: i + len(batch)] = self._call(lambda: cg.is_valid_nodes(batch, end_timestamp=ts), "GET valid_nodes")
+            out[i: i + len(batch)] = self._call(lambda b=batch: cg.is_valid_nodes(b, end_timestamp=ts), "GET valid_nodes")
         return out
 
     def root_expired(self, roots, timestamp: datetime) -> np.ndarray:
@@ -340,7 +340,7 @@ class CaveSource(ChunkReads, SegmentationSource):
         ts, cg = _aware(timestamp), self.cg
         for i in range(0, len(roots), self.batch_size):
             batch = roots[i: i + self.batch_size]
-            got = self._id_call(lambda: cg.get_root_timestamps(batch, latest=True, timestamp=ts),
+            got = self._id_call(lambda b=batch: cg.get_root_timestamps(b, latest=True, timestamp=ts),
                                 "POST root_timestamps", batch)
             out[i: i + len(batch)] = [(round(_aware(t).timestamp() * 1000) + 1) / 1000 for t in got]
         return out

@@ -19,9 +19,9 @@ from typing import Iterator
 import pytest
 
 from ..config import cave_dataset
-from ..sources.base import SourceSpec
 from ..server.app import RunningServer, serve_in_thread
 from ..server.state import Faults
+from ..sources.base import SourceSpec
 
 __all__ = ["FAST_RETRIES", "cave_home", "cave_server", "cave_spec", "cave_spec_for", "fast_spec", "faulty_server",
            "isolated_home"]
