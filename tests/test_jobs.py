@@ -257,7 +257,7 @@ def test_job_against_a_faulty_cave_server_matches_a_clean_run(client, small, tin
     """Through the real caveclient / cloud-volume against the local server answering 20% of
     requests with 503/429 and stalling 5% past the client timeout: the same output as a clean run
     on the local source."""
-    from crantseg_dask.server.testing import fast_spec, faulty_server
+    from crantseg_dask.testing.server import fast_spec, faulty_server
 
     keep = np.flatnonzero(small["root"] != 0)[:3000]
     table = small["df"].iloc[keep].reset_index(drop=True)

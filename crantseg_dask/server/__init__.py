@@ -10,7 +10,10 @@ logs the token, and has a fault mode (``Faults``) for retry tests and benchmarks
 
 Modules: ``state`` (dataset, token, faults), ``_base`` (auth, parsing, errors), ``info``,
 ``chunkedgraph``, ``materialize`` (routes per service), ``app`` (application, threads),
-``main`` (the command line), ``testing`` (pytest fixtures).
+``main`` (the command line). Its pytest fixtures live in ``crantseg_dask.testing.server``.
+
+Every data answer comes from a documented ``SegmentationSource`` method of the dataset's
+``LocalSource``; the server adds only the protocol (routes, encodings, status codes, auth, faults).
 """
 from __future__ import annotations
 

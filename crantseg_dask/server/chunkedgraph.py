@@ -1,34 +1,27 @@
 """PyChunkedGraph "segmentation" API v1 routes (protocol sections 2.1-2.15 and 3.2).
 
-Every answer comes from the wrapped ``LocalSource``, so the server and the ``local`` source agree
-by construction. Binary ID arrays are little-endian uint64 both ways; JSON bodies are parsed
-whatever their Content-Type (several GET routes carry one); timestamps arrive as float seconds.
+A thin adapter: each route parses its arguments, calls one documented ``SegmentationSource``
+method of the served dataset's ``LocalSource`` and encodes the answer, so the server and the
+``local`` source cannot drift apart (no table of the source is read here). What stays here is the
+protocol: routes, JSON and binary encodings, status codes. Binary ID arrays are little-endian
+uint64 both ways; JSON bodies are parsed whatever their Content-Type (several GET routes carry
+one); timestamps arrive as float seconds.
 """
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 
-from ..errors import UnknownIDError
 from ._base import ID, NAME, ApiError, ApiHandler
 from .info import base_url
 from .state import VERSIONS
 
+if TYPE_CHECKING:
+    import networkx as nx
+
 __all__ = ["routes"]
-
-
-def _known(src, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of each ID in the node table and whether the ID is known."""
-    table = src.node_ids
-    pos = np.clip(np.searchsorted(table, ids), 0, max(len(table) - 1, 0))
-    return pos, (table[pos] == ids) if len(table) else np.zeros(len(ids), bool)
-
-
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 class ApiVersions(ApiHandler):
@@ -87,9 +80,8 @@ class LeavesMany(ApiHandler):
     def post(self, table: str) -> None:
         self.table_of(table)
         ids = self.ids_from_body("node_ids")
-        stop, bounds = self.stop_layer_arg() or 1, self.bounds_arg()
-        src = self.state.source
-        self.send_json({str(n): src.leaves(n, stop, bounds).tolist() for n in dict.fromkeys(ids.tolist())})
+        many = self.state.source.leaves_many(ids, self.stop_layer_arg() or 1, self.bounds_arg())
+        self.send_json({str(n): leaves.tolist() for n, leaves in many.items()})
 
 
 class NodeChildren(ApiHandler):
@@ -104,45 +96,9 @@ class Lineage(ApiHandler):
         roots = self.ids_from_body("root_ids")
         # caveclient <= 8.2.1 sends `name=timestamp_future` instead of a value: unknown
         # parameters are ignored and the future defaults to now.
-        g = pcg_lineage(self.state.source, roots.tolist(), self.ts_arg("timestamp_past", default="none"),
-                        self.ts_arg("timestamp_future"))
+        g = self.state.source.lineage(roots, self.ts_arg("timestamp_past", default="none"),
+                                      self.ts_arg("timestamp_future"))
         self.send_json(node_link(g))
-
-
-def pcg_lineage(src, roots: list[int], past: datetime | None, future: datetime | None) -> nx.DiGraph:
-    """PyChunkedGraph's ``lineage_graph``: two frontiers from the query roots, one walking only
-    backwards (from nodes created at or after ``past``), one only forwards (from nodes created at
-    or before ``future``). Siblings (the other side of a split, the partner of a merge) are not
-    followed, so caveclient's ``get_latest_roots`` (out-degree 0) finds only descendants.
-
-    Nodes carry ``timestamp`` (creation, unix s) and, on superseded roots, ``operation_id`` (the
-    operation that ended them)."""
-    past_ms = -1 if past is None else int(np.floor(past.timestamp() * 1000))
-    future_ms = (1 << 62) if future is None else int(np.floor(future.timestamp() * 1000))
-    for r in roots:
-        if r not in src.root_created:
-            raise UnknownIDError(f"{r} is not a root of dataset {src.spec.name!r}")
-    g = nx.DiGraph()
-    back, fwd = list(dict.fromkeys(roots)), list(dict.fromkeys(roots))
-    while back or fwd:
-        g.add_nodes_from(back + fwd)
-        nxt_back, nxt_fwd = [], []
-        for k in back:
-            if src.root_created[k] >= past_ms:
-                for f in src.predecessors.get(k, []):
-                    g.add_edge(f, k)
-                    nxt_back.append(f)
-        for k in fwd:
-            if src.root_created[k] <= future_ms:
-                for n in src.successors.get(k, []):
-                    g.add_edge(k, n)
-                    nxt_fwd.append(n)
-        back, fwd = list(dict.fromkeys(nxt_back)), list(dict.fromkeys(nxt_fwd))
-    for n in g.nodes:
-        g.nodes[n]["timestamp"] = src.root_created[n] / 1000
-        if n in src.root_ended_by:
-            g.nodes[n]["operation_id"] = src.root_ended_by[n]
-    return g
 
 
 def node_link(g: nx.DiGraph) -> dict:
@@ -180,33 +136,9 @@ class PastIdMapping(ApiHandler):
     def get(self, table: str) -> None:
         self.table_of(table)
         roots = self.ids_from_body("root_ids")
-        past = self.ts_arg("timestamp_past", default="none")
-        src = self.state.source
-        past_map, future_map = {}, {}
-        for r in dict.fromkeys(roots.tolist()):
-            g = pcg_lineage(src, [r], past, None)  # PCG ignores timestamp_future
-            anc = [a for a in nx.ancestors(g, r) if g.in_degree(a) == 0]
-            past_ids = sorted(anc) if anc else [r]
-            past_map[str(r)] = past_ids
-            for p in past_ids:
-                sink = _merge_only_sink(g, p)
-                if sink is not None:
-                    future_map[str(p)] = sink
-        self.send_json({"past_id_map": past_map, "future_id_map": future_map})
-
-
-def _merge_only_sink(g: nx.DiGraph, p: int) -> int | None:
-    """The single descendant sink of ``p`` if every step down from it is a merge (PCG's rule)."""
-    desc = nx.descendants(g, p) | {p}
-    if any(g.out_degree(d) >= 2 for d in desc):
-        return None
-    sinks = [d for d in desc if g.out_degree(d) == 0]
-    if len(sinks) != 1:
-        return None
-    for d in desc:
-        if g.out_degree(d) == 1 and g.in_degree(next(iter(g.successors(d)))) < 2:
-            return None
-    return int(sinks[0])
+        past_map, future_map = self.state.source.past_id_mapping(roots, self.ts_arg("timestamp_past", default="none"))
+        self.send_json({"past_id_map": {str(r): ids for r, ids in past_map.items()},
+                        "future_id_map": {str(p): sink for p, sink in future_map.items()}})
 
 
 class DeltaRoots(ApiHandler):
@@ -215,27 +147,15 @@ class DeltaRoots(ApiHandler):
         past = self.ts_arg("timestamp_past", default="none")
         if past is None:
             raise ApiError(400, "timestamp_past is mandatory")
-        future = self.ts_arg("timestamp_future")
-        # milliseconds, truncated, as the sources compare (PCG's resolution); PCG's format: each
-        # new root's former roots, concatenated (duplicates kept)
-        lo, hi = (int(np.floor(t.timestamp() * 1000)) for t in (past, future))
-        old, new = [], []
-        for op in self.state.operations_by_time:
-            if lo <= op["ts_ms"] <= hi:
-                for n in op["new_roots"]:
-                    new.append(int(n["root"]))
-                    old += [int(o) for o in op["old_roots"]]
-        self.send_json({"old_roots": old, "new_roots": new})
+        old, new = self.state.source.delta_root_lists(past, self.ts_arg("timestamp_future"))
+        self.send_json({"old_roots": old.tolist(), "new_roots": new.tolist()})
 
 
 class ValidNodes(ApiHandler):
     def get(self, table: str) -> None:
         self.table_of(table)
         ids = self.ids_from_body("node_ids", layers=False)  # answers which IDs are valid
-        end = self.ts_arg("end_timestamp")
-        src = self.state.source
-        pos, known = _known(src, ids)
-        ok = known & (src.node_created_ms[pos] <= end.timestamp() * 1000)
+        ok = self.state.source.valid_nodes(ids, self.ts_arg("end_timestamp"))
         self.send_json({"valid_roots": ids[ok].tolist()})
 
 
@@ -249,68 +169,39 @@ class OperationDetails(ApiHandler):
                 raise ValueError
         except ValueError:
             raise ApiError(400, f"operation_ids={raw[:100]!r} must be a JSON list of integers") from None
-        ops = self.state.source.operations
-        self.send_json({str(i): _operation(ops[i]) for i in ids if i in ops})
+        details = self.state.source.operation_details(ids)
+        self.send_json({str(i): _operation(d) for i, d in details.items()})
 
 
-def _operation(op: dict) -> dict:
-    ts = str(_utc(op["ts_ms"]))
-    d = {
-        "user": str(op["user"]),
-        "roots": [int(n["root"]) for n in op["new_roots"]],
-        "source_coords": op.get("source_coords", []),
-        "sink_coords": op.get("sink_coords", []),
-        "operation_status": 0,
-        "operation_exception": "",
-        "operation_ts": ts,
-        "timestamp": ts,
-    }
-    if op["kind"] == "merge":
-        d["added_edges"] = op.get("added_edges", [])
-    else:
-        d["removed_edges"] = op.get("removed_edges", [])
+def _operation(rec: dict) -> dict:
+    """PyChunkedGraph's operation record from the source's (timestamps as ``str(datetime)``)."""
+    ts = str(rec["timestamp"])
+    d = {"user": rec["user"], "roots": rec["roots"], "source_coords": rec["source_coords"],
+         "sink_coords": rec["sink_coords"], "operation_status": 0, "operation_exception": "",
+         "operation_ts": ts, "timestamp": ts}
+    d.update({k: rec[k] for k in ("added_edges", "removed_edges") if k in rec})
     return d
 
 
 class L2ChunkChildren(ApiHandler):
     def get(self, table: str, chunk: str) -> None:
         self.table_of(table)
-        cid = np.uint64(self.node_id(chunk))
-        src = self.state.source
-        layout = src.meta.layout
-        if int(layout.layer(np.array([cid]))[0]) != 2:
-            raise ApiError(400, f"{int(cid)} is not a layer-2 chunk ID")
-        ts = self.ts_arg("timestamp")
-        cid = layout.chunk_id(np.array([cid]))[0]
-        ids = src.node_ids
-        l2 = ids[(layout.layer(ids) == 2) & (layout.chunk_id(ids) == cid)]
-        pos, _ = _known(src, l2)
-        l2 = l2[src.node_created_ms[pos] <= ts.timestamp() * 1000]
-        alive = src.is_latest(src.roots(l2, ts), ts) if len(l2) else np.zeros(0, bool)
-        pairs = [(n, sv) for n in l2[alive].tolist() for sv in src.children(n).tolist()]
+        children = self.state.source.l2_chunk_children(self.node_id(chunk), self.ts_arg("timestamp"))
+        pairs = [(n, sv) for n, svs in children.items() for sv in svs.tolist()]
         self.send_binary(np.array(pairs, dtype=np.uint64).reshape(-1))
 
 
 class OldestTimestamp(ApiHandler):
     def get(self, table: str) -> None:
         self.table_of(table)
-        self.send_json({"iso": str(self.state.oldest_timestamp())})
+        self.send_json({"iso": str(self.state.source.oldest_timestamp())})
 
 
 class Lvl2Graph(ApiHandler):
     def get(self, table: str, node: str) -> None:
         self.table_of(table)
-        src = self.state.source
-        edges = src.l2_graph(self.node_id(node))
-        bounds = self.bounds_arg()
-        if bounds is not None and len(edges):
-            coords = src.meta.layout.chunk_coords(edges)
-            keep = np.ones(len(edges), bool)
-            for k in range(len(edges)):
-                for c in coords[k]:
-                    box = src.meta.graph_chunk_box(c, 2)
-                    keep[k] &= bool(np.all(box[0] < bounds[1]) and np.all(box[1] > bounds[0]))
-            edges = edges[keep]
+        node, bounds = self.node_id(node), self.bounds_arg()
+        edges = self.state.source.l2_graph(node, bounds)
         self.set_header("Used-Bounds", "True" if bounds is not None else "False")
         self.send_json({"edge_graph": edges.tolist()})
 

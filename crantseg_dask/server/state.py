@@ -1,10 +1,10 @@
 """What the server serves: one embedded dataset, its token, and the fault settings.
 
 ``ServedDataset`` wraps a ``LocalSource`` (the chunked-graph state of a dataset written by
-``crantseg make-dataset``) and builds the documents the CAVE protocol needs from it: the datastack
-info, the graphene info (the precomputed ``segmentation/info`` plus ``graph``, ``app``,
-``data_dir`` = the layer's ``file://`` path, ``chunks_start_at_voxel_offset``) and the
-materialization version metadata. ``Faults`` describes the fault mode used by tests and
+``crantseg make-dataset``) and builds the documents the CAVE protocol needs from the source's
+documented answers: the datastack info, the graphene info (the source's ``graphene_info()`` plus
+``app``, with ``data_dir`` pointed at this server's storage route) and the materialization
+version metadata. Nothing here reads the source's tables. ``Faults`` describes the fault mode used by tests and
 benchmarks.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import random
 import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from ..dataset.layout import read_params
@@ -140,7 +140,7 @@ class ServedDataset:
         self.faults = faults or Faults()
         self.n_requests = 0  # requests received (all routes, all answers)
         self.viewer_resolution = [float(v) for v in params.viewer_resolution]
-        self._ops = sorted(self.source.operations.values(), key=lambda op: op["ts_ms"])
+        self.name = params.name
         # what the data is, whatever the address: jobs resume across a restart on another port
         import dataclasses
         import hashlib
@@ -167,7 +167,7 @@ class ServedDataset:
         vx, vy, vz = self.viewer_resolution
         return {
             "datastack_name": self.datastack,
-            "description": f"crantseg_dask embedded dataset {self.source.params.name!r} served locally",
+            "description": f"crantseg_dask embedded dataset {self.name!r} served locally",
             "aligned_volume": {"name": f"{self.datastack}_aligned", "id": 1, "image_source": "",
                                "description": "no image layer"},
             "local_server": base,
@@ -182,17 +182,16 @@ class ServedDataset:
         }
 
     def graphene_info(self, base: str | None = None) -> dict:
-        """The graphene info; ``data_dir`` is this server's storage route (``base`` + prefix) or,
-        with ``storage="file"`` or no ``base``, the layer's ``file://`` path."""
+        """The source's graphene info plus ``app``; ``data_dir`` is this server's storage route
+        (``base`` + prefix) or, with ``storage="file"`` or no ``base``, the source's (the layer's
+        ``file://`` path)."""
         from .storage import STORAGE_PREFIX
 
-        info = dict(self.source.segmentation_info)
-        info["graph"] = dict(self.source.info["graph"])
+        info = self.source.graphene_info()
         info["app"] = {"supported_api_versions": [0, 1]}
-        info["data_dir"] = (f"{base}{STORAGE_PREFIX}" if base and self.storage == "http"
-                            else self.source.cloudpath)
-        info["chunks_start_at_voxel_offset"] = True
-        info["crantseg_dataset"] = {"name": self.source.params.name, "digest": self.dataset_digest}
+        if base and self.storage == "http":
+            info["data_dir"] = f"{base}{STORAGE_PREFIX}"
+        info["crantseg_dataset"] = {"name": self.name, "digest": self.dataset_digest}
         return info
 
     def materializations(self) -> dict[int, datetime]:
@@ -212,12 +211,6 @@ class ServedDataset:
             "parent_version": None,
         }
 
-    # -- history helpers ------------------------------------------------------------------------
-    @property
-    def operations_by_time(self) -> list[dict]:
-        return self._ops
-
     def oldest_timestamp(self) -> datetime:
-        """PCG's answer: the first operation's time minus 0.5 s (ingest time without edits)."""
-        ms = self._ops[0]["ts_ms"] if self._ops else self.source.edits["ingest_ms"]
-        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc) - timedelta(milliseconds=500)
+        """The source's ``oldest_timestamp()`` (PCG's: the first operation's time minus 0.5 s)."""
+        return self.source.oldest_timestamp()

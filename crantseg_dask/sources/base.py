@@ -201,6 +201,8 @@ class SegmentationSource(abc.ABC):
         chunks overlapping the mip-0 voxel box ``bounds`` (2, 3). Timeless."""
 
     def leaves_many(self, nodes: np.ndarray, stop_layer: int = 1, bounds=None) -> dict[int, np.ndarray]:
+        """``leaves`` of each node: node -> its descendants at ``stop_layer`` (sorted uint64), in the
+        order the nodes first appear (duplicates answered once); ``bounds`` as in ``leaves``."""
         return {int(n): self.leaves(int(n), stop_layer, bounds) for n in np.asarray(nodes, np.uint64)}
 
     @abc.abstractmethod
@@ -218,17 +220,20 @@ class SegmentationSource(abc.ABC):
     @abc.abstractmethod
     def lineage(self, roots: np.ndarray, past: datetime | None = None, future: datetime | None = None):
         """networkx.DiGraph of the roots' history as PyChunkedGraph answers it: the roots, their
-        ancestors and their descendants (not their siblings), edges old -> new; nodes carry
-        ``timestamp`` (creation, unix s) and, where they have successors in the graph,
-        ``operation_id`` (the operation that ended them)."""
+        ancestors (walking back while a node was created at or after ``past``) and their
+        descendants (walking forward while a node was created at or before ``future``), not their
+        siblings; edges old -> new. Nodes carry ``timestamp`` (creation, unix s) and, on every
+        superseded root, ``operation_id`` (the operation that ended it). Unknown roots raise
+        ``UnknownIDError``."""
 
     @abc.abstractmethod
     def latest_roots(self, root: int, timestamp: datetime) -> np.ndarray:
         """Roots alive at ``timestamp`` that descend from ``root`` (itself if alive)."""
 
     @abc.abstractmethod
-    def l2_graph(self, root: int) -> np.ndarray:
-        """(E, 2) uint64 edges between the root's L2 nodes."""
+    def l2_graph(self, root: int, bounds: np.ndarray | None = None) -> np.ndarray:
+        """(E, 2) uint64 edges between the root's L2 nodes; with ``bounds`` (a (2, 3) mip-0 voxel
+        box) only the edges whose two L2 nodes lie in chunks overlapping it."""
 
     def delta_roots(self, past: datetime, future: datetime) -> tuple[np.ndarray, np.ndarray]:
         """Roots that expired and roots that were created by the operations stamped in
@@ -236,6 +241,75 @@ class SegmentationSource(abc.ABC):
         uint64 arrays ``(old_roots, new_roots)``. A new root superseded again inside the window is
         in both. One request on a CAVE server."""
         raise NotImplementedError(f"{type(self).__name__} does not answer delta roots")
+
+    def delta_root_lists(self, past: datetime, future: datetime) -> tuple[np.ndarray, np.ndarray]:
+        """PyChunkedGraph's raw ``delta_roots`` answer for the operations stamped in [``past``,
+        ``future``] (inclusive, milliseconds truncated), in operation order.
+
+        Returns
+        -------
+        old_roots, new_roots : numpy.ndarray of uint64
+            ``new_roots``: every root the operations created; ``old_roots``: for each of those, the
+            roots its operation ended, concatenated (duplicates kept). ``delta_roots`` is their
+            sorted unique form."""
+        raise NotImplementedError(f"{type(self).__name__} does not answer raw delta roots")
+
+    def past_id_mapping(self, roots: np.ndarray, past: datetime | None = None
+                        ) -> tuple[dict[int, list[int]], dict[int, int]]:
+        """PyChunkedGraph's ``past_id_mapping``, derived from ``lineage`` (one call per root).
+
+        Parameters
+        ----------
+        roots : array of uint64
+            Query roots (duplicates answered once).
+        past : datetime, optional
+            How far back the lineage is walked (None: to ingest).
+
+        Returns
+        -------
+        past_id_map : dict
+            Root -> its oldest ancestors within reach (sorted), or ``[root]`` when it has none.
+        future_id_map : dict
+            Such an ancestor -> the single root every step after it merges into, where every step
+            down from it is a merge."""
+        from ._lineage import past_id_mapping
+
+        return past_id_mapping(self, roots, past)
+
+    def valid_nodes(self, ids: np.ndarray, end_timestamp: datetime) -> np.ndarray:
+        """Whether each ID is a node of the chunked graph (any layer, superseded or not) created at
+        or before ``end_timestamp``: a bool array like ``ids``."""
+        raise NotImplementedError(f"{type(self).__name__} does not answer valid nodes")
+
+    def root_expired(self, roots: np.ndarray, timestamp: datetime) -> np.ndarray:
+        """Superseding time of each root (float unix s), or ``timestamp`` for roots still current
+        then (PyChunkedGraph's ``root_timestamps?latest=True``). Unknown roots raise
+        ``UnknownIDError``."""
+        raise NotImplementedError(f"{type(self).__name__} does not answer root expiry times")
+
+    def operation_details(self, operation_ids) -> dict[int, dict]:
+        """Operation ID -> its record, for the known IDs among ``operation_ids`` (others left out).
+
+        A record holds ``user`` (str), ``timestamp`` (aware UTC datetime), ``roots`` (the roots it
+        created), ``source_coords`` and ``sink_coords`` (voxel points the editor placed), and
+        ``added_edges`` (a merge) or ``removed_edges`` (a split): supervoxel pairs."""
+        raise NotImplementedError(f"{type(self).__name__} does not answer operation details")
+
+    def oldest_timestamp(self) -> datetime:
+        """PyChunkedGraph's oldest timestamp: the first operation's time (ingest when no edit was
+        made) minus 0.5 s."""
+        raise NotImplementedError(f"{type(self).__name__} does not answer the oldest timestamp")
+
+    def l2_chunk_children(self, chunk_id: int, timestamp: datetime) -> dict[int, np.ndarray]:
+        """L2 node -> its supervoxels (sorted uint64), for the L2 nodes of the layer-2 chunk of
+        ``chunk_id`` (any ID in that chunk) that are part of the graph at ``timestamp``, in ID
+        order. ``InvalidInputError`` when ``chunk_id`` is not a layer-2 ID."""
+        raise NotImplementedError(f"{type(self).__name__} does not answer L2 chunk children")
+
+    def graphene_info(self) -> dict:
+        """The dataset's graphene info: the precomputed ``scales``, ``graph`` (layers, chunk size,
+        bit masks) and ``data_dir`` (where the supervoxel layer is read)."""
+        raise NotImplementedError(f"{type(self).__name__} does not answer its graphene info")
 
     # -- materialization ----------------------------------------------------------------------
     @abc.abstractmethod

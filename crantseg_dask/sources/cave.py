@@ -24,7 +24,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ..errors import OutOfBoundsError, SourceError, UnknownIDError
+from ..errors import InvalidInputError, OutOfBoundsError, SourceError, UnknownIDError
 from . import _http
 from ._chunks import ChunkReader, ChunkReads, cutout_from_chunks
 from .base import SegmentationSource, SourceSpec, VolumeMeta
@@ -302,9 +302,10 @@ class CaveSource(ChunkReads, SegmentationSource):
                 todo += list(g.successors(r) if forward else g.predecessors(r))
         return np.array(sorted(out), dtype=np.uint64)
 
-    def l2_graph(self, root: int) -> np.ndarray:
+    def l2_graph(self, root: int, bounds=None) -> np.ndarray:
         cg = self.cg
-        edges = self._id_call(lambda: cg.level2_chunk_graph(int(root)), "GET lvl2_graph", [root])
+        b = None if bounds is None else np.asarray(bounds, dtype=np.int64).reshape(2, 3).T
+        edges = self._id_call(lambda: cg.level2_chunk_graph(int(root), bounds=b), "GET lvl2_graph", [root])
         e = np.asarray(edges, dtype=np.uint64).reshape(-1, 2)
         e = np.unique(np.sort(e, axis=1), axis=0) if len(e) else e
         return e
@@ -314,6 +315,70 @@ class CaveSource(ChunkReads, SegmentationSource):
         cg = self.cg
         old, new = self._call(lambda: cg.get_delta_roots(_aware(past), _aware(future)), "GET delta_roots")
         return np.unique(np.asarray(old).astype(np.uint64)), np.unique(np.asarray(new).astype(np.uint64))
+
+    # -- what the local server also answers (issue 14: one interface for both) -----------------
+    def delta_root_lists(self, past: datetime, future: datetime) -> tuple[np.ndarray, np.ndarray]:
+        """One ``GET delta_roots`` (caveclient's ``get_delta_roots``), as answered."""
+        cg = self.cg
+        old, new = self._call(lambda: cg.get_delta_roots(_aware(past), _aware(future)), "GET delta_roots")
+        return np.asarray(old).astype(np.uint64), np.asarray(new).astype(np.uint64)
+
+    def valid_nodes(self, ids, end_timestamp: datetime) -> np.ndarray:
+        """``GET valid_nodes`` per batch (caveclient's ``is_valid_nodes``)."""
+        ids = _u64(ids)
+        out = np.zeros(len(ids), dtype=bool)
+        ts, cg = _aware(end_timestamp), self.cg
+        for i in range(0, len(ids), self.batch_size):
+            batch = ids[i: i + self.batch_size]
+            out[i: i + len(batch)] = self._call(lambda b=batch: cg.is_valid_nodes(b, end_timestamp=ts), "GET valid_nodes")
+        return out
+
+    def root_expired(self, roots, timestamp: datetime) -> np.ndarray:
+        """``POST root_timestamps?latest=True`` per batch (caveclient takes 1 ms off; added back)."""
+        roots = _u64(roots)
+        out = np.zeros(len(roots), dtype=float)
+        ts, cg = _aware(timestamp), self.cg
+        for i in range(0, len(roots), self.batch_size):
+            batch = roots[i: i + self.batch_size]
+            got = self._id_call(lambda b=batch: cg.get_root_timestamps(b, latest=True, timestamp=ts),
+                                "POST root_timestamps", batch)
+            out[i: i + len(batch)] = [(round(_aware(t).timestamp() * 1000) + 1) / 1000 for t in got]
+        return out
+
+    def operation_details(self, operation_ids) -> dict[int, dict]:
+        """One ``GET operation_details`` (caveclient's ``get_operation_details``)."""
+        ids = [int(v) for v in operation_ids]
+        cg = self.cg
+        got = self._call(lambda: cg.get_operation_details(ids), "GET operation_details") if ids else {}
+        out = {}
+        for i in dict.fromkeys(ids):
+            d = got.get(str(i))
+            if d is None:
+                continue
+            rec = {"user": str(d.get("user")), "timestamp": _aware(datetime.fromisoformat(str(d["timestamp"]))),
+                   "roots": [int(r) for r in d.get("roots", [])], "source_coords": d.get("source_coords", []),
+                   "sink_coords": d.get("sink_coords", [])}
+            rec.update({k: d[k] for k in ("added_edges", "removed_edges") if k in d})
+            out[i] = rec
+        return out
+
+    def oldest_timestamp(self) -> datetime:
+        """One ``GET oldest_timestamp`` (caveclient's ``get_oldest_timestamp``)."""
+        cg = self.cg
+        return _aware(self._call(cg.get_oldest_timestamp, "GET oldest_timestamp"))
+
+    def l2_chunk_children(self, chunk_id: int, timestamp: datetime) -> dict[int, np.ndarray]:
+        """One ``GET l2_chunk_children_binary`` through cloud-volume's ``get_chunk_mappings``
+        (caveclient has no call for it)."""
+        if int(self.meta.layout.layer(np.array([chunk_id], dtype=np.uint64))[0]) != 2:
+            raise InvalidInputError(f"{int(chunk_id)} is not a layer-2 chunk ID")
+        cv, ts = self.cloudvolume(0), _aware(timestamp)
+        got = self._call(lambda: cv.get_chunk_mappings(int(chunk_id), timestamp=ts), "GET l2_chunk_children")
+        return {int(k): np.sort(np.asarray(v, dtype=np.uint64)) for k, v in sorted(got.items())}
+
+    def graphene_info(self) -> dict:
+        """The graphene info caveclient read at construction (a copy)."""
+        return dict(self.segmentation_info)
 
     # -- materialization ------------------------------------------------------------------------
     def materialization_versions(self) -> dict[int, datetime]:

@@ -8,14 +8,14 @@ server serves.
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from ..dataset.layout import load_json, read_params
-from ..errors import UnknownIDError
+from ..errors import InvalidInputError, UnknownIDError
 from ._chunks import ChunkReader, ChunkReads, cutout_from_chunks
 from .base import SegmentationSource, SourceSpec, VolumeMeta
 
@@ -204,7 +204,8 @@ class LocalSource(ChunkReads, SegmentationSource):
     def lineage(self, roots, past: datetime | None = None, future: datetime | None = None):
         """PyChunkedGraph's lineage: the query roots, their ancestors (walking back while a node was
         created at or after ``past``) and their descendants (walking forward while a node was
-        created at or before ``future``). Siblings are not followed, as in PCG and caveclient."""
+        created at or before ``future``). Siblings are not followed, as in PCG and caveclient.
+        Every superseded root carries the ``operation_id`` that ended it."""
         import networkx as nx
 
         past_ms = _ms(past) if past is not None else 0
@@ -229,7 +230,7 @@ class LocalSource(ChunkReads, SegmentationSource):
                         todo.append(n)
         for n in g.nodes:
             g.nodes[n]["timestamp"] = self.root_created[n] / 1000
-            if g.out_degree(n):
+            if n in self.root_ended_by:
                 g.nodes[n]["operation_id"] = self.root_ended_by[n]
         return g
 
@@ -251,7 +252,7 @@ class LocalSource(ChunkReads, SegmentationSource):
                 todo += step.get(r, [])
         return np.array(sorted(out), dtype=np.uint64)
 
-    def l2_graph(self, root: int) -> np.ndarray:
+    def l2_graph(self, root: int, bounds=None) -> np.ndarray:
         l2s = self.leaves(int(root), stop_layer=2)
         sv_to_l2 = {}
         for l2 in l2s.tolist():
@@ -262,7 +263,11 @@ class LocalSource(ChunkReads, SegmentationSource):
             la, lb = sv_to_l2.get(a), sv_to_l2.get(b)
             if la is not None and lb is not None and la != lb:
                 edges.add((min(la, lb), max(la, lb)))
-        return np.array(sorted(edges), dtype=np.uint64).reshape(-1, 2)
+        out = np.array(sorted(edges), dtype=np.uint64).reshape(-1, 2)
+        if bounds is not None and len(out):
+            two, box = np.full(len(out), 2), np.asarray(bounds)
+            out = out[self._overlaps(out[:, 0], two, box) & self._overlaps(out[:, 1], two, box)]
+        return out
 
     @cached_property
     def _sv_tables(self):
@@ -286,6 +291,56 @@ class LocalSource(ChunkReads, SegmentationSource):
                 old += op["old_roots"]
                 new += [n["root"] for n in op["new_roots"]]
         return np.unique(np.array(old, dtype=np.uint64)), np.unique(np.array(new, dtype=np.uint64))
+
+    def delta_root_lists(self, past: datetime, future: datetime) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = _ms(past), _ms(future)
+        old, new = [], []
+        for op in sorted(self.edits["operations"], key=lambda op: op["ts_ms"]):
+            if lo <= op["ts_ms"] <= hi:
+                for n in op["new_roots"]:
+                    new.append(n["root"])
+                    old += op["old_roots"]
+        return np.array(old, dtype=np.uint64), np.array(new, dtype=np.uint64)
+
+    def operation_details(self, operation_ids) -> dict[int, dict]:
+        out = {}
+        for i in (int(v) for v in operation_ids):
+            op = self.operations.get(i)
+            if op is None:
+                continue
+            edges = "added_edges" if op["kind"] == "merge" else "removed_edges"
+            out[i] = {"user": str(op["user"]), "timestamp": _dt(op["ts_ms"]),
+                      "roots": [int(n["root"]) for n in op["new_roots"]],
+                      "source_coords": op.get("source_coords", []), "sink_coords": op.get("sink_coords", []),
+                      edges: op.get(edges, [])}
+        return out
+
+    def oldest_timestamp(self) -> datetime:
+        ops = self.edits["operations"]
+        ms = min(op["ts_ms"] for op in ops) if ops else self.edits["ingest_ms"]
+        return _dt(ms) - timedelta(milliseconds=500)
+
+    def valid_nodes(self, ids, end_timestamp: datetime) -> np.ndarray:
+        pos, known = self._find(ids)
+        return known & (self.node_created_ms[pos] <= _ms(end_timestamp))
+
+    def l2_chunk_children(self, chunk_id: int, timestamp: datetime) -> dict[int, np.ndarray]:
+        layout = self.meta.layout
+        cid = np.array([chunk_id], dtype=np.uint64)
+        if int(layout.layer(cid)[0]) != 2:
+            raise InvalidInputError(f"{int(chunk_id)} is not a layer-2 chunk ID")
+        ids = self.node_ids
+        l2 = ids[(layout.layer(ids) == 2) & (layout.chunk_id(ids) == layout.chunk_id(cid)[0])]
+        l2 = l2[self.valid_nodes(l2, timestamp)]
+        alive = self.is_latest(self.roots(l2, timestamp), timestamp) if len(l2) else np.zeros(0, bool)
+        return {n: self.children(n) for n in l2[alive].tolist()}
+
+    def graphene_info(self) -> dict:
+        info = dict(self.segmentation_info)
+        info["graph"] = dict(self.info["graph"])
+        info["data_dir"] = self.cloudpath
+        info["chunks_start_at_voxel_offset"] = self.meta.chunks_start_at_voxel_offset
+        return info
 
     # -- materialization ----------------------------------------------------------------------
     def materialization_versions(self) -> dict[int, datetime]:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from ..errors import CrantsegError
+from .conformance_served import ServedAnswersConformance
 
 __all__ = ["SourceConformance", "check_times", "random_boxes"]
 
@@ -50,8 +51,9 @@ def check_times(truth) -> list:
     return times
 
 
-class SourceConformance:
-    """Checks of every ``SegmentationSource`` method against ``Truth``."""
+class SourceConformance(ServedAnswersConformance):
+    """Checks of every ``SegmentationSource`` method against ``Truth`` (the methods the local
+    server answers from are checked in ``ServedAnswersConformance``)."""
 
     # -- metadata ---------------------------------------------------------------------------
     def test_meta(self, source, truth):

@@ -13,8 +13,8 @@ import pytest
 from ..dataset.generate import make_dataset
 from ..dataset.layout import PRESETS
 from ..dataset.truth import Truth
-from ..server.testing import cave_home, cave_server, cave_spec  # noqa: F401  (fixtures: the local CAVE server)
 from ..sources.base import SourceSpec
+from .server import cave_home, cave_server, cave_spec  # noqa: F401  (fixtures: the local CAVE server)
 
 
 @pytest.fixture(scope="session")

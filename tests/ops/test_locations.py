@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crantseg_dask.server.testing import fast_spec, faulty_server
 from crantseg_dask.dataset.truth_snap import SnapTruth, other_targets
 from crantseg_dask.errors import InvalidInputError, InvalidLocationError, SourceError
 from crantseg_dask.ops.locations import (locs_to_segments, locs_to_segments_graph,
                                          locs_to_supervoxels, locs_to_supervoxels_graph)
 from crantseg_dask.sources.base import SourceSpec
+from crantseg_dask.testing.server import fast_spec, faulty_server
 
 PARTITIONINGS = [None, 2, 37]  # default (one partition), many tiny ones, ragged
 

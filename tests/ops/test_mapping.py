@@ -265,7 +265,7 @@ def test_cave_identity_includes_segmentation_info(tiny_path, cave_home, tmp_path
     from crantseg_dask.dataset.generate import make_dataset
     from crantseg_dask.dataset.layout import DatasetParams
     from crantseg_dask.server.app import serve_in_thread
-    from crantseg_dask.server.testing import fast_spec
+    from crantseg_dask.testing.server import fast_spec
     from crantseg_dask.sources import open_source
 
     other = make_dataset(DatasetParams(name="other", seed=3, size=(96, 80, 40), n_edits=4), tmp_path / "other")

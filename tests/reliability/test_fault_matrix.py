@@ -149,7 +149,7 @@ def test_server_stop_then_resume_on_a_restarted_server_at_another_port(client, c
     from crantseg_dask.dataset.layout import PRESETS
     from crantseg_dask.server import serve_in_thread
     from crantseg_dask.server.state import Faults
-    from crantseg_dask.server.testing import fast_spec
+    from crantseg_dask.testing.server import fast_spec
 
     out = tmp_path / "o.zarr"
     a = serve_in_thread(tiny_path, faults=Faults(latency_ms=150))

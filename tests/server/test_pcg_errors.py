@@ -11,7 +11,7 @@ import requests
 from crantseg_dask.errors import InvalidIDError, UnknownIDError
 from crantseg_dask.server.app import serve_in_thread
 from crantseg_dask.server.state import ServedDataset
-from crantseg_dask.server.testing import fast_spec
+from crantseg_dask.testing.server import fast_spec
 
 
 @pytest.fixture(scope="module")

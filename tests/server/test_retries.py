@@ -13,10 +13,10 @@ import pytest
 
 from crantseg_dask.errors import AuthError, SourceError
 from crantseg_dask.server import Faults
-from crantseg_dask.server.testing import fast_spec
 from crantseg_dask.sources import _http
 from crantseg_dask.sources.cave import CaveSource
 from crantseg_dask.testing.conformance import check_times
+from crantseg_dask.testing.server import fast_spec
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from crantseg_dask.errors import AuthError, SourceError, UnknownIDError
-from crantseg_dask.server.testing import fast_spec, faulty_server
 from crantseg_dask.sources.cave import CaveSource
 from crantseg_dask.testing.conformance import SourceConformance, check_times
+from crantseg_dask.testing.server import fast_spec, faulty_server
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from crantseg_dask.errors import SourceError
 from crantseg_dask.server.app import serve_in_thread
 from crantseg_dask.server.state import Faults
 from crantseg_dask.server.storage import STORAGE_PREFIX
-from crantseg_dask.server.testing import TEST_FAULTS, fast_spec
 from crantseg_dask.sources import _fetch
 from crantseg_dask.sources._chunks import ChunkReader
 from crantseg_dask.sources._shards import index_cache
@@ -24,6 +23,7 @@ from crantseg_dask.sources.base import SourceSpec
 from crantseg_dask.sources.cave import CaveSource
 from crantseg_dask.sources.local import LocalSource
 from crantseg_dask.testing.conformance import SourceConformance, check_times
+from crantseg_dask.testing.server import TEST_FAULTS, fast_spec
 
 
 #: The fault-injected classes below fault the layer's reads only (chunks, shard indexes, info):

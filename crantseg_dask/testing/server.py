@@ -1,6 +1,6 @@
 """pytest fixtures for the local CAVE server (import them into a test module or conftest).
 
-    from crantseg_dask.server.testing import cave_home, cave_server, cave_spec  # noqa: F401
+    from crantseg_dask.testing.server import cave_home, cave_server, cave_spec  # noqa: F401
 
 ``cave_home`` points HOME (and cloud-volume's / cloud-files' directories) at a temporary
 directory for the session, so caveclient and cloud-volume write nothing under the real home.
@@ -19,9 +19,9 @@ from typing import Iterator
 import pytest
 
 from ..config import cave_dataset
+from ..server.app import RunningServer, serve_in_thread
+from ..server.state import Faults
 from ..sources.base import SourceSpec
-from .app import RunningServer, serve_in_thread
-from .state import Faults
 
 __all__ = ["FAST_RETRIES", "cave_home", "cave_server", "cave_spec", "cave_spec_for", "fast_spec", "faulty_server",
            "isolated_home"]
