@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import local_dataset_path, resolve_dataset
 from ..sources import open_source
+from ..sources.resolve import local_dataset_path, resolve_dataset
 from .runner import run_job
 
 __all__ = ["main", "synapse_table"]

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import resolve_dataset, resolve_timestamp, setting
+from ..config import setting
 from ..errors import CrantsegError, InvalidInputError, JobStoreError, SourceError
 from ..persist import FORMAT, JobStore, canonical, fingerprint, status, verify
 from ..sources import open_source
+from ..sources.resolve import resolve_dataset, resolve_timestamp
 from .lock import check_output_path, output_lock
 from .operations import OPERATIONS, Context
 

@@ -29,9 +29,10 @@ from dask.highlevelgraph import HighLevelGraph
 from .._chunking import Plan, chunk_keys, nm_to_voxels, plan_partitions
 from .._graph import compute
 from .._validate import as_coordinates, as_locations
-from ..config import resolve_dataset, resolve_timestamp, setting
+from ..config import setting
 from ..errors import InvalidLocationError
 from ..sources import SourceSpec, open_source
+from ..sources.resolve import resolve_dataset, resolve_timestamp
 from .mapping import roots_graph, roots_kernel
 
 __all__ = ["locs_to_segments", "locs_to_segments_graph", "locs_to_supervoxels",
@@ -258,7 +259,7 @@ def _segments_graph(locs_nm: np.ndarray, spec: SourceSpec, ts: datetime,
     if not len(locs_nm):
         return da.zeros((0,), dtype=np.uint64, chunks=((0,),))
     svs, plan = _planned_supervoxels(locs_nm, spec, 0, partition_size)
-    return _restore_graph(roots_graph(svs, spec, ts, None, int(setting("batch-size", 10_000))), plan)
+    return _restore_graph(roots_graph(svs, spec, ts, None, int(spec.setting("batch-size", 10_000))), plan)
 
 
 # -- graph builders ---------------------------------------------------------------------------
@@ -327,7 +328,7 @@ def locs_to_segments_graph(locs, timestamp: datetime | str | int | None = None, 
     """
     spec, source = _open(dataset)
     ts = resolve_timestamp(timestamp, source)
-    batch = int(setting("batch-size", 10_000))
+    batch = int(spec.setting("batch-size", 10_000))
     if isinstance(locs, da.Array):
         locs = _dask_locs(locs)
         if shuffle:

@@ -24,9 +24,9 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from ..config import cave_dataset, resolve_dataset, resolve_timestamp
 from ..errors import CrantsegError, InvalidInputError, InvalidTimestampError, UnknownIDError
 from ..sources import open_source
+from ..sources.resolve import cave_dataset, resolve_dataset, resolve_timestamp
 from ._refresh_store import TIMESTAMP_COLUMN, open_table
 
 __all__ = ["refresh", "refresh_roots", "RefreshReport", "main"]

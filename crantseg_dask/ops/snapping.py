@@ -23,7 +23,7 @@ import pandas as pd
 from .._chunking import Plan, chunk_keys, nm_to_voxels, plan_partitions
 from .._graph import compute
 from .._validate import as_coordinates, as_ids, as_locations
-from ..config import resolve_dataset
+from ..sources.resolve import resolve_dataset
 from ..errors import InvalidIDError, InvalidInputError
 from ..sources import SourceSpec, open_source
 from ._snap_kernel import (  # noqa: F401  (the per-block kernel; jobs use it too)

@@ -14,12 +14,12 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from .._cache import TTLCache, dataset_identity
+from .._cache import TTLCache, cache_identity
 from .._graph import compute
 from .._validate import as_ids, check_layers
-from ..config import resolve_dataset, resolve_timestamp
 from ..errors import InvalidInputError, UnknownIDError
 from ..sources import SourceSpec, open_source
+from ..sources.resolve import resolve_dataset, resolve_timestamp
 from ._lazy import lazy_ids
 from .mapping import parse_root_ids, roots_graph
 from .validity import is_valid_root
@@ -475,7 +475,7 @@ class _NoCache:
 def _update(roots, sv, spec, ts, stop, layout, progress, use_cache=True):
     """new_id (uint64) and confidence for each valid row; see ``update_ids``. ``use_cache=False``
     neither reads nor writes ``update_cache``."""
-    ident = (dataset_identity(spec), ts.isoformat(), stop)
+    ident = (cache_identity(spec), ts.isoformat(), stop)
     cache = update_cache if use_cache else _NoCache()
     new, conf = roots.copy(), np.zeros(len(roots))
     good = layout.layer(roots) == layout.n_layers  # other layers cannot be updated: confidence 0

@@ -12,9 +12,9 @@ import numpy as np
 
 from .._ids import IDLayout
 from .._validate import as_ids
-from ..config import resolve_dataset
 from ..errors import InvalidIDError
 from ..sources import open_source
+from ..sources.resolve import resolve_dataset
 from ._lazy import lazy_ids
 
 __all__ = ["layer_is_kernel", "is_valid_root", "is_valid_supervoxel", "is_valid_root_graph",

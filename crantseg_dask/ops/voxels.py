@@ -31,12 +31,12 @@ import numpy as np
 
 from .._chunking import pack_coords
 from .._graph import compute
-from .._validate import as_bbox, as_ids
-from ..config import resolve_dataset
+from .._validate import as_bbox, as_ids, as_positive_int
 from ..errors import InvalidIDError, InvalidInputError
 from ..sources import SourceSpec, VolumeMeta, open_source
 from ..sources._chunks import cutout_from_chunks
 from ..sources._partial import read_boxes
+from ..sources.resolve import resolve_dataset
 from .cutouts import check_inside, check_nonempty, get_segmentation_cutout, get_segmentation_cutout_graph, voxel_box
 
 __all__ = ["get_segmentation_cutout", "get_segmentation_cutout_graph", "get_voxels", "get_voxels_graph"]
@@ -424,8 +424,7 @@ def get_voxels(x, mip: int = 0, bounds=None, sv_map: bool = False, thin: bool = 
     >>> len(voxels), voxels[0].tolist(), int(svids[0])  # mip-1 voxel indices, x-major order
     (23409, [48, 140, 34], 72057662824513537)
     """
-    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
-        raise InvalidInputError(f"threads={threads!r} must be a positive integer")
+    as_positive_int(threads, name="threads")
     out = get_voxels_graph(x, mip, bounds, sv_map, thin, use_l2_chunks, dataset=dataset)
     parts = out if sv_map else (out,)
     res = compute(*parts, progress=progress, desc=f"get_voxels {x}", num_workers=int(threads))

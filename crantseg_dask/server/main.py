@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             print("crantseg serve: warning: --token is visible to other users of this machine (ps); "
                   "use --token-file or CRANTSEG_SERVER_TOKEN", file=sys.stderr)
         if not is_dataset_dir(dataset) and dataset in PRESETS:
-            from ..config import local_dataset_path
+            from ..sources.resolve import local_dataset_path
 
             dataset = local_dataset_path(dataset)
         faults = Faults(fail_rate=args.fail_rate, latency_ms=args.latency_ms, stall_rate=args.stall_rate,
