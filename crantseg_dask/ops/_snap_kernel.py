@@ -300,8 +300,8 @@ def _snap_arrays(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, sna
         vox_groups = np.split(by_owner, np.cumsum(np.bincount(owner, minlength=len(tuniq)))[:-1])
         for rows, sel in zip(row_groups, vox_groups):
             every = coords[sel]
-            cand = _erode(every) if erode else every
-            for code, cand in ((SNAPPED, cand), (SNAPPED_UNERODED, every if erode == "fallback" else None)):
+            first = _erode(every) if erode else every
+            for code, cand in ((SNAPPED, first), (SNAPPED_UNERODED, every if erode == "fallback" else None)):
                 if cand is None or not rows.size:
                     break
                 cand = cand[np.lexsort(cand.T[::-1])] if len(cand) else cand
