@@ -52,7 +52,7 @@ def voxel_box(bbox_nm: np.ndarray, meta: VolumeMeta, mip: int) -> np.ndarray:
     Examples
     --------
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.cutouts import voxel_box
     >>> from crantseg_dask.sources import open_source
     >>> meta = open_source(resolve_dataset("tiny")).meta  # mip 1: 32 x 32 x 42 nm
@@ -76,7 +76,7 @@ def check_inside(box: np.ndarray, meta: VolumeMeta, mip: int, *, problem: str, a
     Examples
     --------
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.cutouts import check_inside
     >>> from crantseg_dask.sources import open_source
     >>> meta = open_source(resolve_dataset("tiny")).meta
@@ -116,7 +116,7 @@ def check_nonempty(box: np.ndarray, meta: VolumeMeta, mip: int, *, name: str) ->
     Examples
     --------
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.cutouts import check_nonempty
     >>> from crantseg_dask.sources import open_source
     >>> meta = open_source(resolve_dataset("tiny")).meta
@@ -141,7 +141,7 @@ def aligned_chunks(box: np.ndarray, meta: VolumeMeta, mip: int, target=_TARGET_B
     Examples
     --------
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.cutouts import aligned_chunks
     >>> from crantseg_dask.sources import open_source
     >>> meta = open_source(resolve_dataset("tiny")).meta  # storage chunks 32 x 32 x 16 from (96, 160, 8)

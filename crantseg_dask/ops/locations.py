@@ -201,7 +201,7 @@ def plan_locations(locs_nm: np.ndarray, spec: SourceSpec, mip: int = 0,
     Examples
     --------
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.locations import plan_locations
     >>> locs = np.array([[4232.0, 4904.0, 1701.0], [1600.0, 2600.0, 400.0], [3800.0, 5192.0, 1659.0]])
     >>> plan, voxels = plan_locations(locs, resolve_dataset("tiny"))

@@ -56,7 +56,7 @@ def roots_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_la
     --------
     >>> from datetime import datetime, timezone
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.mapping import roots_kernel
     >>> svs = np.array([[72198469099454522, 0], [72198469099454522, 72198469032345652]], dtype=np.uint64)
     >>> roots_kernel(svs, resolve_dataset("tiny"), datetime(2025, 8, 1, tzinfo=timezone.utc))
@@ -76,7 +76,7 @@ def roots_graph(ids: da.Array, spec: SourceSpec, timestamp: datetime, stop_layer
     >>> from datetime import datetime, timezone
     >>> import dask.array as da
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.mapping import roots_graph
     >>> svs = da.from_array(np.array([72198469099454522, 72198469032345652, 0], dtype=np.uint64), chunks=2)
     >>> ts = datetime(2025, 6, 27, tzinfo=timezone.utc)
@@ -220,7 +220,7 @@ def leaves_kernel(roots: np.ndarray, spec: SourceSpec) -> dict[int, np.ndarray]:
     Examples
     --------
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.mapping import leaves_kernel
     >>> leaves = leaves_kernel(np.array([576460752373423493, 576460752373423507]), resolve_dataset("tiny"))
     >>> {root: len(svs) for root, svs in leaves.items()}

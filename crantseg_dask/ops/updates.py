@@ -47,7 +47,7 @@ def is_latest_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime) -> 
     --------
     >>> from datetime import datetime, timezone
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.updates import is_latest_kernel
     >>> ids = np.array([576460752373423813, 576460752373423807, 0], dtype=np.uint64)
     >>> is_latest_kernel(ids, resolve_dataset("tiny"), datetime(2025, 8, 1, tzinfo=timezone.utc))
@@ -135,7 +135,7 @@ def overlap_kernel(roots: np.ndarray, spec: SourceSpec, timestamp: datetime, sto
     --------
     >>> from datetime import datetime, timezone
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.updates import overlap_kernel
     >>> best = overlap_kernel(np.array([576460752373423807]), resolve_dataset("tiny"),
     ...                       datetime(2025, 8, 1, tzinfo=timezone.utc), stop_layer=2)
@@ -165,7 +165,7 @@ def update_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_l
     --------
     >>> from datetime import datetime, timezone
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.updates import update_kernel
     >>> ids = np.array([576460752373423813, 576460752373423807, 0], dtype=np.uint64)
     >>> out = update_kernel(ids, resolve_dataset("tiny"), datetime(2025, 8, 1, tzinfo=timezone.utc), 2)

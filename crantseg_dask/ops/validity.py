@@ -27,7 +27,7 @@ def layer_is_kernel(ids: np.ndarray, layout: IDLayout, layer: int) -> np.ndarray
     Examples
     --------
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.validity import layer_is_kernel
     >>> from crantseg_dask.sources import open_source
     >>> layout = open_source(resolve_dataset("tiny")).meta.layout
