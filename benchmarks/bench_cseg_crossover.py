@@ -70,7 +70,7 @@ def measure(path, n_chunks: int = 64, seed: int = 0) -> dict:
 
 
 def main(argv) -> int:
-    from crantseg_dask.config import local_dataset_path
+    from crantseg_dask.sources.resolve import local_dataset_path
 
     quick = "--quick" in argv
     names = [a for a in argv if not a.startswith("-")]

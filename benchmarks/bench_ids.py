@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from crantseg_dask.config import cave_dataset, local_dataset_path
+from crantseg_dask.sources.resolve import cave_dataset, local_dataset_path
 from crantseg_dask.dataset.truth import Truth
 from crantseg_dask.ops.mapping import supervoxels_to_roots
 from crantseg_dask.ops.updates import update_cache, update_ids

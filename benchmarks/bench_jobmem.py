@@ -67,7 +67,7 @@ def run(quick: bool = False, partition_size: int = 50_000) -> list[dict]:
     import dask
 
     from crantseg_dask.cluster import make_client
-    from crantseg_dask.config import local_dataset_path
+    from crantseg_dask.sources.resolve import local_dataset_path
     from crantseg_dask.jobs import run_job
     from crantseg_dask.jobs.demo import synapse_table
 

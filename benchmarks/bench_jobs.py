@@ -21,7 +21,7 @@ import dask
 import numpy as np
 
 from crantseg_dask.cluster import make_client
-from crantseg_dask.config import local_dataset_path
+from crantseg_dask.sources.resolve import local_dataset_path
 from crantseg_dask.jobs import run_job
 from crantseg_dask.jobs.demo import synapse_table
 

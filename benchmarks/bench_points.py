@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from crantseg_dask.config import local_dataset_path
+from crantseg_dask.sources.resolve import local_dataset_path
 from crantseg_dask.jobs.demo import synapse_table
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from crantseg_dask.cluster import make_client
-from crantseg_dask.config import cave_dataset, local_dataset_path, resolve_dataset
+from crantseg_dask.sources.resolve import cave_dataset, local_dataset_path, resolve_dataset
 from crantseg_dask.jobs import run_job
 from crantseg_dask.ops.refresh import refresh
 from crantseg_dask.ops.updates import update_cache

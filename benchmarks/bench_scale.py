@@ -70,7 +70,7 @@ class Server:
         self.address, self.datastack, self.token = info["address"], info["datastack"], info["token"]
 
     def spec(self):
-        from crantseg_dask.config import cave_dataset
+        from crantseg_dask.sources.resolve import cave_dataset
 
         return cave_dataset(self.address, self.datastack, token=self.token)
 
@@ -251,7 +251,7 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
     """The constants (``scale_model.Constants`` fields) and the raw measurements behind them."""
     from distributed import Client, LocalCluster
 
-    from crantseg_dask.config import resolve_timestamp
+    from crantseg_dask.sources.resolve import resolve_timestamp
     from crantseg_dask.jobs import run_job, runner
     from crantseg_dask.sources import _fetch, open_source
 
@@ -399,7 +399,7 @@ def _reset_counts() -> None:
 
 
 def _warm(spec) -> None:
-    from crantseg_dask.config import resolve_timestamp
+    from crantseg_dask.sources.resolve import resolve_timestamp
     from crantseg_dask.sources import open_source
 
     resolve_timestamp("mat", open_source(spec))
@@ -588,7 +588,7 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, second
     for k, v in c.items():
         name, scale = units[k]
         lines.append(f"| `{k}` | {v * scale:,.3g} | {name} |")
-    lines += ["", f"CPU by stage in that run (s, exclusive): "
+    lines += ["", "CPU by stage in that run (s, exclusive): "
               + ", ".join(f"{k} {v:.2f}" for k, v in sorted(const_raw["cpu_by_stage_s"].items())),
               f"GETs {const_raw['gets']:,}, task-chunk pairs {const_raw['task_chunk_pairs']:,}, CAVE requests "
               f"{const_raw['cave_requests']:,}, server CPU {const_raw['server_cpu_s']:.1f} s.", "",
@@ -605,7 +605,7 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, second
 
 
 def run(quick: bool = False) -> list[dict]:
-    from crantseg_dask.config import local_dataset_path, resolve_dataset
+    from crantseg_dask.sources.resolve import local_dataset_path, resolve_dataset
     from crantseg_dask.jobs.demo import synapse_table
     from crantseg_dask.sources import open_source
 

@@ -67,7 +67,7 @@ class Server:
         return f"{self.address}/storage/segmentation"
 
     def spec(self):
-        from crantseg_dask.config import cave_dataset
+        from crantseg_dask.sources.resolve import cave_dataset
 
         return cave_dataset(self.address, self.datastack, token=self.token)
 
@@ -182,7 +182,7 @@ def _engines(server: Server, locs, sharded: bool) -> list[dict]:
 
 
 def run(quick: bool = False) -> list[dict]:
-    from crantseg_dask.config import local_dataset_path
+    from crantseg_dask.sources.resolve import local_dataset_path
     from crantseg_dask.jobs.demo import synapse_table
 
     preset = "tiny" if quick else "demo"

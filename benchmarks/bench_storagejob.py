@@ -25,7 +25,7 @@ def run(quick: bool = False, partition_size: int = 50_000, latency_ms: float = 2
     from bench_storage import Server
 
     from crantseg_dask.cluster import make_client
-    from crantseg_dask.config import local_dataset_path
+    from crantseg_dask.sources.resolve import local_dataset_path
     from crantseg_dask.jobs import run_job
     from crantseg_dask.jobs.demo import synapse_table
     from crantseg_dask.persist import read_output

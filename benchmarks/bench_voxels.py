@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from crantseg_dask.config import resolve_dataset
+from crantseg_dask.sources.resolve import resolve_dataset
 from crantseg_dask.ops.mapping import roots_kernel
 from crantseg_dask.ops.voxels import _chunk_boxes, _mip_factor, get_segmentation_cutout, get_voxels
 from crantseg_dask.sources import open_source

@@ -39,7 +39,7 @@ def print_rows(rows: list[dict]) -> str:
 
 def dataset_line(preset: str) -> str:
     """The density figures of the embedded preset the benchmarks run on (``dataset.stats``)."""
-    from crantseg_dask.config import local_dataset_path
+    from crantseg_dask.sources.resolve import local_dataset_path
     from crantseg_dask.dataset.stats import dataset_stats, format_stats
 
     return f"{preset} {format_stats(dataset_stats(local_dataset_path(preset)))}"

@@ -5,7 +5,6 @@ return Dask collections live in ``crantseg_dask.graph``; batch jobs in ``crantse
 """
 from importlib.metadata import PackageNotFoundError, version
 
-from .config import cave_dataset
 from .ops.cutouts import get_segmentation_cutout
 from .ops.lineage import find_common_time, get_lineage_graph
 from .ops.locations import locs_to_segments, locs_to_supervoxels
@@ -16,6 +15,7 @@ from .ops.snapping import snap_to_id
 from .ops.updates import is_latest_roots, update_ids
 from .ops.validity import is_valid_root, is_valid_supervoxel
 from .ops.voxels import get_voxels
+from .sources.resolve import cave_dataset
 
 try:
     __version__ = version("crantseg_dask")

@@ -1,6 +1,6 @@
 """Caches for the ID operations: a persistent root -> leaves store and an in-process TTL map.
 
-Both are keyed by the dataset's identity (never by ID alone), so "latest", "sandbox" and every
+Both are keyed by the dataset's identity (``cache_identity``) (never by ID alone), so "latest", "sandbox" and every
 embedded dataset keep separate entries.
 """
 from __future__ import annotations
@@ -18,11 +18,12 @@ import numpy as np
 
 from .sources.base import SourceSpec
 
-__all__ = ["dataset_identity", "LeavesCache", "TTLCache"]
+__all__ = ["cache_identity", "LeavesCache", "TTLCache"]
 
 
-def dataset_identity(spec: SourceSpec) -> str:
-    """A stable string naming the dataset behind ``spec``.
+def cache_identity(spec: SourceSpec) -> str:
+    """A stable string naming the dataset behind ``spec``, the key of its cache entries (not
+    the job store's ``dataset_identity`` record, ``jobs.runner``).
 
     Local datasets: the absolute path plus a digest of ``dataset.json`` (a dataset regenerated in
     place with other parameters gets a new identity). CAVE: server address and datastack."""

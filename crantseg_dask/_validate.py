@@ -17,8 +17,8 @@ import pandas as pd
 
 from .errors import InvalidIDError, InvalidInputError, InvalidLocationError, InvalidTimestampError
 
-__all__ = ["as_bbox", "as_coordinates", "as_ids", "as_locations", "as_timestamp", "check_layers",
-           "check_time_range", "floats_allowed", "to_unix"]
+__all__ = ["as_bbox", "as_coordinates", "as_ids", "as_layer", "as_locations", "as_positive_int", "as_timestamp",
+           "check_layers", "check_time_range", "floats_allowed", "to_unix"]
 
 _UINT64_MAX = 2**64 - 1
 _FLOAT_EXACT = 2**53  # float64 holds every integer below this exactly, and not all above
@@ -282,6 +282,32 @@ def check_layers(ids: np.ndarray, layout, *, name: str = "ids") -> np.ndarray:
                              f"dataset's IDs have layers 1 to {layout.n_layers}: not an ID of this dataset "
                              f"({int(bad.sum())} such values)")
     return ids
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def as_positive_int(value: Any, *, name: str) -> int:
+    """``value`` as an int >= 1, else ``InvalidInputError`` naming ``name`` and the value.
+
+    >>> as_positive_int(3, name="batch_size")
+    3
+    """
+    if not _is_int(value) or value < 1:
+        raise InvalidInputError(f"{name}={value!r} must be a positive integer")
+    return int(value)
+
+
+def as_layer(value: Any, n_layers: int, *, name: str = "stop_layer") -> int:
+    """``value`` as a layer number 1..``n_layers``, else ``InvalidInputError`` (crantpy's message).
+
+    >>> as_layer(2, 8)
+    2
+    """
+    if not _is_int(value) or not 1 <= value <= n_layers:
+        raise InvalidInputError(f"{name} ({value}) must be between 1 and {n_layers} inclusive.")
+    return int(value)
 
 
 def check_time_range(ts: datetime, first: datetime | None, *, name: str = "timestamp",

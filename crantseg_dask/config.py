@@ -1,45 +1,37 @@
-"""Settings (``dask.config`` under ``crantseg.*``) and dataset selection.
+"""Settings: ``dask.config`` under ``crantseg.*``.
 
 Defaults live in ``crantseg.yaml`` beside this file. They can be overridden with
 ``dask.config.set({"crantseg.dataset": "local"})``, with Dask's own environment variables
 (``DASK_CRANTSEG__DATASET=local``), or with the short forms ``CRANTSEG_DATASET`` and
-``CRANTSEG_DATA_DIR``. Settings are read once, when a call builds its graph.
+``CRANTSEG_DATA_DIR``. Settings are read once, when a call builds its graph: the settings that
+change a source's answers or requests (retries, timeouts, batch sizes, reads in flight, the disk
+cache; ``sources.base.PINNED_SETTINGS``) are pinned into the dataset's ``SourceSpec`` when the
+dataset is resolved, so every Dask worker runs with the settings the caller saw.
 
-Datasets (every public function's ``dataset=``):
-
-=========== ===================================================================================
-latest      CRANT production: ``https://proofreading.zetta.ai``, datastack ``kronauer_ant``
-sandbox     CRANT sandbox: same server, datastack ``kronauer_ant_sandbox``
-local       the embedded dataset (preset ``crantseg.local-preset``), generated on first use
-tiny, demo  the embedded presets by name, generated on first use
-a path      any directory written by ``crantseg make-dataset``
-SourceSpec  anything else, e.g. ``cave_dataset("http://127.0.0.1:8000", "my_stack")``
-=========== ===================================================================================
+Which dataset a ``dataset=`` argument means (names, presets, paths, CAVE deployments) is decided
+in ``crantseg_dask.sources.resolve``. Its names (``resolve_dataset``, ``cave_dataset``,
+``local_dataset_path``, ``resolve_timestamp``, ``CRANT_SERVER``, ``CRANT_DATASTACKS``) remain
+reachable here for code written against earlier versions; the package itself imports them from
+``sources.resolve``, so this module imports nothing from the sources.
 """
 from __future__ import annotations
 
-import logging
+import importlib
 import os
-from datetime import datetime
 from pathlib import Path
 
 import dask.config
+import platformdirs
 import yaml
 
-from ._validate import as_timestamp, check_time_range
-from .errors import DatasetError
-from .sources.base import SourceSpec
-
-__all__ = ["CRANT_SERVER", "CRANT_DATASTACKS", "setting", "data_dir", "resolve_dataset", "cave_dataset",
-           "local_dataset_path", "resolve_timestamp"]
-
-log = logging.getLogger("crantseg")
-
-CRANT_SERVER = "https://proofreading.zetta.ai"
-CRANT_DATASTACKS = {"latest": "kronauer_ant", "sandbox": "kronauer_ant_sandbox"}
+__all__ = ["setting", "data_dir"]
 
 with open(Path(__file__).with_name("crantseg.yaml")) as _f:
     dask.config.update_defaults(yaml.safe_load(_f))
+
+# names that moved to ``sources.resolve`` (dataset resolution), still reachable as attributes here
+_MOVED = frozenset({"CRANT_SERVER", "CRANT_DATASTACKS", "resolve_dataset", "cave_dataset", "local_dataset_path",
+                    "resolve_timestamp", "first_data"})
 
 
 def setting(key: str, default=None):
@@ -55,81 +47,12 @@ def data_dir() -> Path:
     d = setting("data-dir")
     if d:
         return Path(d).expanduser()
-    import platformdirs
-
     return Path(platformdirs.user_cache_dir("crantseg_dask")) / "datasets"
 
 
-def local_dataset_path(preset: str, progress: bool = False) -> Path:
-    """Path of embedded preset ``preset``, generating it on first use (under a file lock beside it,
-    so concurrent first uses generate it once; ``progress`` prints a line per slab written)."""
-    from .dataset.generate import make_dataset
-    from .dataset.layout import GENERATOR_VERSION, PRESETS, is_dataset_dir
-
-    if preset not in PRESETS:
-        raise DatasetError(f"unknown preset {preset!r}; presets: {sorted(PRESETS)}")
-    path = data_dir() / f"{preset}-seed{PRESETS[preset].seed}-g{GENERATOR_VERSION}"
-    if is_dataset_dir(path):
-        return path
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # one generator at a time (processes and threads): the others wait, then find it written
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not is_dataset_dir(path):
-                log.warning("generating the embedded %r dataset in %s (first use)", preset, path)
-                make_dataset(PRESETS[preset], path, overwrite=True, progress=progress)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return path
-
-
-def cave_dataset(server: str, datastack: str, *, name: str | None = None, **options) -> SourceSpec:
-    """Any CAVE deployment: global server address plus datastack name."""
-    return SourceSpec(kind="cave", name=name or datastack, server=server.rstrip("/"), datastack=datastack,
-                      options=tuple(sorted(options.items())))
-
-
-def resolve_dataset(dataset=None) -> SourceSpec:
-    """The ``SourceSpec`` for a ``dataset`` argument (see the module docstring)."""
-    from .dataset.layout import PRESETS, is_dataset_dir
-
-    if dataset is None:
-        dataset = setting("dataset", "latest")
-    if isinstance(dataset, SourceSpec):
-        return dataset
-    if isinstance(dataset, os.PathLike):
-        dataset = os.fspath(dataset)
-    if not isinstance(dataset, str):
-        raise DatasetError(f"dataset must be a name or a path, got {type(dataset).__name__}: {dataset!r}")
-    if dataset in CRANT_DATASTACKS:
-        return cave_dataset(CRANT_SERVER, CRANT_DATASTACKS[dataset], name=dataset)
-    if dataset == "local":
-        dataset = setting("local-preset", "demo")
-    if dataset in PRESETS:
-        return SourceSpec(kind="local", name=dataset, path=str(local_dataset_path(dataset)))
-    if is_dataset_dir(dataset):
-        return SourceSpec(kind="local", name=dataset, path=str(Path(dataset).absolute()))
-    raise DatasetError(
-        f'Dataset "{dataset}" is not known: use "latest", "sandbox", "local", one of the presets '
-        f"{sorted(PRESETS)}, a directory written by `crantseg make-dataset`, or cave_dataset(server, datastack)"
-    )
-
-
-def first_data(source) -> datetime | None:
-    """When the dataset's data begins (an embedded dataset's ingest time); None when unknown."""
-    edits = getattr(source, "edits", None)
-    if isinstance(edits, dict) and isinstance(edits.get("ingest_ms"), (int, float)):
-        from datetime import timezone
-
-        return datetime.fromtimestamp(edits["ingest_ms"] / 1000, tz=timezone.utc)
-    return None
-
-
-def resolve_timestamp(timestamp, source, *, name: str = "timestamp") -> datetime:
-    """Resolve a timestamp argument once, against ``source`` for "mat" strings: an aware UTC datetime.
-    Times before the dataset's first data or after now are refused, naming the valid range."""
-    ts = as_timestamp(timestamp, resolve_mat=source.materialization_timestamp, name=name)
-    return check_time_range(ts, first_data(source), name=name)
+def __getattr__(name: str):
+    """Dataset resolution moved to ``crantseg_dask.sources.resolve``; its names are looked up
+    there on first use (PEP 562), after this module has loaded, so no import cycle forms."""
+    if name in _MOVED:
+        return getattr(importlib.import_module("crantseg_dask.sources.resolve"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,7 +39,9 @@ from .errors import InvalidInputError, JobStoreError
 
 __all__ = ["JobStore", "fingerprint", "read_output", "read_ragged", "status", "verify"]
 
-FORMAT = 4  # 4: every input column kept (text, categoricals), status as names; 3: crc32c on every chunk, every chunk written; 2: input names recorded, ragged pieces
+# 4: every input column kept (text, categoricals), status as names; 3: crc32c on every chunk, every
+# chunk written; 2: input names recorded, ragged pieces
+FORMAT = 4
 CODECS = {"compressors": (ZstdCodec(level=0), Crc32cCodec())}
 WRITE_ALL = {"array.write_empty_chunks": True}  # an all-fill chunk is stored too: missing = damaged
 

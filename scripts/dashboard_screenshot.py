@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     find_chromium()  # fail before starting anything
 
     from crantseg_dask.cluster import dashboard_link, make_client
-    from crantseg_dask.config import local_dataset_path
+    from crantseg_dask.sources.resolve import local_dataset_path
     from crantseg_dask.jobs import run_job
     from crantseg_dask.jobs.demo import synapse_table
     from crantseg_dask.persist import status

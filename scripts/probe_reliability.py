@@ -270,7 +270,6 @@ def probe_server(truth, tiny, work) -> None:
 
 # -- jobs: lock, damage, TLS ------------------------------------------------------------------------
 def probe_jobs(truth, tiny, work) -> None:
-    import zarr
     from distributed import Client
     from distributed.security import Security
 

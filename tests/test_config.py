@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from crantseg_dask.config import cave_dataset, resolve_dataset, resolve_timestamp
+from crantseg_dask.sources.resolve import cave_dataset, resolve_dataset, resolve_timestamp
 from crantseg_dask.errors import DatasetError, InvalidTimestampError
 from crantseg_dask.sources import open_source
 
@@ -69,7 +69,7 @@ def test_concurrent_first_uses_generate_a_preset_once(monkeypatch, tmp_path):
     import threading
     import time
 
-    from crantseg_dask.config import local_dataset_path
+    from crantseg_dask.sources.resolve import local_dataset_path
     from crantseg_dask.dataset import generate
 
     monkeypatch.setenv("CRANTSEG_DATA_DIR", str(tmp_path))

@@ -22,7 +22,7 @@ NOW = datetime.now(timezone.utc)
 @pytest.fixture(scope="module")
 def truth():
     """Truth of the ``tiny`` preset the examples run on (``dataset="tiny"``)."""
-    from crantseg_dask.config import local_dataset_path
+    from crantseg_dask.sources.resolve import local_dataset_path
 
     return Truth(local_dataset_path("tiny"))
 

@@ -275,9 +275,9 @@ def test_resume_refusal_names_old_and_new_values(client, table, tiny_path, tmp_p
     changed.to_parquet("t.parquet")
     capsys.readouterr()
     assert main([*run, "--timestamp", "mat_1", "--search-radius", "120", "--resume", *sched]) == 2
-    from crantseg_dask.config import resolve_timestamp
+    from crantseg_dask.sources.resolve import resolve_timestamp
     from crantseg_dask.sources import open_source
-    from crantseg_dask.config import resolve_dataset
+    from crantseg_dask.sources.resolve import resolve_dataset
 
     asked = resolve_timestamp("mat_1", open_source(resolve_dataset(str(tiny_path)))).isoformat()
     assert capsys.readouterr().err.strip() == (

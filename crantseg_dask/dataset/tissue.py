@@ -113,7 +113,7 @@ def _cells_coarse(params: DatasetParams, field: CellField, z0: int, z1: int) -> 
     for octant in range(8):
         h = [(octant >> 2) & 1, (octant >> 1) & 1, octant & 1]
         # sample coordinates (voxel units), shaped to broadcast: axis a on dims (2a, 2a + 1)
-        pos, shape = [], []
+        pos = []
         for a in range(3):
             i = np.arange(h[a] * half[a], (h[a] + 1) * half[a])
             c = g[a][:, None] * s[a] + (i[None, :] + 0.5) * _COARSE[a]

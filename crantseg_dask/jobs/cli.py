@@ -70,7 +70,7 @@ def dataset_argument(p: argparse.ArgumentParser, a: argparse.Namespace):
         p.error("--server and --datastack go together: give both")
     if not re.match(r"https?://[^/\s]+", a.server):
         p.error(f"--server {a.server!r}: expected http(s)://HOST[:PORT]")
-    from ..config import cave_dataset
+    from ..sources.resolve import cave_dataset
 
     options = {}
     if a.token_file:

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import local_dataset_path, resolve_dataset
 from ..dataset.layout import PRESETS
 from ..sources import open_source
+from ..sources.resolve import local_dataset_path, resolve_dataset
 from .cli import _integer
 from .runner import run_job
 

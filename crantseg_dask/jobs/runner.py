@@ -24,11 +24,12 @@ import numpy as np
 import pandas as pd
 
 from .._chunking import chunk_keys, nm_to_voxels
-from ..config import resolve_dataset, resolve_timestamp, setting
+from ..config import setting
 from ..errors import CrantsegError, InvalidInputError, JobStoreError, SourceError
+from ..ops.extent import inside_volume, outside_message
 from ..persist import FORMAT, JobStore, canonical, fingerprint, status, verify
 from ..sources import open_source
-from ..ops.extent import inside_volume, outside_message
+from ..sources.resolve import resolve_dataset, resolve_timestamp
 from .columns import job_columns
 from .lock import check_output_path, output_lock
 from .validate import check_job_arguments

@@ -19,9 +19,9 @@ import numpy as np
 
 from .._graph import compute
 from .._validate import as_bbox, as_coordinates
-from ..config import resolve_dataset, resolve_timestamp, setting
 from ..errors import InvalidInputError, OutOfBoundsError
 from ..sources import SourceSpec, VolumeMeta, open_source
+from ..sources.resolve import resolve_dataset, resolve_timestamp
 from .mapping import roots_kernel
 
 __all__ = ["get_segmentation_cutout", "get_segmentation_cutout_graph"]
@@ -52,7 +52,7 @@ def voxel_box(bbox_nm: np.ndarray, meta: VolumeMeta, mip: int) -> np.ndarray:
     Examples
     --------
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.cutouts import voxel_box
     >>> from crantseg_dask.sources import open_source
     >>> meta = open_source(resolve_dataset("tiny")).meta  # mip 1: 32 x 32 x 42 nm
@@ -76,7 +76,7 @@ def check_inside(box: np.ndarray, meta: VolumeMeta, mip: int, *, problem: str, a
     Examples
     --------
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.cutouts import check_inside
     >>> from crantseg_dask.sources import open_source
     >>> meta = open_source(resolve_dataset("tiny")).meta
@@ -116,7 +116,7 @@ def check_nonempty(box: np.ndarray, meta: VolumeMeta, mip: int, *, name: str) ->
     Examples
     --------
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.cutouts import check_nonempty
     >>> from crantseg_dask.sources import open_source
     >>> meta = open_source(resolve_dataset("tiny")).meta
@@ -141,7 +141,7 @@ def aligned_chunks(box: np.ndarray, meta: VolumeMeta, mip: int, target=_TARGET_B
     Examples
     --------
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.cutouts import aligned_chunks
     >>> from crantseg_dask.sources import open_source
     >>> meta = open_source(resolve_dataset("tiny")).meta  # storage chunks 32 x 32 x 16 from (96, 160, 8)
@@ -240,7 +240,7 @@ def get_segmentation_cutout_graph(bbox, root_ids: bool = True, mip: int = 0, coo
     if root_ids:
         parts = [dask.delayed(_unique, pure=True)(b, dask_key_name=f"cutout-unique-{token}-{i}")
                  for i, b in enumerate(sv.to_delayed().ravel())]
-        lut = dask.delayed(_roots_lut, pure=True)(parts, spec, ts, int(setting("batch-size", 10_000)),
+        lut = dask.delayed(_roots_lut, pure=True)(parts, spec, ts, int(spec.setting("batch-size", 10_000)),
                                                   dask_key_name=f"cutout-roots-{token}")
         out = sv.map_blocks(_apply_lut, lut, dtype=np.uint64, meta=np.empty((0, 0, 0), np.uint64),
                             name=f"cutout-root-{token}")

@@ -11,9 +11,9 @@ import networkx as nx
 import numpy as np
 
 from .._validate import as_ids
-from ..config import resolve_dataset, resolve_timestamp
 from ..errors import InvalidIDError
 from ..sources import open_source
+from ..sources.resolve import resolve_dataset, resolve_timestamp
 from .validity import is_valid_root
 
 __all__ = ["get_lineage_graph", "find_common_time", "remap_operation_ids"]

@@ -29,9 +29,10 @@ from dask.highlevelgraph import HighLevelGraph
 from .._chunking import Plan, chunk_keys, nm_to_voxels, plan_partitions
 from .._graph import compute
 from .._validate import as_coordinates, as_locations
-from ..config import resolve_dataset, resolve_timestamp, setting
+from ..config import setting
 from ..errors import InvalidLocationError
 from ..sources import SourceSpec, open_source
+from ..sources.resolve import resolve_dataset, resolve_timestamp
 from .extent import warn_outside
 from .mapping import roots_graph, roots_kernel
 
@@ -58,7 +59,7 @@ def supervoxels_kernel(locs_nm: np.ndarray, spec: SourceSpec, mip: int) -> np.nd
     Examples
     --------
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.locations import supervoxels_kernel
     >>> supervoxels_kernel(np.array([[4232.0, 4904.0, 1701.0], [0.0, 0.0, 0.0]]), resolve_dataset("tiny"), 0)
     array([72198469099454522,                 0], dtype=uint64)
@@ -210,7 +211,7 @@ def plan_locations(locs_nm: np.ndarray, spec: SourceSpec, mip: int = 0,
     Examples
     --------
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.locations import plan_locations
     >>> locs = np.array([[4232.0, 4904.0, 1701.0], [1600.0, 2600.0, 400.0], [3800.0, 5192.0, 1659.0]])
     >>> plan, voxels = plan_locations(locs, resolve_dataset("tiny"))
@@ -268,7 +269,7 @@ def _segments_graph(locs_nm: np.ndarray, spec: SourceSpec, ts: datetime,
     if not len(locs_nm):
         return da.zeros((0,), dtype=np.uint64, chunks=((0,),))
     svs, plan = _planned_supervoxels(locs_nm, spec, 0, partition_size)
-    return _restore_graph(roots_graph(svs, spec, ts, None, int(setting("batch-size", 10_000))), plan)
+    return _restore_graph(roots_graph(svs, spec, ts, None, int(spec.setting("batch-size", 10_000))), plan)
 
 
 # -- graph builders ---------------------------------------------------------------------------
@@ -339,7 +340,7 @@ def locs_to_segments_graph(locs, timestamp: datetime | str | int | None = None, 
     """
     spec, source = _open(dataset)
     ts = resolve_timestamp(timestamp, source)
-    batch = int(setting("batch-size", 10_000))
+    batch = int(spec.setting("batch-size", 10_000))
     if isinstance(locs, da.Array):
         locs = _dask_locs(locs)
         if shuffle:

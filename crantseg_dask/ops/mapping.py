@@ -14,12 +14,13 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .._cache import LeavesCache, dataset_identity
+from .._cache import LeavesCache, cache_identity
 from .._graph import compute
-from .._validate import as_ids, check_layers
-from ..config import data_dir, resolve_dataset, resolve_timestamp, setting
-from ..errors import InvalidInputError
+from .._unique import map_unique
+from .._validate import as_ids, as_layer, as_positive_int, check_layers
+from ..config import data_dir
 from ..sources import SourceSpec, open_source
+from ..sources.resolve import resolve_dataset, resolve_timestamp
 from ._lazy import lazy_ids
 from .validity import is_valid_root
 
@@ -45,32 +46,25 @@ def roots_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_la
                  batch_size: int = 10_000, *, retry: float | None = None) -> np.ndarray:
     """Root (or ``stop_layer`` ancestor) of each ID in a block, same shape, uint64.
 
-    The block's IDs are deduplicated and zeros dropped; the unique IDs go to the source in batches
-    of at most ``batch_size``; results are scattered back. Pure given the source's state at
-    ``timestamp``. ``retry``: seconds to wait before the one retry of a failed batch (None: no
+    The block's IDs are deduplicated and zeros dropped (``_unique.map_unique``); the unique IDs go
+    to the source in one call, which sends them in requests of at most ``batch_size`` (and the
+    dataset's ``crantseg.batch-size``); results are scattered back. Pure given the source's state
+    at ``timestamp``. ``retry``: seconds to wait before the one retry of a failed call (None: no
     retry, the first exception propagates).
 
     Examples
     --------
     >>> from datetime import datetime, timezone
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.mapping import roots_kernel
     >>> svs = np.array([[72198469099454522, 0], [72198469099454522, 72198469032345652]], dtype=np.uint64)
     >>> roots_kernel(svs, resolve_dataset("tiny"), datetime(2025, 8, 1, tzinfo=timezone.utc))
     array([[576460752373423816,                  0],
            [576460752373423816, 576460752373423813]], dtype=uint64)
     """
-    ids = np.asarray(ids, dtype=np.uint64)
-    uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
-    out = np.zeros(uniq.shape, dtype=np.uint64)
-    nz = np.flatnonzero(uniq)
-    if nz.size:
-        source = open_source(spec)
-        for start in range(0, nz.size, batch_size):
-            sel = nz[start: start + batch_size]
-            out[sel] = _with_retry(lambda: source.roots(uniq[sel], timestamp, stop_layer), retry)
-    return out[inverse.ravel()].reshape(ids.shape)
+    source = open_source(spec)
+    return map_unique(ids, lambda u: _with_retry(lambda: source.roots(u, timestamp, stop_layer, batch_size), retry))
 
 
 def roots_graph(ids: da.Array, spec: SourceSpec, timestamp: datetime, stop_layer: int | None = None,
@@ -82,7 +76,7 @@ def roots_graph(ids: da.Array, spec: SourceSpec, timestamp: datetime, stop_layer
     >>> from datetime import datetime, timezone
     >>> import dask.array as da
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.mapping import roots_graph
     >>> svs = da.from_array(np.array([72198469099454522, 72198469032345652, 0], dtype=np.uint64), chunks=2)
     >>> ts = datetime(2025, 6, 27, tzinfo=timezone.utc)
@@ -99,14 +93,11 @@ def _prepare(timestamp, stop_layer, batch_size, retry, dataset):
     """Resolve dataset, timestamp (once), stop layer and retry policy for one call."""
     spec = resolve_dataset(dataset)
     source = open_source(spec)
-    n = source.meta.n_layers
-    if isinstance(stop_layer, bool) or not isinstance(stop_layer, (int, np.integer)) or not 1 <= stop_layer <= n:
-        raise InvalidInputError(f"stop_layer ({stop_layer}) must be between 1 and {n} inclusive.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InvalidInputError(f"batch_size={batch_size!r} must be a positive integer")
+    stop = as_layer(stop_layer, source.meta.n_layers)
+    bs = as_positive_int(batch_size, name="batch_size")
     ts = resolve_timestamp(timestamp, source)
-    wait = float(setting("retry-wait", 1.0)) if retry else None
-    return spec, ts, int(stop_layer), int(batch_size), wait
+    wait = float(spec.setting("retry-wait", 1.0)) if retry else None
+    return spec, ts, stop, bs, wait
 
 
 def _as_id_array(ids: Any) -> np.ndarray:
@@ -173,15 +164,12 @@ def supervoxels_to_roots(ids, timestamp="mat", clear_cache=False, batch_size=100
     arr = _as_id_array(ids)
     spec, ts, stop, bs, wait = _prepare(timestamp, stop_layer, batch_size, retry, dataset)
     check_layers(arr, open_source(spec).meta.layout, name="ids")
-    uniq, inverse = np.unique(arr.ravel(), return_inverse=True)
-    nz = uniq[uniq != 0]
-    out = np.zeros(uniq.shape, dtype=np.uint64)
-    if nz.size:
-        # one task per batch_size chunk; roots_kernel sends each chunk as one request
+
+    def lookup(nz):  # one task per batch_size chunk of the unique non-zero IDs, run in parallel
         lazy = roots_graph(da.from_array(nz, chunks=bs, name=False), spec, ts, stop, bs, retry=wait)
-        (res,) = compute(lazy, progress=progress and nz.size >= bs, desc="supervoxels_to_roots")
-        out[uniq != 0] = res
-    return out[inverse.ravel()].reshape(arr.shape).astype(np.int64)
+        return compute(lazy, progress=progress and nz.size >= bs, desc="supervoxels_to_roots")[0]
+
+    return map_unique(arr, lookup).astype(np.int64)
 
 
 def supervoxels_to_roots_graph(ids: da.Array, timestamp="mat", batch_size: int = 10000, stop_layer: int = 8,
@@ -232,7 +220,7 @@ def leaves_kernel(roots: np.ndarray, spec: SourceSpec) -> dict[int, np.ndarray]:
     Examples
     --------
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.mapping import leaves_kernel
     >>> leaves = leaves_kernel(np.array([576460752373423493, 576460752373423507]), resolve_dataset("tiny"))
     >>> {root: len(svs) for root, svs in leaves.items()}
@@ -264,7 +252,7 @@ def roots_to_supervoxels_graph(neurons, *, dataset=None, batch: int = LEAVES_PER
 
 
 def _leaves_cache(spec: SourceSpec) -> LeavesCache:
-    return LeavesCache(data_dir() / "_cache" / "leaves", dataset_identity(spec))
+    return LeavesCache(data_dir() / "_cache" / "leaves", cache_identity(spec))
 
 
 def roots_to_supervoxels(neurons, clear_cache=False, progress=True, *, dataset=None) -> dict:

@@ -29,14 +29,9 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from ..config import cave_dataset, resolve_dataset, resolve_timestamp
-from ..errors import (
-    CrantsegError,
-    InvalidInputError,
-    InvalidTimestampError,
-    UnknownIDError,
-)
+from ..errors import CrantsegError, InvalidInputError, InvalidTimestampError, UnknownIDError
 from ..sources import open_source
+from ..sources.resolve import cave_dataset, resolve_dataset, resolve_timestamp
 from ._refresh_store import TIMESTAMP_COLUMN, open_table
 
 __all__ = ["RefreshReport", "main", "refresh", "refresh_roots"]

@@ -21,7 +21,7 @@ import pandas as pd
 from .._chunking import Plan, chunk_keys, nm_to_voxels, plan_partitions
 from .._graph import compute
 from .._validate import as_coordinates, as_ids, as_locations
-from ..config import resolve_dataset
+from ..sources.resolve import resolve_dataset
 from ..errors import InvalidIDError, InvalidInputError
 from ..sources import SourceSpec, open_source
 from ._snap_kernel import (NOT_FOUND, OUT_OF_BOUNDS, SNAPPED, SNAPPED_UNERODED, STATUS, _target_leaves,

@@ -14,12 +14,12 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from .._cache import TTLCache, dataset_identity
+from .._cache import TTLCache, cache_identity
 from .._graph import compute
 from .._validate import as_ids, check_layers
-from ..config import resolve_dataset, resolve_timestamp
 from ..errors import InvalidInputError, UnknownIDError
 from ..sources import SourceSpec, open_source
+from ..sources.resolve import resolve_dataset, resolve_timestamp
 from ._lazy import lazy_ids
 from .mapping import parse_root_ids, roots_graph, roots_kernel
 from .validity import is_valid_root
@@ -59,7 +59,7 @@ def is_latest_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime) -> 
     --------
     >>> from datetime import datetime, timezone
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.updates import is_latest_kernel
     >>> ids = np.array([576460752373423813, 576460752373423807, 0], dtype=np.uint64)
     >>> is_latest_kernel(ids, resolve_dataset("tiny"), datetime(2025, 8, 1, tzinfo=timezone.utc))
@@ -144,7 +144,7 @@ def overlap_kernel(roots: np.ndarray, spec: SourceSpec, timestamp: datetime, sto
     --------
     >>> from datetime import datetime, timezone
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.updates import overlap_kernel
     >>> best = overlap_kernel(np.array([576460752373423807]), resolve_dataset("tiny"),
     ...                       datetime(2025, 8, 1, tzinfo=timezone.utc), stop_layer=2)
@@ -182,7 +182,7 @@ def update_rows(roots: np.ndarray, supervoxels: np.ndarray | None, layout, lates
     overlap holds 40 % of its nodes; the third row's supervoxel lies in ``cur``.
 
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.sources import open_source
     >>> from crantseg_dask.ops.updates import UPDATE_DTYPE, update_rows
     >>> layout = open_source(resolve_dataset("tiny")).meta.layout
@@ -230,7 +230,7 @@ def update_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_l
     --------
     >>> from datetime import datetime, timezone
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.updates import update_kernel
     >>> ids = np.array([576460752373423813, 576460752373423807, 0], dtype=np.uint64)
     >>> out = update_kernel(ids, resolve_dataset("tiny"), datetime(2025, 8, 1, tzinfo=timezone.utc), 2)
@@ -538,7 +538,7 @@ def _update(roots, sv, spec, ts, stop, layout, progress, use_cache=True):
     ``update_cache`` and compute what is missing as Dask tasks over batches of unique IDs (the
     current-ness checks and the supervoxels' roots in one round, the overlap step in a second).
     ``use_cache=False`` neither reads nor writes ``update_cache``."""
-    ident = (dataset_identity(spec), ts.isoformat(), stop)
+    ident = (cache_identity(spec), ts.isoformat(), stop)
     cache = update_cache if use_cache else _NoCache()
     good = layout.layer(roots) == layout.n_layers  # other layers cannot be updated: confidence 0
     cached = {int(r): cache.get(ident + ("latest", int(r))) for r in np.unique(roots[good]).tolist()}

@@ -12,9 +12,9 @@ import numpy as np
 
 from .._ids import IDLayout
 from .._validate import as_ids
-from ..config import resolve_dataset
 from ..errors import InvalidIDError
 from ..sources import open_source
+from ..sources.resolve import resolve_dataset
 from ._lazy import lazy_ids
 
 __all__ = ["layer_is_kernel", "is_valid_root", "is_valid_supervoxel", "is_valid_root_graph",
@@ -27,7 +27,7 @@ def layer_is_kernel(ids: np.ndarray, layout: IDLayout, layer: int) -> np.ndarray
     Examples
     --------
     >>> import numpy as np
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.validity import layer_is_kernel
     >>> from crantseg_dask.sources import open_source
     >>> layout = open_source(resolve_dataset("tiny")).meta.layout

@@ -30,11 +30,11 @@ import dask.array as da
 import numpy as np
 
 from .._graph import compute
-from ..config import resolve_dataset
-from ..errors import InvalidInputError
+from .._validate import as_positive_int
 from ..sources import SourceSpec, open_source
 from ..sources._chunks import cutout_from_chunks
 from ..sources._partial import read_boxes
+from ..sources.resolve import resolve_dataset
 from ._voxel_plan import VoxelPlan, _chunk_boxes, _mip_factor, _x_slabs, plan_voxels  # noqa: F401 (bench_voxels)
 from .cutouts import get_segmentation_cutout, get_segmentation_cutout_graph
 
@@ -166,7 +166,7 @@ def voxels_kernel(root: int, spec: SourceSpec, mip: int = 0, thin: bool = False,
 
     Examples
     --------
-    >>> from crantseg_dask.config import resolve_dataset
+    >>> from crantseg_dask.sources.resolve import resolve_dataset
     >>> from crantseg_dask.ops.voxels import voxels_kernel
     >>> voxels, svids = voxels_kernel(576460752373423816, resolve_dataset("tiny"), mip=1, sv_map=True)
     >>> len(voxels), voxels[0].tolist(), int(svids[0])
@@ -313,8 +313,7 @@ def get_voxels(x, mip: int = 0, bounds=None, sv_map: bool = False, thin: bool = 
     >>> len(voxels), voxels[0].tolist(), int(svids[0])  # mip-1 voxel indices, x-major order
     (23409, [48, 140, 34], 72057662824513537)
     """
-    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
-        raise InvalidInputError(f"threads={threads!r} must be a positive integer")
+    as_positive_int(threads, name="threads")
     out = get_voxels_graph(x, mip, bounds, sv_map, thin, use_l2_chunks, dataset=dataset)
     parts = out if sv_map else (out,)
     res = compute(*parts, progress=progress, desc=f"get_voxels {x}", num_workers=int(threads))

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             print("crantseg serve: warning: --token is visible to other users of this machine (ps); "
                   "use --token-file or CRANTSEG_SERVER_TOKEN", file=sys.stderr)
         if not is_dataset_dir(dataset) and dataset in PRESETS:
-            from ..config import local_dataset_path
+            from ..sources.resolve import local_dataset_path
 
             dataset = local_dataset_path(dataset)
         elif not is_dataset_dir(dataset) and not os.path.exists(dataset):

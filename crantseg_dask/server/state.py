@@ -30,6 +30,8 @@ VERSIONS = {"info": "4.3.1", "chunkedgraph": "2.21.1", "materialize": "5.13.0"}
 _TOKEN = re.compile(r"^[0-9a-f]{32}$")
 _NAME = re.compile(r"^[A-Za-z0-9_\-]{1,100}$")
 MAT_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
+#: URL path of the layer; the graphene info's ``data_dir`` is ``<server>`` + this.
+STORAGE_PREFIX = "/storage/segmentation"
 
 
 def new_token() -> str:
@@ -185,8 +187,6 @@ class ServedDataset:
         """The source's graphene info plus ``app``; ``data_dir`` is this server's storage route
         (``base`` + prefix) or, with ``storage="file"`` or no ``base``, the source's (the layer's
         ``file://`` path)."""
-        from .storage import STORAGE_PREFIX
-
         info = self.source.graphene_info()
         info["app"] = {"supported_api_versions": [0, 1]}
         if base and self.storage == "http":

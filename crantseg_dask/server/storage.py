@@ -23,11 +23,9 @@ import re
 from pathlib import Path
 
 from ._base import ApiError, ApiHandler
+from .state import STORAGE_PREFIX
 
 __all__ = ["routes", "STORAGE_PREFIX", "parse_range"]
-
-#: URL path of the layer; the graphene info's ``data_dir`` is ``<server>`` + this.
-STORAGE_PREFIX = "/storage/segmentation"
 
 _KEY = r"([A-Za-z0-9_.\-]{1,100}(?:/[A-Za-z0-9_.\-]{1,100}){0,2})"
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")

@@ -22,10 +22,13 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .._chunking import chunk_keys
+from ..config import setting
 from ..errors import SourceError
+from ._diskcache import chunk_cache, layer_identity
 from ._fetch import fetch, gunzip_if, open_store
 from ._partial import read_boxes, read_points
-from .base import VolumeMeta
+from ._shards import ShardLocator, coalesce
+from .meta import VolumeMeta
 
 __all__ = ["ChunkReader", "ChunkReads", "lookup_points", "cutout_from_chunks", "cseg_problem"]
 
@@ -45,14 +48,19 @@ class ChunkReader:
         The info's ``scales`` (sharding specs); read from the layer's ``info`` when needed.
     policy, token, token_host
         Retry policy, and the token sent to HTTP layers on ``token_host`` only.
+    settings : callable, optional
+        ``settings(key, default)``: the ``storage.*`` settings, read at each call (a source
+        passes its spec's pinned ``SourceSpec.setting``; default: this process's settings).
     """
 
     def __init__(self, cloudpath: str, meta: VolumeMeta, *, fill_missing: bool = False, scales=None,
-                 policy=None, token: str | None = None, token_host: str | None = None):
+                 policy=None, token: str | None = None, token_host: str | None = None, settings=None):
         self.cloudpath = cloudpath.rstrip("/")
         self.meta = meta
         self.fill_missing = fill_missing
-        self.store = open_store(self.cloudpath, policy=policy, token=token, token_host=token_host)
+        self._setting = settings or setting
+        self.store = open_store(self.cloudpath, policy=policy, token=token, token_host=token_host,
+                                in_flight=self._setting("storage.max-in-flight", 48))
         self._scales = scales
         self._locators: dict = {}
 
@@ -80,11 +88,9 @@ class ChunkReader:
 
     def _locator(self, mip: int):
         if mip not in self._locators:
-            from ._shards import ShardLocator
-
             m = self.meta
             grid = -(-np.array(m.size[mip]) // np.array(m.chunk_size[mip]))
-            self._locators[mip] = ShardLocator(self.store, self._scale(mip), grid)
+            self._locators[mip] = ShardLocator(self.store, self._scale(mip), grid, settings=self._setting)
         return self._locators[mip]
 
     # -- fetching -----------------------------------------------------------------------------
@@ -95,9 +101,9 @@ class ChunkReader:
         chunks = [tuple(int(v) for v in c) for c in chunks]
         if not chunks:
             return
-        from ._diskcache import chunk_cache, layer_identity
-
-        cache = chunk_cache() if not self.cloudpath.startswith("file://") else None
+        cache = None
+        if not self.cloudpath.startswith("file://"):
+            cache = chunk_cache(self._setting("storage.disk-cache"), self._setting("storage.disk-cache-size", 10e9))
         ident = layer_identity(self.cloudpath, self._scale(mip)) if cache is not None else None
         todo = []
         for c in chunks:
@@ -115,20 +121,20 @@ class ChunkReader:
 
     def _fetch_files(self, chunks, mip):
         names = [self.filename(c, mip) for c in chunks]
-        for i, data in fetch(self.store, [(n, None, None) for n in names]):
+        for i, data in fetch(self.store, [(n, None, None) for n in names],
+                             in_flight=self._setting("storage.max-in-flight", 48)):
             yield chunks[i], None if data is None else gunzip_if(data, f"chunk {self.store.url(names[i])}")
 
     def _fetch_sharded(self, chunks, mip):
-        from ._shards import coalesce
-
         loc = self._locator(mip)
         where = loc.locate(chunks)
         for c, w in zip(chunks, where):
             if w is None:
                 yield c, None
         present = [i for i, w in enumerate(where) if w is not None]
-        reads = coalesce([where[i] for i in present])
-        for k, data in fetch(self.store, [(f, s, e) for f, s, e, _ in reads]):
+        reads = coalesce([where[i] for i in present], gap=int(self._setting("storage.coalesce-gap", 4096)))
+        for k, data in fetch(self.store, [(f, s, e) for f, s, e, _ in reads],
+                             in_flight=self._setting("storage.max-in-flight", 48)):
             f, s, e, parts = reads[k]
             url = self.store.url(f)
             if data is None or len(data) != e - s:

@@ -16,20 +16,22 @@ import json
 import os
 import threading
 
+from ..config import setting
+
 __all__ = ["chunk_cache", "layer_identity"]
 
 _caches: dict = {}
 _lock = threading.Lock()
 
 
-def chunk_cache():
-    """The process's ``diskcache.Cache`` for the configured directory, or None when off."""
-    from ..config import setting
-
-    directory = setting("storage.disk-cache")
+def chunk_cache(directory=None, size=None):
+    """The process's ``diskcache.Cache`` for ``directory`` of at most ``size`` bytes (a spec's
+    pinned ``storage.disk-cache``/``-size``; default: the settings now), or None when off."""
+    if directory is None and size is None:
+        directory, size = setting("storage.disk-cache"), setting("storage.disk-cache-size", 10e9)
     if not directory:
         return None
-    size = int(float(setting("storage.disk-cache-size", 10e9)))
+    size = int(float(10e9 if size is None else size))
     key = (os.getpid(), str(directory), size)
     with _lock:
         cache = _caches.get(key)

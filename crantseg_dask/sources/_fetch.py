@@ -25,7 +25,9 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
+from ..config import setting
 from ..errors import SourceError
+from . import _http
 
 try:
     import deflate as _deflate
@@ -130,8 +132,6 @@ class HttpStore(Store):
         self.session.trust_env = False if urlsplit(base).hostname in ("127.0.0.1", "localhost", "::1") else True
 
     def _get(self, key, start, end):
-        from . import _http
-
         headers = dict(self.headers)
         if start is not None or end is not None:
             headers["Range"] = f"bytes={start or 0}-{'' if end is None else end - 1}"
@@ -177,50 +177,56 @@ class CloudFilesStore(Store):
             raise SourceError(f"reading {self.url(key)} failed: {e}") from e
 
 
-def open_store(base: str, *, policy=None, token: str | None = None, token_host: str | None = None) -> Store:
-    """The ``Store`` for layer URL ``base``. The token is sent only to ``token_host`` (the CAVE server)."""
+def open_store(base: str, *, policy=None, token: str | None = None, token_host: str | None = None,
+               in_flight: int | None = None) -> Store:
+    """The ``Store`` for layer URL ``base``. The token is sent only to ``token_host`` (the CAVE server).
+    ``in_flight``: connections of an HTTP store (default: the setting ``storage.max-in-flight``)."""
     scheme = urlsplit(base).scheme
     if scheme == "file":
         return FileStore(base)
     if scheme in ("http", "https"):
-        from . import _http
-
         same = token_host is not None and urlsplit(base).netloc == token_host
         return HttpStore(base, policy=policy or _http.RetryPolicy.from_spec(), token=token if same else None,
-                         n_connections=max_in_flight())
+                         n_connections=max_in_flight(in_flight))
     return CloudFilesStore(base)
 
 
-def max_in_flight() -> int:
-    """``crantseg.storage.max-in-flight``: reads in flight per worker process."""
-    from ..config import setting
+def max_in_flight(value=None) -> int:
+    """Reads in flight per worker process: ``value`` (a spec's pinned ``storage.max-in-flight``),
+    else the setting ``crantseg.storage.max-in-flight`` of this process."""
+    return max(1, int(setting("storage.max-in-flight", 48) if value is None else value))
 
-    return max(1, int(setting("storage.max-in-flight", 48)))
 
-
-_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool: dict[tuple[int, int], ThreadPoolExecutor] | None = None
 _pool_lock = threading.Lock()
 
 
-def _executor() -> ThreadPoolExecutor:
-    """The process's read pool (rebuilt after a fork); its size bounds the reads in flight."""
+def _executor(size: int) -> ThreadPoolExecutor:
+    """The process's read pool of ``size`` threads (rebuilt after a fork); its size bounds the
+    reads in flight."""
     global _pool
     with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid():
-            _pool = (os.getpid(), ThreadPoolExecutor(max_in_flight(), thread_name_prefix="crantseg-read"))
-        return _pool[1]
+        if _pool is None:
+            _pool = {}
+        key = (os.getpid(), size)
+        if key not in _pool:
+            _pool[key] = ThreadPoolExecutor(size, thread_name_prefix="crantseg-read")
+        return _pool[key]
 
 
-def fetch(store: Store, requests: Iterable[tuple], *, window: int | None = None) -> Iterator[tuple[int, bytes | None]]:
+def fetch(store: Store, requests: Iterable[tuple], *, window: int | None = None,
+          in_flight: int | None = None) -> Iterator[tuple[int, bytes | None]]:
     """Run ``store.get(*r)`` for each request ``r = (key, start, end)``; yield ``(index, bytes|None)``
-    in completion order. At most ``window`` (default 2 x max-in-flight) reads are queued or
+    in completion order, at most ``in_flight`` at once (``max_in_flight``). At most ``window``
+    (default 2 x in flight) reads are queued or
     running for this call, so the bytes held at once stay bounded. The first failure is raised
     (the reads still queued are cancelled)."""
     reqs = list(requests)
     if not reqs:
         return
-    pool = _executor()
-    window = window or 2 * max_in_flight()
+    n = max_in_flight(in_flight)
+    pool = _executor(n)
+    window = window or 2 * n
     pending = {}
     nxt = 0
     try:

@@ -13,7 +13,8 @@
   endpoint, the status and a truncated body. A request that exhausts its retries raises too; it
   is never turned into an ID 0.
 
-Settings come from ``crantseg.http.*`` (crantseg.yaml), overridable per dataset with
+Settings come from ``crantseg.http.*`` (crantseg.yaml) as pinned in the dataset's spec when it was
+resolved in the caller's process (``SourceSpec.setting``), overridable per dataset with
 ``SourceSpec`` options of the same names (``retries``, ``backoff``, ``backoff-max`` or
 ``backoff_max``, ``timeout``), e.g. ``cave_dataset(server, datastack, retries=3, timeout=10)``.
 """
@@ -34,6 +35,7 @@ from requests.adapters import HTTPAdapter
 from urllib3 import PoolManager
 from urllib3.util.retry import Retry
 
+from ..config import setting
 from ..errors import AuthError, SourceError
 
 __all__ = ["RetryPolicy", "TRANSIENT_STATUS", "session", "mount", "is_transient", "error_for", "request",
@@ -61,22 +63,26 @@ class RetryPolicy:
     backoff: float = 0.5
     backoff_max: float = 20.0
     timeout: float = 30.0
+    max_concurrency: int | None = None  # requests in flight per process (None: the setting now)
+    pool_maxsize: int | None = None     # connections kept per host (None: the setting now)
 
     @classmethod
     def from_spec(cls, spec=None) -> "RetryPolicy":
-        """The policy from ``crantseg.http.*`` settings, overridden by the spec's options."""
-        from ..config import setting
+        """The policy from the spec's options, else the spec's pinned ``crantseg.http.*`` settings
+        (no spec: this process's settings)."""
+        get_setting = spec.setting if spec is not None else setting
 
-        def get(key, cast):
+        def get(key, cast, prefix="http."):
             v = None
             if spec is not None:  # "backoff-max" or backoff_max (a keyword of cave_dataset)
                 v = spec.option(key, spec.option(key.replace("-", "_")))
             if v is None:
-                v = setting(f"http.{key}", getattr(cls, key.replace("-", "_")))
+                v = get_setting(f"{prefix}{key}", getattr(cls, key.replace("-", "_"), None))
             return cast(v)
 
         return cls(retries=get("retries", int), backoff=get("backoff", float),
-                   backoff_max=get("backoff-max", float), timeout=get("timeout", float))
+                   backoff_max=get("backoff-max", float), timeout=get("timeout", float),
+                   max_concurrency=get("max-concurrency", int, "cave."), pool_maxsize=get("pool-maxsize", int))
 
     def delay(self, attempt: int, rng=random) -> float:
         """Full-jitter wait before retry number ``attempt`` (0-based)."""
@@ -88,7 +94,7 @@ class RetryPolicy:
         ``endpoint`` names the call in messages (e.g. ``"POST roots_binary"``)."""
         for attempt in range(self.retries + 1):
             try:
-                with request_slot():
+                with request_slot(self.max_concurrency):
                     return fn()
             except Exception as e:  # classified below; anything unknown is re-raised untouched
                 if (host := unresolved_host(e)) is not None:  # offline or a misspelt address: no 30 s of retries
@@ -109,20 +115,22 @@ class RetryPolicy:
         raise AssertionError("unreachable")
 
 
-_slots: threading.BoundedSemaphore | None = None
+_slots: dict[int, threading.BoundedSemaphore] | None = None
 _slots_lock = threading.Lock()
 
 
-def request_slot() -> threading.BoundedSemaphore:
-    """The process-wide cap on concurrent requests to CAVE servers (``crantseg.cave.max-concurrency``
-    per worker process; waits for retries do not hold a slot)."""
+def request_slot(limit: int | None = None) -> threading.BoundedSemaphore:
+    """The process-wide cap on concurrent requests to CAVE servers: ``limit`` (a policy's pinned
+    ``crantseg.cave.max-concurrency``; None: the setting now) per worker process, shared by every
+    caller with that limit; waits for retries do not hold a slot."""
     global _slots
+    limit = max(1, int(setting("cave.max-concurrency", 4) if limit is None else limit))
     with _slots_lock:
         if _slots is None:
-            from ..config import setting
-
-            _slots = threading.BoundedSemaphore(max(1, int(setting("cave.max-concurrency", 4))))
-        return _slots
+            _slots = {}
+        if limit not in _slots:
+            _slots[limit] = threading.BoundedSemaphore(limit)
+        return _slots[limit]
 
 
 def _response_of(e: BaseException):
@@ -213,31 +221,31 @@ def _describe(e: BaseException) -> str:
 
 # -- the pooled transport ----------------------------------------------------------------------
 _lock = threading.RLock()  # re-entered: session() mounts an adapter, which asks for the pool
-_pool: tuple[int, PoolManager] | None = None
+_pools: dict[tuple[int, int], PoolManager] = {}
 _session: tuple[int, requests.Session] | None = None
 
 
-def _pool_manager() -> PoolManager:
-    """The process's urllib3 pool (rebuilt after a fork); size from ``crantseg.http.pool-maxsize``."""
-    global _pool
+def _pool_manager(size: int | None = None) -> PoolManager:
+    """The process's urllib3 pool of ``size`` connections per host (default: the setting
+    ``crantseg.http.pool-maxsize``), rebuilt after a fork."""
+    size = max(1, int(setting("http.pool-maxsize", 32) if size is None else size))
+    key = (os.getpid(), size)
     with _lock:
-        if _pool is None or _pool[0] != os.getpid():
-            from ..config import setting
-
-            size = int(setting("http.pool-maxsize", 32))
-            _pool = (os.getpid(), PoolManager(num_pools=16, maxsize=size, block=False))
-        return _pool[1]
+        if key not in _pools:
+            _pools[key] = PoolManager(num_pools=16, maxsize=size, block=False)
+        return _pools[key]
 
 
 class PooledAdapter(HTTPAdapter):
     """A requests adapter over the process pool: no retries of its own, a default timeout."""
 
-    def __init__(self, timeout: float):
+    def __init__(self, timeout: float, pool_maxsize: int | None = None):
         self.timeout = timeout
+        self.pool_maxsize = pool_maxsize
         super().__init__(max_retries=Retry(total=0, read=False, redirect=False, raise_on_status=False))
 
     def init_poolmanager(self, *args, **kwargs) -> None:
-        self.poolmanager = _pool_manager()
+        self.poolmanager = _pool_manager(getattr(self, "pool_maxsize", None))
 
     def send(self, request, stream=False, timeout=None, **kwargs):
         return super().send(request, stream=stream, timeout=self.timeout if timeout is None else timeout, **kwargs)
@@ -249,7 +257,7 @@ class PooledAdapter(HTTPAdapter):
 
 def mount(s: requests.Session, policy: RetryPolicy) -> requests.Session:
     """Put the pooled adapter (no own retries, ``policy.timeout``) on session ``s``."""
-    adapter = PooledAdapter(policy.timeout)
+    adapter = PooledAdapter(policy.timeout, policy.pool_maxsize)
     s.mount("http://", adapter)
     s.mount("https://", adapter)
     return s

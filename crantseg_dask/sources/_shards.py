@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..config import setting
 from ..errors import SourceError
 from ._fetch import Store, fetch, gunzip_if
 
@@ -36,10 +37,9 @@ class _LRU:
                 return True, self.d[key]
         return False, None
 
-    def put(self, key, value) -> None:
-        from ..config import setting
-
-        limit = max(16, int(setting("storage.index-cache", 20000)))
+    def put(self, key, value, limit: int | None = None) -> None:
+        """Store ``value``, keeping at most ``limit`` entries (default: the setting now)."""
+        limit = max(16, int(setting("storage.index-cache", 20000) if limit is None else limit))
         with self.lock:
             self.d[key] = value
             self.d.move_to_end(key)
@@ -58,10 +58,11 @@ index_cache = _LRU()
 class ShardLocator:
     """Chunk -> byte range in a shard, for one sharded scale of layer ``store``."""
 
-    def __init__(self, store: Store, scale: dict, grid):
+    def __init__(self, store: Store, scale: dict, grid, *, settings=None):
         from cloudvolume.datasource.precomputed.sharding import ShardingSpecification
 
         self.store = store
+        self._setting = settings or setting  # a spec's pinned settings (``SourceSpec.setting``)
         self.scale_key = scale["key"]
         self.spec = ShardingSpecification.from_dict(scale["sharding"])
         self.grid = [int(g) for g in grid]
@@ -87,7 +88,8 @@ class ShardLocator:
         for f in set(files):
             hit, v = index_cache.get((self.store.base, f))
             (got.__setitem__(f, v) if hit else todo.append(f))
-        for i, data in fetch(self.store, [(f, 0, self.index_bytes) for f in todo]):
+        for i, data in fetch(self.store, [(f, 0, self.index_bytes) for f in todo],
+                             in_flight=self._setting("storage.max-in-flight", 48)):
             f = todo[i]
             if data is None:
                 idx = None  # no shard file: every chunk of it is missing
@@ -98,7 +100,7 @@ class ShardLocator:
                 idx = np.frombuffer(data, dtype="<u8").reshape(-1, 2)
                 if np.any(idx[:, 1] < idx[:, 0]):
                     raise SourceError(f"shard {self.store.url(f)}: corrupt shard index (an end before its start)")
-            index_cache.put((self.store.base, f), idx)
+            index_cache.put((self.store.base, f), idx, self._setting("storage.index-cache", 20000))
             got[f] = idx
         return got
 
@@ -113,10 +115,10 @@ class ShardLocator:
             (got.__setitem__((f, m), v) if hit else todo.append((f, m)))
         reqs = [(f, self.index_bytes + int(shard_idx[f][m, 0]), self.index_bytes + int(shard_idx[f][m, 1]))
                 for f, m in todo]
-        for i, data in fetch(self.store, reqs):
+        for i, data in fetch(self.store, reqs, in_flight=self._setting("storage.max-in-flight", 48)):
             f, m = todo[i]
             got[(f, m)] = self._decode_minishard(data, f, reqs[i][2] - reqs[i][1])
-            index_cache.put((self.store.base, f, m), got[(f, m)])
+            index_cache.put((self.store.base, f, m), got[(f, m)], self._setting("storage.index-cache", 20000))
         return got
 
     def _decode_minishard(self, data, f: str, want: int) -> dict:
@@ -153,8 +155,6 @@ def coalesce(ranges: list[tuple[str, int, int]], *, gap: int | None = None, max_
 
     Returns ``[(file, start, end, [(i, start, end), ...]), ...]`` where ``i`` indexes ``ranges``."""
     if gap is None:
-        from ..config import setting
-
         gap = int(setting("storage.coalesce-gap", 4096))
     order = sorted(range(len(ranges)), key=lambda i: ranges[i])
     reads: list = []

@@ -11,13 +11,25 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping
 
 import numpy as np
 
-from .._ids import IDLayout
+from ..config import setting as _live_setting
+from ..errors import InvalidTimestampError
+from ._chunks import lookup_points
+from .meta import VolumeMeta
 
-__all__ = ["SourceSpec", "VolumeMeta", "SegmentationSource"]
+__all__ = ["SourceSpec", "VolumeMeta", "SegmentationSource", "PINNED_SETTINGS"]
+
+#: The settings that change a source's answers or requests. ``resolve_dataset`` (on the client)
+#: pins their values into the spec, so every worker runs with the settings the caller saw.
+PINNED_SETTINGS = (
+    "batch-size", "retry-wait",
+    "http.retries", "http.backoff", "http.backoff-max", "http.timeout", "http.pool-maxsize",
+    "cave.max-concurrency",
+    "storage.max-in-flight", "storage.index-cache", "storage.coalesce-gap",
+    "storage.disk-cache", "storage.disk-cache-size",
+)
 
 
 @dataclass(frozen=True)
@@ -28,7 +40,10 @@ class SourceSpec:
     path : dataset directory (local).
     server, datastack : CAVE global server address and datastack name (cave).
     name : the user-facing dataset name ("local", "latest", "sandbox", a path ...).
-    options : extra settings as sorted (key, value) pairs (retry policy, batch sizes ...).
+    options : extra settings as sorted (key, value) pairs (retry policy, batch sizes ...); they
+        override the settings below.
+    settings : the ``crantseg.*`` settings of ``PINNED_SETTINGS`` as (key, value) pairs, pinned by
+        ``resolve_dataset`` in the caller's process (see ``sources.resolve.pin_settings``).
     """
 
     kind: str
@@ -37,99 +52,24 @@ class SourceSpec:
     server: str | None = None
     datastack: str | None = None
     options: tuple[tuple[str, object], ...] = field(default=())
+    settings: tuple[tuple[str, object], ...] = field(default=())
 
     def option(self, key: str, default=None):
         return dict(self.options).get(key, default)
+
+    def setting(self, key: str, default=None):
+        """The pinned value of setting ``key``; a spec built by hand without it reads the setting
+        of the process it runs in."""
+        for k, v in self.settings:
+            if k == key:
+                return v
+        return _live_setting(key, default)
 
     def __repr__(self) -> str:  # never show credentials (specs end up in logs and task reprs)
         opts = tuple((k, "***" if "token" in k or "secret" in k else v) for k, v in self.options)
         parts = [f"kind={self.kind!r}", f"name={self.name!r}"]
         parts += [f"{k}={getattr(self, k)!r}" for k in ("path", "server", "datastack") if getattr(self, k)]
         return f"SourceSpec({', '.join(parts)}{', options=' + repr(opts) if opts else ''})"
-
-
-@dataclass(frozen=True)
-class VolumeMeta:
-    """Geometry of the supervoxel volume and the chunked graph.
-
-    Per-mip tuples are indexed by mip. Voxel boxes are half-open [lo, hi) in absolute voxels.
-    """
-
-    layout: IDLayout
-    resolution: tuple[tuple[float, float, float], ...]   # nm per voxel, per mip
-    voxel_offset: tuple[tuple[int, int, int], ...]
-    size: tuple[tuple[int, int, int], ...]
-    chunk_size: tuple[tuple[int, int, int], ...]          # storage chunk, per mip
-    encoding: tuple[str, ...]
-    graph_chunk: tuple[int, int, int]                     # mip-0 voxels
-    viewer_resolution: tuple[float, float, float] = (8.0, 8.0, 42.0)
-    chunks_start_at_voxel_offset: bool = True
-    cseg_block_size: tuple[tuple[int, int, int], ...] = ()
-    keys: tuple[str, ...] = ()
-    sharded: tuple[bool, ...] = ()
-
-    @property
-    def n_layers(self) -> int:
-        return self.layout.n_layers
-
-    @property
-    def mips(self) -> range:
-        return range(len(self.resolution))
-
-    def check_mip(self, mip: int) -> int:
-        from ..errors import InvalidInputError
-
-        if not isinstance(mip, (int, np.integer)) or isinstance(mip, bool) or not 0 <= mip < len(self.resolution):
-            raise InvalidInputError(f"mip={mip!r} is not available; this volume has mips 0..{len(self.resolution) - 1}")
-        return int(mip)
-
-    def bounds(self, mip: int = 0) -> np.ndarray:
-        """(2, 3) int64 [[lo], [hi]) voxel box of the volume at ``mip``."""
-        lo = np.array(self.voxel_offset[mip], dtype=np.int64)
-        return np.stack([lo, lo + np.array(self.size[mip], dtype=np.int64)])
-
-    def bounds_nm(self, mip: int = 0) -> np.ndarray:
-        return self.bounds(mip) * np.array(self.resolution[mip])
-
-    def graph_chunk_of(self, voxels0: np.ndarray) -> np.ndarray:
-        """Graph (L1/L2) chunk coordinates of absolute mip-0 voxels, (N, 3) int64."""
-        v = np.asarray(voxels0, dtype=np.int64)
-        if self.chunks_start_at_voxel_offset:
-            v = v - np.array(self.voxel_offset[0])
-        return v // np.array(self.graph_chunk)
-
-    def graph_chunk_box(self, chunk: np.ndarray, layer: int = 2) -> np.ndarray:
-        """(2, 3) mip-0 voxel box of a layer-``layer`` chunk (clipped to the volume)."""
-        scale = 2 ** max(layer - 2, 0)
-        span = np.array(self.graph_chunk) * scale
-        lo = np.asarray(chunk, dtype=np.int64) * span
-        if self.chunks_start_at_voxel_offset:
-            lo = lo + np.array(self.voxel_offset[0])
-        b = self.bounds(0)
-        return np.stack([np.maximum(lo, b[0]), np.minimum(lo + span, b[1])])
-
-    @classmethod
-    def from_info(cls, info: Mapping, graph: Mapping | None = None, *, viewer_resolution=(8, 8, 42),
-                  chunks_start_at_voxel_offset: bool | None = None) -> "VolumeMeta":
-        """From a precomputed (or graphene) info; ``graph`` defaults to ``info["graph"]``."""
-        graph = graph if graph is not None else info["graph"]
-        scales = info["scales"]
-        if chunks_start_at_voxel_offset is None:
-            chunks_start_at_voxel_offset = bool(info.get("chunks_start_at_voxel_offset", False))
-        return cls(
-            layout=IDLayout.from_graph_info(graph),
-            resolution=tuple(tuple(float(r) for r in s["resolution"]) for s in scales),
-            voxel_offset=tuple(tuple(int(v) for v in s["voxel_offset"]) for s in scales),
-            size=tuple(tuple(int(v) for v in s["size"]) for s in scales),
-            chunk_size=tuple(tuple(int(v) for v in s["chunk_sizes"][0]) for s in scales),
-            encoding=tuple(s["encoding"] for s in scales),
-            graph_chunk=tuple(int(v) for v in graph["chunk_size"]),
-            viewer_resolution=tuple(float(v) for v in viewer_resolution),
-            chunks_start_at_voxel_offset=chunks_start_at_voxel_offset,
-            cseg_block_size=tuple(tuple(s.get("compressed_segmentation_block_size", (8, 8, 8))) for s in scales),
-            keys=tuple(s["key"] for s in scales),
-            sharded=tuple(bool(s.get("sharding")) for s in scales),
-        )
 
 
 class SegmentationSource(abc.ABC):
@@ -179,8 +119,6 @@ class SegmentationSource(abc.ABC):
         """Supervoxel at each absolute voxel (N, 3) at ``mip``; 0 outside the volume.
 
         Points are grouped by storage chunk; each chunk is read once."""
-        from ._chunks import lookup_points
-
         return lookup_points(self, voxels, mip)
 
     @abc.abstractmethod
@@ -190,10 +128,13 @@ class SegmentationSource(abc.ABC):
 
     # -- the chunked graph --------------------------------------------------------------------
     @abc.abstractmethod
-    def roots(self, ids: np.ndarray, timestamp: datetime, stop_layer: int | None = None) -> np.ndarray:
+    def roots(self, ids: np.ndarray, timestamp: datetime, stop_layer: int | None = None,
+              batch_size: int | None = None) -> np.ndarray:
         """Ancestor of each node at ``stop_layer`` (default: root) at ``timestamp``.
 
-        0 -> 0; unknown IDs -> 0; IDs at or above ``stop_layer`` are returned unchanged."""
+        0 -> 0; unknown IDs -> 0; IDs at or above ``stop_layer`` are returned unchanged. The source
+        deduplicates and batches its requests (at most the spec's ``batch-size`` IDs each, capped
+        by ``batch_size``)."""
 
     @abc.abstractmethod
     def leaves(self, node: int, stop_layer: int = 1, bounds: np.ndarray | None = None) -> np.ndarray:
@@ -318,8 +259,6 @@ class SegmentationSource(abc.ABC):
 
     def materialization_timestamp(self, version: int | None = None) -> datetime:
         """Timestamp of materialization ``version`` (default: the latest)."""
-        from ..errors import InvalidTimestampError
-
         versions = self.materialization_versions()
         if not versions:
             raise InvalidTimestampError(f"dataset {self.spec.name!r} has no materialization versions")

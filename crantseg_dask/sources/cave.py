@@ -21,9 +21,11 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timezone
 from functools import cached_property
+from urllib.parse import urlsplit
 
 import numpy as np
 
+from .._unique import batches, map_unique
 from ..errors import InvalidInputError, OutOfBoundsError, SourceError, UnknownIDError
 from . import _http
 from ._chunks import ChunkReader, ChunkReads, cutout_from_chunks
@@ -56,9 +58,7 @@ class CaveSource(ChunkReads, SegmentationSource):
                               f"datastack={spec.datastack!r}")
         self.spec = spec
         self.policy = _http.RetryPolicy.from_spec(spec)
-        from ..config import setting
-
-        self.batch_size = int(spec.option("batch-size", spec.option("batch_size")) or setting("batch-size", 10000))
+        self.batch_size = int(spec.option("batch-size", spec.option("batch_size")) or spec.setting("batch-size", 10000))
         self._lock = threading.RLock()
         self._services: dict = {}
         self._cloudvolumes: dict = {}
@@ -68,10 +68,9 @@ class CaveSource(ChunkReads, SegmentationSource):
         info = self.segmentation_info
         self._meta = VolumeMeta.from_info(info, viewer_resolution=self._viewer_resolution())
         self.data_dir = info["data_dir"]
-        from urllib.parse import urlsplit
-
         self._reader = ChunkReader(self.data_dir, self._meta, fill_missing=True, scales=info["scales"],
-                                   policy=self.policy, token=self.token, token_host=urlsplit(spec.server).netloc)
+                                   policy=self.policy, token=self.token, token_host=urlsplit(spec.server).netloc,
+                                   settings=spec.setting)
 
     def __repr__(self) -> str:  # never shows the token
         return f"CaveSource({self.spec.server!r}, {self.spec.datastack!r})"
@@ -154,9 +153,9 @@ class CaveSource(ChunkReads, SegmentationSource):
         return cutout_from_chunks(self, box, mip)
 
     # -- ID helpers -----------------------------------------------------------------------------
-    def _batches(self, ids: np.ndarray):
-        for i in range(0, len(ids), self.batch_size):
-            yield ids[i: i + self.batch_size]
+    def _batch(self, cap: int | None) -> int:
+        """IDs per request: the dataset's batch size, capped by the caller's ``cap``."""
+        return min(self.batch_size, int(cap)) if cap else self.batch_size
 
     def _id_call(self, fn, endpoint: str, ids):
         """``fn()``; an unknown-ID answer becomes ``UnknownIDError`` naming the IDs.
@@ -183,23 +182,18 @@ class CaveSource(ChunkReads, SegmentationSource):
         return self._call(lambda: cg.is_valid_nodes(ids), "GET valid_nodes")
 
     # -- the chunked graph ----------------------------------------------------------------------
-    def roots(self, ids, timestamp: datetime, stop_layer: int | None = None) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.uint64)
-        flat = ids.reshape(-1)
-        uniq, inverse = np.unique(flat, return_inverse=True)
-        out = np.zeros(len(uniq), dtype=np.uint64)
-        query = np.flatnonzero(uniq != 0)
+    def roots(self, ids, timestamp: datetime, stop_layer: int | None = None,
+              batch_size: int | None = None) -> np.ndarray:
         ts = _aware(timestamp)
         cg = self.cg
-        for i in range(0, len(query), self.batch_size):
-            rows = query[i: i + self.batch_size]
-            batch = uniq[rows]
-            got = self._call(lambda: cg.get_roots(batch, timestamp=ts, stop_layer=stop_layer),
-                             "POST roots_binary")
-            if len(got) != len(batch):
-                raise SourceError(f"POST roots_binary answered {len(got)} IDs for {len(batch)}")
-            out[rows] = got
-        return out[inverse].reshape(ids.shape)
+
+        def batch(u):
+            got = self._call(lambda: cg.get_roots(u, timestamp=ts, stop_layer=stop_layer), "POST roots_binary")
+            if len(got) != len(u):
+                raise SourceError(f"POST roots_binary answered {len(got)} IDs for {len(u)}")
+            return got
+
+        return map_unique(ids, batch, batch_size=self._batch(batch_size))
 
     def leaves(self, node: int, stop_layer: int = 1, bounds=None) -> np.ndarray:
         cg = self.cg
@@ -214,7 +208,8 @@ class CaveSource(ChunkReads, SegmentationSource):
         b = None if bounds is None else np.asarray(bounds, dtype=np.int64).reshape(2, 3).T
         cg = self.cg
         found: dict[int, np.ndarray] = {}
-        for batch in self._batches(uniq):
+        for part in batches(len(uniq), self.batch_size):
+            batch = uniq[part]
             got = self._id_call(lambda: cg.get_leaves_many(batch, bounds=b, stop_layer=int(stop_layer)),
                                 "POST leaves_many", batch)
             for k, v in got.items():
@@ -227,29 +222,22 @@ class CaveSource(ChunkReads, SegmentationSource):
         return np.sort(np.asarray(got).astype(np.uint64))
 
     def is_latest(self, roots, timestamp: datetime) -> np.ndarray:
-        roots = _u64(roots)
-        uniq, inverse = np.unique(roots, return_inverse=True)
-        out = np.zeros(len(uniq), dtype=bool)
         ts = _aware(timestamp)
         cg = self.cg
-        for i in range(0, len(uniq), self.batch_size):
-            batch = uniq[i: i + self.batch_size]
-            out[i: i + len(batch)] = self._call(lambda: cg.is_latest_roots(batch, timestamp=ts),
-                                                "POST is_latest_roots")
-        return out[inverse]
+        return map_unique(_u64(roots), lambda u: self._call(lambda: cg.is_latest_roots(u, timestamp=ts),
+                                                            "POST is_latest_roots"),
+                          dtype=bool, drop_zero=False, batch_size=self.batch_size)
 
     def root_timestamps(self, roots) -> np.ndarray:
-        roots = _u64(roots)
-        uniq, inverse = np.unique(roots, return_inverse=True)
-        out = np.zeros(len(uniq), dtype=float)
         cg = self.cg
-        for i in range(0, len(uniq), self.batch_size):
-            batch = uniq[i: i + self.batch_size]
-            got = self._id_call(lambda: cg.get_root_timestamps(batch), "POST root_timestamps", batch)
-            if len(got) != len(batch):
-                raise UnknownIDError(f"some of {batch.tolist()[:10]} are not roots of {self.spec.name!r}")
-            out[i: i + len(batch)] = [_seconds(t) for t in got]
-        return out[inverse]
+
+        def batch(u):
+            got = self._id_call(lambda: cg.get_root_timestamps(u), "POST root_timestamps", u)
+            if len(got) != len(u):
+                raise UnknownIDError(f"some of {u.tolist()[:10]} are not roots of {self.spec.name!r}")
+            return [_seconds(t) for t in got]
+
+        return map_unique(_u64(roots), batch, dtype=float, drop_zero=False, batch_size=self.batch_size)
 
     def lineage(self, roots, past: datetime | None = None, future: datetime | None = None):
         """PyChunkedGraph's lineage (one request): the roots, their ancestors and descendants."""

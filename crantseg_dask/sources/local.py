@@ -46,7 +46,7 @@ class LocalSource(ChunkReads, SegmentationSource):
         )
         self.cloudpath = f"file://{self.path / 'segmentation'}"
         self._reader = ChunkReader(self.cloudpath, self._meta, fill_missing=False,
-                                   scales=self.segmentation_info["scales"])
+                                   scales=self.segmentation_info["scales"], settings=spec.setting)
         g = self.path / "graph"
         self.node_ids = np.load(g / "node_ids.npy")
         self.node_created_ms = np.load(g / "node_created_ms.npy")
@@ -93,7 +93,9 @@ class LocalSource(ChunkReads, SegmentationSource):
         last = np.r_[child[1:] != child[:-1], True]
         return child[last], parent[last]
 
-    def roots(self, ids, timestamp: datetime, stop_layer: int | None = None) -> np.ndarray:
+    def roots(self, ids, timestamp: datetime, stop_layer: int | None = None,
+              batch_size: int | None = None) -> np.ndarray:
+        """``SegmentationSource.roots`` from the tables (no requests: ``batch_size`` is unused)."""
         ids = np.asarray(ids, dtype=np.uint64)
         layout = self.meta.layout
         stop = self.meta.n_layers if stop_layer is None else int(stop_layer)

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from ..config import cave_dataset
 from ..server.app import RunningServer, serve_in_thread
 from ..server.state import Faults
 from ..sources.base import SourceSpec
+from ..sources.resolve import cave_dataset
 
 __all__ = ["FAST_RETRIES", "cave_home", "cave_server", "cave_spec", "cave_spec_for", "fast_spec", "faulty_server",
            "isolated_home"]
@@ -96,9 +97,12 @@ def cave_server(tiny_path, cave_home, request) -> RunningServer:
 
 
 def fast_spec(server: RunningServer, **options):
-    """``SourceSpec`` of ``server`` with the token and test retry settings."""
-    return cave_dataset(server.address, server.datastack, name="tiny-cave",
+    """``SourceSpec`` of ``server`` with the token and test retry settings. Its other settings are
+    not pinned: a source built from it directly reads this process's settings at each use (an
+    operation given it pins them when it resolves the dataset)."""
+    spec = cave_dataset(server.address, server.datastack, name="tiny-cave",
                         **{"token": server.token, **FAST_RETRIES, **options})
+    return replace(spec, settings=())
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,6 @@ def test_other_seeds_chunk_hierarchy(tmp_path, seed, size):
 
 @pytest.mark.skipif(not os.environ.get("CRANTSEG_TEST_DEMO"), reason="set CRANTSEG_TEST_DEMO=1 (generates demo)")
 def test_demo_chunk_hierarchy():
-    from crantseg_dask.config import local_dataset_path
+    from crantseg_dask.sources.resolve import local_dataset_path
 
     assert chunk_hierarchy_problems(local_dataset_path("demo")) == []

@@ -5,7 +5,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from crantseg_dask._cache import dataset_identity
+from crantseg_dask._cache import cache_identity
 from crantseg_dask.ops import mapping
 from crantseg_dask.ops.mapping import (
     roots_kernel,
@@ -228,7 +228,7 @@ def test_leaves_graph_and_identity(local_spec, truth, tmp_path):
     assert sorted(got) == truth.all_roots[:20].tolist()
     np.testing.assert_array_equal(got[int(truth.all_roots[7])], truth.leaves(truth.all_roots[7]))
     other = type(local_spec)(kind="local", name="x", path=str(tmp_path))
-    assert dataset_identity(other) != dataset_identity(local_spec)
+    assert cache_identity(other) != cache_identity(local_spec)
 
 
 # -- lazy builders refuse non-integer ID arrays (float IDs above 2**53 are not exact) -------------
@@ -276,7 +276,7 @@ def test_cave_identity_includes_segmentation_info(tiny_path, cave_home, tmp_path
             port = int(server.address.rsplit(":", 1)[1])
             spec = fast_spec(server)
             open_source.cache_clear()  # a fresh process's view of the deployment
-            ids.append(dataset_identity(spec))
+            ids.append(cache_identity(spec))
         finally:
             server.stop()
     open_source.cache_clear()

@@ -1,7 +1,6 @@
 """neuron_to_segments: checklist items 46-48; expected counts from brute-force truth."""
 from __future__ import annotations
 
-import types
 from collections import Counter
 from datetime import datetime, timezone
 

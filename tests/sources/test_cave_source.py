@@ -115,7 +115,7 @@ def test_unreachable_server_fails_after_retries(cave_home):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    from crantseg_dask.config import cave_dataset
+    from crantseg_dask.sources.resolve import cave_dataset
 
     spec = cave_dataset(f"http://127.0.0.1:{port}", "nothing", token="a" * 32, retries=2, backoff=0.001,
                         **{"backoff-max": 0.002})
