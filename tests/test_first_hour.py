@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import warnings
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -377,3 +378,32 @@ def test_readme_stands_alone_and_the_notebooks_extra_has_a_front_end(truth):
     assert f"| `tiny` | {'×'.join(map(str, size))}, 12 neurons | {extent} |" in readme
     extras = tomllib.load(open(os.path.join(root, "pyproject.toml"), "rb"))["project"]["optional-dependencies"]
     assert any(d.startswith("notebook>=") for d in extras["notebooks"])
+
+
+def test_demo_runs_its_job_through_a_cave_deployment(cave_server, truth, tiny_path, tmp_path, monkeypatch, capsys):
+    """``crantseg demo --server --datastack --token-file``: the table comes from the preset, the job
+    goes through the CAVE deployment (here the local server serving the same tiny dataset)."""
+    import dask.config
+
+    from crantseg_dask.dataset.layout import GENERATOR_VERSION, PRESETS
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / f"tiny-seed{PRESETS['tiny'].seed}-g{GENERATOR_VERSION}").symlink_to(tiny_path)
+    (tmp_path / "token").write_text(cave_server.token)
+    monkeypatch.chdir(tmp_path)
+    with dask.config.set({"crantseg.data-dir": str(data)}):
+        code = main(["demo", "--preset", "tiny", "--rows", "300", "--workers", "1", "--partition-size", "150",
+                     "--server", cave_server.address, "--datastack", cave_server.datastack, "--token-file", "token"])
+    assert code == 0
+    assert f"job dataset: {cave_server.datastack} on {cave_server.address}" in capsys.readouterr().out
+    out = read_output(tmp_path / "crantseg-demo" / "synapses.zarr")
+    hit = out["status"].astype(str).isin(["on_target", "snapped"]).to_numpy()
+    assert hit.mean() > 0.5
+    xyz = out.loc[hit, ["snapped_x", "snapped_y", "snapped_z"]].to_numpy()
+    sv = truth.supervoxel_at_nm(xyz)
+    np.testing.assert_array_equal(out["supervoxel_id"].to_numpy()[hit], sv)
+    np.testing.assert_array_equal(out["root_id"].to_numpy()[hit], truth.root_of(sv, datetime.now(timezone.utc)))
+    with pytest.raises(SystemExit):  # half a deployment is refused before anything is written
+        main(["demo", "--preset", "tiny", "--server", cave_server.address, "--out", "refused"])
+    assert not (tmp_path / "refused").exists()

@@ -17,7 +17,7 @@ import pandas as pd
 from ..dataset.layout import PRESETS
 from ..sources import open_source
 from ..sources.resolve import local_dataset_path, resolve_dataset
-from .cli import _integer
+from .cli import _integer, dataset_argument
 from .runner import run_job
 
 __all__ = ["main", "synapse_table", "DEFAULT_OUT"]
@@ -48,9 +48,15 @@ def main(argv: list[str] | None = None) -> int:
                    "directory)")
     p.add_argument("--workers", type=_integer(1), default=2)
     p.add_argument("--partition-size", type=_integer(1), default=50_000, help="rows per task (default 50,000)")
+    p.add_argument("--server", help="run the job through this CAVE deployment (with --datastack), which must serve "
+                   "the --preset dataset (e.g. `crantseg serve --dataset tiny`); the table is made from the preset")
+    p.add_argument("--datastack", help="the datastack on --server")
+    p.add_argument("--token-file", help="a file holding the CAVE token (default: caveclient's secret)")
     a = p.parse_args(argv)
     if a.preset not in PRESETS:
         p.error(f"argument --preset: unknown preset {a.preset!r}; presets: {', '.join(sorted(PRESETS))}")
+    a.dataset = None
+    cave = dataset_argument(p, a)  # None: the job reads the embedded dataset itself
     t0 = time.perf_counter()
     print(f"dataset: the embedded {a.preset!r} preset (generated on first use; a line per slab while it is)",
           flush=True)
@@ -64,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     op = "snap" if "snap" in _operations() else "locs-to-segments"
     t1 = time.perf_counter()
     extra = {"snap_zero": True} if op == "snap" else {}  # synapses jittered onto background are snapped too
-    summary = run_job(op, out / "synapses.parquet", out / "synapses.zarr", dataset=str(path), force=True,
+    if cave is not None:
+        print(f"job dataset: {a.datastack} on {a.server}")
+    summary = run_job(op, out / "synapses.parquet", out / "synapses.zarr", dataset=cave or str(path), force=True,
                       n_workers=a.workers, partition_size=a.partition_size, **extra)
     seconds = time.perf_counter() - t1
     from ..persist import read_output
