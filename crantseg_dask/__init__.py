@@ -12,7 +12,8 @@ from .ops.mapping import roots_to_supervoxels, supervoxels_to_roots
 from .ops.neurons import neuron_to_segments
 from .ops.refresh import refresh
 from .ops.snapping import snap_to_id
-from .ops.updates import is_latest_roots, update_ids
+from .ops.latest import is_latest_roots
+from .ops.updates import update_ids
 from .ops.validity import is_valid_root, is_valid_supervoxel
 from .ops.voxels import get_voxels
 from .sources.resolve import cave_dataset

@@ -11,7 +11,7 @@ from .ops.mapping import roots_to_supervoxels_graph as roots_to_supervoxels
 from .ops.mapping import supervoxels_to_roots_graph as supervoxels_to_roots
 from .ops.snapping import snap_table_graph as snap_table
 from .ops.snapping import snap_to_id_graph as snap_to_id
-from .ops.updates import is_latest_roots_graph as is_latest_roots
+from .ops.latest import is_latest_roots_graph as is_latest_roots
 from .ops.updates import update_ids_graph as update_ids
 from .ops.validity import is_valid_root_graph as is_valid_root
 from .ops.validity import is_valid_supervoxel_graph as is_valid_supervoxel

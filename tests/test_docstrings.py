@@ -13,7 +13,7 @@ import io
 
 import pytest
 
-MODULES = ["locations", "snapping", "neurons", "mapping", "updates", "lineage", "validity", "voxels", "cutouts"]
+MODULES = ["locations", "snapping", "neurons", "mapping", "latest", "updates", "lineage", "validity", "voxels", "cutouts"]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 

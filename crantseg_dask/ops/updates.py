@@ -1,7 +1,7 @@
-"""Is a root current, and what replaced it: ``is_latest_roots`` and ``update_ids``.
+"""What replaced a root: ``update_ids`` (whether it is current: ``ops/latest.py``, re-exported here).
 
-Kernels work on one batch of unique root IDs (one ``is_latest`` request; one ``leaves_many`` plus
-one ``roots`` request for the overlap step). Builders map them over Dask arrays; the eager wrappers
+Kernels work on one batch of unique root IDs (one ``leaves_many`` plus one ``roots`` request for
+the overlap step). Builders map them over Dask arrays; the eager wrappers
 deduplicate on the client, run one task per batch and scatter results back in input order.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from ..errors import InvalidInputError, UnknownIDError
 from ..sources import SourceSpec, open_source
 from ..sources.resolve import resolve_dataset, resolve_timestamp
 from ._lazy import lazy_ids
+from .latest import is_latest_kernel, is_latest_roots, is_latest_roots_graph
 from .mapping import parse_root_ids, roots_graph, roots_kernel
-from .validity import is_valid_root
 
 __all__ = ["is_latest_kernel", "is_latest_roots", "is_latest_roots_graph", "overlap_kernel", "update_rows",
            "update_kernel", "update_ids", "update_ids_graph", "UPDATE_DTYPE", "update_cache"]
@@ -38,41 +38,6 @@ update_cache = TTLCache(max_age=7200.0, max_entries=1_000_000)
 
 
 # -- kernels ----------------------------------------------------------------------------------
-def _on_unique(ids: np.ndarray, fn, dtype) -> np.ndarray:
-    """``fn`` over the sorted unique non-zero IDs of ``ids``, scattered back to every position of
-    ``ids`` (same shape, ``dtype``); 0 gives ``dtype``'s zero and never reaches ``fn``."""
-    ids = np.asarray(ids, dtype=np.uint64)
-    uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
-    out = np.zeros(uniq.shape, dtype=dtype)
-    nz = uniq != 0
-    if nz.any():
-        out[nz] = fn(uniq[nz])
-    return out[inverse.ravel()].reshape(ids.shape)
-
-
-def is_latest_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime) -> np.ndarray:
-    """Whether each root is current at ``timestamp`` (bool, same shape). 0 is False; unknown IDs
-    and roots created after ``timestamp`` are False, and so are non-root IDs (PCG reports existing
-    L2 nodes as "latest"; only root semantics are meaningful). One request per block.
-
-    Examples
-    --------
-    >>> from datetime import datetime, timezone
-    >>> import numpy as np
-    >>> from crantseg_dask.sources.resolve import resolve_dataset
-    >>> from crantseg_dask.ops.updates import is_latest_kernel
-    >>> ids = np.array([576460752373423813, 576460752373423807, 0], dtype=np.uint64)
-    >>> is_latest_kernel(ids, resolve_dataset("tiny"), datetime(2025, 8, 1, tzinfo=timezone.utc))
-    array([ True, False, False])
-    """
-    def latest(uniq: np.ndarray) -> np.ndarray:
-        source = open_source(spec)
-        layout = source.meta.layout
-        return source.is_latest(uniq, timestamp) & (layout.layer(uniq) == layout.n_layers)
-
-    return _on_unique(ids, latest, bool)
-
-
 def _leaves(source, roots: np.ndarray, stop_layer: int) -> list[np.ndarray | None]:
     """Layer-``stop_layer`` nodes of each root; None for a root the source does not know (or
     rejects as input). Any other failure (source unreachable, authentication) propagates: it
@@ -245,87 +210,6 @@ def update_kernel(ids: np.ndarray, spec: SourceSpec, timestamp: datetime, stop_l
     out = np.empty(ids.size, dtype=UPDATE_DTYPE)
     out["new_id"], out["confidence"] = new, conf
     return out.reshape(ids.shape)
-
-
-# -- is_latest_roots --------------------------------------------------------------------------
-def is_latest_roots_graph(ids: da.Array, timestamp=None, *, dataset=None) -> da.Array:
-    """Lazy ``is_latest_roots`` over a Dask array of root IDs: bool, same shape and chunks.
-    The timestamp is resolved once, now.
-
-    Examples
-    --------
-    >>> import dask.array as da
-    >>> import numpy as np
-    >>> from crantseg_dask.ops.updates import is_latest_roots_graph
-    >>> ids = da.from_array(np.array([576460752373423813, 576460752373423807]), chunks=1)
-    >>> is_latest_roots_graph(ids, dataset="tiny").compute()
-    array([ True, False])
-    """
-    spec = resolve_dataset(dataset)
-    ts = resolve_timestamp(timestamp, open_source(spec))
-    return lazy_ids(ids).map_blocks(is_latest_kernel, spec=spec, timestamp=ts, dtype=bool,
-                                            meta=np.empty((0,) * ids.ndim, bool))
-
-
-def is_latest_roots(x, timestamp=None, dataset=None, progress=True, batch_size=100_000,
-                    validate_ids=True, use_http_session=True) -> np.ndarray:
-    """Whether root IDs are current (not superseded) at a time.
-
-    Parameters
-    ----------
-    x : int, str or iterable
-        Root IDs (a numeric string is one ID); NaN/None count as 0.
-    timestamp : None, str, int, datetime
-        None = now; "mat"/"mat_latest"/"mat_<N>"; ISO 8601 (naive = UTC); unix seconds; datetime.
-        Resolved once and sent as an aware UTC time (crantpy sends a naive ISO string that the
-        server rejects, so every timestamped call fails there: fixed).
-    progress : bool
-        Show a progress bar (local schedulers).
-    batch_size : int
-        Unique IDs per request; one Dask task per batch.
-    validate_ids : bool
-        Raise if a non-zero ID is not at the root layer, before any request.
-    use_http_session : bool
-        Accepted for compatibility; the source owns its session.
-
-    Returns
-    -------
-    numpy.ndarray of bool
-        Input length and order. True iff the root exists at ``timestamp`` and has not been
-        superseded at or before it. Zeros are always False (crantpy: True in mixed input, False
-        when all are zero: fixed); unknown IDs are False.
-
-    Raises
-    ------
-    InvalidIDError (ValueError)
-        With ``validate_ids``: "Invalid root IDs found: {...}".
-    InvalidTimestampError (ValueError)
-        "Invalid materialization timestamp format" for e.g. "mat_x".
-
-    Examples
-    --------
-    576460752373423807 was split into 576460752373423813 and 576460752373423814 on 2025-06-27,
-    after the latest materialization:
-
-    >>> from crantseg_dask import is_latest_roots
-    >>> is_latest_roots([576460752373423813, 576460752373423807, 0], dataset="tiny", progress=False)
-    array([ True, False, False])
-    >>> is_latest_roots([576460752373423813, 576460752373423807], timestamp="mat", dataset="tiny",
-    ...                 progress=False)
-    array([False,  True])
-    """
-    ids = as_ids(x, name="x", nan="zero")
-    spec = resolve_dataset(dataset)
-    if validate_ids and ids.any():
-        is_valid_root(ids[ids != 0], dataset=spec, raise_exc=True)
-    ts = resolve_timestamp(timestamp, open_source(spec))
-
-    def latest(uniq: np.ndarray) -> np.ndarray:  # one task per batch of unique IDs
-        lazy = da.from_array(uniq, chunks=max(int(batch_size), 1), name=False).map_blocks(
-            is_latest_kernel, spec=spec, timestamp=ts, dtype=bool, meta=np.empty((0,), bool))
-        return compute(lazy, progress=progress, desc="is_latest_roots")[0]
-
-    return _on_unique(ids, latest, bool)
 
 
 # -- update_ids -------------------------------------------------------------------------------

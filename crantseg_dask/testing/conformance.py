@@ -10,14 +10,13 @@ at every layer 1..7 and on boxes whose lower corners lie inside the volume.
 """
 from __future__ import annotations
 
-from datetime import timedelta
 
 import networkx as nx
 import numpy as np
 import pytest
 
 from ..errors import CrantsegError
-from .conformance_served import ServedAnswersConformance
+from .conformance_served import ServedAnswersConformance, check_times
 
 __all__ = ["SourceConformance", "check_times", "random_boxes"]
 
@@ -37,18 +36,6 @@ def random_boxes(truth, n: int, seed: int = 0, mip: int = 0) -> list:
         hi = np.clip(centre + rng.integers(1, np.maximum(size // 4, 3)), lo + 1, off + size)
         out.append(np.stack([lo, hi]))
     return out
-
-
-def check_times(truth) -> list:
-    """Timestamps at which answers are checked."""
-    ops = truth.operation_times()
-    ingest = truth.created(truth.all_roots[0])
-    picks = [ops[0], ops[len(ops) // 2], ops[-1]]
-    times = [ingest - timedelta(days=1), ingest, ops[0] - timedelta(seconds=1)]
-    times += picks + [t + timedelta(milliseconds=500) for t in picks] + [t - timedelta(milliseconds=1) for t in picks]
-    times += [truth.materialization(v) for v in range(1, len(truth.edits["materializations"]) + 1)]
-    times += [ops[-1] + timedelta(days=30)]
-    return times
 
 
 class SourceConformance(ServedAnswersConformance):

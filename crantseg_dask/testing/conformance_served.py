@@ -15,12 +15,22 @@ import pytest
 
 from ..errors import InvalidInputError
 
-__all__ = ["ServedAnswersConformance"]
+__all__ = ["ServedAnswersConformance", "check_times"]
+
+
+def check_times(truth) -> list:
+    """Timestamps at which answers are checked."""
+    ops = truth.operation_times()
+    ingest = truth.created(truth.all_roots[0])
+    picks = [ops[0], ops[len(ops) // 2], ops[-1]]
+    times = [ingest - timedelta(days=1), ingest, ops[0] - timedelta(seconds=1)]
+    times += picks + [t + timedelta(milliseconds=500) for t in picks] + [t - timedelta(milliseconds=1) for t in picks]
+    times += [truth.materialization(v) for v in range(1, len(truth.edits["materializations"]) + 1)]
+    times += [ops[-1] + timedelta(days=30)]
+    return times
 
 
 def _times(truth) -> list:
-    from .conformance import check_times
-
     return check_times(truth)
 
 
