@@ -111,7 +111,7 @@ def test_version_help_and_bare_command(tmp_path):
      "crantseg run: mip (--mip)=-1: expected an integer >= 0"),
     ("locs-to-supervoxels", ["--mip", "9"], "crantseg run: mip=9 is not available; this volume has mips 0..2"),
     ("snap", ["--id-column", "post_pt_root_id", "--search-radius", "-5"],
-     "crantseg run: search_radius=-5.0 (--search-radius): expected a number of nm > 0"),
+     "crantseg run: search_radius=-5.0 (--search-radius): expected a number of nm >= 0"),
     ("locs-to-supervoxels", ["--scheduler", "MISSING.json"],
      "crantseg run: --scheduler MISSING.json: no such scheduler file (a running `dask scheduler "
      "--scheduler-file FILE` writes it)"),
@@ -144,7 +144,7 @@ def test_python_api_refuses_the_same_values(table, tiny_path, tmp_path):
         with pytest.raises(InvalidInputError) as e:
             run_job("locs-to-supervoxels", table, tmp_path / "o.zarr", dataset=str(tiny_path), **kw)
         assert str(e.value) == text
-    with pytest.raises(InvalidInputError, match=r"search_radius=-5.0 \(--search-radius\): expected a number of nm > 0"):
+    with pytest.raises(InvalidInputError, match=r"search_radius=-5.0 \(--search-radius\): expected a number of nm >= 0"):
         run_job("snap", table, tmp_path / "o.zarr", dataset=str(tiny_path), id_column="post_pt_root_id",
                 search_radius=-5.0)
     assert os.listdir(tmp_path) == []

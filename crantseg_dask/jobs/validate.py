@@ -20,7 +20,7 @@ def check_job_arguments(args: dict, *, partition_size=None, n_workers=2, schedul
     """Refuse impossible job arguments, naming the value (``InvalidInputError``).
 
     ``partition_size`` and ``n_workers`` must be >= 1, ``mip`` >= 0 (its upper bound is checked
-    against the dataset), ``search_radius`` a finite number > 0, ``nan`` "raise" or "zero", a
+    against the dataset), ``search_radius`` a finite number >= 0 (as ``snap_table``), ``nan`` "raise" or "zero", a
     scheduler file or cluster spec must exist. Nothing is created, no cluster started.
     """
     if partition_size is not None:
@@ -37,8 +37,8 @@ def check_job_arguments(args: dict, *, partition_size=None, n_workers=2, schedul
         _int("mip (--mip)", args["mip"], 0)
     if "search_radius" in args:
         r = args["search_radius"]
-        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r) or r <= 0:
-            raise InvalidInputError(f"search_radius={r!r} (--search-radius): expected a number of nm > 0")
+        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r) or r < 0:
+            raise InvalidInputError(f"search_radius={r!r} (--search-radius): expected a number of nm >= 0")
     if "nan" in args and args["nan"] not in ("raise", "zero"):
         raise InvalidInputError(f"nan={args['nan']!r} (--nan): expected 'raise' or 'zero'")
     if "id_column" in args and (not isinstance(args["id_column"], str) or not args["id_column"].strip()):

@@ -149,6 +149,8 @@ class ServedAnswersConformance:
 
     def test_graphene_info(self, source, truth):
         info = source.graphene_info()
-        assert info["scales"] == truth.segmentation_info["scales"]
+        # the truth's scales, plus each scale's "sharding" spec when the layer is sharded
+        assert [{k: v for k, v in s.items() if k != "sharding"} for s in info["scales"]] \
+            == truth.segmentation_info["scales"]
         assert info["graph"]["n_layers"] == 8 and list(info["graph"]["chunk_size"]) == list(truth.params.graph_chunk)
         assert info["data_dir"] and info["chunks_start_at_voxel_offset"] is True

@@ -20,6 +20,6 @@ def test_only_the_jobs_client_can_submit_work():
                     "tls, another CA": dict(address=addr, security=Security.temporary())}
         for name, kw in attempts.items():
             with pytest.raises((OSError, TypeError, TimeoutError)):
-                with Client(**kw, timeout=5) as intruder:
+                with Client(**kw, timeout=5, set_as_default=False) as intruder:
                     intruder.run(os.getpid)
                 pytest.fail(f"{name}: an outside client ran code on the workers")

@@ -42,6 +42,6 @@ def test_serve_prints_address_datastack_token_and_serves(tiny_path, tmp_path):
 
 def test_bad_arguments_exit_2(tiny_path, tmp_path, capsys):
     assert main(["--dataset", str(tmp_path / "nothing")]) == 2
-    assert "not a crantseg dataset" in capsys.readouterr().err
+    assert "is neither a preset (demo, tiny) nor an existing directory" in capsys.readouterr().err
     assert main(["--dataset", str(tiny_path), "--token", "just_a_test"]) == 2
     assert main(["--dataset", str(tiny_path), "--fail-rate", "2"]) == 2
