@@ -12,6 +12,7 @@ import os
 import shutil
 import struct
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -34,9 +35,15 @@ def test_dashboard_screenshot_shows_a_running_job(tmp_path):
             pytest.fail(message + " -- .ci/run should have installed it", pytrace=False)
         pytest.skip(message)
     png = tmp_path / "dashboard.png"
-    # TMPDIR: the script's work directory (crantseg-dashboard-*) and Chromium's files, removed with tmp_path
-    res = subprocess.run([sys.executable, str(SCRIPT), "--out", str(png)], capture_output=True, text=True,
-                         timeout=280, cwd=ROOT, env={**os.environ, "TMPDIR": str(tmp_path)})
+    # TMPDIR: the script's work directory (crantseg-dashboard-*) and Chromium's files. A short path
+    # (in /tmp, removed after the run): Chromium aborts when its singleton socket's path is over
+    # ~100 bytes, as under pytest-xdist's nested session temp dirs.
+    work = tempfile.mkdtemp(prefix="cdash-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    try:
+        res = subprocess.run([sys.executable, str(SCRIPT), "--out", str(png)], capture_output=True, text=True,
+                             timeout=280, cwd=ROOT, env={**os.environ, "TMPDIR": work})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     assert res.returncode == 0, f"exit {res.returncode}\nstdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-3000:]}"
     summary = json.loads(res.stdout[res.stdout.index("{"):])
     head = png.read_bytes()[:24]

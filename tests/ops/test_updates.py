@@ -12,7 +12,7 @@ import pytest
 from crantseg_dask.dataset.generate import make_dataset
 from crantseg_dask.dataset.layout import PRESETS
 from crantseg_dask.dataset.truth import Truth
-from crantseg_dask.ops import updates
+from crantseg_dask.ops import latest, updates
 from crantseg_dask.ops.updates import (
     UPDATE_DTYPE,
     is_latest_kernel,
@@ -176,7 +176,8 @@ def test_timestamp_forms_c8_bug15(spec, truth):
 def test_resolved_once(local_spec, truth, monkeypatch):
     calls = []
     real = updates.resolve_timestamp
-    monkeypatch.setattr(updates, "resolve_timestamp", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    for module in (updates, latest):  # is_latest_roots lives in ops/latest.py
+        monkeypatch.setattr(module, "resolve_timestamp", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     is_latest_roots(truth.all_roots, timestamp="mat", batch_size=3, dataset=local_spec, progress=False)
     assert len(calls) == 1
     update_ids(truth.all_roots, timestamp="mat", dataset=local_spec, progress=False)
