@@ -316,9 +316,8 @@ class CaveSource(ChunkReads, SegmentationSource):
         ids = _u64(ids)
         out = np.zeros(len(ids), dtype=bool)
         ts, cg = _aware(end_timestamp), self.cg
-        for i in range(0, len(ids), self.batch_size):
-            batch = ids[i: i + self.batch_size]
-            out[i: i + len(batch)] = self._call(lambda b=batch: cg.is_valid_nodes(b, end_timestamp=ts), "GET valid_nodes")
+        for part in batches(len(ids), self.batch_size):
+            out[part] = self._call(lambda b=ids[part]: cg.is_valid_nodes(b, end_timestamp=ts), "GET valid_nodes")
         return out
 
     def root_expired(self, roots, timestamp: datetime) -> np.ndarray:
@@ -326,11 +325,10 @@ class CaveSource(ChunkReads, SegmentationSource):
         roots = _u64(roots)
         out = np.zeros(len(roots), dtype=float)
         ts, cg = _aware(timestamp), self.cg
-        for i in range(0, len(roots), self.batch_size):
-            batch = roots[i: i + self.batch_size]
-            got = self._id_call(lambda b=batch: cg.get_root_timestamps(b, latest=True, timestamp=ts),
-                                "POST root_timestamps", batch)
-            out[i: i + len(batch)] = [(round(_aware(t).timestamp() * 1000) + 1) / 1000 for t in got]
+        for part in batches(len(roots), self.batch_size):
+            got = self._id_call(lambda b=roots[part]: cg.get_root_timestamps(b, latest=True, timestamp=ts),
+                                "POST root_timestamps", roots[part])
+            out[part] = [(round(_aware(t).timestamp() * 1000) + 1) / 1000 for t in got]
         return out
 
     def operation_details(self, operation_ids) -> dict[int, dict]:
