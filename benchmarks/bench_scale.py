@@ -25,7 +25,6 @@ import os
 import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,6 +35,7 @@ from pathlib import Path
 import dask
 import numpy as np
 
+from bench_storage import Server  # crantseg serve in a subprocess, with CAVE and storage latencies
 from crantseg_dask import scale_model as sm
 
 HERE = Path(__file__).resolve().parent
@@ -49,40 +49,6 @@ CRANT_SVS_PER_TARGET = 20_000   # supervoxels of a CRANT neuron a snap target's 
 CRANT_S_PER_ID = 2e-6          # PyChunkedGraph time per ID sent or answered (10k roots in ~20 ms + latency)
 CRANT_TARGETS_PER_ROW = 0.4     # distinct targets per row of a task (the demo: 0.36 at 45 rows per chunk)
 CRANT_CAVE = {"cave_latency": 0.2, "cave_rate": 50.0, "get_latency": 0.05}
-
-
-# -- the server ------------------------------------------------------------------------------------
-class Server:
-    """``crantseg serve`` in a subprocess, with CAVE and storage latencies of its own."""
-
-    def __init__(self, path, latency_ms: float = 0.0, storage_latency_ms: float | None = None):
-        cmd = [sys.executable, "-m", "crantseg_dask.server.main", "--dataset", str(path), "--latency-ms",
-               str(latency_ms)]
-        if storage_latency_ms is not None:
-            cmd += ["--storage-latency-ms", str(storage_latency_ms)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
-        info = {}
-        for line in self.proc.stdout:
-            key, _, val = line.strip().partition(":")
-            info[key] = val.strip()
-            if key == "token":
-                break
-        self.address, self.datastack, self.token = info["address"], info["datastack"], info["token"]
-
-    def spec(self):
-        from crantseg_dask.sources.resolve import cave_dataset
-
-        return cave_dataset(self.address, self.datastack, token=self.token)
-
-    def cpu(self) -> float:
-        import psutil
-
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return t.user + t.system
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 # -- 1. the spatial distribution ------------------------------------------------------------------

@@ -50,9 +50,11 @@ def _sharded_copy(preset: str) -> Path:
 class Server:
     """``crantseg serve`` in a subprocess (so its work does not share this process's GIL)."""
 
-    def __init__(self, path: Path, latency_ms: float):
+    def __init__(self, path: Path, latency_ms: float = 0.0, storage_latency_ms: float | None = None):
         cmd = [sys.executable, "-m", "crantseg_dask.server.main", "--dataset", str(path),
                "--latency-ms", str(latency_ms)]
+        if storage_latency_ms is not None:  # chunk GETs with a latency of their own
+            cmd += ["--storage-latency-ms", str(storage_latency_ms)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
         info = {}
         for line in self.proc.stdout:
@@ -70,6 +72,13 @@ class Server:
         from crantseg_dask.sources.resolve import cave_dataset
 
         return cave_dataset(self.address, self.datastack, token=self.token)
+
+    def cpu(self) -> float:
+        """CPU seconds the server process has used."""
+        import psutil
+
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
 
     def stop(self) -> None:
         self.proc.terminate()
