@@ -129,10 +129,18 @@ def _box_positions(shape: np.ndarray, block: np.ndarray, ids: np.ndarray, a: np.
     return np.stack([x, y, z], axis=1)
 
 
-def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray], with_labels: bool = False):
+def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray], with_labels: bool = False,
+                   row_owner: np.ndarray | None = None):
     """Voxels inside the boxes [lo, hi] (inclusive, one per row) that belong to a target:
     (coords (M, 3), owner (M,) index into ``leaves``) and with ``with_labels`` also (M,) their
     supervoxels; a supervoxel in several targets' leaves appears once per target.
+
+    ``row_owner`` (K,), each row's index into ``leaves``: then a chunk is searched only for the
+    targets of the rows whose box touches it, and a target's voxels are kept only inside the hull of
+    its own rows' boxes in that chunk (every voxel inside one of its rows' boxes is returned; some
+    others may be). Without it every box is searched for every target. On a dense world this is
+    what bounds memory: a partition of 50,000 rows has tens of thousands of targets, and nearly
+    every voxel near any row belongs to one of them.
 
     Per touched mip-0 storage chunk, only the 8 x 8 x 8 blocks that some box touches are looked
     at, and of those only the blocks whose lookup table holds a target supervoxel
@@ -158,10 +166,10 @@ def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarr
         pairs.append(np.column_stack([grid.reshape(-1, 3), np.full(grid.size // 3, i)]))
     pairs = np.unique(np.concatenate(pairs), axis=0)  # sorted by chunk, then row
     starts = np.flatnonzero(np.r_[True, np.any(pairs[1:, :3] != pairs[:-1, :3], axis=1)])
-    table = np.concatenate(leaves) if leaves else np.zeros(0, np.uint64)
-    table_owner = np.repeat(np.arange(len(leaves)), [len(x) for x in leaves])
-    order = np.argsort(table, kind="stable")
-    table, table_owner = table[order], table_owner[order]
+    flat = np.concatenate(leaves) if leaves else np.zeros(0, np.uint64)
+    n_leaves = np.array([len(x) for x in leaves], dtype=np.int64)
+    first_leaf = np.cumsum(n_leaves) - n_leaves
+    table, table_owner = _leaf_table(flat, np.arange(len(leaves)), n_leaves, first_leaf)
     shapes = _partial.chunk_shapes(meta, pairs[starts, :3], 0)
     keys = [tuple(int(v) for v in c) for c in pairs[starts, :3]]
     encoded = dict(source.read_encoded_many(keys, 0)) if ra_ok else {}  # fetched concurrently
@@ -172,6 +180,13 @@ def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarr
         origin = vol_lo + c * cs
         r = pairs[s0:s1, 3]
         a, b = np.maximum(lo[r] - origin, 0), np.minimum(hi[r] - origin, shape - 1)
+        if row_owner is not None:  # this chunk's targets only, each inside its own rows' hull
+            owners, inv = np.unique(row_owner[r], return_inverse=True)
+            table, table_owner = _leaf_table(flat, owners, n_leaves[owners], first_leaf[owners])
+            hull_lo = np.full((len(owners), 3), np.iinfo(np.int64).max)
+            hull_hi = np.full((len(owners), 3), -1)
+            np.minimum.at(hull_lo, inv.ravel(), a)
+            np.maximum.at(hull_hi, inv.ravel(), b)
         ids = _needed_blocks(shape, block, a, b)
         data = encoded.pop(key, None)
         try:
@@ -196,13 +211,29 @@ def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarr
         count = np.searchsorted(table, labels[idx], side="right") - left
         vox = np.repeat(idx, count)
         at = np.repeat(left - np.cumsum(np.r_[0, count[:-1]]), count) + np.arange(count.sum())
+        own = table_owner[at]
+        if row_owner is not None:
+            h = np.searchsorted(owners, own)
+            keep = np.all((pos[vox] >= hull_lo[h]) & (pos[vox] <= hull_hi[h]), axis=1)
+            vox, own = vox[keep], own[keep]
         out_c.append(pos[vox] + origin)
-        out_o.append(table_owner[at])
+        out_o.append(own)
         out_l.append(labels[vox])
     if not out_c:
         return (np.zeros((0, 3), np.int64), np.zeros(0, np.int64)) + ((np.zeros(0, np.uint64),) if with_labels else ())
     found = np.concatenate(out_c), np.concatenate(out_o)
     return found + ((np.concatenate(out_l).astype(np.uint64, copy=False),) if with_labels else ())
+
+
+def _leaf_table(flat: np.ndarray, owners: np.ndarray, n_leaves: np.ndarray, first_leaf: np.ndarray):
+    """(leaves, owner) of the targets ``owners``, sorted by leaf (stable: owners in order among
+    equal leaves); ``flat`` holds every target's leaves back to back, target i's ``n_leaves[i]``
+    of them from ``first_leaf[i]``."""
+    total = int(n_leaves.sum())
+    idx = np.repeat(first_leaf - (np.cumsum(n_leaves) - n_leaves), n_leaves) + np.arange(total)
+    table, table_owner = flat[idx], np.repeat(owners, n_leaves)
+    order = np.argsort(table, kind="stable")
+    return table[order], table_owner[order]
 
 
 def _erode(coords: np.ndarray) -> np.ndarray:
@@ -337,7 +368,7 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
         todo, lo_v, hi_v = todo[reach], lo_v[reach], hi_v[reach]
         tuniq, tinv = np.unique(targets[todo], return_inverse=True)
         coords, owner, label = _target_voxels(source, lo_v, hi_v, [_target_leaves(spec, t) for t in tuniq.tolist()],
-                                              with_labels=True)
+                                              with_labels=True, row_owner=tinv.ravel())
         # 3. per target: its (eroded) voxels; all of its rows at once: the nearest centre
         row_groups = np.split(todo[np.argsort(tinv.ravel(), kind="stable")], np.cumsum(np.bincount(tinv.ravel()))[:-1])
         by_owner = np.argsort(owner, kind="stable")

@@ -83,6 +83,39 @@ def test_target_voxels_on_a_dense_world(local_spec, monkeypatch, crossover):
     del off
 
 
+def test_target_voxels_per_row_owner_on_a_dense_world(local_spec):
+    """With ``row_owner``, a target's voxels inside its own rows' boxes are all there, and nothing
+    is returned outside the hull of its rows' boxes or off its leaves (brute force over the volume)."""
+    source = DenseSource(open_source(local_spec).meta, seed=5)
+    source.meta = dataclasses.replace(source.meta, voxel_offset=((0, 0, 0),))
+    size = np.array(source.meta.size[0])
+    rng = np.random.default_rng(6)
+    centre = rng.integers(0, size, size=(80, 3))
+    half = rng.integers(0, [12, 12, 5], size=(80, 3))
+    lo, hi = np.maximum(centre - half, 0), np.minimum(centre + half, size - 1)
+    leaves = [np.sort(rng.choice(np.arange(1, 400, dtype=np.uint64), k, replace=False)) for k in (1, 5, 40, 90)]
+    leaves.append(leaves[1][:2].copy())  # a supervoxel in two targets' leaves counts for both
+    row_owner = rng.integers(0, len(leaves), len(lo))
+    coords, owner = _target_voxels(source, lo, hi, leaves, row_owner=row_owner)
+    everything, _ = _target_voxels(source, lo, hi, leaves)
+    assert len(coords) < len(everything)  # the point of it: far fewer candidates
+    found = 0
+    for i, lv in enumerate(leaves):
+        mine = np.zeros(source.vol.shape, bool)
+        for a, b in zip(lo[row_owner == i], hi[row_owner == i]):
+            mine[a[0]:b[0] + 1, a[1]:b[1] + 1, a[2]:b[2] + 1] = True
+        want = np.argwhere(mine & np.isin(source.vol, lv))
+        got = coords[owner == i]
+        found += len(want) > 0
+        assert len(np.unique(got, axis=0)) == len(got)  # each voxel once per target
+        got_set = {tuple(v) for v in got.tolist()}
+        assert all(tuple(v) in got_set for v in want.tolist())
+        assert np.isin(source.vol[tuple(got.T)], lv).all()
+        box_lo, box_hi = lo[row_owner == i].min(axis=0), hi[row_owner == i].max(axis=0)
+        assert ((got >= box_lo) & (got <= box_hi)).all()
+    assert found >= 3
+
+
 def test_erode_values_are_checked(local_spec):
     with pytest.raises(InvalidInputError, match="erode"):
         snap_to_id([[0, 0, 0]], 1, dataset=local_spec, erode="maybe")
