@@ -130,7 +130,7 @@ def _box_positions(shape: np.ndarray, block: np.ndarray, ids: np.ndarray, a: np.
 
 
 def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray], with_labels: bool = False,
-                   row_owner: np.ndarray | None = None):
+                   row_owner: np.ndarray | None = None, encoded: dict | None = None):
     """Voxels inside the boxes [lo, hi] (inclusive, one per row) that belong to a target:
     (coords (M, 3), owner (M,) index into ``leaves``) and with ``with_labels`` also (M,) their
     supervoxels; a supervoxel in several targets' leaves appears once per target.
@@ -141,6 +141,9 @@ def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarr
     others may be). Without it every box is searched for every target. On a dense world this is
     what bounds memory: a partition of 50,000 rows has tens of thousands of targets, and nearly
     every voxel near any row belongs to one of them.
+
+    ``encoded``: a dict of chunk key -> encoded bytes, read from and filled (one kernel call's
+    passes read each chunk once).
 
     Per touched mip-0 storage chunk, only the 8 x 8 x 8 blocks that some box touches are looked
     at, and of those only the blocks whose lookup table holds a target supervoxel
@@ -172,7 +175,9 @@ def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarr
     table, table_owner = _leaf_table(flat, np.arange(len(leaves)), n_leaves, first_leaf)
     shapes = _partial.chunk_shapes(meta, pairs[starts, :3], 0)
     keys = [tuple(int(v) for v in c) for c in pairs[starts, :3]]
-    encoded = dict(source.read_encoded_many(keys, 0)) if ra_ok else {}  # fetched concurrently
+    encoded = {} if encoded is None else encoded
+    if ra_ok and (missing := [k for k in keys if k not in encoded]):
+        encoded.update(source.read_encoded_many(missing, 0))  # fetched concurrently
     out_c, out_o, out_l = [], [], []
     for s0, s1, shape in zip(starts, np.r_[starts[1:], len(pairs)], shapes):
         c = pairs[s0, :3]
@@ -188,7 +193,7 @@ def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarr
             np.minimum.at(hull_lo, inv.ravel(), a)
             np.maximum.at(hull_hi, inv.ravel(), b)
         ids = _needed_blocks(shape, block, a, b)
-        data = encoded.pop(key, None)
+        data = encoded.get(key)
         try:
             if data is not None:
                 ids = ids[_cseg.blocks_holding(data, shape, block, ids, table)]
@@ -318,6 +323,63 @@ class Snapped(NamedTuple):
     supervoxel: np.ndarray
 
 
+#: box voxels (summed over rows) searched at once; bounds a task's candidate arrays (~40 B per voxel)
+GROUP_VOXELS = 8_000_000
+
+
+def _radii(r: float, res: np.ndarray) -> list[float]:
+    """Search radii of the passes: r/4, r/2, r, skipping those under one voxel's largest side."""
+    return [x for x in (r / 4, r / 2) if x >= float(res.max())] + [r]
+
+
+def _primary(erode):
+    """The voxel set a non-final pass may settle rows with: the eroded one when eroding (the
+    fallback to uneroded voxels is decided only at the full radius)."""
+    return True if erode == "fallback" else erode
+
+
+def _groups(rows: np.ndarray, locs_nm: np.ndarray, radius: float, res: np.ndarray):
+    """``rows`` in consecutive groups whose search boxes hold at most ``GROUP_VOXELS`` voxels."""
+    per_row = int(np.prod(np.floor(2 * radius / res) + 3))
+    step = max(1, GROUP_VOXELS // per_row)
+    for a in range(0, len(rows), step):
+        yield rows[a:a + step]
+
+
+def _search(source, spec, locs_nm, targets, rows, radius, erode, res, bounds, encoded):
+    """Snap ``rows`` within ``radius``: (rows hit, their xyz nm, distances, status codes, labels)."""
+    lo_v = np.maximum(np.floor((locs_nm[rows] - radius) / res).astype(np.int64) - 1, bounds[0])
+    hi_v = np.minimum(np.floor((locs_nm[rows] + radius) / res).astype(np.int64) + 1, bounds[1] - 1)
+    reach = np.all(hi_v >= lo_v, axis=1)  # balls wholly outside the volume find nothing
+    rows, lo_v, hi_v = rows[reach], lo_v[reach], hi_v[reach]
+    tuniq, tinv = np.unique(targets[rows], return_inverse=True)
+    tinv = tinv.ravel()
+    coords, owner, label = _target_voxels(source, lo_v, hi_v, [_target_leaves(spec, t) for t in tuniq.tolist()],
+                                          with_labels=True, row_owner=tinv, encoded=encoded)
+    hits: list = [[], [], [], [], []]
+    # per target: its (eroded) voxels; all of its rows at once: the nearest centre
+    row_groups = np.split(rows[np.argsort(tinv, kind="stable")], np.cumsum(np.bincount(tinv))[:-1])
+    by_owner = np.argsort(owner, kind="stable")
+    vox_groups = np.split(by_owner, np.cumsum(np.bincount(owner, minlength=len(tuniq)))[:-1])
+    for grows, sel in zip(row_groups, vox_groups):
+        every = sel
+        inner = sel[_interior(coords[sel])] if erode else every
+        for code, pick in ((SNAPPED, inner), (SNAPPED_UNERODED, every if erode == "fallback" else None)):
+            if pick is None or not grows.size:
+                break
+            pick = pick[np.lexsort(coords[pick].T[::-1])] if len(pick) else pick
+            cand = coords[pick]
+            j, d2 = _nearest_many(locs_nm[grows], cand, res, radius)
+            hit = j >= 0
+            for acc, v in zip(hits, (grows[hit], cand[j[hit]] * res, np.sqrt(d2[hit]),
+                                     np.full(int(hit.sum()), code, np.int8), label[pick[j[hit]]])):
+                acc.append(v)
+            grows = grows[~hit]  # erosion left nothing in these balls: the fallback's turn
+    if not hits[0]:
+        return rows[:0], np.zeros((0, 3)), np.zeros(0), np.zeros(0, np.int8), np.zeros(0, np.uint64)
+    return tuple(np.concatenate(h) for h in hits)
+
+
 def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap_zero: bool,
                 search_radius: float, erode: bool | str = True) -> Snapped:
     """Snap one block of rows, each to its own target; pure given the dataset.
@@ -359,34 +421,23 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
     status[skip] = np.where(inside[skip], BACKGROUND, OUT_OF_BOUNDS)
     todo = np.flatnonzero(~on & ~skip)
     r = float(search_radius)
-    if todo.size:
-        # 2. every storage chunk that a search ball (plus one voxel, for the erosion) touches, read
-        #    once; its foreground voxels labelled with the target they belong to
-        lo_v = np.maximum(np.floor((locs_nm[todo] - r) / res).astype(np.int64) - 1, bounds[0])
-        hi_v = np.minimum(np.floor((locs_nm[todo] + r) / res).astype(np.int64) + 1, bounds[1] - 1)
-        reach = np.all(hi_v >= lo_v, axis=1)  # balls wholly outside the volume find nothing
-        todo, lo_v, hi_v = todo[reach], lo_v[reach], hi_v[reach]
-        tuniq, tinv = np.unique(targets[todo], return_inverse=True)
-        coords, owner, label = _target_voxels(source, lo_v, hi_v, [_target_leaves(spec, t) for t in tuniq.tolist()],
-                                              with_labels=True, row_owner=tinv.ravel())
-        # 3. per target: its (eroded) voxels; all of its rows at once: the nearest centre
-        row_groups = np.split(todo[np.argsort(tinv.ravel(), kind="stable")], np.cumsum(np.bincount(tinv.ravel()))[:-1])
-        by_owner = np.argsort(owner, kind="stable")
-        vox_groups = np.split(by_owner, np.cumsum(np.bincount(owner, minlength=len(tuniq)))[:-1])
-        for rows, sel in zip(row_groups, vox_groups):
-            every = sel
-            inner = sel[_interior(coords[sel])] if erode else every
-            for code, pick in ((SNAPPED, inner), (SNAPPED_UNERODED, every if erode == "fallback" else None)):
-                if pick is None or not rows.size:
-                    break
-                pick = pick[np.lexsort(coords[pick].T[::-1])] if len(pick) else pick
-                cand = coords[pick]
-                j, d2 = _nearest_many(locs_nm[rows], cand, res, r)
-                hit = j >= 0
-                out[rows[hit]] = cand[j[hit]] * res
-                under[rows[hit]] = label[pick[j[hit]]]
-                dist[rows[hit]], status[rows[hit]] = np.sqrt(d2[hit]), code
-                rows = rows[~hit]  # erosion left nothing in these balls: the fallback's turn
+    encoded: dict = {}  # the encoded chunks this call has read, for its later passes
+    for radius in _radii(r, res):
+        # 2.-3. in passes of growing radius: a row whose nearest (eroded) voxel lies within a
+        #    smaller ball is settled exactly there (every voxel at least as near is inside it), so
+        #    rows near their target, the common case, never read the full ball. Rows go in groups
+        #    of bounded box volume (memory stays bounded on a dense world).
+        final = radius == r
+        left = []
+        for rows in _groups(todo, locs_nm, radius, res):
+            got = _search(source, spec, locs_nm, targets, rows, radius, erode if final else _primary(erode),
+                          res, bounds, encoded)
+            hit_rows, xyz, d, code, label = got
+            out[hit_rows], under[hit_rows], dist[hit_rows], status[hit_rows] = xyz, label, d, code
+            left.append(np.setdiff1d(rows, hit_rows, assume_unique=True))
+        todo = np.concatenate(left) if left else todo[:0]
+        if not todo.size:
+            break
     missed = np.flatnonzero(status == NOT_FOUND)
     status[missed] = np.where(inside[missed], NOT_FOUND, OUT_OF_BOUNDS)
     return Snapped(out, dist, status, under)
