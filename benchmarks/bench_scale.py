@@ -79,10 +79,21 @@ def fit_clustering(keys: np.ndarray, n_chunks: int) -> tuple[sm.Clustering, list
     return c, [(int(n), int(s), c.touched(n, n_chunks)) for n, s in zip(ns, seen)]
 
 
-def task_chunks(keys_in_job_order: np.ndarray, partition: int) -> int:
-    """Sum over tasks of the distinct chunks each task's rows touch."""
-    k = keys_in_job_order
-    return int(sum(len(np.unique(k[a: a + partition])) for a in range(0, len(k), partition)))
+def task_chunks(keys_in_job_order: np.ndarray, partition: int, grid) -> tuple[int, int]:
+    """Sums over tasks of the distinct chunks each task's rows touch (its own chunks) and of its halo:
+    the chunks in their 26-neighbourhood (inside the grid) that are not its own."""
+    k, grid = keys_in_job_order, np.asarray(grid)
+    pairs = halo = 0
+    for a in range(0, len(k), partition):
+        u = np.unique(k[a: a + partition])
+        u = u[u >= 0]
+        c = np.stack([u // (grid[1] * grid[2]), (u // grid[2]) % grid[1], u % grid[2]], axis=1)
+        near = np.concatenate([c + d for d in np.stack(np.meshgrid(*[[-1, 0, 1]] * 3, indexing="ij"), -1)
+                               .reshape(-1, 3)])
+        near = near[np.all((near >= 0) & (near < grid), axis=1)]
+        lin = np.unique((near[:, 0] * grid[1] + near[:, 1]) * grid[2] + near[:, 2])
+        pairs, halo = pairs + len(u), halo + len(lin) - len(u)
+    return pairs, halo
 
 
 # -- 2. the instrumented in-process run -----------------------------------------------------------
@@ -263,12 +274,12 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
                     Client(lc) as client:
                 probe.reset()
                 _fetch.reset_stats()
-                c0 = server.cpu()
+                c0, d0, m0 = server.cpu(), _own_cpu(), machine_cpu()
                 t0 = time.perf_counter()
                 summary = run_job("snap", tmp / "const.parquet", tmp / "const.zarr", dataset=spec, timestamp="mat",
                                   partition_size=PARTITION, client=client, progress=False, snap_zero=True)
                 wall = time.perf_counter() - t0
-                server_cpu = server.cpu() - c0
+                server_cpu, process_cpu, m1 = server.cpu() - c0, _own_cpu() - d0, machine_cpu()
         finally:
             runner._submit = submit
             probe.undo()
@@ -280,7 +291,7 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
     rows, tasks = len(table), summary["partitions"]
     order = runner._locality_order({"x": table.x.to_numpy(), "y": table.y.to_numpy(), "z": table.z.to_numpy()},
                                    source, 0)
-    pairs = task_chunks(keys[order], PARTITION)
+    pairs, halo = task_chunks(keys[order], PARTITION, grid)
     cave_req = calls.get("cave", 0)
     # the task's own CPU = a x rows + b x distinct targets, fitted over its tasks
     log = np.array(probe.log, dtype=float)
@@ -300,7 +311,10 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
         "plan_per_row": plan_row,
         "plan_fixed": plan_fixed,
         "cave_cpu_per_request": cpu.get("cave", 0) / max(1, cave_req),
-        "gets_per_chunk": gets / pairs,
+        # every fetch round reads each of the task's own chunks once; the rest of the GETs are halo
+        # chunks (search balls and snapped points across the task's edge)
+        "gets_per_chunk": calls.get("fetch_round", 0) / tasks,
+        "gets_per_halo": max(0.0, gets - pairs * calls.get("fetch_round", 0) / tasks) / max(1, halo),
         "fetch_rounds": calls.get("fetch_round", 0) / tasks,
         "bytes_per_get": wire,
         "svs_per_row": count.get("roots_ids", 0) / rows,
@@ -311,7 +325,9 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
     }
     print(f"constants: {const}", flush=True)
     raw = {"rows": rows, "tasks": tasks, "wall_s": wall, "plan_s": plan, "gets": gets, "bytes": nbytes,
-           "task_chunk_pairs": pairs, "cave_requests": cave_req, "cave_ids": ids, "server_cpu_s": server_cpu,
+           "task_chunk_pairs": pairs, "task_halo_chunks": halo, "cave_requests": cave_req, "cave_ids": ids, "server_cpu_s": server_cpu,
+           "process_cpu_s": process_cpu, "machine_busy_s": m1["busy"] - m0["busy"],
+           "machine_steal_s": m1["steal"] - m0["steal"],
            "cpu_by_stage_s": cpu, "calls": calls, "counts": count,
            "tasks_rows_targets_cpu": probe.log}
     return const, raw
@@ -329,7 +345,38 @@ def _rss_mib() -> float:
 
 
 def _peak_mib() -> float:
+    """This process's own peak RSS (VmHWM). Not ``ru_maxrss``: that carries over ``exec`` the RSS the
+    forking process had (a spawned worker reported the benchmark process's 1.8 GiB as its peak)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _proc_cpu() -> dict:
+    """CPU seconds (user + system, all threads) of this worker process and of its nanny."""
+    import psutil
+
+    me = psutil.Process()
+    parent = me.parent()
+    t, n = me.cpu_times(), parent.cpu_times() if parent is not None else None
+    return {"worker": t.user + t.system, "nanny": (n.user + n.system) if n is not None else 0.0}
+
+
+def machine_cpu() -> dict:
+    """Machine-wide CPU seconds from /proc/stat: busy (user, nice, system, irq, softirq), idle, steal."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    return {"busy": (sum(v[:3]) + v[5] + v[6]) / hz, "idle": (v[3] + v[4]) / hz, "steal": v[7] / hz}
+
+
+def _own_cpu() -> float:
+    import psutil
+
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
 
 
 def _count_cave() -> None:
@@ -400,16 +447,25 @@ def miniature(path, tmp: Path, tables: dict) -> tuple[list[dict], dict]:
                         warm = time.perf_counter() - t
                         base = max(client.run(_rss_mib).values())
                         client.run(_reset_counts)
-                        c0 = server.cpu()
+                        p0 = client.run(_proc_cpu)
+                        c0, d0, m0 = server.cpu(), _own_cpu(), machine_cpu()
                         t = time.perf_counter()
                         run_job("snap", tmp / f"mini{n}.parquet", tmp / f"mini{n}-{w}.zarr", dataset=spec,
                                 timestamp="mat", partition_size=PARTITION, client=client, progress=False,
                                 snap_zero=True)
                         wall = time.perf_counter() - t
+                        server_cpu, driver_cpu, m1 = server.cpu() - c0, _own_cpu() - d0, machine_cpu()
+                        p1 = client.run(_proc_cpu)
                         counts = client.run(_worker_counts).values()
                         peak = max(client.run(_peak_mib).values())
+                        worker_cpu = sum(p1[k]["worker"] - p0[k]["worker"] for k in p1)
+                        nanny_cpu = sum(p1[k]["nanny"] - p0[k]["nanny"] for k in p1)
+                        busy = m1["busy"] - m0["busy"]
                         runs.append({"workers": w, "rows": n, "wall": wall, "warm": warm,
-                                     "server_cpu": server.cpu() - c0,
+                                     "server_cpu": server_cpu, "worker_cpu": worker_cpu, "nanny_cpu": nanny_cpu,
+                                     "driver_cpu": driver_cpu, "machine_busy": busy,
+                                     "machine_steal": m1["steal"] - m0["steal"],
+                                     "foreign_cpu": max(0.0, busy - worker_cpu - nanny_cpu - driver_cpu - server_cpu),
                                      "gets": sum(c["gets"] for c in counts), "bytes": sum(c["bytes"] for c in counts),
                                      "cave": sum(c["cave"] for c in counts), "base_mib": base, "peak_mib": peak})
                         print(f"miniature: {runs[-1]}", flush=True)
@@ -432,9 +488,21 @@ def targets_per_row(table, source, partition: int) -> float:
     return sum(len(np.unique(t[a: a + partition])) for a in range(0, len(t), partition)) / len(t)
 
 
-def mini_cluster(workers: int) -> sm.Cluster:
-    return sm.Cluster(workers=workers, threads=1, cores=os.cpu_count() or 2, get_latency=GET_MS / 1000,
-                      cave_latency=CAVE_MS / 1000, cave_concurrency=CAVE_CAP, server_shares_cores=True)
+def available_cores(run: dict, machine_cores: int) -> float:
+    """Cores a miniature run had: the machine's, less the CPU other processes (other users' tests, not
+    this job: workers, nannies, driver and scheduler, server) used during the run, measured from
+    /proc/stat. Runs saved before that was measured: the machine's cores."""
+    if "foreign_cpu" not in run:
+        return float(machine_cores)
+    return max(0.5, machine_cores - run["foreign_cpu"] / run["wall"])
+
+
+def mini_cluster(run: dict, machine_cores: int = os.cpu_count() or 2) -> sm.Cluster:
+    """The miniature's cluster as the model sees it: one-thread workers on the cores they had, with the
+    local server on the same cores."""
+    return sm.Cluster(workers=run["workers"], threads=1, cores=available_cores(run, machine_cores),
+                      get_latency=GET_MS / 1000, cave_latency=CAVE_MS / 1000, cave_concurrency=CAVE_CAP,
+                      server_shares_cores=True)
 
 
 # -- 4. the report -----------------------------------------------------------------------------------
@@ -456,7 +524,7 @@ def crant_rows(const: sm.Constants, clus: sm.Clustering, label: str) -> list[str
     return out
 
 
-def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, seconds) -> str:
+def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, machine: dict, geometry) -> str:
     c = asdict(const)
     crant_const = replace(const, svs_per_target=CRANT_SVS_PER_TARGET, cave_s_per_id=CRANT_S_PER_ID)
     roots_only = replace(const, svs_per_target=0.0, cave_s_per_id=CRANT_S_PER_ID)
@@ -465,9 +533,10 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, second
     lines = [
         "# Scale model: a 10^8-row snap-and-map job on CRANT",
         "",
-        f"`flock /work/wt-notes/bench.lock python benchmarks/run.py scale` on {platform.node()} "
-        f"({os.cpu_count()} cores, Python {platform.python_version()}), "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {seconds:.0f} s. The model is "
+        f"`flock /work/wt-notes/bench.lock python benchmarks/run.py scale` on {machine['node']} "
+        f"({machine['cores']} cores, Python {machine['python']}), {machine['at']}, {machine['seconds']:.0f} s; "
+        "`python benchmarks/bench_scale.py --report` redoes the arithmetic below from the saved measurements "
+        "(`benchmarks/results/scale-constants.json`). The model is "
         "`crantseg_dask/scale_model.py` (pure arithmetic; its docstring says how a job is counted); "
         "`python -m crantseg_dask.scale_model benchmarks/results/scale-constants.json` reprints the CRANT "
         "lines from the saved constants. Read every measured figure as +-30% (perf-baseline.md).",
@@ -506,7 +575,7 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, second
         "## Miniature validation (model vs measured)",
         "",
         f"`run_job(\"snap\")` on the demo world, partitions of {PARTITION:,}, LocalCluster of one-thread worker "
-        f"processes on this {os.cpu_count()}-core machine, against `crantseg serve --latency-ms {CAVE_MS:g} "
+        f"processes on this {machine['cores']}-core machine, against `crantseg serve --latency-ms {CAVE_MS:g} "
         f"--storage-latency-ms {GET_MS:g}` (a subprocess on the same cores), `crantseg.cave.max-concurrency` "
         f"{CAVE_CAP}. Workers are warmed (CAVE client built) before the timed run. The model gets the same "
         "constants, the demo geometry and `Cluster(workers, cores=2, get_latency=0.05, cave_latency=0.02, "
@@ -559,7 +628,7 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, second
               f"GETs {const_raw['gets']:,}, task-chunk pairs {const_raw['task_chunk_pairs']:,}, CAVE requests "
               f"{const_raw['cave_requests']:,}, server CPU {const_raw['server_cpu_s']:.1f} s.", "",
               "## Spatial distribution", "",
-              f"The demo's synthetic synapse table (points near random supervoxels; {sm.DEMO.n_chunks:,} chunks): "
+              f"The demo's synthetic synapse table (points near random supervoxels; {geometry.n_chunks:,} chunks): "
               f"fitted neuropil share f = {clus.neuropil:.3f}, clustering shape k = {clus.shape:.3f} "
               "(`Clustering.touched`), carried to CRANT unchanged.", "",
               "| rows | chunks touched (table) | model |", "|---|---|---|"]
@@ -570,7 +639,11 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, second
     return "\n".join(lines)
 
 
+RESULTS = HERE / "results" / "scale-constants.json"
+
+
 def run(quick: bool = False) -> list[dict]:
+    """Measure (steps 1-3), save every raw figure to ``results/scale-constants.json``, report (step 4)."""
     from crantseg_dask.sources.resolve import local_dataset_path, resolve_dataset
     from crantseg_dask.jobs.demo import synapse_table
     from crantseg_dask.sources import open_source
@@ -591,22 +664,45 @@ def run(quick: bool = False) -> list[dict]:
         runs, extra = miniature(path, tmp, tables)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    const = sm.Constants(**const_vals, **extra)
     source = open_source(resolve_dataset(str(path)))
-    tpr = {n: targets_per_row(t, source, PARTITION) for n, t in tables.items()}
-    checks = [sm.predict(r["rows"], PARTITION, clus, geometry, const, mini_cluster(r["workers"]), tpr[r["rows"]])
-              for r in runs]
+    keys = {n: chunk_ids(t, meta) for n, t in tables.items()}
     for r in runs:
-        r["targets_per_row"] = tpr[r["rows"]]
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "scale-constants.json").write_text(json.dumps(
-        {"constants": asdict(const), "clustering": asdict(clus), "raw": const_raw, "miniature": runs}, indent=1,
-        default=float))
-    report = write_report(clus, fit, const_raw, const, runs, checks, time.perf_counter() - t_start)
+        t = tables[r["rows"]]
+        r["targets_per_row"] = targets_per_row(t, source, PARTITION)
+        order = runner_order(t, source)
+        r["task_chunk_pairs"], r["task_halo_chunks"] = task_chunks(keys[r["rows"]][order], PARTITION,
+                                                                   geometry.grid)
+    saved = {"constants": {**const_vals, **extra}, "clustering": asdict(clus), "fit": fit, "raw": const_raw,
+             "miniature": runs, "geometry": asdict(geometry),
+             "machine": {"node": platform.node(), "cores": os.cpu_count(), "python": platform.python_version(),
+                         "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                         "seconds": time.perf_counter() - t_start, "quick": quick}}
     if not quick:
-        (HERE / "SCALE.md").write_text(report)
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(saved, indent=1, default=float))
+    return report(saved, write=not quick)
+
+
+def runner_order(table, source) -> np.ndarray:
+    from crantseg_dask.jobs import runner
+
+    return runner._locality_order({c: table[c].to_numpy() for c in "xyz"}, source, 0)
+
+
+def report(saved: dict, write: bool = True) -> list[dict]:
+    """The model against the saved measurements: SCALE.md (``write``) and the result rows. Runs
+    alone (``python benchmarks/bench_scale.py --report``) to redo the arithmetic on saved figures."""
+    const, clus = sm.Constants(**saved["constants"]), sm.Clustering(**saved["clustering"])
+    g = saved["geometry"]
+    geometry = sm.Geometry(tuple(g["size"]), tuple(g["chunk"]), tuple(g["resolution"]))
+    runs = saved["miniature"]
+    checks = [sm.predict(r["rows"], PARTITION, clus, geometry, const, mini_cluster(r, saved["machine"]["cores"]),
+                         r["targets_per_row"]) for r in runs]
+    text = write_report(clus, saved["fit"], saved["raw"], const, runs, checks, saved["machine"], geometry)
+    if write:
+        (HERE / "SCALE.md").write_text(text)
     else:
-        print(report)
+        print(text)
     rows = []
     for r, p in zip(runs, checks):
         rows.append({"benchmark": "scale model vs miniature", "case": f"{r['rows']:,} rows, {r['workers']} workers",
@@ -626,4 +722,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(HERE))
     from run import print_rows
 
-    print_rows(run(quick="--quick" in sys.argv))
+    if "--report" in sys.argv:
+        print_rows(report(json.loads(RESULTS.read_text())))
+    else:
+        print_rows(run(quick="--quick" in sys.argv))

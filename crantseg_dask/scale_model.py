@@ -52,8 +52,34 @@ class Geometry:
     resolution: tuple[float, float, float] = (16.0, 16.0, 42.0)
 
     @property
+    def grid(self) -> tuple[int, int, int]:
+        """Storage chunks along x, y, z."""
+        return tuple(-(-s // c) for s, c in zip(self.size, self.chunk))
+
+    @property
     def n_chunks(self) -> int:
-        return math.prod(-(-s // c) for s, c in zip(self.size, self.chunk))
+        return math.prod(self.grid)
+
+    def halo(self, span: float) -> float:
+        """Chunks next to a task's chunks (26-neighbourhood) but not its own, for a task whose chunks
+        are a run of ``span`` consecutive chunks in the job's locality order (``_chunking.chunk_keys``:
+        x-major, z fastest; grid gx x gy x gz). A run shorter than a z column is a box of 1 x 1 x S
+        (halo 9 (S + 2) - S); a longer one covers S / gz columns of an x slab (gy x gz chunks): two
+        more columns in its own slab and its footprint widened by a column each way in the slabs on
+        either side (one side only for the 2 of gx slabs at the volume's faces); from one slab on,
+        those two neighbour slabs whole:
+
+            halo(S) = 2 gz + 2 (1 - 1/gx) min(S + 2 gz, gy gz)   (S >= gz)
+
+        (checked against the exact count on the demo's tables in ``benchmarks/SCALE.md``)."""
+        gx, gy, gz = self.grid
+        if span <= 0:
+            return 0.0
+        if span < gz:
+            h = 9.0 * (span + 2.0) - span
+        else:
+            h = 2.0 * gz + 2.0 * (1.0 - 1.0 / gx) * min(span + 2.0 * gz, gy * gz)
+        return min(h, max(0.0, self.n_chunks - span))  # a run over (nearly) everything has no halo
 
 
 #: CRANT's segmentation at mip 0 (about 5.6 M storage chunks) and the embedded demo world
@@ -96,12 +122,13 @@ class Constants:
     plan_per_row: float       # driver: validate, locality order, fingerprint, write the input store (s wall)
     cave_cpu_per_request: float  # client CPU of one CAVE request
     sched_per_task: float     # scheduler + worker overhead per task, s of wall (serial in the scheduler)
-    gets_per_chunk: float     # GETs per (task, touched chunk) pair
+    gets_per_chunk: float     # GETs per (task, own chunk) pair: one per fetch round
     fetch_rounds: float       # rounds of concurrent chunk reads per task
     bytes_per_get: float      # bytes on the wire per GET
     svs_per_row: float        # unique non-zero supervoxels per row of a task (roots request IDs)
     targets_per_row: float    # distinct snap targets per row of a task (leaves request IDs)
     svs_per_target: float     # supervoxels (leaves) per target
+    gets_per_halo: float = 0.0  # GETs per halo chunk of a task (``Geometry.halo``)
     batch: int = 10_000       # IDs per CAVE request
     plan_fixed: float = 0.0   # driver: fixed part of planning (open the source, create the store), s
     startup: float = 0.0      # cluster start and first-task set-up, s
@@ -163,7 +190,10 @@ def predict(rows: int, partition: int, clustering: Clustering, geometry: Geometr
     tasks = max(1, math.ceil(rows / partition))
     per_task = rows / tasks
     touched = clustering.touched(rows, geometry.n_chunks)
-    gets = const.gets_per_chunk * (touched + tasks)
+    own = touched / tasks + 1.0  # chunks per task: its share of the touched ones and the one split with the next
+    span = own * geometry.n_chunks / max(touched, 1.0)  # chunks between its first and last in the locality order
+    halo = tasks * geometry.halo(span)
+    gets = const.gets_per_chunk * (touched + tasks) + const.gets_per_halo * halo
     gets_task = gets / tasks
     roots_req = math.ceil(const.svs_per_row * per_task / const.batch)
     targets_task = tpr * per_task
