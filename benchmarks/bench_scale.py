@@ -44,6 +44,7 @@ SIZES = (60_000, 240_000)
 WORKERS = (2, 4)
 CONST_ROWS = 60_000
 GET_MS, CAVE_MS, CAVE_CAP = 50.0, 20.0, 2
+IDLE_S = 4.0  # s of an idle miniature cluster to measure its own CPU
 #: assumptions for CRANT that the demo cannot measure (SCALE.md says so)
 CRANT_SVS_PER_TARGET = 20_000   # supervoxels of a CRANT neuron a snap target's leaves carry
 CRANT_S_PER_ID = 2e-6          # PyChunkedGraph time per ID sent or answered (10k roots in ~20 ms + latency)
@@ -446,6 +447,14 @@ def miniature(path, tmp: Path, tables: dict) -> tuple[list[dict], dict]:
                         client.run(_warm, spec)
                         warm = time.perf_counter() - t
                         base = max(client.run(_rss_mib).values())
+                        # the cluster's own CPU while no task runs (heartbeats, the nannies' memory
+                        # monitors, the scheduler): per worker process and second
+                        i0, di0, t = client.run(_proc_cpu), _own_cpu(), time.perf_counter()
+                        time.sleep(IDLE_S)
+                        i1, di1, idle_s = client.run(_proc_cpu), _own_cpu(), time.perf_counter() - t
+                        idle = {"worker": sum(i1[k]["worker"] - i0[k]["worker"] for k in i1) / idle_s / w,
+                                "nanny": sum(i1[k]["nanny"] - i0[k]["nanny"] for k in i1) / idle_s / w,
+                                "driver": (di1 - di0) / idle_s}
                         client.run(_reset_counts)
                         p0 = client.run(_proc_cpu)
                         c0, d0, m0 = server.cpu(), _own_cpu(), machine_cpu()
@@ -467,7 +476,8 @@ def miniature(path, tmp: Path, tables: dict) -> tuple[list[dict], dict]:
                                      "machine_steal": m1["steal"] - m0["steal"],
                                      "foreign_cpu": max(0.0, busy - worker_cpu - nanny_cpu - driver_cpu - server_cpu),
                                      "gets": sum(c["gets"] for c in counts), "bytes": sum(c["bytes"] for c in counts),
-                                     "cave": sum(c["cave"] for c in counts), "base_mib": base, "peak_mib": peak})
+                                     "cave": sum(c["cave"] for c in counts), "base_mib": base, "peak_mib": peak,
+                                     "idle_cpu_per_s": idle})
                         print(f"miniature: {runs[-1]}", flush=True)
                         shutil.rmtree(tmp / f"mini{n}-{w}.zarr", ignore_errors=True)
     finally:
