@@ -486,7 +486,18 @@ def miniature(path, tmp: Path, tables: dict) -> tuple[list[dict], dict]:
     extra["worker_base_mib"] = first["base_mib"]
     extra["worker_mib_per_row"] = max(0.0, first["peak_mib"] - first["base_mib"]) / PARTITION
     extra["startup"] = 0.0  # workers are warmed before the timed run (their warm-up is reported apart)
+    extra.update(overheads(runs))
     return runs, extra
+
+
+def overheads(runs: list[dict]) -> dict:
+    """``worker_overhead_cpu`` (cores per worker process and its nanny) and ``driver_overhead_cpu``
+    (cores of the driver and scheduler process): the idle miniature clusters' own CPU, averaged."""
+    idle = [r["idle_cpu_per_s"] for r in runs if "idle_cpu_per_s" in r]
+    if not idle:
+        return {}
+    return {"worker_overhead_cpu": float(np.mean([i["worker"] + i["nanny"] for i in idle])),
+            "driver_overhead_cpu": float(np.mean([i["driver"] for i in idle]))}
 
 
 def targets_per_row(table, source, partition: int) -> float:
@@ -496,6 +507,11 @@ def targets_per_row(table, source, partition: int) -> float:
     order = runner._locality_order({c: table[c].to_numpy() for c in "xyz"}, source, 0)
     t = table["target_id"].to_numpy()[order]
     return sum(len(np.unique(t[a: a + partition])) for a in range(0, len(t), partition)) / len(t)
+
+
+def _span(rows: int, p: sm.Prediction, geometry: sm.Geometry) -> float:
+    """A task's run of chunks in the locality order, as ``scale_model.predict`` counts it."""
+    return (p.touched_chunks / p.tasks + 1.0) * geometry.n_chunks / max(p.touched_chunks, 1.0)
 
 
 def available_cores(run: dict, machine_cores: int) -> float:
@@ -588,22 +604,40 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, machin
         f"processes on this {machine['cores']}-core machine, against `crantseg serve --latency-ms {CAVE_MS:g} "
         f"--storage-latency-ms {GET_MS:g}` (a subprocess on the same cores), `crantseg.cave.max-concurrency` "
         f"{CAVE_CAP}. Workers are warmed (CAVE client built) before the timed run. The model gets the same "
-        "constants, the demo geometry and `Cluster(workers, cores=2, get_latency=0.05, cave_latency=0.02, "
-        "server_shares_cores=True)`, and each table's own distinct targets per row of a task.",
+        "constants, the demo geometry, each table's own distinct targets per row of a task and "
+        f"`Cluster(workers, cores=C, get_latency={GET_MS / 1000:g}, cave_latency={CAVE_MS / 1000:g}, "
+        "server_shares_cores=True)`, where C is the cores the job had: the machine's less what other "
+        "processes (other users' tests) used during the run, measured from /proc/stat (`available_cores`).",
         "",
-        "| rows | workers | measured wall | model wall | model/measured | bottleneck | GETs measured / model "
-        "| CAVE requests measured / model | bounds (model) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| rows | workers | measured wall | model wall | model/measured | bottleneck | cores C (others' CPU) "
+        "| CPU measured / model | GETs measured / model | CAVE requests measured / model | bounds (model) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r, p in zip(runs, checks):
         b = ", ".join(f"{k} {v:.1f} s" for k, v in p.bounds.items())
+        cores = available_cores(r, machine["cores"])
+        if "worker_cpu" in r:
+            used = r["worker_cpu"] + r["nanny_cpu"] + r["driver_cpu"] + r["server_cpu"]
+            model_cpu = p.cpu + p.wall * (r["workers"] * const.worker_overhead_cpu + const.driver_overhead_cpu)
+            cpu = f"{used:.0f} s / {model_cpu:.0f} s"
+            other = f"{cores:.2f} ({r['foreign_cpu']:.0f} s)"
+        else:
+            cpu, other = f"- / {p.cpu:.0f} s", f"{cores:.2f} (not measured)"
         lines.append(f"| {r['rows']:,} | {r['workers']} | {r['wall']:.1f} s | {p.wall:.1f} s | "
-                     f"{p.wall / r['wall']:.2f} | {p.bottleneck} | {r['gets']:,} / {p.gets:,.0f} | "
+                     f"{p.wall / r['wall']:.2f} | {p.bottleneck} | {other} | {cpu} | {r['gets']:,} / {p.gets:,.0f} | "
                      f"{r['cave']:,} / {p.cave_requests:,.0f} | {b} |")
     worst = max(abs(p.wall / r["wall"] - 1) for r, p in zip(runs, checks))
     lines += ["", f"Largest disagreement: {worst:.0%} ({'within' if worst <= 0.3 else 'OUTSIDE'} the 30% bar).",
+              "CPU measured: the worker processes, their nannies, the driver and scheduler process and the "
+              "server; the model's: the tasks' and the server's CPU plus the cluster's own overhead over the "
+              "model's wall time. "
               f"Worker warm-up (import caveclient, build the CAVE client) before each run: "
               f"{', '.join('%.1f s' % r['warm'] for r in runs)}.", ""]
+    if "task_halo_chunks" in runs[0]:
+        lines += ["Halo chunks (`Geometry.halo`, the chunks next to a task's own): counted on each table / model: "
+                  + ", ".join(f"{r['rows']:,} rows {r['task_halo_chunks']:,} / "
+                              f"{p.tasks * geometry.halo(_span(r['rows'], p, geometry)):,.0f}"
+                              for r, p in zip(runs[:len(SIZES)], checks)) + ".", ""]
     lines += ["## Constants (measured in the same command)", "",
               f"Snap job on {const_raw['rows']:,} demo synapse rows, {const_raw['tasks']} tasks of {PARTITION:,}, "
               f"one in-process worker thread, `crantseg serve` at 0 ms; wall {const_raw['wall_s']:.1f} s.", "",
@@ -619,7 +653,11 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, machin
              "plan_fixed": ("s wall: driver's fixed planning (source, timestamp, store creation)", 1),
              "cave_cpu_per_request": ("ms client CPU per CAVE request", 1e3),
              "sched_per_task": ("ms wall per task: scheduler round trip (no-op tasks, 2 workers)", 1e3),
-             "gets_per_chunk": ("GETs per (task, touched chunk)", 1), "fetch_rounds": ("fetch rounds per task", 1),
+             "gets_per_chunk": ("GETs per (task, own chunk): one per fetch round", 1),
+             "gets_per_halo": ("GETs per halo chunk of a task (the rest of the constants run's GETs)", 1),
+             "worker_overhead_cpu": ("cores per worker process + nanny for Dask's own work (idle cluster)", 1),
+             "driver_overhead_cpu": ("cores of the driver + scheduler process (idle cluster)", 1),
+             "fetch_rounds": ("fetch rounds per task", 1),
              "bytes_per_get": ("KiB on the wire per GET", 1 / 1024),
              "svs_per_row": ("unique supervoxels per row of a task (roots IDs)", 1),
              "targets_per_row": ("distinct targets per row of a task (leaves_many IDs)", 1),
@@ -702,7 +740,8 @@ def runner_order(table, source) -> np.ndarray:
 def report(saved: dict, write: bool = True) -> list[dict]:
     """The model against the saved measurements: SCALE.md (``write``) and the result rows. Runs
     alone (``python benchmarks/bench_scale.py --report``) to redo the arithmetic on saved figures."""
-    const, clus = sm.Constants(**saved["constants"]), sm.Clustering(**saved["clustering"])
+    const = sm.Constants(**{**overheads(saved["miniature"]), **saved["constants"]})
+    clus = sm.Clustering(**saved["clustering"])
     g = saved["geometry"]
     geometry = sm.Geometry(tuple(g["size"]), tuple(g["chunk"]), tuple(g["resolution"]))
     runs = saved["miniature"]

@@ -129,6 +129,9 @@ class Constants:
     targets_per_row: float    # distinct snap targets per row of a task (leaves request IDs)
     svs_per_target: float     # supervoxels (leaves) per target
     gets_per_halo: float = 0.0  # GETs per halo chunk of a task (``Geometry.halo``)
+    worker_overhead_cpu: float = 0.0  # cores each worker process and its nanny keep busy with Dask's own work
+                                      # (heartbeats, the nanny's memory monitor, the event loop), tasks or not
+    driver_overhead_cpu: float = 0.0  # cores the driver and scheduler process keeps busy while the job runs
     batch: int = 10_000       # IDs per CAVE request
     plan_fixed: float = 0.0   # driver: fixed part of planning (open the source, create the store), s
     startup: float = 0.0      # cluster start and first-task set-up, s
@@ -152,7 +155,7 @@ class Cluster:
     cave_latency: float = 0.02   # s per CAVE request (plus cave_s_per_id per ID)
     cave_concurrency: int = 4    # per worker process (crantseg.cave.max-concurrency)
     cave_rate: float = float("inf")  # requests/s the CAVE server allows this job
-    server_shares_cores: bool = False  # the storage/CAVE server runs on the workers' cores
+    server_shares_cores: bool = False  # the storage/CAVE server, driver and scheduler run on the workers' cores
 
     @property
     def slots(self) -> int:
@@ -211,10 +214,16 @@ def predict(rows: int, partition: int, clustering: Clustering, geometry: Geometr
     cpu = tasks * cpu_task
     if cluster.server_shares_cores:
         cpu += gets * const.server_cpu_per_get + tasks * ids_task * const.cave_s_per_id
+    # the cores left for that CPU: Dask's own work in every worker process (and the driver and scheduler
+    # when they are on the same cores) runs whether tasks do or not
+    usable = cluster.n_cores - cluster.workers * const.worker_overhead_cpu
+    if cluster.server_shares_cores:
+        usable -= const.driver_overhead_cpu
+    usable = max(usable, 0.05 * cluster.n_cores)
     cave_conc = cluster.workers * min(cluster.threads, cluster.cave_concurrency)
     cave_rate = min(cluster.cave_rate, cave_conc / (cluster.cave_latency + ids_task / cave_task * const.cave_s_per_id))
     bounds = {
-        "cpu": cpu / cluster.n_cores,
+        "cpu": cpu / usable,
         "worker": math.ceil(tasks / cluster.slots) * task_s,
         "bandwidth": gets * const.bytes_per_get / cluster.bandwidth,
         "cave": tasks * cave_task / cave_rate,

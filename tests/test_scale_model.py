@@ -155,3 +155,31 @@ def test_halo_by_hand():
     assert g.halo(8) == pytest.approx(32.0)
     assert g.halo(60) == pytest.approx(4.0)
     assert g.halo(0) == 0.0
+
+
+def test_halo_gets_by_hand():
+    # the hand case with 0.75 GETs per halo chunk: a task owns 3 / 2 + 1 = 2.5 chunks, a run of
+    # 2.5 x 8 / 3 = 6.667 chunks of the 8 (grid 2 x 2 x 2); 2 gz + 2 (1 - 1/2) min(6.667 + 4, 4) = 8,
+    # but at most the 8 - 6.667 = 1.333 chunks outside the run; 2 tasks x 1.333 x 0.75 = 2 more GETs
+    c = sm.Constants(**{**CONSTANTS.__dict__, "gets_per_halo": 0.75})
+    p = sm.predict(12, 6, CLUSTERING, GEOMETRY, c, CLUSTER)
+    assert p.gets == pytest.approx(12.0)
+    assert p.bytes == pytest.approx(12_000.0)
+
+
+def test_cluster_overhead_takes_cores_from_the_tasks():
+    # the hand case with Dask's own work: 0.1 core per worker process, 0.3 core for the driver and
+    # scheduler; with the server (and driver) on the 1 core: 1 - 2 x 0.1 - 0.3 = 0.5 core left for the
+    # 3.82 s of CPU -> 7.64 s, longer than the 5 s of bandwidth: wall 4 + 7.64
+    c = sm.Constants(**{**CONSTANTS.__dict__, "worker_overhead_cpu": 0.1, "driver_overhead_cpu": 0.3})
+    p = sm.predict(12, 6, CLUSTERING, GEOMETRY, c, CLUSTER)
+    assert p.bounds["cpu"] == pytest.approx(7.64)
+    assert p.bottleneck == "cpu"
+    assert p.wall == pytest.approx(11.64)
+    # server, driver and scheduler elsewhere: only the tasks' 3.3 s on 1 - 0.2 = 0.8 core -> 4.125 s;
+    # the bandwidth's 5 s bound the job again
+    apart = sm.Cluster(**{**CLUSTER.__dict__, "server_shares_cores": False})
+    p = sm.predict(12, 6, CLUSTERING, GEOMETRY, c, apart)
+    assert p.bounds["cpu"] == pytest.approx(4.125)
+    assert p.bottleneck == "bandwidth"
+    assert p.wall == pytest.approx(9.0)
