@@ -13,6 +13,10 @@
    against ``crantseg serve`` with chunk GETs at 50 ms and CAVE requests at 20 ms, at most
    ``CAVE_CAP`` CAVE requests in flight per worker process, at two table sizes; measured wall
    time, GETs and CAVE requests against ``scale_model.predict`` with the constants of step 2.
+   Each run also records the CPU of every process of the job (workers, the driver's process with
+   the scheduler and nannies, the server) and of the whole machine (/proc/stat): what other
+   processes took is the cores the model is not given. The idle cluster's own CPU (per worker
+   process, and the driver's) is measured before each run.
 4. The CRANT table (10^8 rows; 8, 16, 64, 256 cores) with the settings ``recommend`` picks;
    written with everything else to ``benchmarks/SCALE.md`` (and the constants to
    ``benchmarks/results/scale-constants.json``).
@@ -356,13 +360,24 @@ def _peak_mib() -> float:
 
 
 def _proc_cpu() -> dict:
-    """CPU seconds (user + system, all threads) of this worker process and of its nanny."""
+    """CPU seconds (user + system, all threads) of this worker process and of its parent, the nanny's
+    process: for a LocalCluster that is the driver's own process (its nannies are objects there)."""
     import psutil
 
     me = psutil.Process()
     parent = me.parent()
     t, n = me.cpu_times(), parent.cpu_times() if parent is not None else None
-    return {"worker": t.user + t.system, "nanny": (n.user + n.system) if n is not None else 0.0}
+    return {"worker": t.user + t.system, "nanny": (n.user + n.system) if n is not None else 0.0,
+            "nanny_pid": parent.pid if parent is not None else -1}
+
+
+def _nanny_cpu(before: dict, after: dict) -> float:
+    """CPU of the nanny processes that are not this (the driver's) process, counted once each."""
+    seen = {}
+    for k in after:
+        if after[k]["nanny_pid"] not in (os.getpid(), -1):
+            seen[after[k]["nanny_pid"]] = after[k]["nanny"] - before[k]["nanny"]
+    return float(sum(seen.values()))
 
 
 def machine_cpu() -> dict:
@@ -453,7 +468,7 @@ def miniature(path, tmp: Path, tables: dict) -> tuple[list[dict], dict]:
                         time.sleep(IDLE_S)
                         i1, di1, idle_s = client.run(_proc_cpu), _own_cpu(), time.perf_counter() - t
                         idle = {"worker": sum(i1[k]["worker"] - i0[k]["worker"] for k in i1) / idle_s / w,
-                                "nanny": sum(i1[k]["nanny"] - i0[k]["nanny"] for k in i1) / idle_s / w,
+                                "nanny": _nanny_cpu(i0, i1) / idle_s / w,
                                 "driver": (di1 - di0) / idle_s}
                         client.run(_reset_counts)
                         p0 = client.run(_proc_cpu)
@@ -468,7 +483,7 @@ def miniature(path, tmp: Path, tables: dict) -> tuple[list[dict], dict]:
                         counts = client.run(_worker_counts).values()
                         peak = max(client.run(_peak_mib).values())
                         worker_cpu = sum(p1[k]["worker"] - p0[k]["worker"] for k in p1)
-                        nanny_cpu = sum(p1[k]["nanny"] - p0[k]["nanny"] for k in p1)
+                        nanny_cpu = _nanny_cpu(p0, p1)
                         busy = m1["busy"] - m0["busy"]
                         runs.append({"workers": w, "rows": n, "wall": wall, "warm": warm,
                                      "server_cpu": server_cpu, "worker_cpu": worker_cpu, "nanny_cpu": nanny_cpu,
@@ -507,6 +522,17 @@ def targets_per_row(table, source, partition: int) -> float:
     order = runner._locality_order({c: table[c].to_numpy() for c in "xyz"}, source, 0)
     t = table["target_id"].to_numpy()[order]
     return sum(len(np.unique(t[a: a + partition])) for a in range(0, len(t), partition)) / len(t)
+
+
+def _own(clus: sm.Clustering, rows: int, partition: int, geometry: sm.Geometry = sm.CRANT) -> float:
+    """Chunks a task owns, as ``scale_model.predict`` counts them."""
+    tasks = math.ceil(rows / partition)
+    return clus.touched(rows, geometry.n_chunks) / tasks + 1.0
+
+
+def _crant_span(clus: sm.Clustering) -> float:
+    """The run of chunks of a CRANT task of ``PARTITION`` rows in a 10^8-row job."""
+    return _own(clus, 10**8, PARTITION) * sm.CRANT.n_chunks / clus.touched(10**8, sm.CRANT.n_chunks)
 
 
 def _span(rows: int, p: sm.Prediction, geometry: sm.Geometry) -> float:
@@ -593,10 +619,22 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, machin
         *crant_rows(crant_const, clus, "as implemented"),
         *crant_rows(roots_only, clus, "on-target by roots"),
         "",
-        "Which resource to add first when a job is slow: the bottleneck column. `cpu`: more worker "
-        "processes (cores); `latency`: more reads in flight per worker, or more workers (each waits on its "
-        "own reads and CAVE calls); `cave`: a higher CAVE rate limit or concurrency (more workers do not help); "
-        "`bandwidth`: nodes with faster network; `scheduler`: larger partitions.",
+        "Which resource to add first when a job is slow: the bottleneck column. `cpu`: cores, as more "
+        "one-thread worker processes, on cores nothing else uses (each worker process also spends "
+        "`worker_overhead_cpu` of a core on Dask's own work; the miniature lost 12-30% of its 2 cores to "
+        "other users' processes, see below); `storage latency`: more reads in flight per worker "
+        "(`crantseg.storage.max-in-flight`), then more workers; `cave latency`: more CAVE concurrency per "
+        "worker (`crantseg.cave.max-concurrency`) up to the server's limit; `cave`: a higher CAVE rate limit "
+        "(more workers do not help); `bandwidth`: nodes with faster network; `scheduler`: larger partitions; "
+        "`driver`: planning is serial, split the table. Memory per worker bounds the partition size "
+        "(`worker_mib_per_row`), and larger partitions have fewer halo GETs per row.",
+        "",
+        f"GETs: a task of {PARTITION:,} rows owns about {_own(clus, 10**8, PARTITION):,.0f} CRANT chunks, a run "
+        f"in the x-major locality order that is a strip of z columns ({sm.CRANT.grid[2]} chunks each); its halo "
+        f"(`Geometry.halo`) is {sm.CRANT.halo(_crant_span(clus)):,.0f} chunks, so the search "
+        f"balls' reads across the task's edge ({const.gets_per_halo:.2f} GETs per halo chunk) outnumber its "
+        f"{const.gets_per_chunk:g} reads of each own chunk. A compact order (Morton, or z-order over chunk blocks) "
+        "would give the same task a halo of about its own size and cut the GETs by about half.",
         "",
         "## Miniature validation (model vs measured)",
         "",
@@ -628,9 +666,12 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, machin
                      f"{r['cave']:,} / {p.cave_requests:,.0f} | {b} |")
     worst = max(abs(p.wall / r["wall"] - 1) for r, p in zip(runs, checks))
     lines += ["", f"Largest disagreement: {worst:.0%} ({'within' if worst <= 0.3 else 'OUTSIDE'} the 30% bar).",
-              "CPU measured: the worker processes, their nannies, the driver and scheduler process and the "
-              "server; the model's: the tasks' and the server's CPU plus the cluster's own overhead over the "
-              "model's wall time. "
+              "CPU measured: the worker processes, the driver's process (with the scheduler and the "
+              "LocalCluster's nannies) and the server; the model's: the tasks' and the server's CPU plus the "
+              "cluster's own overhead over the model's wall time. Measured CAVE requests include 3 per worker "
+              "process made once (datastack info, version, timestamp), which the model leaves out (it counts "
+              "the tasks'). Without C (all 2 cores to the job) the model would say 0.7-0.9 of the measured "
+              "time: the gap the previous version of this model had. "
               f"Worker warm-up (import caveclient, build the CAVE client) before each run: "
               f"{', '.join('%.1f s' % r['warm'] for r in runs)}.", ""]
     if "task_halo_chunks" in runs[0]:
@@ -688,6 +729,17 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, machin
 
 
 RESULTS = HERE / "results" / "scale-constants.json"
+
+
+def _replace_section(path: Path, section: str) -> None:
+    """Replace the ``## scale`` section of RESULTS.md (up to the next ``## ``) with ``section``."""
+    text = path.read_text()
+    a = text.find("\n## scale\n")
+    if a < 0:
+        path.write_text(text.rstrip("\n") + "\n\n" + section)
+        return
+    b = text.find("\n## ", a + 1)
+    path.write_text(text[:a + 1] + section.rstrip("\n") + "\n" + (text[b:] if b >= 0 else ""))
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -771,7 +823,17 @@ if __name__ == "__main__":
     sys.path.insert(0, str(HERE))
     from run import print_rows
 
-    if "--report" in sys.argv:
-        print_rows(report(json.loads(RESULTS.read_text())))
+    if "--report" in sys.argv:  # SCALE.md and results/scale.md again from the saved measurements
+        import run as bench_run
+
+        saved = json.loads(RESULTS.read_text())
+        table = print_rows(report(saved))
+        m = saved["machine"]
+        preset = os.environ.get("CRANTSEG_BENCH_PRESET", "demo")
+        (HERE / "results" / "scale.md").write_text(
+            f"## scale\n\n`python benchmarks/run.py scale` on {m['node']} ({m['cores']} cores, Python {m['python']}), "
+            f"{m['at']}, {m['seconds']:.0f} s; the model's arithmetic redone by `python benchmarks/bench_scale.py "
+            f"--report`.\n\nDataset: {bench_run.dataset_line(preset)}.\n\n{(__doc__ or '').strip()}\n\n{table}\n")
+        _replace_section(HERE / "RESULTS.md", (HERE / "results" / "scale.md").read_text())
     else:
         print_rows(run(quick="--quick" in sys.argv))

@@ -5,30 +5,43 @@ dataset by ``python benchmarks/run.py scale`` (``benchmarks/bench_scale.py``), w
 miniature jobs against the local server with latency and checks this model against them;
 ``benchmarks/SCALE.md`` holds the constants, that validation and the CRANT table.
 
-How a job is counted (``predict``):
+How a job is counted (``predict``); units in brackets, and where each constant is measured:
 
 * ``tasks = ceil(rows / partition)``; rows are sorted by storage chunk, so a task's rows are a
   contiguous run of chunks and the tasks touch ``touched(rows) + tasks`` chunks in all (each task
-  boundary splits one chunk). ``touched`` is the spatial distribution (``Clustering``).
-* ``GETs = gets_per_chunk x that``: the kernel reads each touched chunk about three times
-  (the point lookup, the search balls reaching into neighbour chunks, the lookup of the snapped
-  points); ``gets_per_chunk`` is measured. ``bytes = GETs x bytes_per_get``.
+  boundary splits one chunk). ``touched`` is the spatial distribution (``Clustering``, fitted on the
+  demo's synapse table).
+* GETs [requests]: each fetch round reads a task's own chunks once (``gets_per_chunk`` = the
+  rounds per task, counted in the constants run), and the search balls and snapped points reach
+  into the task's halo, the chunks next to its run (``Geometry.halo``: the locality order is x-major,
+  so a run is a strip of z columns with a slab on either side): ``gets_per_halo`` GETs per halo
+  chunk [GETs/chunk] = the constants run's GETs beyond the rounds', over its halo counted on the
+  table. ``bytes = GETs x bytes_per_get`` [bytes, the stored gzip files].
 * CAVE requests per task: ``ceil(svs_per_row x partition / batch)`` roots requests and
   ``ceil(targets_per_row x partition / batch)`` leaves requests; the leaves answers carry
-  ``targets x svs_per_target`` IDs.
-* CPU per task (one thread): rows x (snap + scatter + read + write per row) + targets x CPU per
-  target + GETs x (fetch handling + inflate + decode per GET) + CAVE requests x client CPU per
-  request.
-* Time per task on its thread: its CPU plus the latency it waits for: ``fetch_rounds`` rounds of
+  ``targets x svs_per_target`` IDs (counted in the constants run).
+* CPU per task [s, one thread; thread CPU clock per stage in the constants run]: rows x (snap +
+  scatter + read + write per row) + targets x CPU per target + GETs x (fetch handling + inflate +
+  decode per GET) + CAVE requests x client CPU per request.
+* Time per task on its thread [s]: its CPU plus the latency it waits for: ``fetch_rounds`` rounds of
   chunk reads, each ``ceil(reads of the round / reads in flight)`` GET latencies, and its CAVE
-  requests one after another (``cave_latency + ids x cave_s_per_id`` each).
-* Wall time = start-up + driver planning (fixed + rows x per row, serial) + the largest of these
-  bounds: ``cpu`` (all CPU / cores, incl. a local server sharing the cores), ``worker`` (rounds of
-  tasks over the worker threads x time per task), ``bandwidth`` (bytes / bandwidth), ``cave``
-  (requests / the CAVE rate the cluster can get: the server's rate limit, or concurrency /
-  latency), ``scheduler`` (tasks x scheduler time per task). The largest is the bottleneck; when it
-  is ``worker``, the part of a task's time that is largest names it (``cpu``, ``storage latency``,
-  ``cave latency``); ``driver`` when the serial planning is longer than all of them.
+  requests one after another (``cave_latency + ids x cave_s_per_id`` each; ``cave_s_per_id``: the
+  local server's CPU per ID in the constants run, less its CPU per GET).
+* Cores [cores]: the cluster's (``Cluster.cores``: for a worker pool, workers x threads; for the
+  miniature, the machine's cores less what other processes took during the run). Dask's own work
+  takes ``workers x worker_overhead_cpu`` of them (heartbeats, the event loop, the profiler in every
+  worker process; measured on the idle miniature cluster) and, when the driver, scheduler and a
+  local server run on the same cores (``server_shares_cores``), ``driver_overhead_cpu`` more (the
+  scheduler and the nannies of a LocalCluster live in the driver's process) plus the server's CPU
+  per GET (``server_cpu_per_get``) and per CAVE ID.
+* Wall time [s] = start-up + driver planning (fixed + rows x per row, serial; timed in the
+  constants run) + the largest of these bounds: ``cpu`` (all the CPU above / the cores left for
+  it), ``worker`` (rounds of tasks over the worker threads x time per task), ``bandwidth`` (bytes /
+  bandwidth), ``cave`` (requests / the CAVE rate the cluster can get: the server's rate limit, or
+  concurrency / latency), ``scheduler`` (tasks x scheduler time per task, no-op tasks on the
+  miniature cluster). The largest is the bottleneck; when it is ``worker``, the part of a task's
+  time that is largest names it (``cpu``, ``storage latency``, ``cave latency``); ``driver`` when
+  the serial planning is longer than all of them.
 
 ``recommend`` searches partition sizes and reads in flight for the smallest predicted wall time
 that fits worker memory, and sets the CAVE concurrency per process so the cluster stays within
