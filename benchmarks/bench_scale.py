@@ -645,9 +645,11 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, machin
         "constants, the demo geometry, each table's own distinct targets per row of a task and "
         f"`Cluster(workers, cores=C, get_latency={GET_MS / 1000:g}, cave_latency={CAVE_MS / 1000:g}, "
         "server_shares_cores=True)`, where C is the cores the job had: the machine's less what other "
-        "processes (other users' tests) used during the run, measured from /proc/stat (`available_cores`).",
+        "processes (other users' tests) used during the run, measured from /proc/stat (`available_cores`). "
+        "That is the share they took from the job only while the machine had no idle time left (the idle "
+        "column): a job that left cores idle would have given them away, not lost them.",
         "",
-        "| rows | workers | measured wall | model wall | model/measured | bottleneck | cores C (others' CPU) "
+        "| rows | workers | measured wall | model wall | model/measured | bottleneck | cores C (others' CPU; machine idle) "
         "| CPU measured / model | GETs measured / model | CAVE requests measured / model | bounds (model) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -658,7 +660,8 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, machin
             used = r["worker_cpu"] + r["nanny_cpu"] + r["driver_cpu"] + r["server_cpu"]
             model_cpu = p.cpu + p.wall * (r["workers"] * const.worker_overhead_cpu + const.driver_overhead_cpu)
             cpu = f"{used:.0f} s / {model_cpu:.0f} s"
-            other = f"{cores:.2f} ({r['foreign_cpu']:.0f} s)"
+            idle = max(0.0, 1 - r["machine_busy"] / (machine["cores"] * r["wall"]))
+            other = f"{cores:.2f} ({r['foreign_cpu']:.0f} s; idle {idle:.0%})"
         else:
             cpu, other = f"- / {p.cpu:.0f} s", f"{cores:.2f} (not measured)"
         lines.append(f"| {r['rows']:,} | {r['workers']} | {r['wall']:.1f} s | {p.wall:.1f} s | "
