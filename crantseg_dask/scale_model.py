@@ -142,9 +142,9 @@ class Constants:
     targets_per_row: float    # distinct snap targets per row of a task (leaves request IDs)
     svs_per_target: float     # supervoxels (leaves) per target
     gets_per_halo: float = 0.0  # GETs per halo chunk of a task (``Geometry.halo``)
-    worker_overhead_cpu: float = 0.0  # cores each worker process and its nanny keep busy with Dask's own work
-                                      # (heartbeats, the nanny's memory monitor, the event loop), tasks or not
-    driver_overhead_cpu: float = 0.0  # cores the driver and scheduler process keeps busy while the job runs
+    worker_overhead_cpu: float = 0.0  # cores each worker process (and its nanny, if a process of its own) keeps
+                                      # busy with Dask's own work (heartbeats, event loop, profiler), tasks or not
+    driver_overhead_cpu: float = 0.0  # cores the driver's process (scheduler, a LocalCluster's nannies) keeps busy
     batch: int = 10_000       # IDs per CAVE request
     plan_fixed: float = 0.0   # driver: fixed part of planning (open the source, create the store), s
     startup: float = 0.0      # cluster start and first-task set-up, s
