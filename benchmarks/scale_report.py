@@ -92,6 +92,8 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, machin
     c = asdict(const)
     crant_const = replace(const, svs_per_target=CRANT_SVS_PER_TARGET, cave_s_per_id=CRANT_S_PER_ID)
     roots_only = replace(const, svs_per_target=0.0, cave_s_per_id=CRANT_S_PER_ID)
+    lost = [r["foreign_cpu"] / (machine["cores"] * r["wall"]) for r in runs if "foreign_cpu" in r]
+    lost = f"{min(lost):.0%}-{max(lost):.0%}" if lost else "an unmeasured share"
     head = ("| case | cores | wall | bottleneck | GETs | bytes | CAVE requests | partition | reads in flight "
             "| CAVE concurrency / process | worker memory | bounds |\n|" + "---|" * 12)
     lines = [
@@ -133,7 +135,7 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, machin
         "",
         "Which resource to add first when a job is slow: the bottleneck column. `cpu`: cores, as more "
         "one-thread worker processes, on cores nothing else uses (each worker process also spends "
-        "`worker_overhead_cpu` of a core on Dask's own work; the miniature lost 12-30% of its 2 cores to "
+        f"`worker_overhead_cpu` of a core on Dask's own work; the miniature lost {lost} of its cores to "
         "other users' processes, see below); `storage latency`: more reads in flight per worker "
         "(`crantseg.storage.max-in-flight`), then more workers; `cave latency`: more CAVE concurrency per "
         "worker (`crantseg.cave.max-concurrency`) up to the server's limit; `cave`: a higher CAVE rate limit "
