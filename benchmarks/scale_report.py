@@ -232,8 +232,15 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, machin
     lines += ["", "CPU by stage in that run (s, exclusive): "
               + ", ".join(f"{k} {v:.2f}" for k, v in sorted(const_raw["cpu_by_stage_s"].items())),
               f"GETs {const_raw['gets']:,}, task-chunk pairs {const_raw['task_chunk_pairs']:,}, CAVE requests "
-              f"{const_raw['cave_requests']:,}, server CPU {const_raw['server_cpu_s']:.1f} s.", "",
-              "## Spatial distribution", "",
+              f"{const_raw['cave_requests']:,}, server CPU {const_raw['server_cpu_s']:.1f} s.", ""]
+    if "process_cpu_s" in const_raw:  # a check of the overhead constants on a run they were not measured on
+        stages = sum(const_raw["cpu_by_stage_s"].values()) + const_raw["plan_s"]
+        idle = const_raw["wall_s"] * (const.worker_overhead_cpu + const.driver_overhead_cpu)
+        lines += [f"That run's process (driver, scheduler and the one worker) used {const_raw['process_cpu_s']:.1f} s "
+                  f"of CPU: {stages:.1f} s in the timed stages and planning, {const_raw['process_cpu_s'] - stages:.1f} s "
+                  f"besides, against {idle:.1f} s that `worker_overhead_cpu` + `driver_overhead_cpu` (from the idle "
+                  "miniature clusters) give for its wall time.", ""]
+    lines += ["## Spatial distribution", "",
               f"The demo's synthetic synapse table (points near random supervoxels; {geometry.n_chunks:,} chunks): "
               f"fitted neuropil share f = {clus.neuropil:.3f}, clustering shape k = {clus.shape:.3f} "
               "(`Clustering.touched`), carried to CRANT unchanged.", "",
