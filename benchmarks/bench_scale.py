@@ -93,6 +93,17 @@ def task_chunks(keys_in_job_order: np.ndarray, partition: int, grid) -> tuple[in
     return pairs, halo
 
 
+def gets_split(gets: float, pairs: int, halo: int, rounds: float) -> dict:
+    """``gets_per_chunk`` and ``gets_per_halo``: every fetch round reads each of a task's own chunks
+    once, the rest of the GETs are its halo chunks (search balls and snapped points across its edge).
+    A kernel that reads fewer (some own chunks in one round only) leaves nothing for the halo: then
+    all GETs per own chunk, as counted, and none per halo chunk."""
+    rest = gets - pairs * rounds
+    if rest < 0:
+        return {"gets_per_chunk": gets / max(1, pairs), "gets_per_halo": 0.0}
+    return {"gets_per_chunk": rounds, "gets_per_halo": rest / max(1, halo)}
+
+
 # -- 2. the instrumented in-process run -----------------------------------------------------------
 class Probe:
     """Exclusive thread-CPU time and calls per stage, from wrappers put on the package's functions."""
@@ -308,10 +319,7 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
         "plan_per_row": plan_row,
         "plan_fixed": plan_fixed,
         "cave_cpu_per_request": cpu.get("cave", 0) / max(1, cave_req),
-        # every fetch round reads each of the task's own chunks once; the rest of the GETs are halo
-        # chunks (search balls and snapped points across the task's edge)
-        "gets_per_chunk": calls.get("fetch_round", 0) / tasks,
-        "gets_per_halo": max(0.0, gets - pairs * calls.get("fetch_round", 0) / tasks) / max(1, halo),
+        **gets_split(gets, pairs, halo, calls.get("fetch_round", 0) / tasks),
         "fetch_rounds": calls.get("fetch_round", 0) / tasks,
         "bytes_per_get": wire,
         "svs_per_row": count.get("roots_ids", 0) / rows,
