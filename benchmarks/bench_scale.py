@@ -93,11 +93,15 @@ def task_chunks(keys_in_job_order: np.ndarray, partition: int, grid) -> tuple[in
     return pairs, halo
 
 
-def gets_split(gets: float, pairs: int, halo: int, rounds: float) -> dict:
-    """``gets_per_chunk`` and ``gets_per_halo``: every fetch round reads each of a task's own chunks
-    once, the rest of the GETs are its halo chunks (search balls and snapped points across its edge).
-    A kernel that reads fewer (some own chunks in one round only) leaves nothing for the halo: then
-    all GETs per own chunk, as counted, and none per halo chunk."""
+def gets_split(gets: float, pairs: int, halo: int, rounds: float, own_gets: float = 0.0,
+               halo_gets: float = 0.0) -> dict:
+    """``gets_per_chunk`` and ``gets_per_halo``: the chunk reads counted as a task's own or not
+    (``_count_own_and_halo_gets``) over its own chunks and its halo counted on the table. Without
+    those counts (a sharded layer): every fetch round reads each own chunk once and the rest of the
+    GETs are halo reads; a kernel that reads fewer leaves nothing for the halo: then all GETs per own
+    chunk and none per halo chunk."""
+    if own_gets >= pairs > 0:  # each own chunk read at least once: the classification worked
+        return {"gets_per_chunk": own_gets / pairs, "gets_per_halo": halo_gets / max(1, halo)}
     rest = gets - pairs * rounds
     if rest < 0:
         return {"gets_per_chunk": gets / max(1, pairs), "gets_per_halo": 0.0}
@@ -173,7 +177,41 @@ def _leaves_counter(a, k, out):
             "leaves": float(sum(len(v) for v in out.values()))}
 
 
-def instrument() -> Probe:
+def _count_own_and_halo_gets(p: Probe, holder, meta) -> None:
+    """Count each mip-0 chunk file read (one GET each) as ``own_gets`` when a row of the running task
+    lies in that chunk, else ``halo_gets``. One task at a time (the constants run's single thread)."""
+    from crantseg_dask.sources import _chunks
+
+    res, off = np.asarray(meta.resolution[0], float), np.asarray(meta.bounds(0)[0])
+    size = np.asarray(meta.chunk_size[0])
+    own = {"set": frozenset()}
+    kernel, fetch_files = holder.kernel, _chunks.ChunkReader._fetch_files
+
+    def with_own(inputs, *a, **k):
+        try:  # a count that fails leaves own_gets short: gets_split then falls back, the run goes on
+            vox = np.floor(np.stack([inputs["x"], inputs["y"], inputs["z"]], axis=1) / res).astype(np.int64)
+            own["set"] = frozenset(map(tuple, ((vox - off) // size).tolist()))
+        except Exception:  # noqa: BLE001
+            own["set"] = frozenset()
+        return kernel(inputs, *a, **k)
+
+    def counted(self, chunks, mip):
+        try:
+            if mip == 0:
+                n_own = sum(tuple(int(v) for v in c) in own["set"] for c in chunks)
+                with p._lock:
+                    p.count["own_gets"] = p.count.get("own_gets", 0.0) + n_own
+                    p.count["halo_gets"] = p.count.get("halo_gets", 0.0) + len(chunks) - n_own
+        except Exception:  # noqa: BLE001
+            pass
+        return fetch_files(self, chunks, mip)
+
+    holder.kernel = with_own
+    _chunks.ChunkReader._fetch_files = counted
+    p._undo.append((_chunks.ChunkReader, "_fetch_files", fetch_files))
+
+
+def instrument(meta=None) -> Probe:
     from crantseg_dask.persist import JobStore
     from crantseg_dask.sources import _chunks, _cseg, _fetch, _http
     from crantseg_dask.sources.cave import CaveSource
@@ -195,6 +233,8 @@ def instrument() -> Probe:
     op = OPERATIONS["snap"]
     holder = types.SimpleNamespace(kernel=op.kernel)
     p.wrap(holder, "kernel", "task", log=lambda a, k, cpu: (len(a[0]["x"]), len(np.unique(a[0]["target_id"])), cpu))
+    if meta is not None:
+        _count_own_and_halo_gets(p, holder, meta)
     OPERATIONS["snap"] = _replace(op, kernel=holder.kernel)
     p._restore_op = (OPERATIONS, op)
     p.wrap(CaveSource, "roots", "roots", _ids_counter("roots_ids"))
@@ -268,7 +308,7 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
         wire = float(np.mean([len(b) for b in blobs]))
         plan_fixed, plan_row = measure_planning(spec, tmp, [big.iloc[:CONST_ROWS], big.iloc[:300_000]])
         table.to_parquet(tmp / "const.parquet")
-        probe = instrument()
+        probe = instrument(source.meta)
         t_submit = {}
         submit = runner._submit
 
@@ -319,7 +359,8 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
         "plan_per_row": plan_row,
         "plan_fixed": plan_fixed,
         "cave_cpu_per_request": cpu.get("cave", 0) / max(1, cave_req),
-        **gets_split(gets, pairs, halo, calls.get("fetch_round", 0) / tasks),
+        **gets_split(gets, pairs, halo, calls.get("fetch_round", 0) / tasks, count.get("own_gets", 0.0),
+                     count.get("halo_gets", 0.0)),
         "fetch_rounds": calls.get("fetch_round", 0) / tasks,
         "bytes_per_get": wire,
         "svs_per_row": count.get("roots_ids", 0) / rows,

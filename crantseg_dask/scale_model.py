@@ -11,12 +11,12 @@ How a job is counted (``predict``); units in brackets, and where each constant i
   contiguous run of chunks and the tasks touch ``touched(rows) + tasks`` chunks in all (each task
   boundary splits one chunk). ``touched`` is the spatial distribution (``Clustering``, fitted on the
   demo's synapse table).
-* GETs [requests]: each fetch round reads a task's own chunks once (``gets_per_chunk`` = the
-  rounds per task, counted in the constants run), and the search balls and snapped points reach
-  into the task's halo, the chunks next to its run (``Geometry.halo``: the locality order is x-major,
-  so a run is a strip of z columns with a slab on either side): ``gets_per_halo`` GETs per halo
-  chunk [GETs/chunk] = the constants run's GETs beyond the rounds', over its halo counted on the
-  table. ``bytes = GETs x bytes_per_get`` [bytes, the stored gzip files].
+* GETs [requests]: ``gets_per_chunk`` per own chunk of a task (about one per fetch round), and
+  the search balls and snapped points reach into the task's halo, the chunks next to its run
+  (``Geometry.halo``: the locality order is x-major, so a run is a strip of z columns with a slab
+  on either side): ``gets_per_halo`` per halo chunk [GETs/chunk]. Both counted in the constants
+  run, each chunk read classed as the running task's own or not, over the own and halo chunks
+  counted on its table. ``bytes = GETs x bytes_per_get`` [bytes, the stored gzip files].
 * CAVE requests per task: ``ceil(svs_per_row x partition / batch)`` roots requests and
   ``ceil(targets_per_row x partition / batch)`` leaves requests; the leaves answers carry
   ``targets x svs_per_target`` IDs (counted in the constants run).
