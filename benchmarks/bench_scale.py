@@ -13,6 +13,10 @@
    against ``crantseg serve`` with chunk GETs at 50 ms and CAVE requests at 20 ms, at most
    ``CAVE_CAP`` CAVE requests in flight per worker process, at two table sizes; measured wall
    time, GETs and CAVE requests against ``scale_model.predict`` with the constants of step 2.
+   Each run also records the CPU of every process of the job (workers, the driver's process with
+   the scheduler and nannies, the server) and of the whole machine (/proc/stat): what other
+   processes took is the cores the model is not given. The idle cluster's own CPU (per worker
+   process, and the driver's) is measured before each run.
 4. The CRANT table (10^8 rows; 8, 16, 64, 256 cores) with the settings ``recommend`` picks;
    written with everything else to ``benchmarks/SCALE.md`` (and the constants to
    ``benchmarks/results/scale-constants.json``).
@@ -29,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import dask
@@ -38,17 +42,10 @@ import numpy as np
 from bench_storage import Server  # crantseg serve in a subprocess, with CAVE and storage latencies
 from crantseg_dask import scale_model as sm
 
-HERE = Path(__file__).resolve().parent
-PARTITION = 10_000
-SIZES = (60_000, 240_000)
-WORKERS = (2, 4)
-CONST_ROWS = 60_000
-GET_MS, CAVE_MS, CAVE_CAP = 50.0, 20.0, 2
-#: assumptions for CRANT that the demo cannot measure (SCALE.md says so)
-CRANT_SVS_PER_TARGET = 20_000   # supervoxels of a CRANT neuron a snap target's leaves carry
-CRANT_S_PER_ID = 2e-6          # PyChunkedGraph time per ID sent or answered (10k roots in ~20 ms + latency)
-CRANT_TARGETS_PER_ROW = 0.4     # distinct targets per row of a task (the demo: 0.36 at 45 rows per chunk)
-CRANT_CAVE = {"cave_latency": 0.2, "cave_rate": 50.0, "get_latency": 0.05}
+from scale_report import (  # noqa: F401 - the configuration and report, shared with --report
+    CAVE_CAP, CAVE_MS, CONST_ROWS, CRANT_CAVE, CRANT_S_PER_ID, CRANT_SVS_PER_TARGET, CRANT_TARGETS_PER_ROW, GET_MS,
+    HERE, PARTITION, RESULTS, SIZES, WORKERS, _replace_section, available_cores, mini_cluster, overheads, report)
+IDLE_S = 4.0  # s of an idle miniature cluster to measure its own CPU
 
 
 # -- 1. the spatial distribution ------------------------------------------------------------------
@@ -79,10 +76,36 @@ def fit_clustering(keys: np.ndarray, n_chunks: int) -> tuple[sm.Clustering, list
     return c, [(int(n), int(s), c.touched(n, n_chunks)) for n, s in zip(ns, seen)]
 
 
-def task_chunks(keys_in_job_order: np.ndarray, partition: int) -> int:
-    """Sum over tasks of the distinct chunks each task's rows touch."""
-    k = keys_in_job_order
-    return int(sum(len(np.unique(k[a: a + partition])) for a in range(0, len(k), partition)))
+def task_chunks(keys_in_job_order: np.ndarray, partition: int, grid) -> tuple[int, int]:
+    """Sums over tasks of the distinct chunks each task's rows touch (its own chunks) and of its halo:
+    the chunks in their 26-neighbourhood (inside the grid) that are not its own."""
+    k, grid = keys_in_job_order, np.asarray(grid)
+    pairs = halo = 0
+    for a in range(0, len(k), partition):
+        u = np.unique(k[a: a + partition])
+        u = u[u >= 0]
+        c = np.stack([u // (grid[1] * grid[2]), (u // grid[2]) % grid[1], u % grid[2]], axis=1)
+        near = np.concatenate([c + d for d in np.stack(np.meshgrid(*[[-1, 0, 1]] * 3, indexing="ij"), -1)
+                               .reshape(-1, 3)])
+        near = near[np.all((near >= 0) & (near < grid), axis=1)]
+        lin = np.unique((near[:, 0] * grid[1] + near[:, 1]) * grid[2] + near[:, 2])
+        pairs, halo = pairs + len(u), halo + len(lin) - len(u)
+    return pairs, halo
+
+
+def gets_split(gets: float, pairs: int, halo: int, rounds: float, own_gets: float = 0.0,
+               halo_gets: float = 0.0) -> dict:
+    """``gets_per_chunk`` and ``gets_per_halo``: the chunk reads counted as a task's own or not
+    (``_count_own_and_halo_gets``) over its own chunks and its halo counted on the table. Without
+    those counts (a sharded layer): every fetch round reads each own chunk once and the rest of the
+    GETs are halo reads; a kernel that reads fewer leaves nothing for the halo: then all GETs per own
+    chunk and none per halo chunk."""
+    if own_gets >= pairs > 0:  # each own chunk read at least once: the classification worked
+        return {"gets_per_chunk": own_gets / pairs, "gets_per_halo": halo_gets / max(1, halo)}
+    rest = gets - pairs * rounds
+    if rest < 0:
+        return {"gets_per_chunk": gets / max(1, pairs), "gets_per_halo": 0.0}
+    return {"gets_per_chunk": rounds, "gets_per_halo": rest / max(1, halo)}
 
 
 # -- 2. the instrumented in-process run -----------------------------------------------------------
@@ -154,7 +177,41 @@ def _leaves_counter(a, k, out):
             "leaves": float(sum(len(v) for v in out.values()))}
 
 
-def instrument() -> Probe:
+def _count_own_and_halo_gets(p: Probe, holder, meta) -> None:
+    """Count each mip-0 chunk file read (one GET each) as ``own_gets`` when a row of the running task
+    lies in that chunk, else ``halo_gets``. One task at a time (the constants run's single thread)."""
+    from crantseg_dask.sources import _chunks
+
+    res, off = np.asarray(meta.resolution[0], float), np.asarray(meta.bounds(0)[0])
+    size = np.asarray(meta.chunk_size[0])
+    own = {"set": frozenset()}
+    kernel, fetch_files = holder.kernel, _chunks.ChunkReader._fetch_files
+
+    def with_own(inputs, *a, **k):
+        try:  # a count that fails leaves own_gets short: gets_split then falls back, the run goes on
+            vox = np.floor(np.stack([inputs["x"], inputs["y"], inputs["z"]], axis=1) / res).astype(np.int64)
+            own["set"] = frozenset(map(tuple, ((vox - off) // size).tolist()))
+        except Exception:  # noqa: BLE001
+            own["set"] = frozenset()
+        return kernel(inputs, *a, **k)
+
+    def counted(self, chunks, mip):
+        try:
+            if mip == 0:
+                n_own = sum(tuple(int(v) for v in c) in own["set"] for c in chunks)
+                with p._lock:
+                    p.count["own_gets"] = p.count.get("own_gets", 0.0) + n_own
+                    p.count["halo_gets"] = p.count.get("halo_gets", 0.0) + len(chunks) - n_own
+        except Exception:  # noqa: BLE001
+            pass
+        return fetch_files(self, chunks, mip)
+
+    holder.kernel = with_own
+    _chunks.ChunkReader._fetch_files = counted
+    p._undo.append((_chunks.ChunkReader, "_fetch_files", fetch_files))
+
+
+def instrument(meta=None) -> Probe:
     from crantseg_dask.persist import JobStore
     from crantseg_dask.sources import _chunks, _cseg, _fetch, _http
     from crantseg_dask.sources.cave import CaveSource
@@ -176,6 +233,8 @@ def instrument() -> Probe:
     op = OPERATIONS["snap"]
     holder = types.SimpleNamespace(kernel=op.kernel)
     p.wrap(holder, "kernel", "task", log=lambda a, k, cpu: (len(a[0]["x"]), len(np.unique(a[0]["target_id"])), cpu))
+    if meta is not None:
+        _count_own_and_halo_gets(p, holder, meta)
     OPERATIONS["snap"] = _replace(op, kernel=holder.kernel)
     p._restore_op = (OPERATIONS, op)
     p.wrap(CaveSource, "roots", "roots", _ids_counter("roots_ids"))
@@ -249,7 +308,7 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
         wire = float(np.mean([len(b) for b in blobs]))
         plan_fixed, plan_row = measure_planning(spec, tmp, [big.iloc[:CONST_ROWS], big.iloc[:300_000]])
         table.to_parquet(tmp / "const.parquet")
-        probe = instrument()
+        probe = instrument(source.meta)
         t_submit = {}
         submit = runner._submit
 
@@ -263,12 +322,12 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
                     Client(lc) as client:
                 probe.reset()
                 _fetch.reset_stats()
-                c0 = server.cpu()
+                c0, d0, m0 = server.cpu(), _own_cpu(), machine_cpu()
                 t0 = time.perf_counter()
                 summary = run_job("snap", tmp / "const.parquet", tmp / "const.zarr", dataset=spec, timestamp="mat",
                                   partition_size=PARTITION, client=client, progress=False, snap_zero=True)
                 wall = time.perf_counter() - t0
-                server_cpu = server.cpu() - c0
+                server_cpu, process_cpu, m1 = server.cpu() - c0, _own_cpu() - d0, machine_cpu()
         finally:
             runner._submit = submit
             probe.undo()
@@ -280,7 +339,7 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
     rows, tasks = len(table), summary["partitions"]
     order = runner._locality_order({"x": table.x.to_numpy(), "y": table.y.to_numpy(), "z": table.z.to_numpy()},
                                    source, 0)
-    pairs = task_chunks(keys[order], PARTITION)
+    pairs, halo = task_chunks(keys[order], PARTITION, grid)
     cave_req = calls.get("cave", 0)
     # the task's own CPU = a x rows + b x distinct targets, fitted over its tasks
     log = np.array(probe.log, dtype=float)
@@ -300,7 +359,8 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
         "plan_per_row": plan_row,
         "plan_fixed": plan_fixed,
         "cave_cpu_per_request": cpu.get("cave", 0) / max(1, cave_req),
-        "gets_per_chunk": gets / pairs,
+        **gets_split(gets, pairs, halo, calls.get("fetch_round", 0) / tasks, count.get("own_gets", 0.0),
+                     count.get("halo_gets", 0.0)),
         "fetch_rounds": calls.get("fetch_round", 0) / tasks,
         "bytes_per_get": wire,
         "svs_per_row": count.get("roots_ids", 0) / rows,
@@ -311,7 +371,9 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
     }
     print(f"constants: {const}", flush=True)
     raw = {"rows": rows, "tasks": tasks, "wall_s": wall, "plan_s": plan, "gets": gets, "bytes": nbytes,
-           "task_chunk_pairs": pairs, "cave_requests": cave_req, "cave_ids": ids, "server_cpu_s": server_cpu,
+           "task_chunk_pairs": pairs, "task_halo_chunks": halo, "cave_requests": cave_req, "cave_ids": ids, "server_cpu_s": server_cpu,
+           "process_cpu_s": process_cpu, "machine_busy_s": m1["busy"] - m0["busy"],
+           "machine_steal_s": m1["steal"] - m0["steal"],
            "cpu_by_stage_s": cpu, "calls": calls, "counts": count,
            "tasks_rows_targets_cpu": probe.log}
     return const, raw
@@ -329,7 +391,49 @@ def _rss_mib() -> float:
 
 
 def _peak_mib() -> float:
+    """This process's own peak RSS (VmHWM). Not ``ru_maxrss``: that carries over ``exec`` the RSS the
+    forking process had (a spawned worker reported the benchmark process's 1.8 GiB as its peak)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _proc_cpu() -> dict:
+    """CPU seconds (user + system, all threads) of this worker process and of its parent, the nanny's
+    process: for a LocalCluster that is the driver's own process (its nannies are objects there)."""
+    import psutil
+
+    me = psutil.Process()
+    parent = me.parent()
+    t, n = me.cpu_times(), parent.cpu_times() if parent is not None else None
+    return {"worker": t.user + t.system, "nanny": (n.user + n.system) if n is not None else 0.0,
+            "nanny_pid": parent.pid if parent is not None else -1}
+
+
+def _nanny_cpu(before: dict, after: dict) -> float:
+    """CPU of the nanny processes that are not this (the driver's) process, counted once each."""
+    seen = {}
+    for k in after:
+        if after[k]["nanny_pid"] not in (os.getpid(), -1):
+            seen[after[k]["nanny_pid"]] = after[k]["nanny"] - before[k]["nanny"]
+    return float(sum(seen.values()))
+
+
+def machine_cpu() -> dict:
+    """Machine-wide CPU seconds from /proc/stat: busy (user, nice, system, irq, softirq), idle, steal."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    return {"busy": (sum(v[:3]) + v[5] + v[6]) / hz, "idle": (v[3] + v[4]) / hz, "steal": v[7] / hz}
+
+
+def _own_cpu() -> float:
+    import psutil
+
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
 
 
 def _count_cave() -> None:
@@ -399,19 +503,37 @@ def miniature(path, tmp: Path, tables: dict) -> tuple[list[dict], dict]:
                         client.run(_warm, spec)
                         warm = time.perf_counter() - t
                         base = max(client.run(_rss_mib).values())
+                        # the cluster's own CPU while no task runs (heartbeats, the nannies' memory
+                        # monitors, the scheduler): per worker process and second
+                        i0, di0, t = client.run(_proc_cpu), _own_cpu(), time.perf_counter()
+                        time.sleep(IDLE_S)
+                        i1, di1, idle_s = client.run(_proc_cpu), _own_cpu(), time.perf_counter() - t
+                        idle = {"worker": sum(i1[k]["worker"] - i0[k]["worker"] for k in i1) / idle_s / w,
+                                "nanny": _nanny_cpu(i0, i1) / idle_s / w,
+                                "driver": (di1 - di0) / idle_s}
                         client.run(_reset_counts)
-                        c0 = server.cpu()
+                        p0 = client.run(_proc_cpu)
+                        c0, d0, m0 = server.cpu(), _own_cpu(), machine_cpu()
                         t = time.perf_counter()
                         run_job("snap", tmp / f"mini{n}.parquet", tmp / f"mini{n}-{w}.zarr", dataset=spec,
                                 timestamp="mat", partition_size=PARTITION, client=client, progress=False,
                                 snap_zero=True)
                         wall = time.perf_counter() - t
+                        server_cpu, driver_cpu, m1 = server.cpu() - c0, _own_cpu() - d0, machine_cpu()
+                        p1 = client.run(_proc_cpu)
                         counts = client.run(_worker_counts).values()
                         peak = max(client.run(_peak_mib).values())
+                        worker_cpu = sum(p1[k]["worker"] - p0[k]["worker"] for k in p1)
+                        nanny_cpu = _nanny_cpu(p0, p1)
+                        busy = m1["busy"] - m0["busy"]
                         runs.append({"workers": w, "rows": n, "wall": wall, "warm": warm,
-                                     "server_cpu": server.cpu() - c0,
+                                     "server_cpu": server_cpu, "worker_cpu": worker_cpu, "nanny_cpu": nanny_cpu,
+                                     "driver_cpu": driver_cpu, "machine_busy": busy,
+                                     "machine_steal": m1["steal"] - m0["steal"],
+                                     "foreign_cpu": max(0.0, busy - worker_cpu - nanny_cpu - driver_cpu - server_cpu),
                                      "gets": sum(c["gets"] for c in counts), "bytes": sum(c["bytes"] for c in counts),
-                                     "cave": sum(c["cave"] for c in counts), "base_mib": base, "peak_mib": peak})
+                                     "cave": sum(c["cave"] for c in counts), "base_mib": base, "peak_mib": peak,
+                                     "idle_cpu_per_s": idle})
                         print(f"miniature: {runs[-1]}", flush=True)
                         shutil.rmtree(tmp / f"mini{n}-{w}.zarr", ignore_errors=True)
     finally:
@@ -420,6 +542,7 @@ def miniature(path, tmp: Path, tables: dict) -> tuple[list[dict], dict]:
     extra["worker_base_mib"] = first["base_mib"]
     extra["worker_mib_per_row"] = max(0.0, first["peak_mib"] - first["base_mib"]) / PARTITION
     extra["startup"] = 0.0  # workers are warmed before the timed run (their warm-up is reported apart)
+    extra.update(overheads(runs))
     return runs, extra
 
 
@@ -432,145 +555,8 @@ def targets_per_row(table, source, partition: int) -> float:
     return sum(len(np.unique(t[a: a + partition])) for a in range(0, len(t), partition)) / len(t)
 
 
-def mini_cluster(workers: int) -> sm.Cluster:
-    return sm.Cluster(workers=workers, threads=1, cores=os.cpu_count() or 2, get_latency=GET_MS / 1000,
-                      cave_latency=CAVE_MS / 1000, cave_concurrency=CAVE_CAP, server_shares_cores=True)
-
-
-# -- 4. the report -----------------------------------------------------------------------------------
-def _fmt_s(s: float) -> str:
-    return f"{s:,.1f} s" if s < 600 else f"{s / 60:,.1f} min" if s < 36_000 else f"{s / 3600:,.1f} h"
-
-
-def crant_rows(const: sm.Constants, clus: sm.Clustering, label: str) -> list[str]:
-    out = []
-    for cores in (8, 16, 64, 256):
-        cluster = sm.crant_cluster(cores, **CRANT_CAVE)
-        s, p = sm.recommend(10**8, clus, sm.CRANT, const, cluster, cave_server_concurrency=64,
-                            targets_per_row=CRANT_TARGETS_PER_ROW)
-        b = ", ".join(f"{k} {_fmt_s(v)}" for k, v in p.bounds.items())
-        out.append(f"| {label} | {cores} | **{_fmt_s(p.wall)}** | {p.bottleneck} | {p.gets / 1e6:,.1f} M | "
-                   f"{p.bytes / 1e9:,.0f} GB | {p.cave_requests:,.0f} ({p.cave_ids / 1e9:,.2f} G IDs) | "
-                   f"{s['partition']:,} | {s['reads_in_flight']} | {s['cave_concurrency']} | "
-                   f"{p.worker_mib:,.0f} MiB | {b} |")
-    return out
-
-
-def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, seconds) -> str:
-    c = asdict(const)
-    crant_const = replace(const, svs_per_target=CRANT_SVS_PER_TARGET, cave_s_per_id=CRANT_S_PER_ID)
-    roots_only = replace(const, svs_per_target=0.0, cave_s_per_id=CRANT_S_PER_ID)
-    head = ("| case | cores | wall | bottleneck | GETs | bytes | CAVE requests | partition | reads in flight "
-            "| CAVE concurrency / process | worker memory | bounds |\n|" + "---|" * 12)
-    lines = [
-        "# Scale model: a 10^8-row snap-and-map job on CRANT",
-        "",
-        f"`flock /work/wt-notes/bench.lock python benchmarks/run.py scale` on {platform.node()} "
-        f"({os.cpu_count()} cores, Python {platform.python_version()}), "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {seconds:.0f} s. The model is "
-        "`crantseg_dask/scale_model.py` (pure arithmetic; its docstring says how a job is counted); "
-        "`python -m crantseg_dask.scale_model benchmarks/results/scale-constants.json` reprints the CRANT "
-        "lines from the saved constants. Read every measured figure as +-30% (perf-baseline.md).",
-        "",
-        "## CRANT, 10^8 synapse rows",
-        "",
-        f"Geometry {sm.CRANT.size} voxels at mip 0, {sm.CRANT.n_chunks:,} storage chunks of 128 x 128 x 32. "
-        f"Cluster: one-thread worker processes, nodes of 16 cores with 10 Gbit/s, chunk GETs at "
-        f"{CRANT_CAVE['get_latency'] * 1000:.0f} ms, a shared CAVE server answering in "
-        f"{CRANT_CAVE['cave_latency'] * 1000:.0f} ms plus {CRANT_S_PER_ID * 1e6:g} us per ID sent or answered "
-        "(assumed) and allowing "
-        f"{CRANT_CAVE['cave_rate']:.0f} requests/s and 64 concurrent requests to this job; 2 GiB per worker. "
-        f"Rows touch {clus.touched(1e8, sm.CRANT.n_chunks):,.0f} chunks "
-        f"(fitted distribution below). Settings are `recommend`'s: partition = `--partition-size` / "
-        "`crantseg.partition-size`, reads in flight = `crantseg.storage.max-in-flight`, CAVE concurrency = "
-        "`crantseg.cave.max-concurrency`.",
-        "",
-        "Two cases. *As implemented*: the snap kernel fetches each target's leaves (one `leaves_many` per task "
-        f"since this branch) to test whether a row is on its target; a CRANT neuron has some "
-        f"{CRANT_SVS_PER_TARGET:,} supervoxels (an assumption: the demo's neurons have "
-        f"{const.svs_per_target:.0f}), so the leaves answers dominate. *On-target by roots*: the same job if the "
-        "test used the root of the row's supervoxel (which the job looks up anyway) and the search compared "
-        "roots of the ball's supervoxels: no leaves IDs (the per-target CPU stays). That is the change to make "
-        f"before running CRANT. Both assume {CRANT_TARGETS_PER_ROW} distinct targets per row of a task (the demo "
-        "table has 0.36 at a similar density of rows per chunk).",
-        "",
-        head,
-        *crant_rows(crant_const, clus, "as implemented"),
-        *crant_rows(roots_only, clus, "on-target by roots"),
-        "",
-        "Which resource to add first when a job is slow: the bottleneck column. `cpu`: more worker "
-        "processes (cores); `latency`: more reads in flight per worker, or more workers (each waits on its "
-        "own reads and CAVE calls); `cave`: a higher CAVE rate limit or concurrency (more workers do not help); "
-        "`bandwidth`: nodes with faster network; `scheduler`: larger partitions.",
-        "",
-        "## Miniature validation (model vs measured)",
-        "",
-        f"`run_job(\"snap\")` on the demo world, partitions of {PARTITION:,}, LocalCluster of one-thread worker "
-        f"processes on this {os.cpu_count()}-core machine, against `crantseg serve --latency-ms {CAVE_MS:g} "
-        f"--storage-latency-ms {GET_MS:g}` (a subprocess on the same cores), `crantseg.cave.max-concurrency` "
-        f"{CAVE_CAP}. Workers are warmed (CAVE client built) before the timed run. The model gets the same "
-        "constants, the demo geometry and `Cluster(workers, cores=2, get_latency=0.05, cave_latency=0.02, "
-        "server_shares_cores=True)`, and each table's own distinct targets per row of a task.",
-        "",
-        "| rows | workers | measured wall | model wall | model/measured | bottleneck | GETs measured / model "
-        "| CAVE requests measured / model | bounds (model) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r, p in zip(runs, checks):
-        b = ", ".join(f"{k} {v:.1f} s" for k, v in p.bounds.items())
-        lines.append(f"| {r['rows']:,} | {r['workers']} | {r['wall']:.1f} s | {p.wall:.1f} s | "
-                     f"{p.wall / r['wall']:.2f} | {p.bottleneck} | {r['gets']:,} / {p.gets:,.0f} | "
-                     f"{r['cave']:,} / {p.cave_requests:,.0f} | {b} |")
-    worst = max(abs(p.wall / r["wall"] - 1) for r, p in zip(runs, checks))
-    lines += ["", f"Largest disagreement: {worst:.0%} ({'within' if worst <= 0.3 else 'OUTSIDE'} the 30% bar).",
-              f"Worker warm-up (import caveclient, build the CAVE client) before each run: "
-              f"{', '.join('%.1f s' % r['warm'] for r in runs)}.", ""]
-    lines += ["## Constants (measured in the same command)", "",
-              f"Snap job on {const_raw['rows']:,} demo synapse rows, {const_raw['tasks']} tasks of {PARTITION:,}, "
-              f"one in-process worker thread, `crantseg serve` at 0 ms; wall {const_raw['wall_s']:.1f} s.", "",
-              "| constant | value | unit |", "|---|---|---|"]
-    units = {"fetch_per_get": ("us CPU per GET: fetch handling (HTTP client, read threads)", 1e6),
-             "inflate_per_get": ("us CPU per GET: inflate (gunzip)", 1e6),
-             "decode_per_get": ("us CPU per GET: decode (full chunk or random access, block tests)", 1e6),
-             "snap_per_row": ("us CPU per row: the task's own work (plan in task, snap, roots scatter back)", 1e6),
-             "snap_per_target": ("us CPU per distinct target of a task (leaves test, erosion, KD-tree)", 1e6),
-             "read_per_row": ("us CPU per row: read the task's inputs from Zarr", 1e6),
-             "write_per_row": ("us CPU per row: write the outputs", 1e6),
-             "plan_per_row": ("us wall per row: driver (read, validate, locality order, fingerprint, input store)", 1e6),
-             "plan_fixed": ("s wall: driver's fixed planning (source, timestamp, store creation)", 1),
-             "cave_cpu_per_request": ("ms client CPU per CAVE request", 1e3),
-             "sched_per_task": ("ms wall per task: scheduler round trip (no-op tasks, 2 workers)", 1e3),
-             "gets_per_chunk": ("GETs per (task, touched chunk)", 1), "fetch_rounds": ("fetch rounds per task", 1),
-             "bytes_per_get": ("KiB on the wire per GET", 1 / 1024),
-             "svs_per_row": ("unique supervoxels per row of a task (roots IDs)", 1),
-             "targets_per_row": ("distinct targets per row of a task (leaves_many IDs)", 1),
-             "svs_per_target": ("leaves per target (demo neurons)", 1),
-             "batch": ("IDs per CAVE request (crantseg.batch-size)", 1),
-             "startup": ("s start-up in the model (workers warmed before timing)", 1),
-             "worker_base_mib": ("MiB resident per worker, source open", 1),
-             "worker_mib_per_row": ("MiB peak per row of a task", 1),
-             "server_cpu_per_get": ("us local-server CPU per GET (miniature only)", 1e6),
-             "cave_s_per_id": ("us CAVE server time per ID sent or answered", 1e6)}
-    for k, v in c.items():
-        name, scale = units[k]
-        lines.append(f"| `{k}` | {v * scale:,.3g} | {name} |")
-    lines += ["", "CPU by stage in that run (s, exclusive): "
-              + ", ".join(f"{k} {v:.2f}" for k, v in sorted(const_raw["cpu_by_stage_s"].items())),
-              f"GETs {const_raw['gets']:,}, task-chunk pairs {const_raw['task_chunk_pairs']:,}, CAVE requests "
-              f"{const_raw['cave_requests']:,}, server CPU {const_raw['server_cpu_s']:.1f} s.", "",
-              "## Spatial distribution", "",
-              f"The demo's synthetic synapse table (points near random supervoxels; {sm.DEMO.n_chunks:,} chunks): "
-              f"fitted neuropil share f = {clus.neuropil:.3f}, clustering shape k = {clus.shape:.3f} "
-              "(`Clustering.touched`), carried to CRANT unchanged.", "",
-              "| rows | chunks touched (table) | model |", "|---|---|---|"]
-    lines += [f"| {n:,} | {s:,} | {m:,.0f} |" for n, s, m in fit]
-    lines += ["", "Not modelled: retries and failures, stragglers, the driver reading a 10^8-row table (it holds "
-              "the table in memory: about 5 GB for x, y, z and a target), CAVE server time beyond latency + per ID, "
-              "and real CRANT chunks (more labels, less compressible than the demo's).", ""]
-    return "\n".join(lines)
-
-
 def run(quick: bool = False) -> list[dict]:
+    """Measure (steps 1-3), save every raw figure to ``results/scale-constants.json``, report (step 4)."""
     from crantseg_dask.sources.resolve import local_dataset_path, resolve_dataset
     from crantseg_dask.jobs.demo import synapse_table
     from crantseg_dask.sources import open_source
@@ -591,39 +577,46 @@ def run(quick: bool = False) -> list[dict]:
         runs, extra = miniature(path, tmp, tables)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    const = sm.Constants(**const_vals, **extra)
     source = open_source(resolve_dataset(str(path)))
-    tpr = {n: targets_per_row(t, source, PARTITION) for n, t in tables.items()}
-    checks = [sm.predict(r["rows"], PARTITION, clus, geometry, const, mini_cluster(r["workers"]), tpr[r["rows"]])
-              for r in runs]
+    keys = {n: chunk_ids(t, meta) for n, t in tables.items()}
     for r in runs:
-        r["targets_per_row"] = tpr[r["rows"]]
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "scale-constants.json").write_text(json.dumps(
-        {"constants": asdict(const), "clustering": asdict(clus), "raw": const_raw, "miniature": runs}, indent=1,
-        default=float))
-    report = write_report(clus, fit, const_raw, const, runs, checks, time.perf_counter() - t_start)
+        t = tables[r["rows"]]
+        r["targets_per_row"] = targets_per_row(t, source, PARTITION)
+        order = runner_order(t, source)
+        r["task_chunk_pairs"], r["task_halo_chunks"] = task_chunks(keys[r["rows"]][order], PARTITION,
+                                                                   geometry.grid)
+    saved = {"constants": {**const_vals, **extra}, "clustering": asdict(clus), "fit": fit, "raw": const_raw,
+             "miniature": runs, "geometry": asdict(geometry),
+             "machine": {"node": platform.node(), "cores": os.cpu_count(), "python": platform.python_version(),
+                         "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                         "seconds": time.perf_counter() - t_start, "quick": quick}}
     if not quick:
-        (HERE / "SCALE.md").write_text(report)
-    else:
-        print(report)
-    rows = []
-    for r, p in zip(runs, checks):
-        rows.append({"benchmark": "scale model vs miniature", "case": f"{r['rows']:,} rows, {r['workers']} workers",
-                     "ours": f"model {p.wall:.1f} s ({p.bottleneck})", "peer": "measured",
-                     "peer_value": f"{r['wall']:.1f} s", "ratio": p.wall / r["wall"]})
-    for cores in (8, 16, 64, 256):
-        s, p = sm.recommend(10**8, clus, sm.CRANT, replace(const, svs_per_target=0.0, cave_s_per_id=CRANT_S_PER_ID),
-                            sm.crant_cluster(cores, **CRANT_CAVE), cave_server_concurrency=64,
-                            targets_per_row=CRANT_TARGETS_PER_ROW)
-        rows.append({"benchmark": "CRANT 10^8 rows (on-target by roots)", "case": f"{cores} cores",
-                     "ours": f"{_fmt_s(p.wall)} ({p.bottleneck})", "peer": "settings", "peer_value": str(s),
-                     "ratio": ""})
-    return rows
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(saved, indent=1, default=float))
+    return report(saved, write=not quick)
+
+
+def runner_order(table, source) -> np.ndarray:
+    from crantseg_dask.jobs import runner
+
+    return runner._locality_order({c: table[c].to_numpy() for c in "xyz"}, source, 0)
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE))
     from run import print_rows
 
-    print_rows(run(quick="--quick" in sys.argv))
+    if "--report" in sys.argv:  # SCALE.md and results/scale.md again from the saved measurements
+        import run as bench_run
+
+        saved = json.loads(RESULTS.read_text())
+        table = print_rows(report(saved))
+        m = saved["machine"]
+        preset = os.environ.get("CRANTSEG_BENCH_PRESET", "demo")
+        (HERE / "results" / "scale.md").write_text(
+            f"## scale\n\n`python benchmarks/run.py scale` on {m['node']} ({m['cores']} cores, Python {m['python']}), "
+            f"{m['at']}, {m['seconds']:.0f} s; the model's arithmetic redone by `python benchmarks/bench_scale.py "
+            f"--report`.\n\nDataset: {bench_run.dataset_line(preset)}.\n\n{(__doc__ or '').strip()}\n\n{table}\n")
+        _replace_section(HERE / "RESULTS.md", (HERE / "results" / "scale.md").read_text())
+    else:
+        print_rows(run(quick="--quick" in sys.argv))

@@ -5,30 +5,43 @@ dataset by ``python benchmarks/run.py scale`` (``benchmarks/bench_scale.py``), w
 miniature jobs against the local server with latency and checks this model against them;
 ``benchmarks/SCALE.md`` holds the constants, that validation and the CRANT table.
 
-How a job is counted (``predict``):
+How a job is counted (``predict``); units in brackets, and where each constant is measured:
 
 * ``tasks = ceil(rows / partition)``; rows are sorted by storage chunk, so a task's rows are a
   contiguous run of chunks and the tasks touch ``touched(rows) + tasks`` chunks in all (each task
-  boundary splits one chunk). ``touched`` is the spatial distribution (``Clustering``).
-* ``GETs = gets_per_chunk x that``: the kernel reads each touched chunk about three times
-  (the point lookup, the search balls reaching into neighbour chunks, the lookup of the snapped
-  points); ``gets_per_chunk`` is measured. ``bytes = GETs x bytes_per_get``.
+  boundary splits one chunk). ``touched`` is the spatial distribution (``Clustering``, fitted on the
+  demo's synapse table).
+* GETs [requests]: ``gets_per_chunk`` per own chunk of a task (about one per fetch round), and
+  the search balls and snapped points reach into the task's halo, the chunks next to its run
+  (``Geometry.halo``: the locality order is x-major, so a run is a strip of z columns with a slab
+  on either side): ``gets_per_halo`` per halo chunk [GETs/chunk]. Both counted in the constants
+  run, each chunk read classed as the running task's own or not, over the own and halo chunks
+  counted on its table. ``bytes = GETs x bytes_per_get`` [bytes, the stored gzip files].
 * CAVE requests per task: ``ceil(svs_per_row x partition / batch)`` roots requests and
   ``ceil(targets_per_row x partition / batch)`` leaves requests; the leaves answers carry
-  ``targets x svs_per_target`` IDs.
-* CPU per task (one thread): rows x (snap + scatter + read + write per row) + targets x CPU per
-  target + GETs x (fetch handling + inflate + decode per GET) + CAVE requests x client CPU per
-  request.
-* Time per task on its thread: its CPU plus the latency it waits for: ``fetch_rounds`` rounds of
+  ``targets x svs_per_target`` IDs (counted in the constants run).
+* CPU per task [s, one thread; thread CPU clock per stage in the constants run]: rows x (snap +
+  scatter + read + write per row) + targets x CPU per target + GETs x (fetch handling + inflate +
+  decode per GET) + CAVE requests x client CPU per request.
+* Time per task on its thread [s]: its CPU plus the latency it waits for: ``fetch_rounds`` rounds of
   chunk reads, each ``ceil(reads of the round / reads in flight)`` GET latencies, and its CAVE
-  requests one after another (``cave_latency + ids x cave_s_per_id`` each).
-* Wall time = start-up + driver planning (fixed + rows x per row, serial) + the largest of these
-  bounds: ``cpu`` (all CPU / cores, incl. a local server sharing the cores), ``worker`` (rounds of
-  tasks over the worker threads x time per task), ``bandwidth`` (bytes / bandwidth), ``cave``
-  (requests / the CAVE rate the cluster can get: the server's rate limit, or concurrency /
-  latency), ``scheduler`` (tasks x scheduler time per task). The largest is the bottleneck; when it
-  is ``worker``, the part of a task's time that is largest names it (``cpu``, ``storage latency``,
-  ``cave latency``); ``driver`` when the serial planning is longer than all of them.
+  requests one after another (``cave_latency + ids x cave_s_per_id`` each; ``cave_s_per_id``: the
+  local server's CPU per ID in the constants run, less its CPU per GET).
+* Cores [cores]: the cluster's (``Cluster.cores``: for a worker pool, workers x threads; for the
+  miniature, the machine's cores less what other processes took during the run). Dask's own work
+  takes ``workers x worker_overhead_cpu`` of them (heartbeats, the event loop, the profiler in every
+  worker process; measured on the idle miniature cluster) and, when the driver, scheduler and a
+  local server run on the same cores (``server_shares_cores``), ``driver_overhead_cpu`` more (the
+  scheduler and the nannies of a LocalCluster live in the driver's process) plus the server's CPU
+  per GET (``server_cpu_per_get``) and per CAVE ID.
+* Wall time [s] = start-up + driver planning (fixed + rows x per row, serial; timed in the
+  constants run) + the largest of these bounds: ``cpu`` (all the CPU above / the cores left for
+  it), ``worker`` (rounds of tasks over the worker threads x time per task), ``bandwidth`` (bytes /
+  bandwidth), ``cave`` (requests / the CAVE rate the cluster can get: the server's rate limit, or
+  concurrency / latency), ``scheduler`` (tasks x scheduler time per task, no-op tasks on the
+  miniature cluster). The largest is the bottleneck; when it is ``worker``, the part of a task's
+  time that is largest names it (``cpu``, ``storage latency``, ``cave latency``); ``driver`` when
+  the serial planning is longer than all of them.
 
 ``recommend`` searches partition sizes and reads in flight for the smallest predicted wall time
 that fits worker memory, and sets the CAVE concurrency per process so the cluster stays within
@@ -52,8 +65,34 @@ class Geometry:
     resolution: tuple[float, float, float] = (16.0, 16.0, 42.0)
 
     @property
+    def grid(self) -> tuple[int, int, int]:
+        """Storage chunks along x, y, z."""
+        return tuple(-(-s // c) for s, c in zip(self.size, self.chunk))
+
+    @property
     def n_chunks(self) -> int:
-        return math.prod(-(-s // c) for s, c in zip(self.size, self.chunk))
+        return math.prod(self.grid)
+
+    def halo(self, span: float) -> float:
+        """Chunks next to a task's chunks (26-neighbourhood) but not its own, for a task whose chunks
+        are a run of ``span`` consecutive chunks in the job's locality order (``_chunking.chunk_keys``:
+        x-major, z fastest; grid gx x gy x gz). A run shorter than a z column is a box of 1 x 1 x S
+        (halo 9 (S + 2) - S); a longer one covers S / gz columns of an x slab (gy x gz chunks): two
+        more columns in its own slab and its footprint widened by a column each way in the slabs on
+        either side (one side only for the 2 of gx slabs at the volume's faces); from one slab on,
+        those two neighbour slabs whole:
+
+            halo(S) = 2 gz + 2 (1 - 1/gx) min(S + 2 gz, gy gz)   (S >= gz)
+
+        (checked against the exact count on the demo's tables in ``benchmarks/SCALE.md``)."""
+        gx, gy, gz = self.grid
+        if span <= 0:
+            return 0.0
+        if span < gz:
+            h = 9.0 * (span + 2.0) - span
+        else:
+            h = 2.0 * gz + 2.0 * (1.0 - 1.0 / gx) * min(span + 2.0 * gz, gy * gz)
+        return min(h, max(0.0, self.n_chunks - span))  # a run over (nearly) everything has no halo
 
 
 #: CRANT's segmentation at mip 0 (about 5.6 M storage chunks) and the embedded demo world
@@ -96,12 +135,16 @@ class Constants:
     plan_per_row: float       # driver: validate, locality order, fingerprint, write the input store (s wall)
     cave_cpu_per_request: float  # client CPU of one CAVE request
     sched_per_task: float     # scheduler + worker overhead per task, s of wall (serial in the scheduler)
-    gets_per_chunk: float     # GETs per (task, touched chunk) pair
+    gets_per_chunk: float     # GETs per (task, own chunk) pair: one per fetch round
     fetch_rounds: float       # rounds of concurrent chunk reads per task
     bytes_per_get: float      # bytes on the wire per GET
     svs_per_row: float        # unique non-zero supervoxels per row of a task (roots request IDs)
     targets_per_row: float    # distinct snap targets per row of a task (leaves request IDs)
     svs_per_target: float     # supervoxels (leaves) per target
+    gets_per_halo: float = 0.0  # GETs per halo chunk of a task (``Geometry.halo``)
+    worker_overhead_cpu: float = 0.0  # cores each worker process (and its nanny, if a process of its own) keeps
+                                      # busy with Dask's own work (heartbeats, event loop, profiler), tasks or not
+    driver_overhead_cpu: float = 0.0  # cores the driver's process (scheduler, a LocalCluster's nannies) keeps busy
     batch: int = 10_000       # IDs per CAVE request
     plan_fixed: float = 0.0   # driver: fixed part of planning (open the source, create the store), s
     startup: float = 0.0      # cluster start and first-task set-up, s
@@ -125,7 +168,7 @@ class Cluster:
     cave_latency: float = 0.02   # s per CAVE request (plus cave_s_per_id per ID)
     cave_concurrency: int = 4    # per worker process (crantseg.cave.max-concurrency)
     cave_rate: float = float("inf")  # requests/s the CAVE server allows this job
-    server_shares_cores: bool = False  # the storage/CAVE server runs on the workers' cores
+    server_shares_cores: bool = False  # the storage/CAVE server, driver and scheduler run on the workers' cores
 
     @property
     def slots(self) -> int:
@@ -163,7 +206,10 @@ def predict(rows: int, partition: int, clustering: Clustering, geometry: Geometr
     tasks = max(1, math.ceil(rows / partition))
     per_task = rows / tasks
     touched = clustering.touched(rows, geometry.n_chunks)
-    gets = const.gets_per_chunk * (touched + tasks)
+    own = touched / tasks + 1.0  # chunks per task: its share of the touched ones and the one split with the next
+    span = own * geometry.n_chunks / max(touched, 1.0)  # chunks between its first and last in the locality order
+    halo = tasks * geometry.halo(span)
+    gets = const.gets_per_chunk * (touched + tasks) + const.gets_per_halo * halo
     gets_task = gets / tasks
     roots_req = math.ceil(const.svs_per_row * per_task / const.batch)
     targets_task = tpr * per_task
@@ -181,10 +227,16 @@ def predict(rows: int, partition: int, clustering: Clustering, geometry: Geometr
     cpu = tasks * cpu_task
     if cluster.server_shares_cores:
         cpu += gets * const.server_cpu_per_get + tasks * ids_task * const.cave_s_per_id
+    # the cores left for that CPU: Dask's own work in every worker process (and the driver and scheduler
+    # when they are on the same cores) runs whether tasks do or not
+    usable = cluster.n_cores - cluster.workers * const.worker_overhead_cpu
+    if cluster.server_shares_cores:
+        usable -= const.driver_overhead_cpu
+    usable = max(usable, 0.05 * cluster.n_cores)
     cave_conc = cluster.workers * min(cluster.threads, cluster.cave_concurrency)
     cave_rate = min(cluster.cave_rate, cave_conc / (cluster.cave_latency + ids_task / cave_task * const.cave_s_per_id))
     bounds = {
-        "cpu": cpu / cluster.n_cores,
+        "cpu": cpu / usable,
         "worker": math.ceil(tasks / cluster.slots) * task_s,
         "bandwidth": gets * const.bytes_per_get / cluster.bandwidth,
         "cave": tasks * cave_task / cave_rate,

@@ -120,3 +120,66 @@ def test_recommend_keeps_workers_within_memory():
     assert p.worker_mib <= 700.0
     # one concurrent CAVE request allowed for 2 workers: still at least 1 per worker
     assert settings["cave_concurrency"] == 1
+
+
+def _exact_halo(grid, start: int, span: int) -> int:
+    """Brute force: chunks in the 26-neighbourhood of the run [start, start + span) of linear chunk
+    keys (x-major, z fastest, as ``_chunking.chunk_keys``), inside the grid, not in the run."""
+    import numpy as np
+
+    gx, gy, gz = grid
+    lin = np.arange(start, start + span)
+    c = np.stack([lin // (gy * gz), (lin // gz) % gy, lin % gz], axis=1)
+    d = np.stack(np.meshgrid(*[[-1, 0, 1]] * 3, indexing="ij"), -1).reshape(-1, 3)
+    near = (c[:, None, :] + d[None]).reshape(-1, 3)
+    near = near[np.all((near >= 0) & (near < np.array(grid)), axis=1)]
+    return len(np.unique((near[:, 0] * gy + near[:, 1]) * gz + near[:, 2])) - span
+
+
+@pytest.mark.parametrize("span", [8, 40, 90, 336, 700])
+def test_halo_matches_a_brute_force_count(span):
+    # the demo's grid (16 x 16 x 8 chunks); the model's halo against the exact count averaged over
+    # every position of the run in the volume (a column, within a slab, over slabs)
+    g = sm.Geometry((2048, 2048, 256))
+    assert g.grid == (16, 16, 8)
+    exact = [_exact_halo(g.grid, s, span) for s in range(0, g.n_chunks - span + 1, 7)]
+    assert g.halo(span) == pytest.approx(sum(exact) / len(exact), rel=0.15)
+
+
+def test_halo_by_hand():
+    # grid 4 x 4 x 4: a run of 2 (shorter than a z column of 4) is a 1 x 1 x 2 box: 3 x 3 x 4 - 2 = 34;
+    # a run of 8: 2 gz + 2 (1 - 1/gx) min(8 + 2 gz, gy gz) = 8 + 2 x 0.75 x 16 = 32; a run of 60 of
+    # the 64 chunks: at most the 4 others
+    g = sm.Geometry((8, 8, 8), (2, 2, 2))
+    assert g.halo(2) == pytest.approx(34.0)
+    assert g.halo(8) == pytest.approx(32.0)
+    assert g.halo(60) == pytest.approx(4.0)
+    assert g.halo(0) == 0.0
+
+
+def test_halo_gets_by_hand():
+    # the hand case with 0.75 GETs per halo chunk: a task owns 3 / 2 + 1 = 2.5 chunks, a run of
+    # 2.5 x 8 / 3 = 6.667 chunks of the 8 (grid 2 x 2 x 2); 2 gz + 2 (1 - 1/2) min(6.667 + 4, 4) = 8,
+    # but at most the 8 - 6.667 = 1.333 chunks outside the run; 2 tasks x 1.333 x 0.75 = 2 more GETs
+    c = sm.Constants(**{**CONSTANTS.__dict__, "gets_per_halo": 0.75})
+    p = sm.predict(12, 6, CLUSTERING, GEOMETRY, c, CLUSTER)
+    assert p.gets == pytest.approx(12.0)
+    assert p.bytes == pytest.approx(12_000.0)
+
+
+def test_cluster_overhead_takes_cores_from_the_tasks():
+    # the hand case with Dask's own work: 0.1 core per worker process, 0.3 core for the driver and
+    # scheduler; with the server (and driver) on the 1 core: 1 - 2 x 0.1 - 0.3 = 0.5 core left for the
+    # 3.82 s of CPU -> 7.64 s, longer than the 5 s of bandwidth: wall 4 + 7.64
+    c = sm.Constants(**{**CONSTANTS.__dict__, "worker_overhead_cpu": 0.1, "driver_overhead_cpu": 0.3})
+    p = sm.predict(12, 6, CLUSTERING, GEOMETRY, c, CLUSTER)
+    assert p.bounds["cpu"] == pytest.approx(7.64)
+    assert p.bottleneck == "cpu"
+    assert p.wall == pytest.approx(11.64)
+    # server, driver and scheduler elsewhere: only the tasks' 3.3 s on 1 - 0.2 = 0.8 core -> 4.125 s;
+    # the bandwidth's 5 s bound the job again
+    apart = sm.Cluster(**{**CLUSTER.__dict__, "server_shares_cores": False})
+    p = sm.predict(12, 6, CLUSTERING, GEOMETRY, c, apart)
+    assert p.bounds["cpu"] == pytest.approx(4.125)
+    assert p.bottleneck == "bandwidth"
+    assert p.wall == pytest.approx(9.0)
