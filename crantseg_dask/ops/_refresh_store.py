@@ -39,6 +39,7 @@ from ..errors import InvalidInputError
 __all__ = ["RECORD_KEY", "TIMESTAMP_COLUMN", "RefreshTable", "changed_chunks", "open_table", "swap"]
 
 TIMESTAMP_COLUMN = "roots_valid_at"
+PARQUET_COMPRESSION = "snappy"  # fast; ID columns compress little anyway
 RECORD_KEY = "crantseg.refresh"  # parquet schema metadata key; the Zarr attribute is crantseg["refresh"]
 
 
@@ -60,12 +61,13 @@ class RefreshTable:
     history: list = field(default_factory=list)
 
     def ids(self, name: str) -> np.ndarray:
-        """Column ``name`` as validated uint64 IDs (a uint64 column as stored, not copied)."""
+        """Column ``name`` as validated uint64 IDs (a 64-bit integer column as stored, not copied)."""
         if name not in self.columns:
             raise InvalidInputError(f"{self.path}: no column {name!r}; columns: {sorted(self.names)}")
         values = self.columns[name]
-        if isinstance(values, np.ndarray) and values.dtype == np.uint64 and values.ndim == 1:
-            return values
+        if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype in (np.uint64, np.int64):
+            if values.dtype == np.uint64 or not (values < 0).any():  # the same bits: a view, no copy
+                return values.view(np.uint64)
         return as_ids(values, name=f"{self.path.name}[{name!r}]", nan="zero")
 
     @property
@@ -107,14 +109,20 @@ class RefreshTable:
             n = t.num_rows
             for name, values in {**new, **previous}.items():
                 typ = t.schema.field(name).type if name in t.column_names else pa.uint64()
-                col = pa.array(values.astype(np.int64 if pa.types.is_signed_integer(typ) else np.uint64))
+                want = np.int64 if pa.types.is_signed_integer(typ) else np.uint64
+                values = np.asarray(values)  # the same bits: a view where the widths match (no copy)
+                col = pa.array(values.view(want) if values.dtype.itemsize == 8 and values.dtype.kind in "iu"
+                               else values.astype(want))
                 t = (t.set_column(t.column_names.index(name), name, col) if name in t.column_names
                      else t.append_column(name, col))
             stamp = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int8)), pa.array([timestamp]))
             t = (t.set_column(t.column_names.index(TIMESTAMP_COLUMN), TIMESTAMP_COLUMN, stamp)
                  if TIMESTAMP_COLUMN in t.column_names else t.append_column(TIMESTAMP_COLUMN, stamp))
             meta = {**(t.schema.metadata or {}), RECORD_KEY.encode(): json.dumps(history).encode()}
-            pq.write_table(t.replace_schema_metadata(meta), tmp)
+            # dictionary pages only for the columns of few values (time, previous roots: mostly 0);
+            # ID columns of many values gain little from them and cost a hash per value
+            few = [TIMESTAMP_COLUMN, *previous]
+            pq.write_table(t.replace_schema_metadata(meta), tmp, use_dictionary=few, compression=PARQUET_COMPRESSION)
             stats = {"files_written": 1, "bytes_written": tmp.stat().st_size}
         else:
             df = self.frame.copy()
