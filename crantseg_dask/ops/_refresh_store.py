@@ -39,6 +39,9 @@ from ..errors import InvalidInputError
 __all__ = ["RECORD_KEY", "TIMESTAMP_COLUMN", "RefreshTable", "changed_chunks", "open_table", "swap"]
 
 TIMESTAMP_COLUMN = "roots_valid_at"
+#: zstd level of the Zarr chunks a refresh writes: level 1 encodes ID columns about 2.5x faster
+#: than a job's level 0 (zstd's default, 3) and, on root IDs, about as small or smaller
+ZSTD_LEVEL = 1
 PARQUET_COMPRESSION = "snappy"  # fast; ID columns compress little anyway
 RECORD_KEY = "crantseg.refresh"  # parquet schema metadata key; the Zarr attribute is crantseg["refresh"]
 
@@ -141,10 +144,13 @@ class RefreshTable:
         only the chunks whose values change written anew (a new file replacing the link, never
         written through it); a column the group lacks is created whole."""
         import zarr
+        from zarr.codecs import Crc32cCodec, ZstdCodec
 
         from ..persist import CODECS, WRITE_ALL
 
         stage_tree(self.path, tmp)
+        for name in arrays:
+            fast_zstd(tmp / name / "zarr.json")
         g = zarr.open_group(str(tmp), mode="r+")
         n = int(self.attrs["n_rows"])
         size = g[next(iter(arrays))].chunks[0]
@@ -156,13 +162,28 @@ class RefreshTable:
                     dirty = changed_chunks(np.asarray(self.columns[name]), values, arr.chunks[0])
                 else:
                     arr = g.create_array(name, shape=(n,), chunks=(size,), dtype=np.uint64, fill_value=0,
-                                         dimension_names=("row",), **CODECS)
+                                         dimension_names=("row",),
+                                         **{**CODECS, "compressors": (ZstdCodec(level=ZSTD_LEVEL), Crc32cCodec())})
                     values = np.asarray(values, dtype=np.uint64)
                     dirty = np.arange(-(-n // size))
                 for lo, hi in _runs(dirty):
                     write_chunks(tmp / name, arr, values, lo, hi)
         g.attrs["crantseg"] = {**self.attrs, "timestamp": timestamp, "refresh": history}
         return _new_files(tmp)
+
+
+def fast_zstd(meta: Path) -> None:
+    """Set the zstd level in a staged array's ``zarr.json`` (a copy, not a link) to ``ZSTD_LEVEL``
+    for the chunks this refresh writes. A zstd frame decodes the same whatever level wrote it, so
+    the chunks kept from the old group read as before."""
+    if not meta.is_file():
+        return
+    doc = json.loads(meta.read_text())
+    codecs = [c for c in doc.get("codecs", []) if isinstance(c, dict) and c.get("name") == "zstd"]
+    if codecs and all(c.get("configuration", {}).get("level") != ZSTD_LEVEL for c in codecs):
+        for c in codecs:
+            c.setdefault("configuration", {})["level"] = ZSTD_LEVEL
+        meta.write_text(json.dumps(doc, indent=2))
 
 
 def stage_tree(src: Path, dst: Path) -> None:

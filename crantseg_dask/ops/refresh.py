@@ -293,8 +293,7 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
     """
     t_start = time.perf_counter()
     tab = open_table(table)
-    job_dataset = tab.kind == "zarr" and dataset is None
-    if job_dataset:
+    if tab.kind == "zarr" and dataset is None:
         ident = tab.attrs.get("dataset_identity") or {}
         if ident.get("kind") == "cave" and ident.get("server"):
             dataset = cave_dataset(ident["server"], ident["datastack"], name=ident.get("name") or "cave")
@@ -326,7 +325,7 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         report.seconds = time.perf_counter() - t_start
         return report
     svs = {c: ((lambda rows, s=s: tab.ids_at(s, rows)) if s else None) for c, s in sv_cols.items()}
-    trusted = known_valid(tab, roots, spec.name, job_dataset, _time(t0))
+    trusted = known_valid(tab, roots, spec.name, _job_dataset(tab, spec, source), _time(t0))
     new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress,
                               check=[c for c in cols if c not in trusted])
     report.expired_roots = len(info["expired"])
@@ -374,6 +373,18 @@ def roots_checksum(values: np.ndarray) -> list[int]:
     fails to match, so its roots are checked again; reordering rows (harmless) matches."""
     v = np.ascontiguousarray(values).view(np.uint64)
     return [len(v), int(np.add.reduce(v, dtype=np.uint64)), int(np.bitwise_xor.reduce(v)) if len(v) else 0]
+
+
+def _job_dataset(tab, spec, source) -> bool:
+    """Whether ``spec`` is the dataset the job at ``tab`` ran on (its ``dataset_identity``: a
+    local ``crantseg serve`` is known by the data it serves, not by its port)."""
+    ident = tab.attrs.get("dataset_identity") or {}
+    if not ident or any(ident.get(k) != getattr(spec, k, None) for k in ("kind", "name", "path", "datastack")):
+        return False
+    if ident.get("server") == "local crantseg serve":
+        data = (getattr(source, "segmentation_info", None) or {}).get("crantseg_dataset")
+        return data is not None and data == ident.get("data")
+    return ident.get("server") == spec.server
 
 
 def known_valid(tab, roots: dict[str, np.ndarray], dataset: str, job_dataset: bool, t0: str) -> set[str]:
