@@ -297,7 +297,6 @@ def open_table(table, timestamp_column: str = TIMESTAMP_COLUMN) -> RefreshTable:
         return _open_zarr(path)
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         names = pq.read_schema(path).names
@@ -305,7 +304,7 @@ def open_table(table, timestamp_column: str = TIMESTAMP_COLUMN) -> RefreshTable:
         history = json.loads((t.schema.metadata or {}).get(RECORD_KEY.encode(), b"[]"))
         tab = RefreshTable(path, "parquet", None, _LazyColumns({c: t.column(c) for c in names}), arrow=t,
                            history=history)
-        stamps = pc.unique(t.column(timestamp_column)).to_pylist() if timestamp_column in names else []
+        stamps = _distinct(t.column(timestamp_column)) if timestamp_column in names else []
     elif suffix == ".csv":
         frame = pd.read_csv(path)
         tab = RefreshTable(path, "csv", None, {c: frame[c].to_numpy() for c in frame.columns}, frame=frame)
@@ -318,6 +317,24 @@ def open_table(table, timestamp_column: str = TIMESTAMP_COLUMN) -> RefreshTable:
                                 f"({', '.join(stamps[:3])} ...); refresh needs one time for the whole table")
     tab.timestamp = stamps[0] if stamps else None
     return tab
+
+
+def _distinct(column) -> list:
+    """The distinct values of an arrow column; a dictionary-encoded one (as read) from each
+    chunk's dictionary when it holds one value, without a pass over the rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out = set()
+    for chunk in column.chunks:
+        if pa.types.is_dictionary(chunk.type) and len(chunk.dictionary) == 1:
+            if chunk.null_count < len(chunk):
+                out.add(chunk.dictionary[0].as_py())
+            if chunk.null_count:
+                out.add(None)
+        else:
+            out.update(pc.unique(chunk).to_pylist())
+    return list(out)
 
 
 def _open_zarr(path: Path) -> RefreshTable:

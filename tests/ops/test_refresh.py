@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import numpy as np
@@ -492,3 +493,21 @@ def test_roots_edited_after_a_refresh_are_checked_again(tmp_path, truth, local_s
     pq.write_table(t.set_column(t.column_names.index("pre_root_id"), "pre_root_id", pa.array(pre)), path)
     rep, was_checked = refresh_to(3)
     assert was_checked and rep.stale_roots == 1 and rep.rows_touched["pre_root_id"] >= 1
+
+
+def test_a_parquet_table_with_two_times_is_refused(tmp_path, truth, local_spec):
+    """The table's time is read per row group (each one's dictionary); row groups recording
+    different times (one time each) are refused, naming both; empty cells do not count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t1, t2 = truth.materialization(1).isoformat(), truth.materialization(2).isoformat()
+    table = _synapses(truth, 40, truth.materialization(1))
+    path = tmp_path / "t.parquet"
+    stamps = pa.array([t1] * 20 + [t2] * 20).dictionary_encode()
+    pq.write_table(pa.Table.from_pandas(table).append_column("roots_valid_at", stamps), path, row_group_size=20)
+    with pytest.raises(InvalidInputError, match=f"2 different times.*{re.escape(t1)}"):
+        refresh(path, "mat_3", dataset=local_spec)
+    stamps = pa.array([t1] * 20 + [None] * 20).dictionary_encode()
+    pq.write_table(pa.Table.from_pandas(table).append_column("roots_valid_at", stamps), path, row_group_size=20)
+    assert refresh(path, "mat_1", dataset=local_spec).status == "unchanged"
