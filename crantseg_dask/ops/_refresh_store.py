@@ -106,7 +106,6 @@ class RefreshTable:
             stats = self._write_zarr(tmp, {**new, **previous}, timestamp, history)
         elif self.kind == "parquet":  # column by column in arrow: no pandas round trip
             import pyarrow as pa
-            import pyarrow.parquet as pq
 
             t = self.arrow
             n = t.num_rows
@@ -122,10 +121,7 @@ class RefreshTable:
             t = (t.set_column(t.column_names.index(TIMESTAMP_COLUMN), TIMESTAMP_COLUMN, stamp)
                  if TIMESTAMP_COLUMN in t.column_names else t.append_column(TIMESTAMP_COLUMN, stamp))
             meta = {**(t.schema.metadata or {}), RECORD_KEY.encode(): json.dumps(history).encode()}
-            # dictionary pages only for the columns of few values (time, previous roots: mostly 0);
-            # ID columns of many values gain little from them and cost a hash per value
-            few = [TIMESTAMP_COLUMN, *previous]
-            pq.write_table(t.replace_schema_metadata(meta), tmp, use_dictionary=few, compression=PARQUET_COMPRESSION)
+            write_parquet(t.replace_schema_metadata(meta), tmp, few=[TIMESTAMP_COLUMN, *previous])
             stats = {"files_written": 1, "bytes_written": tmp.stat().st_size}
         else:
             df = self.frame.copy()
@@ -170,6 +166,16 @@ class RefreshTable:
                     write_chunks(tmp / name, arr, values, lo, hi)
         g.attrs["crantseg"] = {**self.attrs, "timestamp": timestamp, "refresh": history}
         return _new_files(tmp)
+
+
+def write_parquet(table, path: Path, few: list[str]) -> None:
+    """Write an arrow table as refresh does: dictionary pages only for the columns ``few``
+    (the time, previous roots: mostly 0); ID columns of many values gain little from them and
+    cost a hash per value."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path, use_dictionary=[c for c in few if c in table.column_names],
+                   compression=PARQUET_COMPRESSION)
 
 
 def fast_zstd(meta: Path) -> None:
