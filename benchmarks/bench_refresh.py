@@ -68,7 +68,7 @@ def _parquet_floor(path: Path, out: Path) -> float:
 
     t = time.perf_counter()
     table = pq.read_table(path, read_dictionary=[TIMESTAMP_COLUMN])
-    write_parquet(table, out, few=[TIMESTAMP_COLUMN, "root_id_previous"])
+    write_parquet(table, out)
     seconds = time.perf_counter() - t
     out.unlink()
     return seconds
