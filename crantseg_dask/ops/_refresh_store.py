@@ -39,6 +39,10 @@ from ..errors import InvalidInputError
 __all__ = ["RECORD_KEY", "TIMESTAMP_COLUMN", "RefreshTable", "changed_chunks", "open_table", "swap"]
 
 TIMESTAMP_COLUMN = "roots_valid_at"
+#: zstd level of the Zarr chunks a refresh writes: level 1 encodes ID columns about 2.5x faster
+#: than a job's level 0 (zstd's default, 3) and, on root IDs, about as small or smaller
+ZSTD_LEVEL = 1
+PARQUET_COMPRESSION = "snappy"  # fast; ID columns compress little anyway
 RECORD_KEY = "crantseg.refresh"  # parquet schema metadata key; the Zarr attribute is crantseg["refresh"]
 
 
@@ -60,12 +64,13 @@ class RefreshTable:
     history: list = field(default_factory=list)
 
     def ids(self, name: str) -> np.ndarray:
-        """Column ``name`` as validated uint64 IDs (a uint64 column as stored, not copied)."""
+        """Column ``name`` as validated uint64 IDs (a 64-bit integer column as stored, not copied)."""
         if name not in self.columns:
             raise InvalidInputError(f"{self.path}: no column {name!r}; columns: {sorted(self.names)}")
         values = self.columns[name]
-        if isinstance(values, np.ndarray) and values.dtype == np.uint64 and values.ndim == 1:
-            return values
+        if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype in (np.uint64, np.int64):
+            if values.dtype == np.uint64 or not (values < 0).any():  # the same bits: a view, no copy
+                return values.view(np.uint64)
         return as_ids(values, name=f"{self.path.name}[{name!r}]", nan="zero")
 
     @property
@@ -101,20 +106,22 @@ class RefreshTable:
             stats = self._write_zarr(tmp, {**new, **previous}, timestamp, history)
         elif self.kind == "parquet":  # column by column in arrow: no pandas round trip
             import pyarrow as pa
-            import pyarrow.parquet as pq
 
             t = self.arrow
             n = t.num_rows
             for name, values in {**new, **previous}.items():
                 typ = t.schema.field(name).type if name in t.column_names else pa.uint64()
-                col = pa.array(values.astype(np.int64 if pa.types.is_signed_integer(typ) else np.uint64))
+                want = np.int64 if pa.types.is_signed_integer(typ) else np.uint64
+                values = np.asarray(values)  # the same bits: a view where the widths match (no copy)
+                col = pa.array(values.view(want) if values.dtype.itemsize == 8 and values.dtype.kind in "iu"
+                               else values.astype(want))
                 t = (t.set_column(t.column_names.index(name), name, col) if name in t.column_names
                      else t.append_column(name, col))
             stamp = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int8)), pa.array([timestamp]))
             t = (t.set_column(t.column_names.index(TIMESTAMP_COLUMN), TIMESTAMP_COLUMN, stamp)
                  if TIMESTAMP_COLUMN in t.column_names else t.append_column(TIMESTAMP_COLUMN, stamp))
             meta = {**(t.schema.metadata or {}), RECORD_KEY.encode(): json.dumps(history).encode()}
-            pq.write_table(t.replace_schema_metadata(meta), tmp)
+            write_parquet(t.replace_schema_metadata(meta), tmp)
             stats = {"files_written": 1, "bytes_written": tmp.stat().st_size}
         else:
             df = self.frame.copy()
@@ -133,10 +140,13 @@ class RefreshTable:
         only the chunks whose values change written anew (a new file replacing the link, never
         written through it); a column the group lacks is created whole."""
         import zarr
+        from zarr.codecs import Crc32cCodec, ZstdCodec
 
         from ..persist import CODECS, WRITE_ALL
 
         stage_tree(self.path, tmp)
+        for name in arrays:
+            fast_zstd(tmp / name / "zarr.json")
         g = zarr.open_group(str(tmp), mode="r+")
         n = int(self.attrs["n_rows"])
         size = g[next(iter(arrays))].chunks[0]
@@ -148,13 +158,40 @@ class RefreshTable:
                     dirty = changed_chunks(np.asarray(self.columns[name]), values, arr.chunks[0])
                 else:
                     arr = g.create_array(name, shape=(n,), chunks=(size,), dtype=np.uint64, fill_value=0,
-                                         dimension_names=("row",), **CODECS)
+                                         dimension_names=("row",),
+                                         **{**CODECS, "compressors": (ZstdCodec(level=ZSTD_LEVEL), Crc32cCodec())})
                     values = np.asarray(values, dtype=np.uint64)
                     dirty = np.arange(-(-n // size))
                 for lo, hi in _runs(dirty):
                     write_chunks(tmp / name, arr, values, lo, hi)
         g.attrs["crantseg"] = {**self.attrs, "timestamp": timestamp, "refresh": history}
         return _new_files(tmp)
+
+
+def write_parquet(table, path: Path) -> None:
+    """Write an arrow table as refresh does: dictionary pages for every column but the
+    supervoxel columns (names ending in ``supervoxel_id``). A table holds far fewer roots than
+    rows, so root columns (and the time, and previous roots, mostly 0) shrink to small indices
+    (about half the bytes of plain 64-bit values, as fast to write); supervoxels are nearly one
+    per row, where a dictionary only costs a hash per value before falling back to plain."""
+    import pyarrow.parquet as pq
+
+    dictionary = [c for c in table.column_names if not c.endswith("supervoxel_id")]
+    pq.write_table(table, path, use_dictionary=dictionary, compression=PARQUET_COMPRESSION)
+
+
+def fast_zstd(meta: Path) -> None:
+    """Set the zstd level in a staged array's ``zarr.json`` (a copy, not a link) to ``ZSTD_LEVEL``
+    for the chunks this refresh writes. A zstd frame decodes the same whatever level wrote it, so
+    the chunks kept from the old group read as before."""
+    if not meta.is_file():
+        return
+    doc = json.loads(meta.read_text())
+    codecs = [c for c in doc.get("codecs", []) if isinstance(c, dict) and c.get("name") == "zstd"]
+    if codecs and all(c.get("configuration", {}).get("level") != ZSTD_LEVEL for c in codecs):
+        for c in codecs:
+            c.setdefault("configuration", {})["level"] = ZSTD_LEVEL
+        meta.write_text(json.dumps(doc, indent=2))
 
 
 def stage_tree(src: Path, dst: Path) -> None:
@@ -268,7 +305,6 @@ def open_table(table, timestamp_column: str = TIMESTAMP_COLUMN) -> RefreshTable:
         return _open_zarr(path)
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         names = pq.read_schema(path).names
@@ -276,7 +312,7 @@ def open_table(table, timestamp_column: str = TIMESTAMP_COLUMN) -> RefreshTable:
         history = json.loads((t.schema.metadata or {}).get(RECORD_KEY.encode(), b"[]"))
         tab = RefreshTable(path, "parquet", None, _LazyColumns({c: t.column(c) for c in names}), arrow=t,
                            history=history)
-        stamps = pc.unique(t.column(timestamp_column)).to_pylist() if timestamp_column in names else []
+        stamps = _distinct(t.column(timestamp_column)) if timestamp_column in names else []
     elif suffix == ".csv":
         frame = pd.read_csv(path)
         tab = RefreshTable(path, "csv", None, {c: frame[c].to_numpy() for c in frame.columns}, frame=frame)
@@ -289,6 +325,24 @@ def open_table(table, timestamp_column: str = TIMESTAMP_COLUMN) -> RefreshTable:
                                 f"({', '.join(stamps[:3])} ...); refresh needs one time for the whole table")
     tab.timestamp = stamps[0] if stamps else None
     return tab
+
+
+def _distinct(column) -> list:
+    """The distinct values of an arrow column; a dictionary-encoded one (as read) from each
+    chunk's dictionary when it holds one value, without a pass over the rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out = set()
+    for chunk in column.chunks:
+        if pa.types.is_dictionary(chunk.type) and len(chunk.dictionary) == 1:
+            if chunk.null_count < len(chunk):
+                out.add(chunk.dictionary[0].as_py())
+            if chunk.null_count:
+                out.add(None)
+        else:
+            out.update(pc.unique(chunk).to_pylist())
+    return list(out)
 
 
 def _open_zarr(path: Path) -> RefreshTable:

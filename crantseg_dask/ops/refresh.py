@@ -70,61 +70,73 @@ def _time(ts: datetime) -> str:
 
 
 def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec, t0: datetime, t1: datetime,
-                  stop_layer: int = 2, progress: bool = False) -> tuple[dict, dict]:
+                  stop_layer: int = 2, progress: bool = False, check=None) -> tuple[dict, dict]:
     """Roots of each column at ``t1`` given the roots at ``t0`` (uint64 arrays, 0 = empty).
 
     ``supervoxels[col]``: None, the column's supervoxels (an array), or a function of row
     indices giving the supervoxels of those rows only (read for the touched rows alone).
+    ``check``: the columns whose roots are checked to be alive at ``t0`` (default: every one);
+    a column known to hold only roots alive at ``t0`` (a job computed them then, or the last
+    refresh left them so) skips the check, and with it the pass for its unique roots.
     Returns ``(new, info)``: ``new[col]`` the refreshed column; ``info`` holds ``touched`` /
-    ``changed`` (row indices per column), ``expired``, ``stale``, ``unknown`` (unique roots).
-    Requests: one ``delta_roots`` (sent while the columns are factorized), ``is_latest`` over
-    the unique roots not in it (batches in parallel), and ``update_ids`` over the touched rows
-    only."""
+    ``changed`` (row indices per column), ``expired`` (the table's roots the window expired),
+    ``stale``, ``unknown`` (unique roots) and ``outdated_left`` (touched rows still on an
+    outdated root: no successor found).
+    Requests: one ``delta_roots`` (sent while the checked columns are factorized),
+    ``is_latest`` over their unique roots not in it (batches in parallel), then for the rows
+    holding an expired root their supervoxels' roots at ``t1`` (batches in parallel) or, without
+    a supervoxel, the overlap step; roots outdated already at ``t0`` go through ``update_ids``."""
     from .updates import update_ids
 
     layout = source.meta.layout
+    check = list(roots) if check is None else [c for c in roots if c in set(check)]
+    step = int(getattr(source, "batch_size", 0) or 10_000)
     with ThreadPoolExecutor(N_THREADS) as pool:
         delta = pool.submit(source.delta_roots, t0, t1)
-        # one hash pass per column for its unique roots; the rows come later, for the few touched
-        uniques = [np.asarray(pd.unique(r), dtype=np.uint64) for r in roots.values()]
-        allr = np.unique(np.concatenate(uniques or [np.zeros(0, np.uint64)]))
-        allr = allr[allr != 0]
-        in_old = np.isin(allr, delta.result()[0])
-        expired, rest = allr[in_old], allr[~in_old]
+        # one hash pass per checked column for its unique roots; the rows come later, for the few touched
+        uniques = [np.asarray(pd.unique(roots[c]), dtype=np.uint64) for c in check]
+        window = delta.result()[0]
         # the expired roots' rows and supervoxels are read while the other roots are checked
-        reads = {col: pool.submit(_rows_and_supervoxels, r, expired, supervoxels.get(col))
+        reads = {col: pool.submit(_rows_and_supervoxels, r, window, supervoxels.get(col))
                  for col, r in roots.items()}
-        bad = rest[layout.layer(rest) != layout.n_layers]  # not root IDs at all
-        rest = rest[layout.layer(rest) == layout.n_layers]
-        if rest.size:
-            step = int(getattr(source, "batch_size", 0) or 10_000)
-            batches = [rest[i: i + step] for i in range(0, len(rest), step)]
-            alive = np.concatenate(list(pool.map(lambda b: np.asarray(source.is_latest(b, t0), bool), batches)))
-            bad = np.union1d(bad, rest[~alive])
+        bad = np.zeros(0, np.uint64)
+        if uniques:
+            allr = np.unique(np.concatenate(uniques))
+            allr = allr[allr != 0]
+            rest = allr[~np.isin(allr, window)]
+            bad = rest[layout.layer(rest) != layout.n_layers]  # not root IDs at all
+            rest = rest[layout.layer(rest) == layout.n_layers]
+            if rest.size:
+                alive = np.concatenate(list(pool.map(lambda b: np.asarray(source.is_latest(b, t0), bool),
+                                                     _pieces(rest, step))))
+                bad = np.union1d(bad, rest[~alive])
         found = {col: f.result() for col, f in reads.items()}
-    stale = unknown = np.zeros(0, np.uint64)
-    if bad.size:  # not alive at t0: outdated already (update them too) or unknown to the dataset
-        got = update_ids(bad, timestamp=t1, stop_layer=stop_layer, dataset=spec, progress=progress)
-        lost = (got["confidence"].to_numpy() == 0) | (layout.layer(bad) != layout.n_layers)
-        lost[lost] = [not _known(source, r) for r in bad[lost].tolist()]  # a few, one by one
-        unknown, stale = bad[lost], bad[~lost]
-    rows_of, keys = {}, []
-    for col, r in roots.items():
-        rows, sv = found[col]
-        if stale.size:
-            more_rows, more_sv = _rows_and_supervoxels(r, stale, supervoxels.get(col))
-            order = np.argsort(np.concatenate([rows, more_rows]), kind="stable")
-            rows, sv = np.concatenate([rows, more_rows])[order], np.concatenate([sv, more_sv])[order]
-        rows_of[col] = rows
-        keys.append(np.stack([r[rows], sv], axis=1))
-    pairs = np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64)
-    uniq_pairs, inverse = _unique_pairs(pairs)  # (root, supervoxel) once each
-    mapped = uniq_pairs[:, 0].copy()
-    if len(uniq_pairs):
-        svs = uniq_pairs[:, 1]
-        got = update_ids(uniq_pairs[:, 0], supervoxels=svs if svs.any() else None, timestamp=t1,
-                         stop_layer=stop_layer, dataset=spec, progress=progress, use_annotations=False)
-        mapped = got["new_id"].to_numpy().astype(np.uint64)
+        stale = unknown = np.zeros(0, np.uint64)
+        if bad.size:  # not alive at t0: outdated already (update them too) or unknown to the dataset
+            got = update_ids(bad, timestamp=t1, stop_layer=stop_layer, dataset=spec, progress=progress)
+            lost = (got["confidence"].to_numpy() == 0) | (layout.layer(bad) != layout.n_layers)
+            lost[lost] = [not _known(source, r) for r in bad[lost].tolist()]  # a few, one by one
+            unknown, stale = bad[lost], bad[~lost]
+        rows_of, keys = {}, []
+        for col, r in roots.items():
+            rows, sv = found[col]
+            if stale.size:
+                more_rows, more_sv = _rows_and_supervoxels(r, stale, supervoxels.get(col))
+                order = np.argsort(np.concatenate([rows, more_rows]), kind="stable")
+                rows, sv = np.concatenate([rows, more_rows])[order], np.concatenate([sv, more_sv])[order]
+            rows_of[col] = rows
+            keys.append(np.stack([r[rows], sv], axis=1))
+        pairs = np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64)
+        uniq_pairs, inverse = _unique_pairs(pairs)  # (root, supervoxel) once each
+        mapped = uniq_pairs[:, 0].copy()
+        late = np.isin(uniq_pairs[:, 0], stale)
+        if (~late).any():  # expired in the window: outdated at t1 for certain
+            mapped[~late] = _successors(uniq_pairs[~late], source, spec, t1, stop_layer, pool, step)
+        if late.any():  # not alive at t0 (perhaps created after it): the whole update step
+            svs = uniq_pairs[late, 1]
+            got = update_ids(uniq_pairs[late, 0], supervoxels=svs if svs.any() else None, timestamp=t1,
+                             stop_layer=stop_layer, dataset=spec, progress=progress, use_annotations=False)
+            mapped[late] = got["new_id"].to_numpy().astype(np.uint64)
     mapped = mapped[inverse.ravel()]
     new, touched, changed, at = {}, {}, {}, 0
     for col, r in roots.items():
@@ -135,7 +147,38 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
         new[col] = out
         touched[col] = rows
         changed[col] = rows[out[rows] != r[rows]]
-    return new, {"touched": touched, "changed": changed, "expired": expired, "stale": stale, "unknown": unknown}
+    expired = np.unique(pairs[:, 0]) if len(pairs) else np.zeros(0, np.uint64)
+    expired = expired[np.isin(expired, window)]
+    outdated = np.concatenate([window, stale])  # rows left on one of these: no successor found
+    left = sum(int(np.isin(new[c][touched[c]], outdated).sum()) for c in roots)
+    return new, {"touched": touched, "changed": changed, "expired": expired, "stale": stale, "unknown": unknown,
+                 "outdated_left": left}
+
+
+def _pieces(ids: np.ndarray, step: int) -> list[np.ndarray]:
+    return [ids[i: i + step] for i in range(0, len(ids), max(int(step), 1))]
+
+
+def _successors(pairs: np.ndarray, source, spec, t1: datetime, stop_layer: int, pool, step: int) -> np.ndarray:
+    """Root at ``t1`` of each (root, supervoxel) pair whose root is outdated at ``t1``:
+    ``update_ids``' rule without its current-ness check (the window expired these roots): the
+    supervoxel's root at ``t1`` where there is a supervoxel and it has a root, else the root's
+    successor by overlap (``overlap_kernel``). Requests in batches, in parallel on ``pool``."""
+    from .updates import OVERLAP_BATCH, overlap_kernel
+
+    new = np.zeros(len(pairs), np.uint64)
+    sv = pairs[:, 1]
+    has = sv != 0
+    if has.any():
+        svu, at = np.unique(sv[has], return_inverse=True)
+        got = list(pool.map(lambda b: np.asarray(source.roots(b, t1), np.uint64), _pieces(svu, step)))
+        new[has] = np.concatenate(got)[at.ravel()]
+    rest = new == 0
+    if rest.any():
+        ru, at = np.unique(pairs[rest, 0], return_inverse=True)
+        got = list(pool.map(lambda b: overlap_kernel(b, spec, t1, stop_layer), _pieces(ru, OVERLAP_BATCH)))
+        new[rest] = np.concatenate(got)["new_id"][at.ravel()]
+    return new
 
 
 def _rows_and_supervoxels(roots: np.ndarray, ids: np.ndarray, supervoxels) -> tuple[np.ndarray, np.ndarray]:
@@ -282,7 +325,9 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         report.seconds = time.perf_counter() - t_start
         return report
     svs = {c: ((lambda rows, s=s: tab.ids_at(s, rows)) if s else None) for c, s in sv_cols.items()}
-    new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress)
+    trusted = known_valid(tab, roots, spec.name, _job_dataset(tab, spec, source), _time(t0))
+    new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress,
+                              check=[c for c in cols if c not in trusted])
     report.expired_roots = len(info["expired"])
     report.stale_roots = len(info["stale"])
     report.unknown_roots = len(info["unknown"])
@@ -307,11 +352,65 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         record = {k: v for k, v in report.as_dict().items()
                   if k not in ("table", "status", "seconds", "message", "files_written", "bytes_written")}
         record["dataset"] = spec.name
+        if not (report.unknown_roots or report.stale_roots or info["outdated_left"]):
+            # every root now alive at t1: the next refresh need not check them
+            record["valid_roots"] = {c: roots_checksum(new[c]) for c in cols}
         written = tab.write(new, previous, _time(t1), record)
         report.files_written, report.bytes_written = written["files_written"], written["bytes_written"]
         report.status = "refreshed"
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+# -- which columns are known valid --------------------------------------------------------------
+#: job operations whose output column holds, by construction, the roots at the job's timestamp
+ROOTS_AT_JOB_TIME = {"supervoxels-to-roots": "root_id", "locs-to-segments": "root_id", "snap": "root_id"}
+
+
+def roots_checksum(values: np.ndarray) -> list[int]:
+    """An order-free fingerprint of a root column: row count, sum and xor of its values (mod
+    2**64). A table edited after its last refresh (rows added, roots replaced) almost surely
+    fails to match, so its roots are checked again; reordering rows (harmless) matches."""
+    v = np.ascontiguousarray(values).view(np.uint64)
+    return [len(v), int(np.add.reduce(v, dtype=np.uint64)), int(np.bitwise_xor.reduce(v)) if len(v) else 0]
+
+
+def _job_dataset(tab, spec, source) -> bool:
+    """Whether ``spec`` is the dataset the job at ``tab`` ran on (its ``dataset_identity``: a
+    local ``crantseg serve`` is known by the data it serves, not by its port)."""
+    ident = tab.attrs.get("dataset_identity") or {}
+    if not ident or any(ident.get(k) != getattr(spec, k, None) for k in ("kind", "name", "path", "datastack")):
+        return False
+    if ident.get("server") == "local crantseg serve":
+        data = (getattr(source, "segmentation_info", None) or {}).get("crantseg_dataset")
+        return data is not None and data == ident.get("data")
+    return ident.get("server") == spec.server
+
+
+def known_valid(tab, roots: dict[str, np.ndarray], dataset: str, job_dataset: bool, t0: str) -> set[str]:
+    """The root columns known to hold only roots alive at the table's time (0 aside), whose
+    validity check ``refresh`` skips:
+
+    * a job's output column that the job computed at its timestamp (``ROOTS_AT_JOB_TIME``,
+      roots layer), of a job never refreshed and refreshed against its own dataset;
+    * a column the last refresh (to ``t0``, ISO) left with every root alive (no unknown or stale
+      roots, none left outdated) and recorded by ``roots_checksum``, when the column still
+      matches it and the dataset is the same.
+    """
+    out = set()
+    if not tab.history:
+        args = tab.attrs.get("arguments") or {}
+        col = ROOTS_AT_JOB_TIME.get(tab.operation)
+        if tab.kind == "zarr" and job_dataset and col in roots and args.get("stop_layer") is None:
+            out.add(col)
+        return out
+    last = tab.history[-1]
+    if last.get("dataset") != dataset or last.get("to_timestamp") != t0:
+        return out
+    for col, summary in (last.get("valid_roots") or {}).items():
+        if col in roots and roots_checksum(roots[col]) == list(summary):
+            out.add(col)
+    return out
 
 
 # -- command line -----------------------------------------------------------------------------

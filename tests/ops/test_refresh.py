@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import numpy as np
@@ -449,3 +450,64 @@ def test_unique_pairs_kernel():
     assert (uniq[inverse] == pairs).all()
     assert sorted(map(tuple, uniq.tolist())) == sorted(set(map(tuple, pairs.tolist())))
     assert _unique_pairs(pairs[:0])[0].shape == (0, 2)
+
+
+def test_roots_edited_after_a_refresh_are_checked_again(tmp_path, truth, local_spec, monkeypatch):
+    """A refresh records which columns it left with every root alive (by an order-free checksum);
+    the next refresh skips their validity check only while they still match: the unedited table
+    is not checked again (no ``is_latest`` at its time) and equals the truth's table; a root
+    superseded long before, written into the refreshed table afterwards (the refresh record
+    kept), is found and updated (the truth's root of the row's supervoxel)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from crantseg_dask.ops._refresh_store import RECORD_KEY
+
+    versions = _versions(truth)
+    times = [truth.materialization(v) for v in versions[:4]]
+    table = _synapses(truth, 300, times[0], seed=7)
+    path = tmp_path / "t.parquet"
+    table.assign(roots_valid_at=times[0].isoformat()).to_parquet(path)
+    source = open_source(local_spec)
+    checked = []
+    real = type(source).is_latest
+    monkeypatch.setattr(type(source), "is_latest", lambda self, r, ts: checked.append(ts) or real(self, r, ts))
+
+    def refresh_to(k):
+        checked.clear()
+        rep = refresh(path, f"mat_{versions[k]}", dataset=local_spec)
+        out = pd.read_parquet(path)
+        for side in ("pre", "post"):
+            want = truth.root_of(_u64(table[f"{side}_supervoxel_id"]), times[k])
+            assert (_u64(out[f"{side}_root_id"]) == want).all(), (k, side)
+        return rep, times[k - 1] in checked
+
+    rep, was_checked = refresh_to(1)
+    assert was_checked and json.loads(pq.read_schema(path).metadata[RECORD_KEY.encode()])[-1]["valid_roots"]
+    rep, was_checked = refresh_to(2)
+    assert not was_checked and rep.stale_roots == 0
+    old = next(r for r in truth.all_roots.tolist() if truth.superseded(r) and truth.superseded(r) < times[1])
+    t = pq.read_table(path)
+    pre = t.column("pre_root_id").to_numpy().copy()
+    pre[7] = old
+    pq.write_table(t.set_column(t.column_names.index("pre_root_id"), "pre_root_id", pa.array(pre)), path)
+    rep, was_checked = refresh_to(3)
+    assert was_checked and rep.stale_roots == 1 and rep.rows_touched["pre_root_id"] >= 1
+
+
+def test_a_parquet_table_with_two_times_is_refused(tmp_path, truth, local_spec):
+    """The table's time is read per row group (each one's dictionary); row groups recording
+    different times (one time each) are refused, naming both; empty cells do not count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t1, t2 = truth.materialization(1).isoformat(), truth.materialization(2).isoformat()
+    table = _synapses(truth, 40, truth.materialization(1))
+    path = tmp_path / "t.parquet"
+    stamps = pa.array([t1] * 20 + [t2] * 20).dictionary_encode()
+    pq.write_table(pa.Table.from_pandas(table).append_column("roots_valid_at", stamps), path, row_group_size=20)
+    with pytest.raises(InvalidInputError, match=f"2 different times.*{re.escape(t1)}"):
+        refresh(path, "mat_3", dataset=local_spec)
+    stamps = pa.array([t1] * 20 + [None] * 20).dictionary_encode()
+    pq.write_table(pa.Table.from_pandas(table).append_column("roots_valid_at", stamps), path, row_group_size=20)
+    assert refresh(path, "mat_1", dataset=local_spec).status == "unchanged"
