@@ -304,7 +304,7 @@ def open_store(base: str, *, policy=None, token: str | None = None, token_host: 
 def max_in_flight(value=None) -> int:
     """Reads in flight per worker process: ``value`` (a spec's pinned ``storage.max-in-flight``),
     else the setting ``crantseg.storage.max-in-flight`` of this process."""
-    return max(1, int(setting("storage.max-in-flight", 48) if value is None else value))
+    return max(1, int(setting("storage.max-in-flight", 96) if value is None else value))
 
 
 _pool: dict[tuple[int, int], ThreadPoolExecutor] | None = None
