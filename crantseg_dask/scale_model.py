@@ -164,7 +164,7 @@ class Cluster:
     cores: float | None = None   # cores the workers (and a local server) share; None: workers x threads
     bandwidth: float = float("inf")  # bytes/s into the cluster from storage
     get_latency: float = 0.05    # s per chunk GET
-    reads_in_flight: int = 48    # per worker process (crantseg.storage.max-in-flight)
+    reads_in_flight: int = 96    # per worker process (crantseg.storage.max-in-flight)
     cave_latency: float = 0.02   # s per CAVE request (plus cave_s_per_id per ID)
     cave_concurrency: int = 4    # per worker process (crantseg.cave.max-concurrency)
     cave_rate: float = float("inf")  # requests/s the CAVE server allows this job

@@ -39,7 +39,7 @@ from ..config import setting
 from ..errors import AuthError, SourceError
 
 __all__ = ["RetryPolicy", "TRANSIENT_STATUS", "session", "mount", "is_transient", "error_for", "request",
-           "request_slot"]
+           "request_slot", "status_error", "body_text"]
 
 log = logging.getLogger("crantseg.http")
 
@@ -173,7 +173,11 @@ def is_transient(e: BaseException) -> bool:
 
 def truncated_body(r: requests.Response, limit: int = _BODY_CHARS) -> str:
     """The JSON ``message`` of an error body, else its first ``limit`` characters."""
-    content = r.content or b""
+    return body_text(r.content or b"", limit)
+
+
+def body_text(content: bytes, limit: int = _BODY_CHARS) -> str:
+    """The JSON ``message`` of the error body ``content``, else its first ``limit`` characters."""
     try:
         d = json.loads(content)
         if isinstance(d, dict) and "message" in d:
@@ -184,26 +188,34 @@ def truncated_body(r: requests.Response, limit: int = _BODY_CHARS) -> str:
     return text + (f"... ({len(content)} bytes)" if len(content) > limit else "")
 
 
+def status_error(status: int, content: bytes, url: str, endpoint: str) -> SourceError:
+    """The crantseg error for an HTTP ``status`` >= 300 answered at ``url`` with body ``content``
+    (401/403: ``AuthError``), with ``status`` and ``payload`` (the parsed JSON body or None)."""
+    body = body_text(content)
+    if status in (401, 403):
+        err: SourceError = AuthError(
+            f"{endpoint}: the server refused the token (HTTP {status}) at {url}: {body}. Pass the "
+            "right token as cave_dataset(..., token=...) or store it with caveclient "
+            "(client.auth.save_token); `crantseg serve` prints the token of a local server"
+        )
+    elif status < 400:
+        err = SourceError(f"{endpoint}: unexpected HTTP {status} (a redirect) from {url}")
+    else:
+        err = SourceError(f"{endpoint}: HTTP {status} from {url}: {body}")
+    err.status = status
+    try:
+        err.payload = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        err.payload = None
+    return err
+
+
 def error_for(e: BaseException, endpoint: str) -> SourceError | None:
     """The crantseg error for a non-transient failure ``e`` (None: not an HTTP failure)."""
     r = _response_of(e)
     if r is not None and r.status_code >= 400:
         url = r.request.url.split("?")[0] if r.request is not None and r.request.url else "?"
-        body = truncated_body(r)
-        if r.status_code in (401, 403):
-            err: SourceError = AuthError(
-                f"{endpoint}: the server refused the token (HTTP {r.status_code}) at {url}: {body}. Pass the "
-                "right token as cave_dataset(..., token=...) or store it with caveclient "
-                "(client.auth.save_token); `crantseg serve` prints the token of a local server"
-            )
-        else:
-            err = SourceError(f"{endpoint}: HTTP {r.status_code} from {url}: {body}")
-        err.status = r.status_code
-        try:
-            err.payload = r.json()
-        except ValueError:
-            err.payload = None
-        return err
+        return status_error(r.status_code, r.content or b"", url, endpoint)
     name = type(e).__name__
     if name == "AuthException":  # caveclient: a redirect happened (a login page)
         return AuthError(f"{endpoint}: the server redirected to a login page; the token is missing or wrong")

@@ -45,11 +45,17 @@ def _source_error(source, key, mip: int, e: Exception) -> SourceError:
     return SourceError(f"decoding chunk {name} at mip {mip} (compressed_segmentation) failed: {e.problem}")
 
 
+#: Chunks decoded together by ``read_points`` as their bytes arrive (bounds the encoded bytes held
+#: and lets decoding overlap the reads still in flight).
+DECODE_BATCH = 64
+
+
 def read_points(source, mip: int, keys: np.ndarray, chunk_of: np.ndarray, local: np.ndarray) -> np.ndarray:
     """Labels at ``local`` (N, 3) positions inside storage chunks ``keys[chunk_of]`` at ``mip``.
 
-    Chunks with few points (``_cseg.use_blocks``) are read by random access, all at once; the
-    others are decoded whole, one at a time. ``SourceError`` for failed reads and corrupt chunks."""
+    Chunks with few points (``_cseg.use_blocks``) are read by random access, fetched all at once
+    and decoded in batches of ``DECODE_BATCH`` as their bytes arrive; the others are decoded
+    whole, one at a time. ``SourceError`` for failed reads and corrupt chunks."""
     meta = source.meta
     keys = np.asarray(keys, dtype=np.int64).reshape(-1, 3)
     chunk_of = np.asarray(chunk_of, dtype=np.int64)
@@ -59,26 +65,37 @@ def read_points(source, mip: int, keys: np.ndarray, chunk_of: np.ndarray, local:
     ra = _cseg.use_blocks(counts, shapes.prod(axis=1)) & _random_access_ok(meta, mip)
     order = np.argsort(chunk_of, kind="stable")
     bounds = np.r_[0, np.cumsum(counts)]
-    ra_keys = np.flatnonzero(ra)
-    datas = _encoded(source, keys[ra_keys], mip)
-    have = np.array([d is not None for d in datas], dtype=bool)
-    ra[ra_keys[~have]] = False
-    ra_keys, datas = ra_keys[have], [d for d in datas if d is not None]
-    if len(ra_keys):
-        renum = np.full(len(keys), -1, dtype=np.int64)
-        renum[ra_keys] = np.arange(len(ra_keys))
-        rows = np.flatnonzero(ra[chunk_of])
+    block = _block(meta, mip)
+
+    def decode(ks: list, datas: list) -> None:
+        rows = np.concatenate([order[bounds[k]: bounds[k + 1]] for k in ks])
+        idx = np.repeat(np.arange(len(ks)), counts[ks])
         try:
-            out[rows] = _cseg.decode_points(datas, shapes[ra_keys], _block(meta, mip), renum[chunk_of[rows]],
-                                            local[rows])
+            out[rows] = _cseg.decode_points(datas, shapes[ks], block, idx, local[rows])
         except _cseg.CsegError as e:
-            raise _source_error(source, keys[ra_keys[e.chunk]], mip, e) from e
+            raise _source_error(source, keys[ks[e.chunk]], mip, e) from e
+
+    at: dict = {}
+    for k in np.flatnonzero(ra & (counts > 0)):
+        at.setdefault(tuple(int(x) for x in keys[k]), []).append(int(k))
+    ks, datas = [], []
+    for c, data in source.read_encoded_many(list(at), mip) if at else ():
+        if data is None:  # decoded whole below (background or a raw scale)
+            ra[at[c]] = False
+            continue
+        ks += at[c]
+        datas += [data] * len(at[c])
+        if len(ks) >= DECODE_BATCH:
+            decode(ks, datas)
+            ks, datas = [], []
+    if ks:
+        decode(ks, datas)
     whole = {tuple(int(x) for x in keys[k]): k for k in np.flatnonzero(~ra & (counts > 0))}
-    for c, block in source.read_chunks(list(whole), mip) if whole else ():
+    for c, blk in source.read_chunks(list(whole), mip) if whole else ():
         k = whole[c]
         rows = order[bounds[k]: bounds[k + 1]]
         p = local[rows]
-        out[rows] = block[p[:, 0], p[:, 1], p[:, 2]]
+        out[rows] = blk[p[:, 0], p[:, 1], p[:, 2]]
     return out
 
 

@@ -306,3 +306,47 @@ def test_disk_cache_serves_repeated_reads(sharded_server, truth, tmp_path, monke
     assert sharded_server.state.n_storage_reads == n0  # every chunk came from the disk cache
     t = check_times(truth)[-1]
     assert src.roots(want[:5], t).shape == (5,)
+
+
+# -- the HTTP store's connections and answers ------------------------------------------------------
+def _http_store(server, token=None):
+    from crantseg_dask.sources._http import RetryPolicy
+
+    return _fetch.open_store(f"{server.address}{STORAGE_PREFIX}", policy=RetryPolicy(retries=2, backoff=0.001),
+                             token=server.token if token is None else token,
+                             token_host=server.address.split("//")[1])
+
+
+def test_http_store_reopens_a_connection_the_server_closed(tiny_path, cave_home):
+    """A kept-alive connection closed by the server while idle is reopened at once: same bytes as
+    the file, no retry counted."""
+    from crantseg_dask.server.state import ServedDataset
+
+    state = ServedDataset(tiny_path)
+    state.limits = {"header_timeout": 0.3}  # the server closes connections idle this long
+    chunk = next((tiny_path / "segmentation" / "16_16_42").glob("*.gz"))
+    import gzip as _gzip
+    import time as _time
+
+    want = _gzip.decompress(chunk.read_bytes())
+    with serve_in_thread(state) as server:
+        store = _http_store(server)
+        key = f"16_16_42/{chunk.name[:-3]}"
+        assert store.get(key) == want
+        _fetch.reset_stats()
+        _time.sleep(1.0)
+        assert store.get(key) == want
+        assert _fetch.stats["retries"] == 0 and server.state.n_storage_reads == 2
+
+
+def test_http_store_errors_name_the_url(sharded_server, tiny_sharded_path):
+    from crantseg_dask.errors import AuthError
+
+    shard = sorted((tiny_sharded_path / "segmentation" / "16_16_42").iterdir())[0]
+    key = f"16_16_42/{shard.name}"
+    assert _http_store(sharded_server).get(key, 0, 16) == shard.read_bytes()[:16]
+    assert _http_store(sharded_server).get("16_16_42/nothing.shard") is None
+    with pytest.raises(AuthError, match=rf"refused the token \(HTTP 401\) at .*{shard.name}"):
+        _http_store(sharded_server, token="0" * 32).get(key)
+    with pytest.raises(SourceError, match=rf"HTTP 416 from .*{shard.name}"):  # not retried: not transient
+        _http_store(sharded_server).get(key, 10**9, 10**9 + 1)
