@@ -16,9 +16,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._chunking import nm_to_voxels, pack_coords
+from .._chunking import nm_to_voxels
 from ..errors import InvalidInputError
 from ..sources import SourceSpec, _cseg, _partial, open_source
+from ._snap_nearest import _erode, _interior, _nearest_many, member, sorted_voxels  # noqa: F401 (re-exported)
 
 __all__ = ["ERODE_MODES", "STATUS", "Snapped", "snap_kernel", "_target_leaves", "check_erode",
            "check_search_radius", "max_search_radius"]
@@ -35,7 +36,6 @@ _leaves_lock = threading.Lock()
 _leaves_bytes = 0
 #: a search ball may reach this many mip-0 storage chunks (along the axis with the smallest chunks)
 MAX_RADIUS_CHUNKS = 4
-_NEIGHBOURS = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
 
 
 def max_search_radius(meta) -> float:
@@ -205,66 +205,6 @@ def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarr
     return found + ((np.concatenate(out_l).astype(np.uint64, copy=False),) if with_labels else ())
 
 
-def _erode(coords: np.ndarray) -> np.ndarray:
-    """Voxels of the set whose 6 face neighbours are all in the set."""
-    return coords[_interior(coords)]
-
-
-def _interior(coords: np.ndarray) -> np.ndarray:
-    """Mask of the voxels of the set whose 6 face neighbours are all in the set."""
-    if len(coords) == 0:
-        return np.zeros(0, dtype=bool)
-    lo = coords.min(axis=0) - 1  # relative packing: negative coordinates (voxel_offset) are legal
-    keys = np.sort(pack_coords(coords, lo))
-    keep = np.ones(len(coords), dtype=bool)
-    for d in _NEIGHBOURS:
-        nb = pack_coords(coords + d, lo)
-        pos = np.clip(np.searchsorted(keys, nb), 0, len(keys) - 1)
-        keep &= keys[pos] == nb
-    return keep
-
-
-def _nearest_many(points: np.ndarray, cand: np.ndarray, res: np.ndarray, r: float):
-    """For each point (nm), the index into ``cand`` (absolute voxels, lexicographically sorted)
-    of the voxel whose centre is nearest within ``r`` nm, first in x, y, z order among ties, and
-    its squared distance; (-1, inf) where none is within ``r``.
-
-    A KD-tree over the candidate centres proposes the 8 nearest; their exact squared distances
-    decide (so ties resolve by candidate order, as a brute-force scan would). Rows whose last
-    proposal is as near as their minimum may have more exact ties than proposals: they are asked
-    again with four times as many, until the last proposal is farther or every candidate is in."""
-    from scipy.spatial import cKDTree
-
-    n = len(points)
-    j, best = np.full(n, -1, dtype=np.int64), np.full(n, np.inf)
-    if n == 0 or len(cand) == 0:
-        return j, best
-    centres = (cand + 0.5) * res
-    tree = cKDTree(centres)
-    bound = r * (1 + 1e-9) + 1e-9
-    rows, k = np.arange(n), min(8, len(cand))
-    while rows.size:
-        _, idx = tree.query(points[rows], k=k, distance_upper_bound=bound)
-        idx = idx.reshape(len(rows), k)
-        valid = idx < len(cand)
-        diff = centres[np.where(valid, idx, 0)] - points[rows][:, None, :]
-        d2 = np.where(valid, (diff * diff).sum(axis=2), np.inf)
-        d2 = np.where(d2 <= r * r, d2, np.inf)
-        m = d2.min(axis=1)
-        found = np.isfinite(m)
-        tied = np.where((d2 == m[:, None]) & found[:, None], idx, np.iinfo(np.int64).max)
-        j[rows[found]], best[rows[found]] = tied.min(axis=1)[found], m[found]
-        # a row is settled when fewer than k candidates are within reach (all were proposed) or
-        # its last proposal is strictly farther than its minimum
-        full = valid.all(axis=1)
-        farther = d2[:, -1] > m
-        if k >= len(cand):
-            break
-        rows = rows[found & full & ~farther]
-        k = min(k * 4, len(cand))
-    return j, best
-
-
 def check_erode(erode) -> bool | str:
     """``erode`` as one of ``ERODE_MODES``; ``InvalidInputError`` otherwise."""
     if isinstance(erode, (bool, np.bool_)):
@@ -317,12 +257,11 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
     # 1. the supervoxel under each row; rows already on their target stay
     sv = np.asarray(source.supervoxels_at(vox, 0), dtype=np.uint64)
     under = sv.copy()  # the supervoxel under each returned location
-    on = np.zeros(n, dtype=bool)
     uniq, which = np.unique(targets, return_inverse=True)
+    which = which.ravel()
     _prefetch_leaves(spec, uniq)
-    for t, m in zip(uniq.tolist(), np.split(np.argsort(which, kind="stable"),
-                                            np.cumsum(np.bincount(which))[:-1])):
-        on[m] = np.isin(sv[m], _target_leaves(spec, t)) & (sv[m] != 0)
+    leaves = [_target_leaves(spec, t) for t in uniq.tolist()]
+    on = member(sv, which, leaves) & (sv != 0)
     status[on], dist[on] = ON_TARGET, 0.0
     skip = ~on & (sv == 0) & (not snap_zero)
     status[skip] = np.where(inside[skip], BACKGROUND, OUT_OF_BOUNDS)
@@ -335,27 +274,25 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
         hi_v = np.minimum(np.floor((locs_nm[todo] + r) / res).astype(np.int64) + 1, bounds[1] - 1)
         reach = np.all(hi_v >= lo_v, axis=1)  # balls wholly outside the volume find nothing
         todo, lo_v, hi_v = todo[reach], lo_v[reach], hi_v[reach]
-        tuniq, tinv = np.unique(targets[todo], return_inverse=True)
-        coords, owner, label = _target_voxels(source, lo_v, hi_v, [_target_leaves(spec, t) for t in tuniq.tolist()],
+        present, tinv = np.unique(which[todo], return_inverse=True)
+        tinv = tinv.ravel()
+        coords, owner, label = _target_voxels(source, lo_v, hi_v, [leaves[i] for i in present.tolist()],
                                               with_labels=True)
-        # 3. per target: its (eroded) voxels; all of its rows at once: the nearest centre
-        row_groups = np.split(todo[np.argsort(tinv.ravel(), kind="stable")], np.cumsum(np.bincount(tinv.ravel()))[:-1])
-        by_owner = np.argsort(owner, kind="stable")
-        vox_groups = np.split(by_owner, np.cumsum(np.bincount(owner, minlength=len(tuniq)))[:-1])
-        for rows, sel in zip(row_groups, vox_groups):
-            every = sel
-            inner = sel[_interior(coords[sel])] if erode else every
-            for code, pick in ((SNAPPED, inner), (SNAPPED_UNERODED, every if erode == "fallback" else None)):
-                if pick is None or not rows.size:
-                    break
-                pick = pick[np.lexsort(coords[pick].T[::-1])] if len(pick) else pick
-                cand = coords[pick]
-                j, d2 = _nearest_many(locs_nm[rows], cand, res, r)
-                hit = j >= 0
-                out[rows[hit]] = cand[j[hit]] * res
-                under[rows[hit]] = label[pick[j[hit]]]
-                dist[rows[hit]], status[rows[hit]] = np.sqrt(d2[hit]), code
-                rows = rows[~hit]  # erosion left nothing in these balls: the fallback's turn
+        # 3. all targets at once: the voxels sorted by (target, x, y, z), eroded; the nearest centre
+        #    of each row's own target (the first in x, y, z order among equally near ones)
+        order, interior = sorted_voxels(coords, owner, len(present), bool(erode))
+        rows, rown = todo, tinv
+        for code, pick in ((SNAPPED, order[interior] if erode else order),
+                           (SNAPPED_UNERODED, order if erode == "fallback" else None)):
+            if pick is None or not rows.size:
+                break
+            cand = coords[pick]
+            j, d2 = _nearest_many(locs_nm[rows], cand, res, r, rown, owner[pick])
+            hit = j >= 0
+            out[rows[hit]] = cand[j[hit]] * res
+            under[rows[hit]] = label[pick[j[hit]]]
+            dist[rows[hit]], status[rows[hit]] = np.sqrt(d2[hit]), code
+            rows, rown = rows[~hit], rown[~hit]  # erosion left nothing in these balls: the fallback's turn
     missed = np.flatnonzero(status == NOT_FOUND)
     status[missed] = np.where(inside[missed], NOT_FOUND, OUT_OF_BOUNDS)
     return Snapped(out, dist, status, under)
