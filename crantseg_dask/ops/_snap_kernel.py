@@ -5,8 +5,9 @@ compressed_segmentation blocks (8 x 8 x 8) that a search ball (plus one voxel fo
 touches are looked at, blocks whose lookup table holds none of the targets' supervoxels are
 skipped unread, and the rest are read by random access or, when they are many, from one full
 decode (``sources._cseg``, ``sources._partial``). Sparse tables pay for what they touch; a dense
-world (every voxel labelled) costs at most one decoded chunk at a time. A target's voxels are then
-eroded by neighbour look-ups and offered to a KD-tree over voxel centres.
+world (every voxel labelled) costs at most one decoded chunk at a time. The voxels of all the
+block's targets are then eroded by neighbour look-ups and offered to one KD-tree over voxel
+centres, each voxel keyed by its target (``_snap_nearest``): no Python loop per target.
 """
 from __future__ import annotations
 
@@ -231,7 +232,7 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
                 search_radius: float, erode: bool | str = True) -> Snapped:
     """Snap one block of rows, each to its own target; pure given the dataset.
 
-    Rows to search go target by target. ``erode``: True keeps only voxels whose 6 face neighbours
+    All targets are served at once (``_snap_nearest``). ``erode``: True keeps only voxels whose 6 face neighbours
     are the target's too (crantpy); False uses every voxel; "fallback" erodes, and for rows whose
     ball holds no eroded voxel (a neurite thinner than 3 voxels) takes the nearest uneroded voxel,
     status ``snapped_uneroded``.
