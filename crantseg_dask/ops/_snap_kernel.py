@@ -5,8 +5,9 @@ compressed_segmentation blocks (8 x 8 x 8) that a search ball (plus one voxel fo
 touches are looked at, blocks whose lookup table holds none of the targets' supervoxels are
 skipped unread, and the rest are read by random access or, when they are many, from one full
 decode (``sources._cseg``, ``sources._partial``). Sparse tables pay for what they touch; a dense
-world (every voxel labelled) costs at most one decoded chunk at a time. A target's voxels are then
-eroded by neighbour look-ups and offered to a KD-tree over voxel centres.
+world (every voxel labelled) costs at most one decoded chunk at a time. The voxels of all the
+block's targets are then eroded by neighbour look-ups and offered to one KD-tree over voxel
+centres, each voxel keyed by its target (``_snap_nearest``): no Python loop per target.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._chunking import nm_to_voxels, pack_coords
+from .._chunking import nm_to_voxels
 from ..errors import InvalidInputError
 from ..sources import SourceSpec, _cseg, _partial, open_source
+from ._snap_nearest import _erode, _interior, _nearest_many, member, sorted_voxels  # noqa: F401 (re-exported)
 
 __all__ = ["ERODE_MODES", "STATUS", "Snapped", "snap_kernel", "_target_leaves", "check_erode",
            "check_search_radius", "max_search_radius"]
@@ -35,7 +37,6 @@ _leaves_lock = threading.Lock()
 _leaves_bytes = 0
 #: a search ball may reach this many mip-0 storage chunks (along the axis with the smallest chunks)
 MAX_RADIUS_CHUNKS = 4
-_NEIGHBOURS = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
 
 
 def max_search_radius(meta) -> float:
@@ -241,66 +242,6 @@ def _leaf_table(flat: np.ndarray, owners: np.ndarray, n_leaves: np.ndarray, firs
     return table[order], table_owner[order]
 
 
-def _erode(coords: np.ndarray) -> np.ndarray:
-    """Voxels of the set whose 6 face neighbours are all in the set."""
-    return coords[_interior(coords)]
-
-
-def _interior(coords: np.ndarray) -> np.ndarray:
-    """Mask of the voxels of the set whose 6 face neighbours are all in the set."""
-    if len(coords) == 0:
-        return np.zeros(0, dtype=bool)
-    lo = coords.min(axis=0) - 1  # relative packing: negative coordinates (voxel_offset) are legal
-    keys = np.sort(pack_coords(coords, lo))
-    keep = np.ones(len(coords), dtype=bool)
-    for d in _NEIGHBOURS:
-        nb = pack_coords(coords + d, lo)
-        pos = np.clip(np.searchsorted(keys, nb), 0, len(keys) - 1)
-        keep &= keys[pos] == nb
-    return keep
-
-
-def _nearest_many(points: np.ndarray, cand: np.ndarray, res: np.ndarray, r: float):
-    """For each point (nm), the index into ``cand`` (absolute voxels, lexicographically sorted)
-    of the voxel whose centre is nearest within ``r`` nm, first in x, y, z order among ties, and
-    its squared distance; (-1, inf) where none is within ``r``.
-
-    A KD-tree over the candidate centres proposes the 8 nearest; their exact squared distances
-    decide (so ties resolve by candidate order, as a brute-force scan would). Rows whose last
-    proposal is as near as their minimum may have more exact ties than proposals: they are asked
-    again with four times as many, until the last proposal is farther or every candidate is in."""
-    from scipy.spatial import cKDTree
-
-    n = len(points)
-    j, best = np.full(n, -1, dtype=np.int64), np.full(n, np.inf)
-    if n == 0 or len(cand) == 0:
-        return j, best
-    centres = (cand + 0.5) * res
-    tree = cKDTree(centres)
-    bound = r * (1 + 1e-9) + 1e-9
-    rows, k = np.arange(n), min(8, len(cand))
-    while rows.size:
-        _, idx = tree.query(points[rows], k=k, distance_upper_bound=bound)
-        idx = idx.reshape(len(rows), k)
-        valid = idx < len(cand)
-        diff = centres[np.where(valid, idx, 0)] - points[rows][:, None, :]
-        d2 = np.where(valid, (diff * diff).sum(axis=2), np.inf)
-        d2 = np.where(d2 <= r * r, d2, np.inf)
-        m = d2.min(axis=1)
-        found = np.isfinite(m)
-        tied = np.where((d2 == m[:, None]) & found[:, None], idx, np.iinfo(np.int64).max)
-        j[rows[found]], best[rows[found]] = tied.min(axis=1)[found], m[found]
-        # a row is settled when fewer than k candidates are within reach (all were proposed) or
-        # its last proposal is strictly farther than its minimum
-        full = valid.all(axis=1)
-        farther = d2[:, -1] > m
-        if k >= len(cand):
-            break
-        rows = rows[found & full & ~farther]
-        k = min(k * 4, len(cand))
-    return j, best
-
-
 def check_erode(erode) -> bool | str:
     """``erode`` as one of ``ERODE_MODES``; ``InvalidInputError`` otherwise."""
     if isinstance(erode, (bool, np.bool_)):
@@ -346,35 +287,33 @@ def _groups(rows: np.ndarray, locs_nm: np.ndarray, radius: float, res: np.ndarra
         yield rows[a:a + step]
 
 
-def _search(source, spec, locs_nm, targets, rows, radius, erode, res, bounds, encoded):
-    """Snap ``rows`` within ``radius``: (rows hit, their xyz nm, distances, status codes, labels)."""
+def _search(source, locs_nm, which, leaves, rows, radius, erode, res, bounds, encoded):
+    """Snap ``rows`` within ``radius``, all their targets at once (``which``: each row's index into
+    ``leaves``): (rows hit, their xyz nm, distances, status codes, labels)."""
     lo_v = np.maximum(np.floor((locs_nm[rows] - radius) / res).astype(np.int64) - 1, bounds[0])
     hi_v = np.minimum(np.floor((locs_nm[rows] + radius) / res).astype(np.int64) + 1, bounds[1] - 1)
     reach = np.all(hi_v >= lo_v, axis=1)  # balls wholly outside the volume find nothing
     rows, lo_v, hi_v = rows[reach], lo_v[reach], hi_v[reach]
-    tuniq, tinv = np.unique(targets[rows], return_inverse=True)
+    present, tinv = np.unique(which[rows], return_inverse=True)
     tinv = tinv.ravel()
-    coords, owner, label = _target_voxels(source, lo_v, hi_v, [_target_leaves(spec, t) for t in tuniq.tolist()],
+    coords, owner, label = _target_voxels(source, lo_v, hi_v, [leaves[i] for i in present.tolist()],
                                           with_labels=True, row_owner=tinv, encoded=encoded)
+    # the voxels sorted by (target, x, y, z), eroded; the nearest centre of each row's own target
+    # (the first in x, y, z order among equally near ones)
+    order, interior = sorted_voxels(coords, owner, len(present), bool(erode))
     hits: list = [[], [], [], [], []]
-    # per target: its (eroded) voxels; all of its rows at once: the nearest centre
-    row_groups = np.split(rows[np.argsort(tinv, kind="stable")], np.cumsum(np.bincount(tinv))[:-1])
-    by_owner = np.argsort(owner, kind="stable")
-    vox_groups = np.split(by_owner, np.cumsum(np.bincount(owner, minlength=len(tuniq)))[:-1])
-    for grows, sel in zip(row_groups, vox_groups):
-        every = sel
-        inner = sel[_interior(coords[sel])] if erode else every
-        for code, pick in ((SNAPPED, inner), (SNAPPED_UNERODED, every if erode == "fallback" else None)):
-            if pick is None or not grows.size:
-                break
-            pick = pick[np.lexsort(coords[pick].T[::-1])] if len(pick) else pick
-            cand = coords[pick]
-            j, d2 = _nearest_many(locs_nm[grows], cand, res, radius)
-            hit = j >= 0
-            for acc, v in zip(hits, (grows[hit], cand[j[hit]] * res, np.sqrt(d2[hit]),
-                                     np.full(int(hit.sum()), code, np.int8), label[pick[j[hit]]])):
-                acc.append(v)
-            grows = grows[~hit]  # erosion left nothing in these balls: the fallback's turn
+    grows, rown = rows, tinv
+    for code, pick in ((SNAPPED, order[interior] if erode else order),
+                       (SNAPPED_UNERODED, order if erode == "fallback" else None)):
+        if pick is None or not grows.size:
+            break
+        cand = coords[pick]
+        j, d2 = _nearest_many(locs_nm[grows], cand, res, radius, rown, owner[pick])
+        hit = j >= 0
+        for acc, v in zip(hits, (grows[hit], cand[j[hit]] * res, np.sqrt(d2[hit]),
+                                 np.full(int(hit.sum()), code, np.int8), label[pick[j[hit]]])):
+            acc.append(v)
+        grows, rown = grows[~hit], rown[~hit]  # erosion left nothing in these balls: the fallback's turn
     if not hits[0]:
         return rows[:0], np.zeros((0, 3)), np.zeros(0), np.zeros(0, np.int8), np.zeros(0, np.uint64)
     return tuple(np.concatenate(h) for h in hits)
@@ -384,7 +323,7 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
                 search_radius: float, erode: bool | str = True) -> Snapped:
     """Snap one block of rows, each to its own target; pure given the dataset.
 
-    Rows to search go target by target. ``erode``: True keeps only voxels whose 6 face neighbours
+    All targets are served at once (``_snap_nearest``). ``erode``: True keeps only voxels whose 6 face neighbours
     are the target's too (crantpy); False uses every voxel; "fallback" erodes, and for rows whose
     ball holds no eroded voxel (a neurite thinner than 3 voxels) takes the nearest uneroded voxel,
     status ``snapped_uneroded``.
@@ -410,12 +349,11 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
     # 1. the supervoxel under each row; rows already on their target stay
     sv = np.asarray(source.supervoxels_at(vox, 0), dtype=np.uint64)
     under = sv.copy()  # the supervoxel under each returned location
-    on = np.zeros(n, dtype=bool)
     uniq, which = np.unique(targets, return_inverse=True)
+    which = which.ravel()
     _prefetch_leaves(spec, uniq)
-    for t, m in zip(uniq.tolist(), np.split(np.argsort(which, kind="stable"),
-                                            np.cumsum(np.bincount(which))[:-1])):
-        on[m] = np.isin(sv[m], _target_leaves(spec, t)) & (sv[m] != 0)
+    leaves = [_target_leaves(spec, t) for t in uniq.tolist()]
+    on = member(sv, which, leaves) & (sv != 0)
     status[on], dist[on] = ON_TARGET, 0.0
     skip = ~on & (sv == 0) & (not snap_zero)
     status[skip] = np.where(inside[skip], BACKGROUND, OUT_OF_BOUNDS)
@@ -430,7 +368,7 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
         final = radius == r
         left = []
         for rows in _groups(todo, locs_nm, radius, res):
-            got = _search(source, spec, locs_nm, targets, rows, radius, erode if final else _primary(erode),
+            got = _search(source, locs_nm, which, leaves, rows, radius, erode if final else _primary(erode),
                           res, bounds, encoded)
             hit_rows, xyz, d, code, label = got
             out[hit_rows], under[hit_rows], dist[hit_rows], status[hit_rows] = xyz, label, d, code
