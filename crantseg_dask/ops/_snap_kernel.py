@@ -1,6 +1,10 @@
 """The per-block snapping kernel: reads only the blocks inside each search ball.
 
-For the rows to search, each touched mip-0 storage chunk is visited once; of it only the
+Rows are searched in passes of growing radius (r/4, r/2, r): a row whose nearest voxel lies in a
+smaller ball is settled there exactly, so rows near their target (most synapses) never read the
+full ball; each pass goes in groups of rows of bounded box volume, which bounds memory on a dense
+world, and a chunk's encoded bytes are fetched once per call. For a group's rows, each touched
+mip-0 storage chunk is visited once, searched only for the targets of the rows that touch it; of it only the
 compressed_segmentation blocks (8 x 8 x 8) that a search ball (plus one voxel for the erosion)
 touches are looked at, blocks whose lookup table holds none of the targets' supervoxels are
 skipped unread, and the rest are read by random access or, when they are many, from one full
@@ -20,7 +24,7 @@ import numpy as np
 from .._chunking import nm_to_voxels
 from ..errors import InvalidInputError
 from ..sources import SourceSpec, _cseg, _partial, open_source
-from ._snap_nearest import _erode, _interior, _nearest_many, member, sorted_voxels  # noqa: F401 (re-exported)
+from ._snap_nearest import _nearest_many, member, sorted_voxels
 
 __all__ = ["ERODE_MODES", "STATUS", "Snapped", "snap_kernel", "_target_leaves", "check_erode",
            "check_search_radius", "max_search_radius"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from .._chunking import pack_coords
 
-__all__ = ["member", "sorted_voxels", "_erode", "_interior", "_nearest_many"]
+__all__ = ["member", "sorted_voxels", "_interior", "_nearest_many"]
 
 _NEIGHBOURS = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
 #: bits of one (owner, x, y, z) key; wider spans fall back to one owner at a time
@@ -94,11 +94,6 @@ def sorted_voxels(coords: np.ndarray, owner: np.ndarray, n_owners: int, erode: b
         for nb in (keys + step, keys - step):
             keep &= keys[np.minimum(np.searchsorted(keys, nb), last)] == nb
     return order, keep
-
-
-def _erode(coords: np.ndarray) -> np.ndarray:
-    """Voxels of the set whose 6 face neighbours are all in the set."""
-    return coords[_interior(coords)]
 
 
 def _interior(coords: np.ndarray) -> np.ndarray:
