@@ -283,7 +283,7 @@ def _brute_nearest(points, cand, res, r):
 def test_nearest_many_many_exact_ties(res):
     """A hollow shell of candidates around a voxel centre / corner / edge midpoint leaves up to 48
     centres exactly equally near: the first in x, y, z order must win, as in a brute-force scan."""
-    from crantseg_dask.ops._snap_kernel import _nearest_many
+    from crantseg_dask.ops._snap_nearest import _nearest_many
 
     res = np.array(res)
     g = np.stack(np.meshgrid(*[np.arange(12)] * 3, indexing="ij"), -1).reshape(-1, 3)  # lexicographic
