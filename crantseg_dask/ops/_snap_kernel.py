@@ -177,7 +177,8 @@ def _target_voxels(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarr
     flat = np.concatenate(leaves) if leaves else np.zeros(0, np.uint64)
     n_leaves = np.array([len(x) for x in leaves], dtype=np.int64)
     first_leaf = np.cumsum(n_leaves) - n_leaves
-    table, table_owner = _leaf_table(flat, np.arange(len(leaves)), n_leaves, first_leaf)
+    if row_owner is None:  # one table for every chunk (else each chunk builds its own)
+        table, table_owner = _leaf_table(flat, np.arange(len(leaves)), n_leaves, first_leaf)
     shapes = _partial.chunk_shapes(meta, pairs[starts, :3], 0)
     keys = [tuple(int(v) for v in c) for c in pairs[starts, :3]]
     encoded = {} if encoded is None else encoded
@@ -283,7 +284,7 @@ def _primary(erode):
     return True if erode == "fallback" else erode
 
 
-def _groups(rows: np.ndarray, locs_nm: np.ndarray, radius: float, res: np.ndarray):
+def _groups(rows: np.ndarray, radius: float, res: np.ndarray):
     """``rows`` in consecutive groups whose search boxes hold at most ``GROUP_VOXELS`` voxels."""
     per_row = int(np.prod(np.floor(2 * radius / res) + 3))
     step = max(1, GROUP_VOXELS // per_row)
@@ -371,7 +372,7 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
         #    of bounded box volume (memory stays bounded on a dense world).
         final = radius == r
         left = []
-        for rows in _groups(todo, locs_nm, radius, res):
+        for rows in _groups(todo, radius, res):
             got = _search(source, locs_nm, which, leaves, rows, radius, erode if final else _primary(erode),
                           res, bounds, encoded)
             hit_rows, xyz, d, code, label = got
