@@ -25,7 +25,7 @@ from pathlib import Path
 
 import dask
 
-__all__ = ["make_client", "connect", "check_scheduler", "dashboard_link"]
+__all__ = ["make_client", "connect", "check_scheduler", "dashboard_link", "quiet_teardown"]
 
 
 def _no_trim() -> None:
@@ -71,19 +71,43 @@ def make_client(scheduler: str | None = None, cluster: str | None = None, *, n_w
     import logging
 
     nanny = logging.getLogger("distributed.nanny")
-    level = nanny.level
+    levels = {name: logging.getLogger(name).level for name in _dask_loggers()}
     try:
         with c:
             try:
                 with Client(c, security=security) as client:
                     yield client
+            except KeyboardInterrupt:
+                quiet_teardown()  # workers cut off mid-connection, tasks cancelled: expected now
+                raise
             finally:
                 # closing on a busy machine can take a worker past the nanny's 4 s grace period: its
                 # "still alive ... killing" warning after a finished job is noise (shown with -v)
                 if nanny.getEffectiveLevel() >= logging.WARNING:
                     nanny.setLevel(logging.ERROR)
     finally:
-        nanny.setLevel(level)
+        for name in _dask_loggers():  # as they were before this cluster
+            logging.getLogger(name).setLevel(levels.get(name, logging.NOTSET))
+
+
+def _dask_loggers() -> list[str]:
+    import logging
+
+    return [name for name in list(logging.root.manager.loggerDict)
+            if name.split(".")[0] in ("distributed", "tornado")]
+
+
+def quiet_teardown() -> None:
+    """Dask's logs (and tornado's, which carries its TLS errors) at CRITICAL only, in this
+    process, for the teardown of a cluster after Ctrl-C: workers closed mid-connection and
+    cancelled tasks log errors that are expected then. Left alone when Dask's INFO logs were asked
+    for (``crantseg -v``, ``DASK_LOGGING__DISTRIBUTED=info``). Called on the job's own workers too."""
+    import logging
+
+    if logging.getLogger("distributed").getEffectiveLevel() <= logging.INFO:
+        return
+    for name in ["distributed", "tornado", *_dask_loggers()]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .._chunking import chunk_keys, nm_to_voxels
+from ..cluster import quiet_teardown
 from ..config import setting
 from ..errors import CrantsegError, InvalidInputError, JobStoreError, SourceError
 from ..ops.extent import inside_volume, outside_message
@@ -367,9 +368,11 @@ def _submit(client, output, op_name, todo, ctx, token, progress) -> None:
                     future.result()  # re-raises a partition's error here, naming it
                     bar.update(1)
         except KeyboardInterrupt:
-            _quiet_cancelled()  # the nanny's "still alive, killing" while the cluster closes
+            # cancelled tasks, and workers closed mid-connection, are expected now: no log line each.
+            # The whole of Dask's logging only on workers this job started (client.cluster is set);
+            # a running cluster's workers it shares with others keep their error logs.
             with contextlib.suppress(Exception):
-                client.run(_quiet_cancelled)  # cancelled tasks are expected now: no warning per task
+                client.run(quiet_teardown if client.cluster is not None else _quiet_cancelled)
             client.cancel(futures, force=True)
             raise
         except BaseException:
