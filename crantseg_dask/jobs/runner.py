@@ -371,6 +371,7 @@ def _submit(client, output, op_name, todo, ctx, token, progress) -> None:
             # cancelled tasks, and workers closed mid-connection, are expected now: no log line each.
             # The whole of Dask's logging only on workers this job started (client.cluster is set);
             # a running cluster's workers it shares with others keep their error logs.
+            _quiet_cancelled()  # here: the nanny's "still alive, killing" while a cluster= spec's closes
             with contextlib.suppress(Exception):
                 client.run(quiet_teardown if client.cluster is not None else _quiet_cancelled)
             client.cancel(futures, force=True)
