@@ -36,7 +36,7 @@ def test_serve_prints_address_datastack_token_and_serves(tiny_path, tmp_path):
         assert r.json() == ["my_stack"]
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=20)
+        proc.wait(timeout=60)
     assert token not in proc.stderr.read()
 
 
