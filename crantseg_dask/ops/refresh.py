@@ -324,6 +324,8 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         report.message = f"roots already valid at {_time(t1)}: nothing to do, table unchanged"
         report.seconds = time.perf_counter() - t_start
         return report
+    if not dry_run:
+        tab.prefetch()  # the columns a refresh only writes back, read while the roots are checked
     svs = {c: ((lambda rows, s=s: tab.ids_at(s, rows)) if s else None) for c, s in sv_cols.items()}
     trusted = known_valid(tab, roots, spec.name, _job_dataset(tab, spec, source), _time(t0))
     new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress,
