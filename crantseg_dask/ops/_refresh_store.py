@@ -100,8 +100,12 @@ class RefreshTable:
 
     # -- writing --------------------------------------------------------------------------------
     def write(self, new: dict[str, np.ndarray], previous: dict[str, np.ndarray], timestamp: str,
-              record: dict) -> dict:
+              record: dict, changed: dict[str, np.ndarray] | None = None) -> dict:
         """Write the refreshed table beside this one, then swap it in (see the module docstring).
+
+        ``changed``: per column of ``new``, the rows whose value changed (a Zarr group rewrites
+        the chunks holding them; without it, the chunks where ``new`` differs from the column as
+        read, which must then not have been refreshed in place).
 
         Returns ``{"files_written": .., "bytes_written": ..}``: the files this refresh wrote (a
         Zarr group: the rewritten chunks and metadata; parquet / CSV: the whole file)."""
@@ -109,7 +113,7 @@ class RefreshTable:
         _remove(tmp)
         history = self.history + [record]
         if self.kind == "zarr":
-            stats = self._write_zarr(tmp, {**new, **previous}, timestamp, history)
+            stats = self._write_zarr(tmp, {**new, **previous}, timestamp, history, changed or {})
         elif self.kind == "parquet":  # column by column in arrow: no pandas round trip
             import pyarrow as pa
 
@@ -142,7 +146,8 @@ class RefreshTable:
         _remove(tmp)
         return stats
 
-    def _write_zarr(self, tmp: Path, arrays: dict[str, np.ndarray], timestamp: str, history: list) -> dict:
+    def _write_zarr(self, tmp: Path, arrays: dict[str, np.ndarray], timestamp: str, history: list,
+                    changed: dict[str, np.ndarray]) -> dict:
         """Stage the refreshed group at ``tmp``: every file hard-linked to the old group's, then
         only the chunks whose values change written anew (a new file replacing the link, never
         written through it); a column the group lacks is created whole."""
@@ -162,7 +167,8 @@ class RefreshTable:
                 if name in g:
                     arr = g[name]
                     values = np.asarray(values, dtype=arr.dtype)
-                    dirty = changed_chunks(np.asarray(self.columns[name]), values, arr.chunks[0])
+                    dirty = (np.unique(np.asarray(changed[name], np.int64) // arr.chunks[0]) if name in changed
+                             else changed_chunks(np.asarray(self.columns[name]), values, arr.chunks[0]))
                 else:
                     arr = g.create_array(name, shape=(n,), chunks=(size,), dtype=np.uint64, fill_value=0,
                                          dimension_names=("row",),

@@ -70,7 +70,8 @@ def _time(ts: datetime) -> str:
 
 
 def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec, t0: datetime, t1: datetime,
-                  stop_layer: int = 2, progress: bool = False, check=None) -> tuple[dict, dict]:
+                  stop_layer: int = 2, progress: bool = False, check=None,
+                  inplace: bool = False) -> tuple[dict, dict]:
     """Roots of each column at ``t1`` given the roots at ``t0`` (uint64 arrays, 0 = empty).
 
     ``supervoxels[col]``: None, the column's supervoxels (an array), or a function of row
@@ -78,8 +79,11 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     ``check``: the columns whose roots are checked to be alive at ``t0`` (default: every one);
     a column known to hold only roots alive at ``t0`` (a job computed them then, or the last
     refresh left them so) skips the check, and with it the pass for its unique roots.
+    ``inplace``: refresh each writable column in place (``new[col]`` is ``roots[col]``; no copy of
+    a 10^7-row column), else in a copy.
     Returns ``(new, info)``: ``new[col]`` the refreshed column; ``info`` holds ``touched`` /
-    ``changed`` (row indices per column), ``expired`` (the table's roots the window expired),
+    ``changed`` (row indices per column), ``previous`` (the roots of the changed rows before),
+    ``expired`` (the table's roots the window expired),
     ``stale``, ``unknown`` (unique roots) and ``outdated_left`` (touched rows still on an
     outdated root: no successor found).
     Requests: one ``delta_roots`` (sent while the checked columns are factorized),
@@ -138,20 +142,22 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
                              stop_layer=stop_layer, dataset=spec, progress=progress, use_annotations=False)
             mapped[late] = got["new_id"].to_numpy().astype(np.uint64)
     mapped = mapped[inverse.ravel()]
-    new, touched, changed, at = {}, {}, {}, 0
+    new, touched, changed, before, at = {}, {}, {}, {}, 0
     for col, r in roots.items():
         rows = rows_of[col]
-        out = r.copy()
-        out[rows] = mapped[at: at + len(rows)]
+        values, old = mapped[at: at + len(rows)], r[rows]
         at += len(rows)
+        moved = values != old
+        out = r if inplace and r.flags.writeable else r.copy()
+        out[rows] = values
         new[col] = out
         touched[col] = rows
-        changed[col] = rows[out[rows] != r[rows]]
+        changed[col], before[col] = rows[moved], old[moved]
     expired = np.unique(pairs[:, 0]) if len(pairs) else np.zeros(0, np.uint64)
     expired = expired[np.isin(expired, window)]
     outdated = np.concatenate([window, stale])  # rows left on one of these: no successor found
     left = sum(int(np.isin(new[c][touched[c]], outdated).sum()) for c in roots)
-    return new, {"touched": touched, "changed": changed, "expired": expired, "stale": stale, "unknown": unknown,
+    return new, {"touched": touched, "changed": changed, "previous": before, "expired": expired, "stale": stale, "unknown": unknown,
                  "outdated_left": left}
 
 
@@ -329,7 +335,8 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
     svs = {c: ((lambda rows, s=s: tab.ids_at(s, rows)) if s else None) for c, s in sv_cols.items()}
     trusted = known_valid(tab, roots, spec.name, _job_dataset(tab, spec, source), _time(t0))
     new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress,
-                              check=[c for c in cols if c not in trusted])
+                              check=[c for c in cols if c not in trusted], inplace=True)
+    del roots  # refreshed in place: ``info["previous"]`` holds the roots that changed
     report.expired_roots = len(info["expired"])
     report.stale_roots = len(info["stale"])
     report.unknown_roots = len(info["unknown"])
@@ -350,14 +357,14 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         previous = {}
         for c in cols:
             previous[f"{c}_previous"] = prev = np.zeros(report.rows, np.uint64)
-            prev[info["changed"][c]] = roots[c][info["changed"][c]]
+            prev[info["changed"][c]] = info["previous"][c]
         record = {k: v for k, v in report.as_dict().items()
                   if k not in ("table", "status", "seconds", "message", "files_written", "bytes_written")}
         record["dataset"] = spec.name
         if not (report.unknown_roots or report.stale_roots or info["outdated_left"]):
             # every root now alive at t1: the next refresh need not check them
             record["valid_roots"] = {c: roots_checksum(new[c]) for c in cols}
-        written = tab.write(new, previous, _time(t1), record)
+        written = tab.write(new, previous, _time(t1), record, changed=info["changed"])
         report.files_written, report.bytes_written = written["files_written"], written["bytes_written"]
         report.status = "refreshed"
     report.seconds = time.perf_counter() - t_start
