@@ -71,7 +71,7 @@ def _time(ts: datetime) -> str:
 
 def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec, t0: datetime, t1: datetime,
                   stop_layer: int = 2, progress: bool = False, check=None,
-                  inplace: bool = False) -> tuple[dict, dict]:
+                  inplace: bool = False, delta=None) -> tuple[dict, dict]:
     """Roots of each column at ``t1`` given the roots at ``t0`` (uint64 arrays, 0 = empty).
 
     ``supervoxels[col]``: None, the column's supervoxels (an array), or a function of row
@@ -79,6 +79,8 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     ``check``: the columns whose roots are checked to be alive at ``t0`` (default: every one);
     a column known to hold only roots alive at ``t0`` (a job computed them then, or the last
     refresh left them so) skips the check, and with it the pass for its unique roots.
+    ``delta``: a future of ``source.delta_roots(t0, t1)`` already sent (the caller overlaps it
+    with reading the columns), else sent here.
     ``inplace``: refresh each writable column in place (``new[col]`` is ``roots[col]``; no copy of
     a 10^7-row column), else in a copy.
     Returns ``(new, info)``: ``new[col]`` the refreshed column; ``info`` holds ``touched`` /
@@ -96,7 +98,7 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     check = list(roots) if check is None else [c for c in roots if c in set(check)]
     step = int(getattr(source, "batch_size", 0) or 10_000)
     with ThreadPoolExecutor(N_THREADS) as pool:
-        delta = pool.submit(source.delta_roots, t0, t1)
+        delta = delta or pool.submit(source.delta_roots, t0, t1)
         # one hash pass per checked column for its unique roots; the rows come later, for the few touched
         uniques = [np.asarray(pd.unique(roots[c]), dtype=np.uint64) for c in check]
         window = delta.result()[0]
@@ -324,18 +326,21 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
     if unknown not in ("report", "raise"):
         raise InvalidInputError(f"unknown={unknown!r}: use 'report' or 'raise'")
     cols, sv_cols = _columns(tab, root_columns, supervoxel_columns)
-    roots = {c: tab.ids(c) for c in cols}
-    report.rows = len(next(iter(roots.values())))
     if t1 == t0:
+        report.rows = len([tab.ids(c) for c in cols][0])  # each column still checked to hold IDs
         report.message = f"roots already valid at {_time(t1)}: nothing to do, table unchanged"
         report.seconds = time.perf_counter() - t_start
         return report
+    with ThreadPoolExecutor(1) as pool:  # the window's expired roots asked while the root columns are read
+        delta = pool.submit(source.delta_roots, t0, t1)
+        roots = {c: tab.ids(c) for c in cols}
+        report.rows = len(next(iter(roots.values())))
     if not dry_run:
         tab.prefetch()  # the columns a refresh only writes back, read while the roots are checked
     svs = {c: ((lambda rows, s=s: tab.ids_at(s, rows)) if s else None) for c, s in sv_cols.items()}
     trusted = known_valid(tab, roots, spec.name, _job_dataset(tab, spec, source), _time(t0))
     new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress,
-                              check=[c for c in cols if c not in trusted], inplace=True)
+                              check=[c for c in cols if c not in trusted], inplace=True, delta=delta)
     del roots  # refreshed in place: ``info["previous"]`` holds the roots that changed
     report.expired_roots = len(info["expired"])
     report.stale_roots = len(info["stale"])
