@@ -69,7 +69,7 @@ class RefreshTable:
             raise InvalidInputError(f"{self.path}: no column {name!r}; columns: {sorted(self.names)}")
         values = self.columns[name]
         if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype in (np.uint64, np.int64):
-            if values.dtype == np.uint64 or not (values < 0).any():  # the same bits: a view, no copy
+            if values.dtype == np.uint64 or not len(values) or values.min() >= 0:  # the same bits: a view, no copy
                 return values.view(np.uint64)
         return as_ids(values, name=f"{self.path.name}[{name!r}]", nan="zero")
 
