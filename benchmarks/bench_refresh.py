@@ -64,11 +64,11 @@ def _parquet_floor(path: Path, out: Path) -> float:
     floor of a refresh that must rewrite the whole file (a parquet file is rewritten whole)."""
     import pyarrow.parquet as pq
 
-    from crantseg_dask.ops._refresh_store import TIMESTAMP_COLUMN, write_parquet
+    from crantseg_dask.ops._refresh_store import TIMESTAMP_COLUMN, parquet_settings, write_parquet
 
     t = time.perf_counter()
     table = pq.read_table(path, read_dictionary=[TIMESTAMP_COLUMN])
-    write_parquet(table, out)
+    write_parquet(table, out, parquet_settings(path))
     seconds = time.perf_counter() - t
     out.unlink()
     return seconds

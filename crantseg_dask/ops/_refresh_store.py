@@ -36,7 +36,8 @@ import pandas as pd
 from .._validate import as_ids
 from ..errors import InvalidInputError
 
-__all__ = ["RECORD_KEY", "TIMESTAMP_COLUMN", "RefreshTable", "changed_chunks", "open_table", "swap"]
+__all__ = ["RECORD_KEY", "TIMESTAMP_COLUMN", "RefreshTable", "changed_chunks", "open_table", "parquet_settings", "swap",
+           "write_parquet"]
 
 TIMESTAMP_COLUMN = "roots_valid_at"
 #: zstd level of the Zarr chunks a refresh writes: level 1 encodes ID columns about 2.5x faster
@@ -59,7 +60,6 @@ class RefreshTable:
     timestamp: str | None                      # ISO, from the job attributes or the timestamp column
     columns: dict[str, np.ndarray]             # every column needed, as stored (Zarr: stored row order)
     frame: pd.DataFrame | None = None          # CSV: the whole table
-    arrow: object = None                       # parquet: the whole table as a pyarrow.Table
     attrs: dict = field(default_factory=dict)  # Zarr: the job attributes
     history: list = field(default_factory=list)
 
@@ -69,13 +69,19 @@ class RefreshTable:
             raise InvalidInputError(f"{self.path}: no column {name!r}; columns: {sorted(self.names)}")
         values = self.columns[name]
         if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype in (np.uint64, np.int64):
-            if values.dtype == np.uint64 or not (values < 0).any():  # the same bits: a view, no copy
+            if values.dtype == np.uint64 or not len(values) or values.min() >= 0:  # the same bits: a view, no copy
                 return values.view(np.uint64)
         return as_ids(values, name=f"{self.path.name}[{name!r}]", nan="zero")
 
     @property
     def names(self) -> list[str]:
         return list(self.columns)
+
+    def prefetch(self) -> None:
+        """Start reading, in the background, the columns not read yet (parquet: the refresh
+        writes them back; their read overlaps the requests)."""
+        if isinstance(self.columns, _ParquetColumns):
+            self.columns.prefetch()
 
     @property
     def operation(self) -> str | None:
@@ -94,8 +100,12 @@ class RefreshTable:
 
     # -- writing --------------------------------------------------------------------------------
     def write(self, new: dict[str, np.ndarray], previous: dict[str, np.ndarray], timestamp: str,
-              record: dict) -> dict:
+              record: dict, changed: dict[str, np.ndarray] | None = None) -> dict:
         """Write the refreshed table beside this one, then swap it in (see the module docstring).
+
+        ``changed``: per column of ``new``, the rows whose value changed (a Zarr group rewrites
+        the chunks holding them; without it, the chunks where ``new`` differs from the column as
+        read, which must then not have been refreshed in place).
 
         Returns ``{"files_written": .., "bytes_written": ..}``: the files this refresh wrote (a
         Zarr group: the rewritten chunks and metadata; parquet / CSV: the whole file)."""
@@ -103,11 +113,11 @@ class RefreshTable:
         _remove(tmp)
         history = self.history + [record]
         if self.kind == "zarr":
-            stats = self._write_zarr(tmp, {**new, **previous}, timestamp, history)
+            stats = self._write_zarr(tmp, {**new, **previous}, timestamp, history, changed or {})
         elif self.kind == "parquet":  # column by column in arrow: no pandas round trip
             import pyarrow as pa
 
-            t = self.arrow
+            t = self.columns.table()
             n = t.num_rows
             for name, values in {**new, **previous}.items():
                 typ = t.schema.field(name).type if name in t.column_names else pa.uint64()
@@ -117,11 +127,12 @@ class RefreshTable:
                                else values.astype(want))
                 t = (t.set_column(t.column_names.index(name), name, col) if name in t.column_names
                      else t.append_column(name, col))
-            stamp = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int8)), pa.array([timestamp]))
+            # int32 indices: the writer's own index width (int8 ones are widened, a pass per row)
+            stamp = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([timestamp]))
             t = (t.set_column(t.column_names.index(TIMESTAMP_COLUMN), TIMESTAMP_COLUMN, stamp)
                  if TIMESTAMP_COLUMN in t.column_names else t.append_column(TIMESTAMP_COLUMN, stamp))
             meta = {**(t.schema.metadata or {}), RECORD_KEY.encode(): json.dumps(history).encode()}
-            write_parquet(t.replace_schema_metadata(meta), tmp)
+            write_parquet(t.replace_schema_metadata(meta), tmp, self.columns.settings)
             stats = {"files_written": 1, "bytes_written": tmp.stat().st_size}
         else:
             df = self.frame.copy()
@@ -135,7 +146,8 @@ class RefreshTable:
         _remove(tmp)
         return stats
 
-    def _write_zarr(self, tmp: Path, arrays: dict[str, np.ndarray], timestamp: str, history: list) -> dict:
+    def _write_zarr(self, tmp: Path, arrays: dict[str, np.ndarray], timestamp: str, history: list,
+                    changed: dict[str, np.ndarray]) -> dict:
         """Stage the refreshed group at ``tmp``: every file hard-linked to the old group's, then
         only the chunks whose values change written anew (a new file replacing the link, never
         written through it); a column the group lacks is created whole."""
@@ -155,7 +167,8 @@ class RefreshTable:
                 if name in g:
                     arr = g[name]
                     values = np.asarray(values, dtype=arr.dtype)
-                    dirty = changed_chunks(np.asarray(self.columns[name]), values, arr.chunks[0])
+                    dirty = (np.unique(np.asarray(changed[name], np.int64) // arr.chunks[0]) if name in changed
+                             else changed_chunks(np.asarray(self.columns[name]), values, arr.chunks[0]))
                 else:
                     arr = g.create_array(name, shape=(n,), chunks=(size,), dtype=np.uint64, fill_value=0,
                                          dimension_names=("row",),
@@ -168,16 +181,46 @@ class RefreshTable:
         return _new_files(tmp)
 
 
-def write_parquet(table, path: Path) -> None:
-    """Write an arrow table as refresh does: dictionary pages for every column but the
-    supervoxel columns (names ending in ``supervoxel_id``). A table holds far fewer roots than
-    rows, so root columns (and the time, and previous roots, mostly 0) shrink to small indices
-    (about half the bytes of plain 64-bit values, as fast to write); supervoxels are nearly one
-    per row, where a dictionary only costs a hash per value before falling back to plain."""
+def parquet_settings(path: Path) -> dict:
+    """How the parquet file at ``path`` is written: each column's compression codec and the row
+    group size (of its first row group), which a refresh keeps (``write_parquet``)."""
     import pyarrow.parquet as pq
 
-    dictionary = [c for c in table.column_names if not c.endswith("supervoxel_id")]
-    pq.write_table(table, path, use_dictionary=dictionary, compression=PARQUET_COMPRESSION)
+    meta = pq.ParquetFile(path).metadata
+    codecs, rows = {}, None
+    if meta.num_row_groups:
+        group = meta.row_group(0)
+        rows = group.num_rows or None
+        for i in range(group.num_columns):
+            col = group.column(i)
+            codecs[col.path_in_schema] = col.compression.lower().replace("uncompressed", "none")
+    return {"compression": codecs, "row_group_size": rows}
+
+
+def write_parquet(table, path: Path, settings: dict | None = None) -> None:
+    """Write an arrow table as refresh does, with the original file's ``settings``
+    (``parquet_settings``: codec per column, row group size; a column the file lacks takes the
+    codec of its root column, else snappy).
+
+    Dictionary pages for every column but the supervoxel columns (names ending in
+    ``supervoxel_id``): a table holds far fewer roots than rows, so root columns (and the time,
+    and previous roots, mostly 0) shrink to small indices (about half the bytes of plain 64-bit
+    values, as fast to write); supervoxels are nearly one per row, where a dictionary only costs
+    a hash per value before falling back to plain. No statistics for the time and the previous
+    roots (columns refresh adds: a min/max pass per page for values nobody filters on)."""
+    import pyarrow.parquet as pq
+
+    settings = settings or {}
+    names = table.column_names
+    given = dict(settings.get("compression") or {})
+    codecs = {}
+    for c in names:
+        base = c[: -len("_previous")] if c.endswith("_previous") else c
+        codecs[c] = given.get(c) or given.get(base) or PARQUET_COMPRESSION
+    dictionary = [c for c in names if not c.endswith("supervoxel_id")]
+    stats = [c for c in names if c != TIMESTAMP_COLUMN and not c.endswith("_previous")]
+    pq.write_table(table, path, use_dictionary=dictionary, compression=codecs, write_statistics=stats,
+                   row_group_size=settings.get("row_group_size"))
 
 
 def fast_zstd(meta: Path) -> None:
@@ -307,12 +350,11 @@ def open_table(table, timestamp_column: str = TIMESTAMP_COLUMN) -> RefreshTable:
     if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
-        names = pq.read_schema(path).names
-        t = pq.read_table(path, read_dictionary=[c for c in (timestamp_column,) if c in names])
-        history = json.loads((t.schema.metadata or {}).get(RECORD_KEY.encode(), b"[]"))
-        tab = RefreshTable(path, "parquet", None, _LazyColumns({c: t.column(c) for c in names}), arrow=t,
-                           history=history)
-        stamps = _distinct(t.column(timestamp_column)) if timestamp_column in names else []
+        schema = pq.read_schema(path)
+        history = json.loads((schema.metadata or {}).get(RECORD_KEY.encode(), b"[]"))
+        cols = _ParquetColumns(path, schema, dictionary=[timestamp_column])
+        tab = RefreshTable(path, "parquet", None, cols, history=history)
+        stamps = _distinct(cols.raw(timestamp_column)) if timestamp_column in schema.names else []
     elif suffix == ".csv":
         frame = pd.read_csv(path)
         tab = RefreshTable(path, "csv", None, {c: frame[c].to_numpy() for c in frame.columns}, frame=frame)
@@ -381,3 +423,53 @@ class _LazyColumns(dict):
                 value = np.asarray(value[:])
             self[key] = value
         return value
+
+
+class _ParquetColumns(_LazyColumns):
+    """The columns of a parquet file, each read on first use (the root columns first, alone);
+    ``prefetch`` reads the rest in a background thread, ``table`` gives the whole table."""
+
+    def __init__(self, path: Path, schema, dictionary: list[str]):
+        super().__init__({c: None for c in schema.names})
+        self.path, self.schema = path, schema
+        self.dictionary = [c for c in dictionary if c in schema.names]
+        self.arrow: dict = {}    # name -> arrow column as read
+        self.pending = None      # (names, future) of the background read
+        self.settings = parquet_settings(path)
+
+    def _read(self, names: list[str]) -> dict:
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(self.path, columns=names, read_dictionary=[c for c in self.dictionary if c in names])
+        return {c: t.column(c) for c in names}
+
+    def raw(self, key):
+        if key not in self.arrow:
+            if self.pending is not None and key in self.pending[0]:
+                self.arrow.update(self.pending[1].result())
+            else:
+                self.arrow[key] = self._read([key])[key]
+        value = dict.__getitem__(self, key)
+        return self.arrow[key] if value is None else value
+
+    def __getitem__(self, key):
+        if dict.__getitem__(self, key) is None:
+            dict.__setitem__(self, key, self.raw(key))
+        return super().__getitem__(key)
+
+    def prefetch(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        rest = [c for c in self.schema.names if c not in self.arrow]
+        if self.pending is None and rest:
+            pool = ThreadPoolExecutor(1)
+            self.pending = (rest, pool.submit(self._read, rest))
+            pool.shutdown(wait=False)  # the thread ends with the read
+
+    def table(self):
+        """The whole table as read (columns in the file's order, its schema metadata)."""
+        import pyarrow as pa
+
+        for c in self.schema.names:
+            self.raw(c)
+        return pa.table({c: self.arrow[c] for c in self.schema.names}).replace_schema_metadata(self.schema.metadata)

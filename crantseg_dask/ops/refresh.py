@@ -70,7 +70,8 @@ def _time(ts: datetime) -> str:
 
 
 def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec, t0: datetime, t1: datetime,
-                  stop_layer: int = 2, progress: bool = False, check=None) -> tuple[dict, dict]:
+                  stop_layer: int = 2, progress: bool = False, check=None,
+                  inplace: bool = False, delta=None) -> tuple[dict, dict]:
     """Roots of each column at ``t1`` given the roots at ``t0`` (uint64 arrays, 0 = empty).
 
     ``supervoxels[col]``: None, the column's supervoxels (an array), or a function of row
@@ -78,8 +79,13 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     ``check``: the columns whose roots are checked to be alive at ``t0`` (default: every one);
     a column known to hold only roots alive at ``t0`` (a job computed them then, or the last
     refresh left them so) skips the check, and with it the pass for its unique roots.
+    ``delta``: a future of ``source.delta_roots(t0, t1)`` already sent (the caller overlaps it
+    with reading the columns), else sent here.
+    ``inplace``: refresh each writable column in place (``new[col]`` is ``roots[col]``; no copy of
+    a 10^7-row column), else in a copy.
     Returns ``(new, info)``: ``new[col]`` the refreshed column; ``info`` holds ``touched`` /
-    ``changed`` (row indices per column), ``expired`` (the table's roots the window expired),
+    ``changed`` (row indices per column), ``previous`` (the roots of the changed rows before),
+    ``expired`` (the table's roots the window expired),
     ``stale``, ``unknown`` (unique roots) and ``outdated_left`` (touched rows still on an
     outdated root: no successor found).
     Requests: one ``delta_roots`` (sent while the checked columns are factorized),
@@ -92,7 +98,7 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     check = list(roots) if check is None else [c for c in roots if c in set(check)]
     step = int(getattr(source, "batch_size", 0) or 10_000)
     with ThreadPoolExecutor(N_THREADS) as pool:
-        delta = pool.submit(source.delta_roots, t0, t1)
+        delta = delta or pool.submit(source.delta_roots, t0, t1)
         # one hash pass per checked column for its unique roots; the rows come later, for the few touched
         uniques = [np.asarray(pd.unique(roots[c]), dtype=np.uint64) for c in check]
         window = delta.result()[0]
@@ -138,20 +144,22 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
                              stop_layer=stop_layer, dataset=spec, progress=progress, use_annotations=False)
             mapped[late] = got["new_id"].to_numpy().astype(np.uint64)
     mapped = mapped[inverse.ravel()]
-    new, touched, changed, at = {}, {}, {}, 0
+    new, touched, changed, before, at = {}, {}, {}, {}, 0
     for col, r in roots.items():
         rows = rows_of[col]
-        out = r.copy()
-        out[rows] = mapped[at: at + len(rows)]
+        values, old = mapped[at: at + len(rows)], r[rows]
         at += len(rows)
+        moved = values != old
+        out = r if inplace and r.flags.writeable else r.copy()
+        out[rows] = values
         new[col] = out
         touched[col] = rows
-        changed[col] = rows[out[rows] != r[rows]]
+        changed[col], before[col] = rows[moved], old[moved]
     expired = np.unique(pairs[:, 0]) if len(pairs) else np.zeros(0, np.uint64)
     expired = expired[np.isin(expired, window)]
     outdated = np.concatenate([window, stale])  # rows left on one of these: no successor found
     left = sum(int(np.isin(new[c][touched[c]], outdated).sum()) for c in roots)
-    return new, {"touched": touched, "changed": changed, "expired": expired, "stale": stale, "unknown": unknown,
+    return new, {"touched": touched, "changed": changed, "previous": before, "expired": expired, "stale": stale, "unknown": unknown,
                  "outdated_left": left}
 
 
@@ -318,16 +326,22 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
     if unknown not in ("report", "raise"):
         raise InvalidInputError(f"unknown={unknown!r}: use 'report' or 'raise'")
     cols, sv_cols = _columns(tab, root_columns, supervoxel_columns)
-    roots = {c: tab.ids(c) for c in cols}
-    report.rows = len(next(iter(roots.values())))
     if t1 == t0:
+        report.rows = len([tab.ids(c) for c in cols][0])  # each column still checked to hold IDs
         report.message = f"roots already valid at {_time(t1)}: nothing to do, table unchanged"
         report.seconds = time.perf_counter() - t_start
         return report
+    with ThreadPoolExecutor(1) as pool:  # the window's expired roots asked while the root columns are read
+        delta = pool.submit(source.delta_roots, t0, t1)
+        roots = {c: tab.ids(c) for c in cols}
+        report.rows = len(next(iter(roots.values())))
+    if not dry_run:
+        tab.prefetch()  # the columns a refresh only writes back, read while the roots are checked
     svs = {c: ((lambda rows, s=s: tab.ids_at(s, rows)) if s else None) for c, s in sv_cols.items()}
     trusted = known_valid(tab, roots, spec.name, _job_dataset(tab, spec, source), _time(t0))
     new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress,
-                              check=[c for c in cols if c not in trusted])
+                              check=[c for c in cols if c not in trusted], inplace=True, delta=delta)
+    del roots  # refreshed in place: ``info["previous"]`` holds the roots that changed
     report.expired_roots = len(info["expired"])
     report.stale_roots = len(info["stale"])
     report.unknown_roots = len(info["unknown"])
@@ -348,14 +362,14 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         previous = {}
         for c in cols:
             previous[f"{c}_previous"] = prev = np.zeros(report.rows, np.uint64)
-            prev[info["changed"][c]] = roots[c][info["changed"][c]]
+            prev[info["changed"][c]] = info["previous"][c]
         record = {k: v for k, v in report.as_dict().items()
                   if k not in ("table", "status", "seconds", "message", "files_written", "bytes_written")}
         record["dataset"] = spec.name
         if not (report.unknown_roots or report.stale_roots or info["outdated_left"]):
             # every root now alive at t1: the next refresh need not check them
             record["valid_roots"] = {c: roots_checksum(new[c]) for c in cols}
-        written = tab.write(new, previous, _time(t1), record)
+        written = tab.write(new, previous, _time(t1), record, changed=info["changed"])
         report.files_written, report.bytes_written = written["files_written"], written["bytes_written"]
         report.status = "refreshed"
     report.seconds = time.perf_counter() - t_start

@@ -511,3 +511,31 @@ def test_a_parquet_table_with_two_times_is_refused(tmp_path, truth, local_spec):
     stamps = pa.array([t1] * 20 + [None] * 20).dictionary_encode()
     pq.write_table(pa.Table.from_pandas(table).append_column("roots_valid_at", stamps), path, row_group_size=20)
     assert refresh(path, "mat_1", dataset=local_spec).status == "unchanged"
+
+
+def test_a_parquet_table_keeps_its_codec_and_row_groups(tmp_path, truth, local_spec):
+    """A parquet table is read column by column (the rest in the background) and written with the
+    file's own codec per column and row group size: a zstd file with 64-row groups stays so, its
+    other columns (weight) are kept, and its roots equal the truth's roots of the row's
+    supervoxels at each later time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    versions = _versions(truth)
+    t0 = truth.materialization(versions[0])
+    table = _synapses(truth, 300, t0, seed=3).assign(roots_valid_at=t0.isoformat())
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), path, compression="zstd", row_group_size=64)
+    for v in versions[1:]:
+        ts = truth.materialization(v)
+        rep = refresh(path, f"mat_{v}", dataset=local_spec)
+        assert rep.status == "refreshed"
+        meta = pq.ParquetFile(path).metadata
+        assert meta.num_row_groups == -(-len(table) // 64) and meta.row_group(0).num_rows == 64
+        group = meta.row_group(0)
+        assert {group.column(i).compression for i in range(group.num_columns)} == {"ZSTD"}
+        out = pd.read_parquet(path)
+        for side in ("pre", "post"):
+            want = truth.root_of(_u64(table[f"{side}_supervoxel_id"]), ts)
+            assert (_u64(out[f"{side}_root_id"]) == want).all(), (v, side)
+        assert (out["weight"] == table["weight"]).all() and (out["roots_valid_at"] == ts.isoformat()).all()
