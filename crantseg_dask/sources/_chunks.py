@@ -256,23 +256,27 @@ def lookup_points(source, voxels: np.ndarray, mip: int) -> np.ndarray:
 
     Points outside the volume give 0. Output is in input order."""
     meta = source.meta
-    v = np.asarray(voxels, dtype=np.int64).reshape(-1, 3)
+    v = np.asarray(voxels).reshape(-1, 3)
     out = np.zeros(len(v), dtype=np.uint64)
     lo, hi = meta.bounds(mip)
-    inside = np.flatnonzero(np.all((v >= lo) & (v < hi), axis=1))
-    if inside.size == 0:
-        return out
     cs = np.array(meta.chunk_size[mip])
-    chunk = (v[inside] - lo) // cs
-    key = chunk_keys(v[inside], (lo, hi), cs)
-    order = np.argsort(key, kind="stable")
-    key_sorted = key[order]
-    starts = np.flatnonzero(np.r_[True, key_sorted[1:] != key_sorted[:-1]])
-    ends = np.r_[starts[1:], len(order)]
-    rows = inside[order]
-    keys = chunk[order[starts]]
-    local = v[rows] - (lo + chunk[order] * cs)
-    out[rows] = read_points(source, mip, keys, np.repeat(np.arange(len(starts)), ends - starts), local)
+    key = chunk_keys(v, (lo, hi), cs)
+    if len(key) > 1 and (key[1:] < key[:-1]).any():  # a planned partition is sorted already
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+    else:
+        order = None
+    first = int(np.searchsorted(key, 0))  # rows outside the volume (key -1) sort first
+    if first == len(key):
+        return out
+    key = key[first:]
+    rows = slice(first, None) if order is None else order[first:]
+    vin = v[rows].astype(np.int64) - lo
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    chunk_of = np.cumsum(np.r_[False, key[1:] != key[:-1]])
+    keys = vin[starts] // cs
+    local = vin - keys[chunk_of] * cs
+    out[rows] = read_points(source, mip, keys, chunk_of, local)
     return out
 
 
