@@ -119,8 +119,19 @@ class ChunkReader:
                 cache.set(f"{ident}|{c}", data)
             yield c, data
 
+    def filenames(self, chunks, mip: int) -> list[str]:
+        """``filename`` of each chunk (vectorised: one numpy pass for all of them)."""
+        m = self.meta
+        c = np.asarray(chunks, dtype=np.int64).reshape(-1, 3)
+        off = np.array(m.voxel_offset[mip], dtype=np.int64)
+        lo = off + c * np.array(m.chunk_size[mip])
+        hi = np.minimum(lo + np.array(m.chunk_size[mip]), off + np.array(m.size[mip]))
+        key = m.keys[mip]
+        return [f"{key}/{a}-{d}_{b}-{e}_{c_}-{f}"
+                for (a, b, c_), (d, e, f) in zip(lo.tolist(), hi.tolist())]
+
     def _fetch_files(self, chunks, mip):
-        names = [self.filename(c, mip) for c in chunks]
+        names = self.filenames(chunks, mip)
         for i, data in fetch(self.store, [(n, None, None) for n in names],
                              in_flight=self._setting("storage.max-in-flight", 96)):
             yield chunks[i], None if data is None else gunzip_if(data, f"chunk {self.store.url(names[i])}")

@@ -100,16 +100,24 @@ class Store:
 class FileStore(Store):
     """``file://`` layers: whole files (``key`` or ``key.gz``, gunzipped) or byte ranges."""
 
+    #: try ``key.gz`` first (the last whole-file read found the gzipped name): one failed open
+    #: less per read of a gzipped layer
+    _gz_first = False
+
     def _get(self, key, start, end):
         path = self.base[len("file://"):] + "/" + key
         try:
             if start is None and end is None:
+                names = (path + ".gz", path) if self._gz_first else (path, path + ".gz")
                 try:
-                    with open(path, "rb") as f:
-                        return f.read()
+                    with open(names[0], "rb") as f:
+                        data = f.read()
                 except FileNotFoundError:
-                    with open(path + ".gz", "rb") as f:
-                        return gunzip_if(f.read(), self.url(key))
+                    with open(names[1], "rb") as f:
+                        data = f.read()
+                    names = names[::-1]
+                    self._gz_first = names[0].endswith(".gz")
+                return gunzip_if(data, self.url(key)) if names[0].endswith(".gz") else data
             with open(path, "rb") as f:
                 f.seek(start or 0)
                 return f.read(None if end is None else end - (start or 0))
