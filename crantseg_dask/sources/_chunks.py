@@ -60,7 +60,8 @@ class ChunkReader:
         self.fill_missing = fill_missing
         self._setting = settings or setting
         self.store = open_store(self.cloudpath, policy=policy, token=token, token_host=token_host,
-                                in_flight=self._setting("storage.max-in-flight", 96))
+                                in_flight=self._setting("storage.max-in-flight", 96),
+                                file_in_flight_value=self._setting("storage.file-in-flight", None))
         self._scales = scales
         self._locators: dict = {}
 
