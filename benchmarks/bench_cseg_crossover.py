@@ -7,9 +7,7 @@ the same bytes): the time to decode a chunk whole (the structural check plus
 ``compressed_segmentation.decompress``) and the time per voxel of ``_cseg.decode_points`` at
 several points-per-chunk counts (all chunks in one call, as ``lookup_points`` does). The crossover
 is the fraction of a chunk's voxels at which both cost the same; ``_cseg.CROSSOVER`` should sit
-near it. Also reported: block-range decode (``decode_blocks``) per voxel, and per chunk the
-pure-Python ``decode_few`` against ``decode_points`` at 1-32 points per chunk (``_cseg.FEW_POINTS``
-should sit where they cross; no read threads compete for the GIL here, which favours numpy).
+near it. Also reported: block-range decode (``decode_blocks``) per voxel.
 """
 from __future__ import annotations
 
@@ -60,14 +58,6 @@ def measure(path, n_chunks: int = 64, seed: int = 0) -> dict:
         local = (rng.random((len(chunk_of), 3)) * shapes[chunk_of]).astype(np.int64)
         t = _best(lambda: _cseg.decode_points(datas, shapes, block, chunk_of, local))
         out["ra_ns"][per] = t / len(chunk_of) * 1e9
-    out["few_us"] = {}  # per chunk: pure-Python decode_few vs decode_points (one call for all chunks)
-    for per in (1, 4, 8, 12, 16, 32):
-        chunk_of = np.repeat(np.arange(len(keys)), per)
-        local = (rng.random((len(chunk_of), 3)) * shapes[chunk_of]).astype(np.int64)
-        t_few = _best(lambda: [_cseg.decode_few(d, s, block, local[k * per:(k + 1) * per])
-                               for k, (d, s) in enumerate(zip(datas, shapes))])
-        t_vec = _best(lambda: _cseg.decode_points(datas, shapes, block, chunk_of, local))
-        out["few_us"][per] = (t_few / len(keys) * 1e6, t_vec / len(keys) * 1e6)
     for side in (8, 32):  # boxes of side^3-ish voxels, one per chunk
         lo_b = np.zeros((len(keys), 3), np.int64)
         hi_b = np.minimum(np.array([side, side, min(side, 16)]), shapes)
@@ -90,8 +80,6 @@ def main(argv) -> int:
           f"({r['full_ms'] * 1e6 / r['chunk_voxels']:.2f} ns/voxel)")
     for per, ns in r["ra_ns"].items():
         print(f"  random access, {per:>5} points/chunk: {ns:7.1f} ns/point")
-    for per, (few, vec) in r["few_us"].items():
-        print(f"  {per:>2} points/chunk: decode_few {few:6.1f} us/chunk, decode_points {vec:6.1f} us/chunk")
     for side, ns in r["blocks_ns"].items():
         print(f"  block-range decode, {side}-voxel boxes: {ns:7.1f} ns/voxel")
     print(f"crossover (full decode = random access at 256 points/chunk): {r['crossover']:.4f} of a chunk "

@@ -13,17 +13,18 @@ Only what a voxel needs is checked (its block header, values word and table entr
 truncated chunk still answers the voxels whose bytes survive, and refuses the others.
 
 The label of one voxel is therefore a few array reads. Everything here is vectorised over many
-chunks at once (their bytes are concatenated) and bounds-checked at every read: corrupt or
-truncated input raises ``CsegError`` naming the chunk, never a crash or a read of another chunk.
+chunks at once (three gathers per chunk, each from the chunk's own buffer: nothing is copied)
+and bounds-checked before every read: corrupt or truncated input raises ``CsegError`` naming
+the chunk, never a crash or a read of another chunk.
 
 Which path to take per chunk (``use_blocks``): a chunk is read by random access when it needs
 fewer than ``CROSSOVER`` x (its voxel count) voxels (points, or the voxels of the blocks a box
 touches), and decoded whole otherwise. Measured with ``python benchmarks/bench_cseg_crossover.py``
 (63 demo chunks of 128 x 128 x 32, encoded bytes in memory; numpy random access against the
-structural check plus ``compressed_segmentation.decompress``), twice on a machine loaded about
-10x (so read the ratio, not the times): full decode 7.1 / 28 ns per voxel, random access 490 /
-1,630 ns per voxel at 256 points per chunk, crossover 1.5% / 1.7% of a chunk (7.7k / 9.0k
-voxels). ``CROSSOVER`` is 1.5%; the lead reruns the command on a quiet machine to confirm.
+structural check plus ``compressed_segmentation.decompress``), twice on a 2-core machine shared
+with other work (load ~4), after random access stopped concatenating the chunks: full decode
+2.44 / 2.06 ns per voxel, random access 163 / 136 ns per point at 256 points per chunk,
+crossover 1.50% / 1.52% of a chunk (7.9k / 8.0k voxels). ``CROSSOVER`` is 1.5%.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["CsegError", "CROSSOVER", "FEW_POINTS", "decode_points", "decode_few", "decode_positions", "decode_blocks", "decode_box",
+__all__ = ["CsegError", "CROSSOVER", "decode_points", "decode_positions", "decode_blocks", "decode_box",
            "block_voxels", "block_positions", "blocks_holding", "use_blocks"]
 
 #: random access is chosen while a chunk needs fewer than this fraction of its voxels (measured;
@@ -204,70 +205,6 @@ def decode_points(datas: Sequence[bytes], shapes, block, chunk_of, local) -> np.
                                             f"{shapes[chunk_of[bad]].tolist()}")
     words, n_words, grid, n_blocks = _pack(datas, shapes, block)
     return _lookup(words, n_words, grid, n_blocks, block, chunk_of, local)
-
-
-#: ``decode_few`` takes one chunk's points in pure Python: below about this many points per chunk
-#: it beats ``decode_points`` (whose per-chunk numpy calls each cost more than a point here, and
-#: release the GIL, so each waits on the read threads); measured by bench_cseg_crossover.py.
-FEW_POINTS = 12
-_BITS_SET = frozenset((1, 2, 4, 8, 16, 32))
-
-
-def decode_few(data: bytes, shape, block, local) -> list[int]:
-    """Labels at ``local`` (M, 3) positions of one encoded chunk, one point at a time in pure
-    Python (no numpy call per point or per chunk): ``decode_points`` for a few points.
-
-    Bounds-checked like ``decode_points``: ``CsegError`` (chunk 0) on corrupt or truncated input
-    or a position outside ``shape``.
-
-    Examples
-    --------
-    >>> import compressed_segmentation as cseg
-    >>> vol = np.arange(6 * 5 * 3, dtype=np.uint64).reshape(6, 5, 3, order="F")
-    >>> data = cseg.compress(vol[..., None], (4, 4, 2), order="F")
-    >>> decode_few(data, (6, 5, 3), (4, 4, 2), [(0, 0, 0), (5, 4, 2)])
-    [0, 89]
-    """
-    sx, sy, sz = (int(v) for v in shape)
-    b0, b1, b2 = (int(v) for v in block)
-    if min(b0, b1, b2) < 1:
-        raise ValueError(f"block {[b0, b1, b2]} must be >= 1")
-    n = len(data)
-    if n % 4 or n < 4:
-        raise CsegError(0, f"{n} bytes is not a whole number of 32-bit words")
-    if sys.byteorder == "little":
-        w = memoryview(data).cast("B").cast("I")
-    else:  # pragma: no cover - big-endian hosts
-        w = np.frombuffer(data, "<u4").astype(np.uint32).tolist()
-    gx, gy = -(-sx // b0), -(-sy // b1)
-    n_blocks = gx * gy * -(-sz // b2)
-    if w[0] != 1 or 1 + 2 * n_blocks > len(w):
-        raise CsegError(0, f"bad header: channel offset {w[0]}, {n_blocks} blocks, {len(w)} words "
-                           "(truncated or not compressed_segmentation)")
-    min_table = 2 * n_blocks
-    out = []
-    try:
-        for x, y, z in (local.tolist() if isinstance(local, np.ndarray) else local):
-            if not (0 <= x < sx and 0 <= y < sy and 0 <= z < sz):
-                raise CsegError(0, f"position {[x, y, z]} lies outside the chunk's shape {[sx, sy, sz]}")
-            h = 1 + 2 * (x // b0 + gx * (y // b1 + gy * (z // b2)))
-            w0 = w[h]
-            bits, table = w0 >> 24, w0 & 0xFFFFFF
-            if table < min_table:
-                raise IndexError
-            if bits:
-                if bits not in _BITS_SET:
-                    raise IndexError
-                bp = (x % b0 + b0 * (y % b1 + b1 * (z % b2))) * bits
-                idx = (w[1 + w[h + 1] + (bp >> 5)] >> (bp & 31)) & ((1 << bits) - 1)
-            else:
-                idx = 0
-            t = 1 + table + 2 * idx
-            out.append(w[t] | w[t + 1] << 32)
-    except IndexError:
-        raise CsegError(0, "a block header has a bad bit width, or its table, values or a voxel's table "
-                           "entry lie outside the chunk (truncated or corrupt)") from None
-    return out
 
 
 def block_voxels(lo, hi, shape, block) -> int:

@@ -54,8 +54,8 @@ def read_points(source, mip: int, keys: np.ndarray, chunk_of: np.ndarray, local:
     """Labels at ``local`` (N, 3) positions inside storage chunks ``keys[chunk_of]`` at ``mip``.
 
     Chunks with few points (``_cseg.use_blocks``) are read by random access, fetched all at once
-    and decoded as their bytes arrive (a handful of points at once, more in batches of
-    ``DECODE_BATCH`` chunks); the others are decoded whole, one at a time. Points sorted by ``chunk_of`` (as ``lookup_points``
+    and decoded in batches of ``DECODE_BATCH`` chunks as their bytes arrive; the others are
+    decoded whole, one at a time. Points sorted by ``chunk_of`` (as ``lookup_points``
     gives them) are decoded in place, without gathering. ``SourceError`` for failed reads and
     corrupt chunks."""
     keys = np.asarray(keys, dtype=np.int64).reshape(-1, 3)
@@ -71,8 +71,7 @@ def read_points(source, mip: int, keys: np.ndarray, chunk_of: np.ndarray, local:
 
 def _read_sorted(source, mip, keys, chunk_of, local) -> np.ndarray:
     """``read_points`` for points sorted by chunk: chunk ``k``'s points are rows
-    ``b[k]:b[k + 1]``. A chunk with at most ``_cseg.FEW_POINTS`` points is decoded as it arrives
-    (``decode_few``); the others in batches (``decode_points``)."""
+    ``b[k]:b[k + 1]``. Chunks are decoded in batches as they arrive (``decode_points``)."""
     meta = source.meta
     out = np.zeros(len(chunk_of), dtype=np.uint64)
     shapes = chunk_shapes(meta, keys, mip)
@@ -81,10 +80,9 @@ def _read_sorted(source, mip, keys, chunk_of, local) -> np.ndarray:
     ra = _cseg.use_blocks(counts, shapes.prod(axis=1)) & _random_access_ok(meta, mip)
     block = _block(meta, mip)
     b = bounds.tolist()
-    few = (counts <= _cseg.FEW_POINTS).tolist()
 
     def decode(batch: list) -> None:
-        """``batch``: (k, encoded bytes) of chunks with many points."""
+        """``batch``: (k, encoded bytes) of chunks read by random access."""
         batch.sort(key=lambda kd: kd[0])
         ks = [k for k, _ in batch]
         if all(b[k1] == b[k0 + 1] for k0, k1 in zip(ks, ks[1:])):  # rows contiguous: no gather
@@ -107,11 +105,6 @@ def _read_sorted(source, mip, keys, chunk_of, local) -> np.ndarray:
         for k in at[c]:
             if data is None:  # decoded whole below (background or a raw scale)
                 ra[k] = False
-            elif few[k]:
-                try:
-                    out[b[k]: b[k + 1]] = _cseg.decode_few(data, shapes[k], block, local[b[k]: b[k + 1]])
-                except _cseg.CsegError as e:
-                    raise _source_error(source, keys[k], mip, e) from e
             else:
                 batch.append((k, data))
                 if len(batch) >= DECODE_BATCH:

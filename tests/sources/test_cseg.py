@@ -25,23 +25,6 @@ def _full(data, shape, block):
     return cseg.decompress(data, tuple(shape) + (1,), np.uint64, block, order="F")[..., 0]
 
 
-def _points(data, shape, block, pos):
-    return _cseg.decode_points([data], [shape], block, np.zeros(len(pos), int), pos)
-
-
-def _few(data, shape, block, pos):
-    return np.array(_cseg.decode_few(data, shape, block, pos), dtype=np.uint64)
-
-
-#: both random-access decoders: vectorised over chunks, and one chunk's few points in pure Python
-DECODERS = {"decode_points": _points, "decode_few": _few}
-
-
-@pytest.fixture(params=list(DECODERS))
-def decode(request):
-    return DECODERS[request.param]
-
-
 def _bit_widths(data, shape, block):
     words = np.frombuffer(data, "<u4")
     n = int(np.prod(-(-np.array(shape) // np.array(block))))
@@ -49,7 +32,7 @@ def _bit_widths(data, shape, block):
 
 
 @pytest.mark.parametrize("block", BLOCKS)
-def test_every_voxel_equals_the_full_decode(block, decode):
+def test_every_voxel_equals_the_full_decode(block):
     rng = np.random.default_rng(sum(block))
     seen = set()
     for shape in SHAPES:
@@ -59,7 +42,7 @@ def test_every_voxel_equals_the_full_decode(block, decode):
             want = _full(data, shape, block)
             seen |= _bit_widths(data, shape, block)
             pos = np.argwhere(np.ones(shape, bool))
-            got = decode(data, shape, block, pos)
+            got = _cseg.decode_points([data], [shape], block, np.zeros(len(pos), int), pos)
             np.testing.assert_array_equal(got, want[tuple(pos.T)])
     assert 0 in seen and (1 in seen or np.prod(block) == 1)  # 0-bit (one label) and 1-bit blocks occur
 
@@ -94,7 +77,7 @@ def _hand_encode(vol, block, bits):
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8, 16, 32])
-def test_every_bit_width_against_the_package(bits, decode):
+def test_every_bit_width_against_the_package(bits):
     rng = np.random.default_rng(bits)
     block, shape = (4, 4, 2), (9, 6, 5)  # ragged
     vol = rng.integers(1, 2**64 - 1, size=4, dtype=np.uint64)[rng.integers(0, 4, size=shape)]
@@ -102,7 +85,7 @@ def test_every_bit_width_against_the_package(bits, decode):
     if bits < 32:  # the package agrees it is valid; at 32 bits its decoder's index mask (1 << 32) - 1
         np.testing.assert_array_equal(_full(data, shape, block), vol)  # wraps to 0, so the spec decides
     assert _bit_widths(data, shape, block) == {bits}
-    np.testing.assert_array_equal(_decode_all(data, shape, block, decode), vol.ravel()[
+    np.testing.assert_array_equal(_decode_all(data, shape, block), vol.ravel()[
         np.ravel_multi_index(np.argwhere(np.ones(shape, bool)).T, shape)])
 
 
@@ -164,74 +147,76 @@ def test_the_rule():
 
 
 # -- corrupt input: a clear error, never a crash ----------------------------------------------------
-def _decode_all(data, shape, block, decode=_points):
-    return decode(data, shape, block, np.argwhere(np.ones(shape, bool)))
+def _decode_all(data, shape, block):
+    pos = np.argwhere(np.ones(shape, bool))
+    return _cseg.decode_points([data], [shape], block, np.zeros(len(pos), int), pos)
 
 
-def test_truncated_chunks_raise(decode):
+def test_truncated_chunks_raise():
     rng = np.random.default_rng(5)
     block, shape = (8, 8, 8), (32, 32, 16)
     data = _encode(_volume(rng, shape, 50), block)
     for cut in sorted({0, 3, 4, 8, 40, len(data) // 2 // 4 * 4, len(data) - 8, len(data) - 4, len(data) - 1}):
         with pytest.raises(_cseg.CsegError, match="chunk 0"):
-            _decode_all(data[:cut], shape, block, decode)
+            _decode_all(data[:cut], shape, block)
 
 
-def test_corrupt_headers_and_random_garbage_raise_or_decode_but_never_crash(decode):
+def test_corrupt_headers_and_random_garbage_raise_or_decode_but_never_crash():
     rng = np.random.default_rng(6)
     block, shape = (8, 8, 8), (32, 32, 16)
     data = bytearray(_encode(_volume(rng, shape, 50), block))
     bad = bytearray(data)
     bad[0:4] = (7).to_bytes(4, "little")  # channel offset
     with pytest.raises(_cseg.CsegError, match="bad header"):
-        _decode_all(bytes(bad), shape, block, decode)
+        _decode_all(bytes(bad), shape, block)
     bad = bytearray(data)
     bad[4 + 3] = 3  # bit width 3 in the first block's header
     with pytest.raises(_cseg.CsegError, match="bit width"):
-        _decode_all(bytes(bad), shape, block, decode)
+        _decode_all(bytes(bad), shape, block)
     bad = bytearray(data)
     w0 = int.from_bytes(bad[4:8], "little") & 0xFF000000  # the first block's table inside the headers
     bad[4:8] = w0.to_bytes(4, "little")
     with pytest.raises(_cseg.CsegError, match="table"):
-        _decode_all(bytes(bad), shape, block, decode)
+        _decode_all(bytes(bad), shape, block)
     bad = bytearray(data)
     bad[8:12] = (10**8).to_bytes(4, "little")  # the first block's values far past the end
     with pytest.raises(_cseg.CsegError):
-        _decode_all(bytes(bad), shape, block, decode)
+        _decode_all(bytes(bad), shape, block)
     for _ in range(200):  # random bytes in random places: decoded or refused, nothing else
         bad = bytearray(data)
         at = rng.integers(0, len(bad), 8)
         for a in at:
             bad[a] = rng.integers(0, 256)
         try:
-            _decode_all(bytes(bad), shape, block, decode)
+            _decode_all(bytes(bad), shape, block)
         except _cseg.CsegError:
             pass
     for garbage in (b"", b"abc", b"not a chunk!", rng.bytes(4000)):
         with pytest.raises(_cseg.CsegError):
-            _decode_all(garbage, shape, block, decode)
+            _decode_all(garbage, shape, block)
 
 
 def test_positions_outside_the_chunk_raise():
     block, shape = (8, 8, 8), (10, 10, 10)
     data = _encode(np.ones(shape, np.uint64), block)
     for pos in ([(10, 0, 0)], [(0, -1, 0)], [(0, 0, 10)]):
-        for decode in DECODERS.values():
-            with pytest.raises(_cseg.CsegError, match="outside the chunk"):
-                decode(data, shape, block, np.array(pos))
+        with pytest.raises(_cseg.CsegError, match="outside the chunk"):
+            _cseg.decode_points([data], [shape], block, [0], pos)
     with pytest.raises(_cseg.CsegError, match="leaves the chunk"):
         _cseg.decode_box(data, shape, block, (0, 0, 0), (11, 1, 1))
 
 
-def test_decode_few_at_random_points_of_many_chunks_equals_the_full_decode():
-    """A few points per chunk (the case it serves), ragged chunks, 0-bit blocks included."""
+def test_a_few_points_in_many_chunks_out_of_order_equal_the_full_decode():
+    """The lookup's common case: 1-12 points per chunk, chunks given in any order, ragged
+    shapes, 0-bit blocks and many bit widths in one call."""
     rng = np.random.default_rng(7)
-    for shape, n, block in [((32, 32, 16), 1, (8, 8, 8)), ((20, 9, 16), 3, (8, 8, 8)), ((37, 30, 19), 40, (8, 8, 8)),
-                            ((37, 30, 19), 40, (3, 5, 2)), ((5, 32, 3), 2000, (4, 4, 4))]:
-        vol = _volume(rng, shape, n)
-        data = _encode(vol, block)
-        full = _full(data, shape, block)
-        for m in (1, 3, 12):
-            pos = (rng.random((m, 3)) * shape).astype(int)
-            assert _cseg.decode_few(data, shape, block, pos) == full[tuple(pos.T)].tolist()
-            assert _cseg.decode_few(data, shape, block, pos.tolist()) == full[tuple(pos.T)].tolist()
+    block = (8, 8, 8)
+    vols = [_volume(rng, s, n) for s, n in [((32, 32, 16), 1), ((20, 9, 16), 3), ((37, 30, 19), 40),
+                                             ((5, 32, 3), 2000), ((32, 32, 16), 300)]]
+    datas = [_encode(v, block) for v in vols]
+    shapes = np.array([v.shape for v in vols])
+    for m in (1, 3, 12):
+        chunk_of = rng.permutation(np.repeat(np.arange(len(vols)), m))
+        local = (rng.random((len(chunk_of), 3)) * shapes[chunk_of]).astype(int)
+        want = [_full(datas[k], vols[k].shape, block)[tuple(p)] for k, p in zip(chunk_of, local)]
+        np.testing.assert_array_equal(_cseg.decode_points(datas, shapes, block, chunk_of, local), want)

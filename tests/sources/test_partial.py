@@ -120,7 +120,7 @@ def test_corrupt_chunks_raise_source_error(corrupt_source, crossover):
 
 
 def test_a_few_points_in_a_corrupt_chunk_raise_source_error(corrupt_source, crossover):
-    """A handful of points (the pure-Python path) whose bytes were cut off: SourceError, not 0."""
+    """A handful of points whose bytes were cut off: SourceError, not 0."""
     source = corrupt_source
     box = source._reader.chunk_box((1, 1, 0), 0)
     corner = box[1] - 1 - np.array([[0, 0, 0], [1, 2, 0], [3, 1, 1]])  # the last blocks: the lost half
