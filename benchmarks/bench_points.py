@@ -74,16 +74,18 @@ def full_decode_way(path, locs: np.ndarray) -> np.ndarray:
 def read_only_way(path, locs: np.ndarray) -> None:
     """The floor under any decoder: fetch and inflate (un-gzip) the storage chunks the points
     touch, through the same concurrent reads, and decode nothing."""
-    from crantseg_dask._chunking import nm_to_voxels
+    from crantseg_dask._chunking import chunk_keys, nm_to_voxels
     from crantseg_dask.sources import open_source
     from crantseg_dask.sources.resolve import resolve_dataset
 
     source = open_source(resolve_dataset(str(path)))
     meta = source.meta
-    vox = nm_to_voxels(locs, meta.resolution[0])
     lo, hi = meta.bounds(0)
-    inside = np.all((vox >= lo) & (vox < hi), axis=1)
-    keys = np.unique((vox[inside] - lo) // np.array(meta.chunk_size[0]), axis=0)
+    cs = np.array(meta.chunk_size[0])
+    grid = -(-(hi - lo) // cs)
+    key = np.unique(chunk_keys(nm_to_voxels(locs, meta.resolution[0]), (lo, hi), cs))
+    key = key[key >= 0]
+    keys = np.stack([key // (grid[1] * grid[2]), key // grid[2] % grid[1], key % grid[2]], axis=1)
     for _ in source.read_encoded_many([tuple(k) for k in keys.tolist()], 0):
         pass
 
