@@ -283,11 +283,12 @@ def lookup_points(source, voxels: np.ndarray, mip: int) -> np.ndarray:
         return out
     key = key[first:]
     rows = slice(first, None) if order is None else order[first:]
-    vin = v[rows].astype(np.int64) - lo
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    chunk_of = np.cumsum(np.r_[False, key[1:] != key[:-1]])
+    vin = v[rows].astype(np.int64) - lo  # chunks start at lo + key * cs
+    new = np.r_[True, key[1:] != key[:-1]]
+    starts = np.flatnonzero(new)
+    chunk_of = np.cumsum(new) - 1
     keys = vin[starts] // cs
-    local = vin - keys[chunk_of] * cs
+    local = vin % cs
     out[rows] = read_points(source, mip, keys, chunk_of, local)
     return out
 

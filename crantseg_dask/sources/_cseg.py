@@ -198,8 +198,8 @@ def decode_points(datas: Sequence[bytes], shapes, block, chunk_of, local) -> np.
         return np.zeros(0, dtype=np.uint64)
     if chunk_of.min() < 0 or chunk_of.max() >= len(datas):
         raise ValueError(f"chunk indices must lie in [0, {len(datas)})")
-    inside = np.all((local >= 0) & (local < shapes[chunk_of]), axis=1)
-    if not inside.all():
+    if local.min() < 0 or (local >= shapes[chunk_of]).any():
+        inside = np.all((local >= 0) & (local < shapes[chunk_of]), axis=1)
         bad = int(np.argmin(inside))
         raise CsegError(int(chunk_of[bad]), f"position {local[bad].tolist()} lies outside the chunk's shape "
                                             f"{shapes[chunk_of[bad]].tolist()}")
