@@ -4,6 +4,9 @@
 chunk decoded whole, the path before issue 12). Sizes 10^3 to 10^6 (--quick: 10^3, 10^4), uniform
 over the volume and synapse-like (clustered on neurons, ``jobs.demo.synapse_table``).
 
+"read + inflate only" fetches and un-gzips the chunks the points touch and decodes nothing: the
+floor under any decoder on this storage (a ratio near 1 means the lookup costs the reads).
+
 crantpy reads one 1x1x1 box per point through cloud-volume, one after another; cloud-volume's
 ``scattered_points`` is the library's batch call. Both are measured on a sample in the same run
 (they are far too slow for 10^6 points) and compared per point.
@@ -68,6 +71,25 @@ def full_decode_way(path, locs: np.ndarray) -> np.ndarray:
         _cseg.CROSSOVER = saved
 
 
+def read_only_way(path, locs: np.ndarray) -> None:
+    """The floor under any decoder: fetch and inflate (un-gzip) the storage chunks the points
+    touch, through the same concurrent reads, and decode nothing."""
+    from crantseg_dask._chunking import chunk_keys, nm_to_voxels
+    from crantseg_dask.sources import open_source
+    from crantseg_dask.sources.resolve import resolve_dataset
+
+    source = open_source(resolve_dataset(str(path)))
+    meta = source.meta
+    lo, hi = meta.bounds(0)
+    cs = np.array(meta.chunk_size[0])
+    grid = -(-(hi - lo) // cs)
+    key = np.unique(chunk_keys(nm_to_voxels(locs, meta.resolution[0]), (lo, hi), cs))
+    key = key[key >= 0]
+    keys = np.stack([key // (grid[1] * grid[2]), key // grid[2] % grid[1], key % grid[2]], axis=1)
+    for _ in source.read_encoded_many([tuple(k) for k in keys.tolist()], 0):
+        pass
+
+
 def run(quick: bool = False) -> list[dict]:
     from crantseg_dask import locs_to_supervoxels
 
@@ -88,6 +110,9 @@ def run(quick: bool = False) -> list[dict]:
             t = time.perf_counter()
             assert np.array_equal(full_decode_way(path, locs), ours), "the full-decode path disagrees with ours"
             peers["full decode (before random access)"] = n / (time.perf_counter() - t)
+            t = time.perf_counter()
+            read_only_way(path, locs)
+            peers["read + inflate the touched chunks only (floor)"] = n / (time.perf_counter() - t)
             for name, fn, m in (("crantpy per-point", crantpy_way, sample), ("scattered_points", scattered_points, sample * 5)):
                 m = min(m, n)
                 t = time.perf_counter()

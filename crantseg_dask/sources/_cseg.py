@@ -13,21 +13,23 @@ Only what a voxel needs is checked (its block header, values word and table entr
 truncated chunk still answers the voxels whose bytes survive, and refuses the others.
 
 The label of one voxel is therefore a few array reads. Everything here is vectorised over many
-chunks at once (their bytes are concatenated) and bounds-checked at every read: corrupt or
-truncated input raises ``CsegError`` naming the chunk, never a crash or a read of another chunk.
+chunks at once (three gathers per chunk, each from the chunk's own buffer: nothing is copied)
+and bounds-checked before every read: corrupt or truncated input raises ``CsegError`` naming
+the chunk, never a crash or a read of another chunk.
 
 Which path to take per chunk (``use_blocks``): a chunk is read by random access when it needs
 fewer than ``CROSSOVER`` x (its voxel count) voxels (points, or the voxels of the blocks a box
 touches), and decoded whole otherwise. Measured with ``python benchmarks/bench_cseg_crossover.py``
 (63 demo chunks of 128 x 128 x 32, encoded bytes in memory; numpy random access against the
-structural check plus ``compressed_segmentation.decompress``), twice on a machine loaded about
-10x (so read the ratio, not the times): full decode 7.1 / 28 ns per voxel, random access 490 /
-1,630 ns per voxel at 256 points per chunk, crossover 1.5% / 1.7% of a chunk (7.7k / 9.0k
-voxels). ``CROSSOVER`` is 1.5%; the lead reruns the command on a quiet machine to confirm.
+structural check plus ``compressed_segmentation.decompress``), twice on a 2-core machine shared
+with other work (load ~4), after random access stopped concatenating the chunks: full decode
+2.44 / 2.06 ns per voxel, random access 163 / 136 ns per point at 256 points per chunk,
+crossover 1.50% / 1.52% of a chunk (7.9k / 8.0k voxels). ``CROSSOVER`` is 1.5%.
 """
 from __future__ import annotations
 
 import os
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -38,8 +40,9 @@ __all__ = ["CsegError", "CROSSOVER", "decode_points", "decode_positions", "decod
 #: random access is chosen while a chunk needs fewer than this fraction of its voxels (measured;
 #: the environment variable CRANTSEG_CSEG_CROSSOVER overrides it, 0 meaning always decode whole)
 CROSSOVER = float(os.environ.get("CRANTSEG_CSEG_CROSSOVER", 0.015))
-_BITS_OK = np.zeros(33, dtype=bool)
+_BITS_OK = np.zeros(256, dtype=bool)  # by a header's 8-bit width field
 _BITS_OK[[0, 1, 2, 4, 8, 16, 32]] = True
+_MASK = np.array([(1 << b) - 1 if b <= 32 else 0 for b in range(256)], dtype=np.uint64).astype(np.uint32)
 
 
 class CsegError(ValueError):
@@ -57,47 +60,93 @@ def use_blocks(n_voxels: int | np.ndarray, chunk_voxels: int | np.ndarray) -> np
 
 
 def _pack(datas: Sequence[bytes], shapes: np.ndarray, block: np.ndarray):
-    """Concatenated words and per-chunk (channel start, end, grid) of ``datas``; checks the
-    channel offset and that every block header lies inside its chunk."""
+    """Each chunk's words (zero-copy views of ``datas``), word count, grid and block count;
+    checks the channel offset and that every block header lies inside its chunk."""
     lens = np.fromiter((len(d) for d in datas), dtype=np.int64, count=len(datas))
     bad = np.flatnonzero((lens % 4 != 0) | (lens < 4))
     if bad.size:
         raise CsegError(int(bad[0]), f"{int(lens[bad[0]])} bytes is not a whole number of 32-bit words")
-    words = np.frombuffer(b"".join(datas), dtype="<u4")
-    ends = np.cumsum(lens // 4)
-    base = ends - lens // 4
+    words = [np.frombuffer(d, dtype="<u4") for d in datas]
+    n_words = lens // 4
     grid = -(-shapes // block)
     n_blocks = grid.prod(axis=1)
-    bad = np.flatnonzero((words[base] != 1) | (base + 1 + 2 * n_blocks > ends))
+    first = np.fromiter((w[0] for w in words), dtype=np.int64, count=len(words))
+    bad = np.flatnonzero((first != 1) | (1 + 2 * n_blocks > n_words))
     if bad.size:
         k = int(bad[0])
-        raise CsegError(k, f"bad header: channel offset {int(words[base[k]])}, {int(n_blocks[k])} blocks, "
-                           f"{int(ends[k] - base[k])} words (truncated or not compressed_segmentation)")
-    return words, base + 1, ends, grid, n_blocks
+        raise CsegError(k, f"bad header: channel offset {int(first[k])}, {int(n_blocks[k])} blocks, "
+                           f"{int(n_words[k])} words (truncated or not compressed_segmentation)")
+    return words, n_words, grid, n_blocks
 
 
-def _lookup(words, start, ends, grid, n_blocks, block, chunk_of, local) -> np.ndarray:
-    """Labels at ``local`` (N, 3) voxel positions inside chunks ``chunk_of`` (N,); the core."""
-    s, e = start[chunk_of], ends[chunk_of]
+def _gather(words: list, cuts: list, pos: np.ndarray, per: int = 1) -> np.ndarray:
+    """``words[k][pos]`` for the positions of each chunk ``k``: rows ``cuts[k] * per`` to
+    ``cuts[k + 1] * per`` of ``pos`` (rows sorted by chunk; positions already bounds-checked).
+    Reads each chunk's own buffer: no copy of the chunks."""
+    out = np.empty(len(pos), dtype=np.uint32)
+    for k, w in enumerate(words):
+        a, b = cuts[k] * per, cuts[k + 1] * per
+        if b > a:  # indexing, not np.take: below 500 items it keeps the GIL (np.take releases it
+            out[a:b] = w[pos[a:b]]  # and waits ~50 us for it back while read threads inflate)
+    return out
+
+
+def _lookup(words, n_words, grid, n_blocks, block, chunk_of, local) -> np.ndarray:
+    """Labels at ``local`` (N, 3) voxel positions inside chunks ``chunk_of`` (N,); the core.
+
+    Three gathers per chunk (block headers, values words, table entries), each bounds-checked
+    for the whole call (per chunk: the smallest table offset, the largest word read) before it
+    reads."""
+    if len(chunk_of) > 1 and (np.diff(chunk_of) < 0).any():
+        order = np.argsort(chunk_of, kind="stable")
+        out = np.empty(len(chunk_of), dtype=np.uint64)
+        out[order] = _lookup(words, n_words, grid, n_blocks, block, chunk_of[order], local[order])
+        return out
+    cuts_a = np.searchsorted(chunk_of, np.arange(len(words) + 1))
+    cuts = cuts_a.tolist()
+    used = np.flatnonzero(np.diff(cuts_a))  # chunks with points; their first rows:
+    seg = cuts_a[used]
     bl, w = np.divmod(local, block)
-    g = grid[chunk_of]
-    blk = bl[:, 0] + g[:, 0] * (bl[:, 1] + g[:, 1] * bl[:, 2])
-    h = s + 2 * blk
-    w0, w1 = words[h].astype(np.int64), words[h + 1].astype(np.int64)
-    bits, table = w0 >> 24, w0 & 0xFFFFFF
-    i = w[:, 0] + block[0] * (w[:, 1] + block[1] * w[:, 2])
+    blk = bl[:, 2] * grid[chunk_of, 1]
+    blk += bl[:, 1]
+    blk *= grid[chunk_of, 0]
+    blk += bl[:, 0]
+    head = np.empty((len(blk), 2), dtype=np.int64)
+    np.multiply(blk, 2, out=head[:, 0])
+    head[:, 0] += 1  # channel start 1 (checked) + two header words per block
+    np.add(head[:, 0], 1, out=head[:, 1])
+    hw = _gather(words, cuts, head.ravel(), 2).reshape(-1, 2)
+    bits = hw[:, 0] >> 24
+    table = (hw[:, 0] & 0xFFFFFF).astype(np.int64)
+    i = w[:, 2] * block[1]
+    i += w[:, 1]
+    i *= block[0]
+    i += w[:, 0]
     bitpos = i * bits
-    vpos = s + w1 + (bitpos >> 5)
-    has = bits > 0
-    ok = _BITS_OK[np.minimum(bits, 32)] & (table >= 2 * n_blocks[chunk_of]) & (~has | (vpos < e))
-    _raise_unless(ok, chunk_of, "a block header has a bad bit width, or its table or values lie outside "
-                                "the chunk (truncated or corrupt)")
-    word = words[np.where(has, vpos, 0)].astype(np.uint64)
-    mask = ((np.uint64(1) << bits.astype(np.uint64)) - np.uint64(1))
-    idx = np.where(has, (word >> (bitpos & 31).astype(np.uint64)) & mask, np.uint64(0)).astype(np.int64)
-    tpos = s + table + 2 * idx
-    _raise_unless(tpos + 1 < e, chunk_of, "a voxel's table index lies outside the chunk (truncated or corrupt)")
-    return words[tpos].astype(np.uint64) | (words[tpos + 1].astype(np.uint64) << np.uint64(32))
+    vpos = hw[:, 1].astype(np.int64)
+    vpos += bitpos >> 5
+    vpos += 1
+    vpos[bits == 0] = 0  # 0-bit blocks read no values word
+    if not (_BITS_OK[bits].all() and (np.minimum.reduceat(table, seg) >= 2 * n_blocks[used]).all()
+            and (np.maximum.reduceat(vpos, seg) < n_words[used]).all()):
+        ok = _BITS_OK[bits] & (table >= 2 * n_blocks[chunk_of]) & (vpos < n_words[chunk_of])
+        _raise_unless(ok, chunk_of, "a block header has a bad bit width, or its table or values lie outside "
+                                    "the chunk (truncated or corrupt)")
+    word = _gather(words, cuts, vpos)
+    idx = ((word >> (bitpos & 31).astype(np.uint32)) & _MASK[bits]).astype(np.int64)  # 0 if bits == 0
+    tpos = np.empty((len(idx), 2), dtype=np.int64)
+    np.multiply(idx, 2, out=tpos[:, 0])
+    tpos[:, 0] += table
+    tpos[:, 0] += 1
+    np.add(tpos[:, 0], 1, out=tpos[:, 1])
+    if not (np.maximum.reduceat(tpos[:, 1], seg) < n_words[used]).all():
+        _raise_unless(tpos[:, 1] < n_words[chunk_of], chunk_of,
+                      "a voxel's table index lies outside the chunk (truncated or corrupt)")
+    tw = _gather(words, cuts, tpos.ravel(), 2)
+    if sys.byteorder == "little":  # (low, high) word pairs are the uint64 labels
+        return tw.view(np.uint64)
+    tw = tw.reshape(-1, 2).astype(np.uint64)
+    return tw[:, 0] | (tw[:, 1] << np.uint64(32))
 
 
 def _raise_unless(ok: np.ndarray, chunk_of: np.ndarray, problem: str) -> None:
@@ -149,13 +198,13 @@ def decode_points(datas: Sequence[bytes], shapes, block, chunk_of, local) -> np.
         return np.zeros(0, dtype=np.uint64)
     if chunk_of.min() < 0 or chunk_of.max() >= len(datas):
         raise ValueError(f"chunk indices must lie in [0, {len(datas)})")
-    inside = np.all((local >= 0) & (local < shapes[chunk_of]), axis=1)
-    if not inside.all():
+    if local.min() < 0 or (local >= shapes[chunk_of]).any():
+        inside = np.all((local >= 0) & (local < shapes[chunk_of]), axis=1)
         bad = int(np.argmin(inside))
         raise CsegError(int(chunk_of[bad]), f"position {local[bad].tolist()} lies outside the chunk's shape "
                                             f"{shapes[chunk_of[bad]].tolist()}")
-    words, start, ends, grid, n_blocks = _pack(datas, shapes, block)
-    return _lookup(words, start, ends, grid, n_blocks, block, chunk_of, local)
+    words, n_words, grid, n_blocks = _pack(datas, shapes, block)
+    return _lookup(words, n_words, grid, n_blocks, block, chunk_of, local)
 
 
 def block_voxels(lo, hi, shape, block) -> int:
@@ -193,8 +242,8 @@ def decode_blocks(datas: Sequence[bytes], shapes, block, chunk_of, lo, hi) -> li
     sizes = np.array([np.prod(b - a) for a, b in regions], dtype=np.int64)
     pos = np.concatenate([np.stack(np.meshgrid(*[np.arange(p, q) for p, q in zip(a, b)], indexing="ij"),
                                    axis=-1).reshape(-1, 3) for a, b in regions])
-    words, start, ends, grid, n_blocks = _pack(datas, shapes, block)
-    labels = _lookup(words, start, ends, grid, n_blocks, block, np.repeat(chunk_of, sizes), pos)
+    words, n_words, grid, n_blocks = _pack(datas, shapes, block)
+    labels = _lookup(words, n_words, grid, n_blocks, block, np.repeat(chunk_of, sizes), pos)
     parts = np.split(labels, np.cumsum(sizes)[:-1])
     return [(a, p.reshape(tuple(b - a))) for (a, b), p in zip(regions, parts)]
 
@@ -227,8 +276,8 @@ def blocks_holding(data: bytes, shape, block, block_ids, labels_sorted: np.ndarr
     shape = np.asarray(shape, dtype=np.int64).reshape(1, 3)
     block = np.asarray(block, dtype=np.int64).reshape(3)
     ids = np.asarray(block_ids, dtype=np.int64).ravel()
-    words, start, ends, grid, n_blocks = _pack([data], shape, block)
-    s, e = int(start[0]), int(ends[0])
+    (words,), n_words, grid, n_blocks = _pack([data], shape, block)
+    s, e = 1, int(n_words[0])
     if len(ids) and (ids.min() < 0 or ids.max() >= n_blocks[0]):
         raise CsegError(0, f"block index outside the chunk's {int(n_blocks[0])} blocks")
     w0 = words[s + 2 * ids].astype(np.int64)

@@ -54,48 +54,69 @@ def read_points(source, mip: int, keys: np.ndarray, chunk_of: np.ndarray, local:
     """Labels at ``local`` (N, 3) positions inside storage chunks ``keys[chunk_of]`` at ``mip``.
 
     Chunks with few points (``_cseg.use_blocks``) are read by random access, fetched all at once
-    and decoded in batches of ``DECODE_BATCH`` as their bytes arrive; the others are decoded
-    whole, one at a time. ``SourceError`` for failed reads and corrupt chunks."""
-    meta = source.meta
+    and decoded in batches of ``DECODE_BATCH`` chunks as their bytes arrive; the others are
+    decoded whole, one at a time. Points sorted by ``chunk_of`` (as ``lookup_points``
+    gives them) are decoded in place, without gathering. ``SourceError`` for failed reads and
+    corrupt chunks."""
     keys = np.asarray(keys, dtype=np.int64).reshape(-1, 3)
-    chunk_of = np.asarray(chunk_of, dtype=np.int64)
+    chunk_of = np.asarray(chunk_of, dtype=np.int64).ravel()
+    local = np.asarray(local, dtype=np.int64).reshape(-1, 3)
+    if len(chunk_of) > 1 and (np.diff(chunk_of) < 0).any():
+        order = np.argsort(chunk_of, kind="stable")
+        out = np.empty(len(chunk_of), dtype=np.uint64)
+        out[order] = read_points(source, mip, keys, chunk_of[order], local[order])
+        return out
+    return _read_sorted(source, mip, keys, chunk_of, local)
+
+
+def _read_sorted(source, mip, keys, chunk_of, local) -> np.ndarray:
+    """``read_points`` for points sorted by chunk: chunk ``k``'s points are rows
+    ``b[k]:b[k + 1]``. Chunks are decoded in batches as they arrive (``decode_points``)."""
+    meta = source.meta
     out = np.zeros(len(chunk_of), dtype=np.uint64)
     shapes = chunk_shapes(meta, keys, mip)
-    counts = np.bincount(chunk_of, minlength=len(keys))
+    bounds = np.searchsorted(chunk_of, np.arange(len(keys) + 1))
+    counts = np.diff(bounds)
     ra = _cseg.use_blocks(counts, shapes.prod(axis=1)) & _random_access_ok(meta, mip)
-    order = np.argsort(chunk_of, kind="stable")
-    bounds = np.r_[0, np.cumsum(counts)]
     block = _block(meta, mip)
+    b = bounds.tolist()
 
-    def decode(ks: list, datas: list) -> None:
-        rows = np.concatenate([order[bounds[k]: bounds[k + 1]] for k in ks])
+    def decode(batch: list) -> None:
+        """``batch``: (k, encoded bytes) of chunks read by random access."""
+        batch.sort(key=lambda kd: kd[0])
+        ks = [k for k, _ in batch]
+        if all(b[k1] == b[k0 + 1] for k0, k1 in zip(ks, ks[1:])):  # rows contiguous: no gather
+            rows = slice(b[ks[0]], b[ks[-1] + 1])
+        else:  # the rows of each chunk, one run after another
+            n = counts[ks]
+            rows = np.repeat(bounds[ks] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
         idx = np.repeat(np.arange(len(ks)), counts[ks])
         try:
-            out[rows] = _cseg.decode_points(datas, shapes[ks], block, idx, local[rows])
+            out[rows] = _cseg.decode_points([d for _, d in batch], shapes[ks], block, idx, local[rows])
         except _cseg.CsegError as e:
             raise _source_error(source, keys[ks[e.chunk]], mip, e) from e
 
+    want = np.flatnonzero(ra & (counts > 0)).tolist()
     at: dict = {}
-    for k in np.flatnonzero(ra & (counts > 0)):
-        at.setdefault(tuple(int(x) for x in keys[k]), []).append(int(k))
-    ks, datas = [], []
+    for c, k in zip(map(tuple, keys[want].tolist()), want):
+        at.setdefault(c, []).append(k)
+    batch = []
     for c, data in source.read_encoded_many(list(at), mip) if at else ():
-        if data is None:  # decoded whole below (background or a raw scale)
-            ra[at[c]] = False
-            continue
-        ks += at[c]
-        datas += [data] * len(at[c])
-        if len(ks) >= DECODE_BATCH:
-            decode(ks, datas)
-            ks, datas = [], []
-    if ks:
-        decode(ks, datas)
+        for k in at[c]:
+            if data is None:  # decoded whole below (background or a raw scale)
+                ra[k] = False
+            else:
+                batch.append((k, data))
+                if len(batch) >= DECODE_BATCH:
+                    decode(batch)
+                    batch = []
+    if batch:
+        decode(batch)
     whole = {tuple(int(x) for x in keys[k]): k for k in np.flatnonzero(~ra & (counts > 0))}
     for c, blk in source.read_chunks(list(whole), mip) if whole else ():
         k = whole[c]
-        rows = order[bounds[k]: bounds[k + 1]]
-        p = local[rows]
-        out[rows] = blk[p[:, 0], p[:, 1], p[:, 2]]
+        p = local[b[k]: b[k + 1]]
+        out[b[k]: b[k + 1]] = blk[p[:, 0], p[:, 1], p[:, 2]]
     return out
 
 

@@ -27,7 +27,7 @@ PINNED_SETTINGS = (
     "batch-size", "retry-wait",
     "http.retries", "http.backoff", "http.backoff-max", "http.timeout", "http.pool-maxsize",
     "cave.max-concurrency",
-    "storage.max-in-flight", "storage.index-cache", "storage.coalesce-gap",
+    "storage.max-in-flight", "storage.file-in-flight", "storage.index-cache", "storage.coalesce-gap",
     "storage.disk-cache", "storage.disk-cache-size",
 )
 

@@ -62,3 +62,32 @@ def test_truncated_chunks_are_recognised_before_decoding(truth):
     assert cseg_problem(data, (32, 32, 16), (8, 8, 8)) is None
     for cut in (len(data) // 2 // 4 * 4, 8, 12):
         assert cseg_problem(data[:cut], (32, 32, 16), (8, 8, 8))
+
+
+def test_chunk_file_names_and_reads_in_flight_of_a_file_layer(local_spec, truth, monkeypatch):
+    """Names built in one pass equal the one-chunk names (ragged far edge included); a file://
+    layer reads at most ``storage.file-in-flight`` at once, whatever max-in-flight says, and
+    returns every chunk's bytes (checked against the decoded truth)."""
+    import time
+
+    from crantseg_dask.sources import _fetch
+
+    meta = open_source(local_spec).meta
+    settings = {"storage.file-in-flight": 2, "storage.max-in-flight": 96}
+    reader = ChunkReader(f"file://{truth.path / 'segmentation'}", meta, settings=lambda k, d=None: settings.get(k, d))
+    assert reader.store.cap == 2
+    off, size = truth.bounds(0)
+    grid = -(-size // np.array(meta.chunk_size[0]))
+    chunks = [tuple(c) for c in np.argwhere(np.ones(grid, bool)).tolist()]
+    assert reader.filenames(chunks, 0) == [reader.filename(c, 0) for c in chunks]
+    slow = _fetch.FileStore._get
+    monkeypatch.setattr(_fetch.FileStore, "_get", lambda self, *a: time.sleep(0.005) or slow(self, *a))
+    _fetch.reset_stats()
+    got = dict(reader.read_many(chunks, 0))
+    assert 1 <= _fetch.stats["peak_in_flight"] <= 2 and len(got) == len(chunks)
+    vol = truth.volume(0)
+    for c in chunks:
+        box = reader.chunk_box(c, 0)
+        np.testing.assert_array_equal(got[c], vol[tuple(slice(a, b) for a, b in zip(box[0] - off, box[1] - off))])
+    monkeypatch.setenv("CRANTSEG_STORAGE_FILE_IN_FLIGHT", "3")
+    assert _fetch.file_in_flight() == 3 and _fetch.file_in_flight(5) == 5

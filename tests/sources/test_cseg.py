@@ -174,6 +174,11 @@ def test_corrupt_headers_and_random_garbage_raise_or_decode_but_never_crash():
     with pytest.raises(_cseg.CsegError, match="bit width"):
         _decode_all(bytes(bad), shape, block)
     bad = bytearray(data)
+    w0 = int.from_bytes(bad[4:8], "little") & 0xFF000000  # the first block's table inside the headers
+    bad[4:8] = w0.to_bytes(4, "little")
+    with pytest.raises(_cseg.CsegError, match="table"):
+        _decode_all(bytes(bad), shape, block)
+    bad = bytearray(data)
     bad[8:12] = (10**8).to_bytes(4, "little")  # the first block's values far past the end
     with pytest.raises(_cseg.CsegError):
         _decode_all(bytes(bad), shape, block)
@@ -194,7 +199,24 @@ def test_corrupt_headers_and_random_garbage_raise_or_decode_but_never_crash():
 def test_positions_outside_the_chunk_raise():
     block, shape = (8, 8, 8), (10, 10, 10)
     data = _encode(np.ones(shape, np.uint64), block)
-    with pytest.raises(_cseg.CsegError, match="outside the chunk"):
-        _cseg.decode_points([data], [shape], block, [0], [(10, 0, 0)])
+    for pos in ([(10, 0, 0)], [(0, -1, 0)], [(0, 0, 10)]):
+        with pytest.raises(_cseg.CsegError, match="outside the chunk"):
+            _cseg.decode_points([data], [shape], block, [0], pos)
     with pytest.raises(_cseg.CsegError, match="leaves the chunk"):
         _cseg.decode_box(data, shape, block, (0, 0, 0), (11, 1, 1))
+
+
+def test_a_few_points_in_many_chunks_out_of_order_equal_the_full_decode():
+    """The lookup's common case: 1-12 points per chunk, chunks given in any order, ragged
+    shapes, 0-bit blocks and many bit widths in one call."""
+    rng = np.random.default_rng(7)
+    block = (8, 8, 8)
+    vols = [_volume(rng, s, n) for s, n in [((32, 32, 16), 1), ((20, 9, 16), 3), ((37, 30, 19), 40),
+                                             ((5, 32, 3), 2000), ((32, 32, 16), 300)]]
+    datas = [_encode(v, block) for v in vols]
+    shapes = np.array([v.shape for v in vols])
+    for m in (1, 3, 12):
+        chunk_of = rng.permutation(np.repeat(np.arange(len(vols)), m))
+        local = (rng.random((len(chunk_of), 3)) * shapes[chunk_of]).astype(int)
+        want = [_full(datas[k], vols[k].shape, block)[tuple(p)] for k, p in zip(chunk_of, local)]
+        np.testing.assert_array_equal(_cseg.decode_points(datas, shapes, block, chunk_of, local), want)

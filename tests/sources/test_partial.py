@@ -117,3 +117,12 @@ def test_corrupt_chunks_raise_source_error(corrupt_source, crossover):
         source.cutout(box, 0)
     other = source._reader.chunk_box((0, 0, 0), 0)[0]
     assert source.supervoxels_at(other[None], 0).shape == (1,)  # other chunks still read
+
+
+def test_a_few_points_in_a_corrupt_chunk_raise_source_error(corrupt_source, crossover):
+    """A handful of points whose bytes were cut off: SourceError, not 0."""
+    source = corrupt_source
+    box = source._reader.chunk_box((1, 1, 0), 0)
+    corner = box[1] - 1 - np.array([[0, 0, 0], [1, 2, 0], [3, 1, 1]])  # the last blocks: the lost half
+    with pytest.raises(SourceError, match="decoding chunk"):
+        source.supervoxels_at(corner, 0)
