@@ -24,6 +24,7 @@ import numpy as np
 from .._chunking import nm_to_voxels
 from ..errors import InvalidInputError
 from ..sources import SourceSpec, _cseg, _partial, open_source
+from ._snap_gather import gather
 from ._snap_nearest import _nearest_many, member, sorted_voxels
 
 __all__ = ["ERODE_MODES", "STATUS", "Snapped", "snap_kernel", "_target_leaves", "check_erode",
@@ -301,8 +302,12 @@ def _search(source, locs_nm, which, leaves, rows, radius, erode, res, bounds, en
     rows, lo_v, hi_v = rows[reach], lo_v[reach], hi_v[reach]
     present, tinv = np.unique(which[rows], return_inverse=True)
     tinv = tinv.ravel()
-    coords, owner, label = _target_voxels(source, lo_v, hi_v, [leaves[i] for i in present.tolist()],
-                                          with_labels=True, row_owner=tinv, encoded=encoded)
+    chosen = [leaves[i] for i in present.tolist()]
+    if _partial._random_access_ok(source.meta, 0):  # every chunk at once, block by block
+        coords, owner, label = gather(source, lo_v, hi_v, chosen, tinv, encoded)
+    else:
+        coords, owner, label = _target_voxels(source, lo_v, hi_v, chosen, with_labels=True, row_owner=tinv,
+                                              encoded=encoded)
     # the voxels sorted by (target, x, y, z), eroded; the nearest centre of each row's own target
     # (the first in x, y, z order among equally near ones)
     order, interior = sorted_voxels(coords, owner, len(present), bool(erode))
