@@ -131,7 +131,10 @@ def gather(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray], row
     blk = blk3[:, 0] + g[:, 0] * (blk3[:, 1] + g[:, 1] * blk3[:, 2])
     labels, lkeys = leaf_keys(leaves)
     owner = np.asarray(row_owner, dtype=np.int64)[row]
-    tab = _Tables(words, start, ends, n_blocks, ci[pair], blk, owner[pair], labels, lkeys)
+    try:
+        tab = _Tables(words, start, ends, n_blocks, ci[pair], blk, owner[pair], labels, lkeys)
+    except _cseg.CsegError as e:
+        raise _partial._source_error(source, keys[e.chunk], 0, e) from e
     keep = tab.keep
     pair, blk3, tab = pair[keep], blk3[keep], tab.take(keep)
     # the voxels of each kept (pair, block): the pair's box inside the block, relative to the block
@@ -233,7 +236,9 @@ class _Tables:
             raise _cseg.CsegError(int(self.chunk[t[np.argmax(bad)]]), "a voxel's table index lies outside the "
                                                                        "chunk (truncated or corrupt)")
         wide = self.wide[t]
-        hit = np.where(wide, False, self.flags[np.where(wide, 0, self.fstart[t] + idx)])
+        hit = np.zeros(len(t), dtype=bool)
+        n = np.flatnonzero(~wide)
+        hit[n] = self.flags[self.fstart[t[n]] + idx[n]]
         label = np.zeros(len(t), dtype=np.uint64)
         if wide.any():
             w = np.flatnonzero(wide)
