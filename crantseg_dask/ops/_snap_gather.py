@@ -99,7 +99,8 @@ def gather(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray], row
     Returns
     -------
     coords : numpy.ndarray (M, 3) int64
-        Absolute voxels, each (target, voxel) once: the union over a target's rows of their boxes.
+        Absolute voxels: the union over a target's rows of their boxes, a (target, voxel) pair
+        repeated where rows of one target overlap (``sorted_voxels`` drops repeats in its sort).
     owner : numpy.ndarray (M,) int64
         Index into ``leaves``.
     label : numpy.ndarray (M,) uint64
@@ -172,10 +173,7 @@ def gather(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray], row
     if not out_c:
         return empty
     coords, own, label = np.concatenate(out_c), np.concatenate(out_o), np.concatenate(out_l)
-    if not len(coords):
-        return empty
-    first = _first_of_each(coords, own)  # rows of one target may overlap: each voxel once
-    return coords[first], own[first], label[first]
+    return coords, own, label  # rows of one target may overlap: ``sorted_voxels`` drops repeats
 
 
 class _Tables:
@@ -247,17 +245,3 @@ class _Tables:
         h = np.flatnonzero(hit & ~wide)
         label[h] = words[tpos[h]].astype(np.uint64) | (words[tpos[h] + 1].astype(np.uint64) << np.uint64(32))
         return hit, label
-
-
-def _first_of_each(coords: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """Indices of the first of each distinct (owner, x, y, z)."""
-    lo = coords.min(axis=0)
-    span = coords.max(axis=0) - lo + 1
-    bits = [int(s).bit_length() for s in span]
-    if sum(bits) + int(owner.max()).bit_length() <= 63:
-        rel = coords - lo
-        key = (((owner << bits[0] | rel[:, 0]) << bits[1] | rel[:, 1]) << bits[2]) | rel[:, 2]
-        _, first = np.unique(key, return_index=True)
-    else:
-        _, first = np.unique(np.column_stack([owner, coords]), axis=0, return_index=True)
-    return first

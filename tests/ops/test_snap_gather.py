@@ -1,6 +1,6 @@
 """``_snap_gather.gather``, the snap kernel's vectorised voxel gathering, against brute force over
 dense in-memory volumes (every voxel labelled): the target voxels inside each row's own box, each
-(target, voxel) once with its label; for several block sizes (ragged blocks inside a chunk, blocks
+(target, voxel) once (after ``sorted_voxels``) with its label; for several block sizes (ragged blocks inside a chunk, blocks
 wider than 8 bits), both read paths (random access, whole decode), and corrupt bytes."""
 import dataclasses
 
@@ -10,6 +10,7 @@ import pytest
 from crantseg_dask.errors import SourceError
 from crantseg_dask.ops import _snap_gather
 from crantseg_dask.ops._snap_gather import gather
+from crantseg_dask.ops._snap_nearest import sorted_voxels
 from crantseg_dask.sources import open_source
 
 from test_snap_blocks import DenseSource  # noqa: E402 - tests/ops is on sys.path (rootdir-less test dirs)
@@ -47,6 +48,9 @@ def test_gather_is_each_targets_voxels_in_its_own_boxes(local_spec, monkeypatch,
     source = _world(local_spec, block, noisy, seed=7)
     lo, hi, leaves, owner = _rows(source, 70, seed=8, n_targets=5, labels=2000 if noisy else 400)
     coords, got_owner, label = gather(source, lo, hi, leaves, owner, {})
+    order, _ = sorted_voxels(coords, got_owner, len(leaves), False)  # what the kernel keeps
+    assert len(order) < len(coords)  # overlapping rows of one target repeat voxels ...
+    coords, got_owner, label = coords[order], got_owner[order], label[order]  # ... dropped here
     assert coords.dtype == np.int64 and label.dtype == np.uint64
     np.testing.assert_array_equal(label, source.vol[tuple(coords.T)])
     found = 0
