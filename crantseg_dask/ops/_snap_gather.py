@@ -31,6 +31,8 @@ __all__ = ["gather", "leaf_keys"]
 #: 7.5 s at 0.015. So only chunks whose boxes overlap more than the chunk's volume (dense
 #: partitions at the full radius) are decoded whole. ``CRANTSEG_SNAP_CROSSOVER`` overrides it.
 CROSSOVER = float(os.environ.get("CRANTSEG_SNAP_CROSSOVER", 1.0))
+#: entry flag of a table entry that would lie past its chunk's end
+_PAST_END = 2
 #: lookup-table entries read per block to decide whether it may hold a target (2**bits of them;
 #: wider blocks are read without that test)
 _TABLE_BITS = 8
@@ -133,7 +135,7 @@ def gather(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray], row
     labels, lkeys = leaf_keys(leaves)
     owner = np.asarray(row_owner, dtype=np.int64)[row]
     try:
-        tab = _Tables(words, start, ends, n_blocks, ci[pair], blk, owner[pair], labels, lkeys)
+        tab = _Tables(words, start, ends, n_blocks, ci[pair], blk, owner[pair], labels, lkeys, int(block.prod()))
     except _cseg.CsegError as e:
         raise _partial._source_error(source, keys[e.chunk], 0, e) from e
     keep = tab.keep
@@ -183,65 +185,78 @@ class _Tables:
     blocks wider than ``_TABLE_BITS`` bits are kept without that test and their voxels are
     checked by label. ``CsegError`` (``chunk`` = the chunk's index) on a bad header."""
 
-    def __init__(self, words, start, ends, n_blocks, chunk_of, blk, owner, labels, lkeys):
+    def __init__(self, words, start, ends, n_blocks, chunk_of, blk, owner, labels, lkeys, block_voxels):
         if words is None:  # an empty copy, filled by ``take``
             return
         s, e = start[chunk_of], ends[chunk_of]
         w0 = words[s + 2 * blk].astype(np.int64)
         bits, table = w0 >> 24, w0 & 0xFFFFFF
+        values = s + words[s + 2 * blk + 1].astype(np.int64)
         ok = _cseg._BITS_OK[np.minimum(bits, 32)] & (table >= 2 * n_blocks[chunk_of]) & (s + table + 1 < e)
         if not ok.all():
             raise _cseg.CsegError(int(chunk_of[np.argmin(ok)]), "a block header has a bad bit width or a table "
                                                                 "outside the chunk (truncated or corrupt)")
+        ok = (bits == 0) | (values + (((block_voxels - 1) * bits) >> 5) < e)  # its last voxel's word
+        if not ok.all():
+            raise _cseg.CsegError(int(chunk_of[np.argmin(ok)]), "a block's values lie outside the chunk "
+                                                                "(truncated or corrupt)")
         small = bits <= _TABLE_BITS
         count = np.where(small, 1 << np.minimum(bits, _TABLE_BITS), 0)
         which = np.repeat(np.arange(len(blk)), count)
         tpos = s[which] + table[which] + 2 * (np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count))
         real = tpos + 1 < e[which]  # entries past the chunk's end cannot be table entries
-        flags = np.zeros(len(tpos), dtype=bool)
+        flags = np.where(real, 0, _PAST_END).astype(np.int8)
         t = tpos[real]
         vals = words[t].astype(np.uint64) | (words[t + 1].astype(np.uint64) << np.uint64(32))
         flags[real] = _holds(labels, lkeys, vals, owner[which[real]])
-        self.keep = ~small | (np.bincount(which[flags], minlength=len(blk)) > 0)
+        self.keep = ~small | (np.bincount(which[flags == 1], minlength=len(blk)) > 0)
         self.words, self.s, self.e, self.bits, self.table, self.chunk = words, s, e, bits, table, chunk_of
-        self.values = words[s + 2 * blk + 1].astype(np.int64)
+        self.vbase = np.where(bits > 0, values, 0)  # 0-bit blocks read word 0 and mask it all away
+        self.mask = (1 << bits) - 1
         self.flags, self.fstart, self.wide = flags, np.cumsum(count) - count, ~small
 
     def take(self, keep: np.ndarray) -> "_Tables":
         """The triples ``keep`` (a mask); their entry flags stay where they are."""
-        out = _Tables(*[None] * 9)
+        out = _Tables(*[None] * 10)
         out.words, out.flags = self.words, self.flags
-        for name in ("s", "e", "bits", "table", "values", "fstart", "wide", "chunk"):
+        for name in ("s", "e", "bits", "table", "vbase", "mask", "fstart", "wide", "chunk"):
             setattr(out, name, getattr(self, name)[keep])
         return out
 
-    def voxels(self, t: np.ndarray, i: np.ndarray, owner: np.ndarray, labels, lkeys):
-        """(hit, label) of voxel ``i`` (linear inside its block, x fastest) of triple ``t``: whether
-        it holds one of ``owner``'s leaves, and its label (valid where hit). Bounds-checked."""
-        words, s, e, bits = self.words, self.s[t], self.e[t], self.bits[t]
-        bitpos = i * bits
-        vpos = s + self.values[t] + (bitpos >> 5)
-        has = bits > 0
-        bad = has & (vpos >= e)
-        if bad.any():
-            raise _cseg.CsegError(int(self.chunk[t[np.argmax(bad)]]), "a block's values lie outside the chunk "
-                                                                       "(truncated or corrupt)")
-        word = words[np.where(has, vpos, 0)].astype(np.int64)
-        idx = np.where(has, (word >> (bitpos & 31)) & ((1 << bits) - 1), 0)
-        tpos = s + self.table[t] + 2 * idx
-        bad = tpos + 1 >= e
+    def _index(self, t: np.ndarray, i: np.ndarray) -> np.ndarray:
+        """Table index of voxel ``i`` of triple ``t`` (values checked in bounds at construction)."""
+        bitpos = i * self.bits[t]
+        word = self.words[self.vbase[t] + (bitpos >> 5)].astype(np.int64)
+        return (word >> (bitpos & 31)) & self.mask[t]
+
+    def _label(self, t: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        tpos = self.s[t] + self.table[t] + 2 * idx
+        bad = tpos + 1 >= self.e[t]
         if bad.any():
             raise _cseg.CsegError(int(self.chunk[t[np.argmax(bad)]]), "a voxel's table index lies outside the "
                                                                        "chunk (truncated or corrupt)")
+        return self.words[tpos].astype(np.uint64) | (self.words[tpos + 1].astype(np.uint64) << np.uint64(32))
+
+    def voxels(self, t: np.ndarray, i: np.ndarray, owner: np.ndarray, labels, lkeys):
+        """(hit, label) of voxel ``i`` (linear inside its block, x fastest) of triple ``t``: whether
+        it holds one of ``owner``'s leaves, and its label (valid where hit). Bounds-checked: a
+        table index past the chunk's end raises ``CsegError``."""
         wide = self.wide[t]
-        hit = np.zeros(len(t), dtype=bool)
-        n = np.flatnonzero(~wide)
-        hit[n] = self.flags[self.fstart[t[n]] + idx[n]]
-        label = np.zeros(len(t), dtype=np.uint64)
         if wide.any():
-            w = np.flatnonzero(wide)
-            label[w] = words[tpos[w]].astype(np.uint64) | (words[tpos[w] + 1].astype(np.uint64) << np.uint64(32))
+            hit, label = np.zeros(len(t), dtype=bool), np.zeros(len(t), dtype=np.uint64)
+            n, w = np.flatnonzero(~wide), np.flatnonzero(wide)
+            hit[n], label[n] = self.voxels(t[n], i[n], owner[n], labels, lkeys)
+            label[w] = self._label(t[w], self._index(t[w], i[w]))
             hit[w] = _holds(labels, lkeys, label[w], owner[w])
-        h = np.flatnonzero(hit & ~wide)
-        label[h] = words[tpos[h]].astype(np.uint64) | (words[tpos[h] + 1].astype(np.uint64) << np.uint64(32))
+            return hit, label
+        idx = self._index(t, i)
+        f = self.flags[self.fstart[t] + idx]
+        bad = f == _PAST_END
+        if bad.any():
+            raise _cseg.CsegError(int(self.chunk[t[np.argmax(bad)]]), "a voxel's table index lies outside the "
+                                                                       "chunk (truncated or corrupt)")
+        hit = f == 1
+        label = np.zeros(len(t), dtype=np.uint64)
+        h = np.flatnonzero(hit)
+        label[h] = self._label(t[h], idx[h])
         return hit, label
