@@ -3,8 +3,11 @@
 Rows are searched in passes of growing radius (r/4, r/2, r): a row whose nearest voxel lies in a
 smaller ball is settled there exactly, so rows near their target (most synapses) never read the
 full ball; each pass goes in groups of rows of bounded box volume, which bounds memory on a dense
-world, and a chunk's encoded bytes are fetched once per call. For a group's rows, each touched
-mip-0 storage chunk is visited once, searched only for the targets of the rows that touch it; of it only the
+world, and a chunk's encoded bytes are fetched once per call. On compressed_segmentation a group's
+voxels are gathered for all its chunks at once, without a Python loop per chunk
+(``_snap_gather.gather``: what a sparse table, a few rows per chunk, needs). Otherwise (and in
+``_target_voxels``, kept for other encodings and its tests) each touched mip-0 storage chunk is
+visited once, searched only for the targets of the rows that touch it; of it only the
 compressed_segmentation blocks (8 x 8 x 8) that a search ball (plus one voxel for the erosion)
 touches are looked at, blocks whose lookup table holds none of the targets' supervoxels are
 skipped unread, and the rest are read by random access or, when they are many, from one full
