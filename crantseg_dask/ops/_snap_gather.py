@@ -120,6 +120,14 @@ def gather(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray], row
     keys = [tuple(int(v) for v in c) for c in chunks]
     if missing := [k for k in keys if k not in encoded]:
         encoded.update(source.read_encoded_many(missing, 0))  # fetched concurrently
+    stored = np.array([encoded.get(k) is not None for k in keys], dtype=bool)
+    if not stored.all():  # a missing chunk read as background (fill_missing) holds no target voxel
+        pairs = pairs[stored[ci]]
+        if not len(pairs):
+            return empty
+        chunks, ci = np.unique(pairs[:, :3], axis=0, return_inverse=True)
+        ci, row = ci.ravel(), pairs[:, 3]
+        keys = [tuple(int(v) for v in c) for c in chunks]
     shapes = _partial.chunk_shapes(meta, chunks, 0)
     origin = vol_lo + chunks * cs
     try:

@@ -92,3 +92,25 @@ def test_gather_refuses_corrupt_chunks_naming_them(local_spec, cut):
     encoded[key] = bytes(data)
     with pytest.raises(SourceError, match=str(key).replace("(", r"\(").replace(")", r"\)")):
         gather(source, lo, hi, leaves, owner, encoded)
+
+
+def test_gather_treats_a_missing_chunk_as_background(local_spec):
+    """A chunk the source reports missing (None: ``fill_missing``) holds no target voxel; the others
+    are still read (brute force over the volume with that chunk zeroed)."""
+    source = _world(local_spec, (8, 8, 8), False, seed=12)
+    lo, hi, leaves, owner = _rows(source, 60, seed=13, n_targets=4, labels=400)
+    cs = np.array(source.meta.chunk_size[0])
+    gone = tuple(int(x) for x in lo[0] // cs)
+    real = source.read_encoded_many
+    source.read_encoded_many = lambda keys, mip: ((k, None if tuple(k) == gone else v) for k, v in real(keys, mip))
+    a = np.array(gone) * cs
+    source.vol[a[0]:a[0] + cs[0], a[1]:a[1] + cs[1], a[2]:a[2] + cs[2]] = 0
+    coords, got_owner, _ = gather(source, lo, hi, leaves, owner, {})
+    order, _ = sorted_voxels(coords, got_owner, len(leaves), False)
+    coords, got_owner = coords[order], got_owner[order]
+    for i, lv in enumerate(leaves):
+        mine = np.zeros(source.vol.shape, bool)
+        for p, q in zip(lo[owner == i], hi[owner == i]):
+            mine[p[0]:q[0] + 1, p[1]:q[1] + 1, p[2]:q[2] + 1] = True
+        got = coords[got_owner == i]
+        np.testing.assert_array_equal(got[np.lexsort(got.T[::-1])], np.argwhere(mine & np.isin(source.vol, lv)))
