@@ -19,7 +19,7 @@ import numpy as np
 
 from ..sources import _cseg, _partial
 
-__all__ = ["gather", "leaf_keys"]
+__all__ = ["gather", "labels_under", "leaf_keys"]
 
 #: a chunk is decoded whole when the voxels its boxes need (summed over rows) exceed this fraction
 #: of its voxels, else read by random access. Higher than ``_cseg.CROSSOVER`` (1.5%), which is
@@ -79,6 +79,42 @@ def _pairs(lo, hi, vol_lo, cs):
     """Unique (chunk x, y, z, row) of every storage chunk each box [lo, hi] touches, sorted."""
     row, c = _boxes((lo - vol_lo) // cs, (hi - vol_lo) // cs)
     return np.unique(np.column_stack([c, row]), axis=0)
+
+
+def labels_under(source, vox: np.ndarray, encoded: dict) -> np.ndarray:
+    """Supervoxel at each absolute mip-0 voxel (N, 3), 0 outside the volume, as
+    ``source.supervoxels_at`` but reading the chunks' encoded bytes into ``encoded``, so that the
+    kernel's searches around the same rows reuse them instead of reading those chunks again. A
+    missing chunk read as background (``fill_missing``) gives 0."""
+    meta = source.meta
+    if not _partial._random_access_ok(meta, 0):
+        return np.asarray(source.supervoxels_at(vox, 0), dtype=np.uint64)
+    vox = np.asarray(vox, dtype=np.int64).reshape(-1, 3)
+    lo, hi = meta.bounds(0)
+    out = np.zeros(len(vox), dtype=np.uint64)
+    idx = np.flatnonzero(np.all((vox >= lo) & (vox < hi), axis=1))
+    if not idx.size:
+        return out
+    cs = np.array(meta.chunk_size[0], dtype=np.int64)
+    chunks, ci = np.unique((vox[idx] - lo) // cs, axis=0, return_inverse=True)
+    ci = ci.ravel()
+    keys = [tuple(int(v) for v in c) for c in chunks]
+    if missing := [k for k in keys if k not in encoded]:
+        encoded.update(source.read_encoded_many(missing, 0))  # fetched concurrently
+    stored = np.array([encoded.get(k) is not None for k in keys], dtype=bool)
+    at = np.cumsum(stored) - 1  # index among the stored chunks
+    keep = stored[ci]
+    idx, ci = idx[keep], at[ci[keep]]
+    keys = [k for k, s in zip(keys, stored.tolist()) if s]
+    if not keys:
+        return out
+    chunks = chunks[stored]
+    try:
+        out[idx] = _cseg.decode_points([encoded[k] for k in keys], _partial.chunk_shapes(meta, chunks, 0),
+                                       _partial._block(meta, 0), ci, vox[idx] - lo - chunks[ci] * cs)
+    except _cseg.CsegError as e:
+        raise _partial._source_error(source, keys[e.chunk], 0, e) from e
+    return out
 
 
 def gather(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray], row_owner: np.ndarray,

@@ -27,7 +27,7 @@ import numpy as np
 from .._chunking import nm_to_voxels
 from ..errors import InvalidInputError
 from ..sources import SourceSpec, _cseg, _partial, open_source
-from ._snap_gather import gather
+from ._snap_gather import gather, labels_under
 from ._snap_nearest import _nearest_many, member, sorted_voxels
 
 __all__ = ["ERODE_MODES", "STATUS", "Snapped", "snap_kernel", "_target_leaves", "check_erode",
@@ -360,7 +360,8 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
     vox = nm_to_voxels(locs_nm, res)
     inside = np.all((vox >= bounds[0]) & (vox < bounds[1]), axis=1)
     # 1. the supervoxel under each row; rows already on their target stay
-    sv = np.asarray(source.supervoxels_at(vox, 0), dtype=np.uint64)
+    encoded: dict = {}  # the encoded chunks this call has read, for its searches
+    sv = labels_under(source, vox, encoded)
     under = sv.copy()  # the supervoxel under each returned location
     uniq, which = np.unique(targets, return_inverse=True)
     which = which.ravel()
@@ -372,7 +373,6 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
     status[skip] = np.where(inside[skip], BACKGROUND, OUT_OF_BOUNDS)
     todo = np.flatnonzero(~on & ~skip)
     r = float(search_radius)
-    encoded: dict = {}  # the encoded chunks this call has read, for its later passes
     for radius in _radii(r, res):
         # 2.-3. in passes of growing radius: a row whose nearest (eroded) voxel lies within a
         #    smaller ball is settled exactly there (every voxel at least as near is inside it), so
