@@ -30,6 +30,8 @@ from crantseg_dask.jobs.demo import synapse_table
 BASELINE = "b8445a0"
 _SPARSE = """
 import sys, time
+import crantseg_dask
+print("code:", crantseg_dask.__file__)
 from crantseg_dask.cluster import make_client
 from crantseg_dask.jobs import run_job
 with make_client(n_workers=2) as client:
@@ -47,9 +49,15 @@ def _sparse_snap_seconds(pythonpath: str, table: Path, out: Path, dataset: Path)
     import sys
 
     env = dict(os.environ, PYTHONPATH=pythonpath)
+    # cwd: ``python -c`` puts the working directory first on sys.path, ahead of PYTHONPATH; run
+    # from the repository it imported the repository's code for the baseline too (both "ours")
     done = subprocess.run([sys.executable, "-c", _SPARSE, str(table), str(out), str(dataset)], env=env,
-                          capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+                          capture_output=True, text=True, check=True, cwd=str(out.parent))
+    lines = done.stdout.strip().splitlines()
+    code = Path(lines[0].split("code:", 1)[1].strip()).resolve()
+    if not code.is_relative_to(Path(pythonpath).resolve()):
+        raise RuntimeError(f"the job imported {code}, not the code under {pythonpath}")
+    return float(lines[-1])
 
 
 def sparse_snap_rows(path, n: int, tmp: Path) -> list[dict]:

@@ -122,3 +122,32 @@ def test_erode_matches_brute_force_with_negative_coordinates(offset):
     order, interior = sorted_voxels(coords, np.zeros(len(coords), np.int64), 1, True)  # the kernel's erosion
     assert sorted(map(tuple, coords[order[interior]].tolist())) == want
     assert sorted(map(tuple, coords[_interior(coords)].tolist())) == want  # its one-target-at-a-time fallback
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_sorted_voxels_drops_repeated_pairs_and_erodes_like_brute_force(wide):
+    """Repeated (owner, voxel) pairs (overlapping rows of one target) come once, the first of
+    them, sorted by (owner, x, y, z); erosion per owner against a brute-force dilation check.
+    ``wide``: coordinates too far apart for one packed key (the one-owner-at-a-time path)."""
+    from crantseg_dask.ops._snap_nearest import sorted_voxels
+
+    rng = np.random.default_rng(11)
+    masks = [rng.random((7, 6, 5)) < 0.85 for _ in range(3)]
+    offsets = np.array([[0, 0, 0], [3, -2, 1], [(1 << 40) if wide else 50, 0, 0]])
+    coords = np.concatenate([np.argwhere(m) + o for m, o in zip(masks, offsets)])
+    owner = np.repeat(np.arange(3), [int(m.sum()) for m in masks])
+    rep = rng.choice(len(coords), 40, replace=False)
+    coords, owner = np.concatenate([coords, coords[rep]]), np.concatenate([owner, owner[rep]])
+    order, interior = sorted_voxels(coords, owner, 3, True)
+    assert len(order) == len(coords) - 40 and (order < len(coords) - 40).all()  # the first of each
+    got = np.column_stack([owner[order], coords[order]])
+    assert list(map(tuple, got.tolist())) == sorted(set(map(tuple, got.tolist())))  # sorted, distinct
+    for k, (m, o) in enumerate(zip(masks, offsets)):
+        p = np.pad(m, 1)
+        core = m.copy()
+        for axis in range(3):
+            for s in (-1, 1):
+                core &= np.roll(p, s, axis=axis)[1:-1, 1:-1, 1:-1]
+        mine = owner[order] == k
+        assert sorted(map(tuple, coords[order][mine & interior].tolist())) == \
+            sorted(map(tuple, (np.argwhere(core) + o).tolist()))

@@ -3,8 +3,11 @@
 Rows are searched in passes of growing radius (r/4, r/2, r): a row whose nearest voxel lies in a
 smaller ball is settled there exactly, so rows near their target (most synapses) never read the
 full ball; each pass goes in groups of rows of bounded box volume, which bounds memory on a dense
-world, and a chunk's encoded bytes are fetched once per call. For a group's rows, each touched
-mip-0 storage chunk is visited once, searched only for the targets of the rows that touch it; of it only the
+world, and a chunk's encoded bytes are fetched once per call. On compressed_segmentation a group's
+voxels are gathered for all its chunks at once, without a Python loop per chunk
+(``_snap_gather.gather``: what a sparse table, a few rows per chunk, needs). Otherwise (and in
+``_target_voxels``, kept for other encodings and its tests) each touched mip-0 storage chunk is
+visited once, searched only for the targets of the rows that touch it; of it only the
 compressed_segmentation blocks (8 x 8 x 8) that a search ball (plus one voxel for the erosion)
 touches are looked at, blocks whose lookup table holds none of the targets' supervoxels are
 skipped unread, and the rest are read by random access or, when they are many, from one full
@@ -24,6 +27,7 @@ import numpy as np
 from .._chunking import nm_to_voxels
 from ..errors import InvalidInputError
 from ..sources import SourceSpec, _cseg, _partial, open_source
+from ._snap_gather import gather, labels_under
 from ._snap_nearest import _nearest_many, member, sorted_voxels
 
 __all__ = ["ERODE_MODES", "STATUS", "Snapped", "snap_kernel", "_target_leaves", "check_erode",
@@ -301,8 +305,12 @@ def _search(source, locs_nm, which, leaves, rows, radius, erode, res, bounds, en
     rows, lo_v, hi_v = rows[reach], lo_v[reach], hi_v[reach]
     present, tinv = np.unique(which[rows], return_inverse=True)
     tinv = tinv.ravel()
-    coords, owner, label = _target_voxels(source, lo_v, hi_v, [leaves[i] for i in present.tolist()],
-                                          with_labels=True, row_owner=tinv, encoded=encoded)
+    chosen = [leaves[i] for i in present.tolist()]
+    if _partial._random_access_ok(source.meta, 0):  # every chunk at once, block by block
+        coords, owner, label = gather(source, lo_v, hi_v, chosen, tinv, encoded)
+    else:
+        coords, owner, label = _target_voxels(source, lo_v, hi_v, chosen, with_labels=True, row_owner=tinv,
+                                              encoded=encoded)
     # the voxels sorted by (target, x, y, z), eroded; the nearest centre of each row's own target
     # (the first in x, y, z order among equally near ones)
     order, interior = sorted_voxels(coords, owner, len(present), bool(erode))
@@ -352,7 +360,8 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
     vox = nm_to_voxels(locs_nm, res)
     inside = np.all((vox >= bounds[0]) & (vox < bounds[1]), axis=1)
     # 1. the supervoxel under each row; rows already on their target stay
-    sv = np.asarray(source.supervoxels_at(vox, 0), dtype=np.uint64)
+    encoded: dict = {}  # the encoded chunks this call has read, for its searches
+    sv = labels_under(source, vox, encoded)
     under = sv.copy()  # the supervoxel under each returned location
     uniq, which = np.unique(targets, return_inverse=True)
     which = which.ravel()
@@ -364,7 +373,6 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
     status[skip] = np.where(inside[skip], BACKGROUND, OUT_OF_BOUNDS)
     todo = np.flatnonzero(~on & ~skip)
     r = float(search_radius)
-    encoded: dict = {}  # the encoded chunks this call has read, for its later passes
     for radius in _radii(r, res):
         # 2.-3. in passes of growing radius: a row whose nearest (eroded) voxel lies within a
         #    smaller ball is settled exactly there (every voxel at least as near is inside it), so

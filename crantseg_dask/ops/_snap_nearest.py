@@ -68,10 +68,12 @@ def _owner_keys(coords: np.ndarray, owner: np.ndarray, n_owners: int):
 
 
 def sorted_voxels(coords: np.ndarray, owner: np.ndarray, n_owners: int, erode: bool):
-    """(order, interior): the voxels' indices sorted by (owner, x, y, z) and, with ``erode``, a
-    mask over that order of the voxels whose 6 face neighbours have the same owner (else None).
+    """(order, interior): the indices of the distinct (owner, voxel) pairs, sorted by (owner, x,
+    y, z) (of repeated pairs the first), and, with ``erode``, a mask over that order of the
+    voxels whose 6 face neighbours have the same owner (else None).
 
-    ``coords`` (M, 3) int absolute voxels, unique per owner; ``owner`` (M,) in [0, n_owners)."""
+    ``coords`` (M, 3) int absolute voxels; ``owner`` (M,) in [0, n_owners). A pair may repeat
+    (the kernel's rows of one target may overlap): the sort that orders them also drops repeats."""
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 3)
     owner = np.asarray(owner, dtype=np.int64)
     if not len(coords):
@@ -79,18 +81,24 @@ def sorted_voxels(coords: np.ndarray, owner: np.ndarray, n_owners: int, erode: b
     packed = _owner_keys(coords, owner, n_owners)
     if packed is None:  # spans too wide for one key: one owner at a time
         order = np.lexsort((coords[:, 2], coords[:, 1], coords[:, 0], owner))
+        s = np.column_stack([owner[order], coords[order]])
+        order = order[np.r_[True, np.any(s[1:] != s[:-1], axis=1)]]
         if not erode:
             return order, None
         starts = np.flatnonzero(np.r_[True, owner[order][1:] != owner[order][:-1]])
         return order, np.concatenate([_interior(coords[g]) for g in np.split(order, starts[1:])])
     keys, steps = packed
-    order = np.argsort(keys)  # keys are unique: any sort gives this order
+    order = np.argsort(keys, kind="stable")  # stable: of repeated pairs the first comes first
+    keys = keys[order]
+    first = np.r_[True, keys[1:] != keys[:-1]]
+    if not first.all():
+        order, keys = order[first], keys[first]
     if not erode:
         return order, None
-    keys = keys[order]
-    keep = np.ones(len(keys), dtype=bool)
+    # z neighbours (step 1) are adjacent in the sorted unique keys when present; x and y are searched
+    keep = np.r_[keys[1:] == keys[:-1] + 1, False] & np.r_[False, keys[:-1] == keys[1:] - 1]
     last = len(keys) - 1
-    for step in steps:
+    for step in steps[:2]:
         for nb in (keys + step, keys - step):
             keep &= keys[np.minimum(np.searchsorted(keys, nb), last)] == nb
     return order, keep
