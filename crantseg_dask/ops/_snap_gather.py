@@ -8,7 +8,7 @@ block's table entries, so only target voxels' labels are looked up. There is no 
 sparse table (a few rows per chunk, spread over the volume) pays for the blocks its balls touch,
 not for a per-chunk set-up; the (row, chunk) pairs, their (row, block) pairs and the voxels of
 those are enumerated with array arithmetic, and all chunks' encoded bytes are read as one array
-of words (``sources._cseg``). A chunk whose needed voxels exceed ``CROSSOVER`` of it is decoded
+of words (``_joined``). A chunk whose needed voxels exceed ``CROSSOVER`` of it is decoded
 whole instead (``source.decode_chunk``), one at a time.
 """
 from __future__ import annotations
