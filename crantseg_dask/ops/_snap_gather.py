@@ -118,25 +118,13 @@ def labels_under(source, vox: np.ndarray, encoded: dict) -> np.ndarray:
 
 
 def _joined(datas: list, shapes: np.ndarray, block: np.ndarray):
-    """The chunks' words concatenated, and per chunk (channel start, end, grid, block count);
-    checks the channel offset and that every block header lies inside its chunk. (Point lookups
-    gather from each chunk's own buffer, ``_cseg._pack``; a gather here reads many words per
-    chunk, where one array is simpler.)"""
-    lens = np.fromiter((len(d) for d in datas), dtype=np.int64, count=len(datas))
-    bad = np.flatnonzero((lens % 4 != 0) | (lens < 4))
-    if bad.size:
-        raise _cseg.CsegError(int(bad[0]), f"{int(lens[bad[0]])} bytes is not a whole number of 32-bit words")
-    words = np.frombuffer(b"".join(datas), dtype="<u4")
-    ends = np.cumsum(lens // 4)
-    base = ends - lens // 4
-    grid = -(-shapes // block)
-    n_blocks = grid.prod(axis=1)
-    bad = np.flatnonzero((words[base] != 1) | (base + 1 + 2 * n_blocks > ends))
-    if bad.size:
-        k = int(bad[0])
-        raise _cseg.CsegError(k, f"bad header: channel offset {int(words[base[k]])}, {int(n_blocks[k])} blocks, "
-                                 f"{int(ends[k] - base[k])} words (truncated or not compressed_segmentation)")
-    return words, base + 1, ends, grid, n_blocks
+    """The chunks' words concatenated, and per chunk (channel start, end, grid, block count),
+    after ``_cseg._pack``'s checks (whole words, channel offset, block headers inside the chunk).
+    Point lookups gather from each chunk's own buffer; a gather here reads many words per chunk,
+    where one array is simpler."""
+    words, n_words, grid, n_blocks = _cseg._pack(datas, shapes, block)
+    ends = np.cumsum(n_words)
+    return np.concatenate(words), ends - n_words + 1, ends, grid, n_blocks
 
 
 def gather(source, lo: np.ndarray, hi: np.ndarray, leaves: list[np.ndarray], row_owner: np.ndarray,
