@@ -22,6 +22,7 @@ job's task group, or the job had finished before the page was captured (then rai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -118,7 +119,9 @@ def screenshot(url: str, out: Path, *, want: str = "crantseg", settle: float = 2
     with tempfile.TemporaryDirectory(prefix="crantseg-chromium-") as profile:
         cmd = [find_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
                "about:blank"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # its own process group: its helpers (renderer, crashpad) go with it before the profile is removed
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         try:
             port_file = Path(profile) / "DevToolsActivePort"
             t0 = time.monotonic()
@@ -134,12 +137,23 @@ def screenshot(url: str, out: Path, *, want: str = "crantseg", settle: float = 2
                 raise SystemExit("chromium has no page to drive")
             return asyncio.run(_cdp_screenshot(pages[0]["webSocketDebuggerUrl"], url, out, want, settle, timeout))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Chromium and every process it started: SIGTERM, then SIGKILL for what is left (a helper
+    still writing into the profile once made removing it fail with 'Directory not empty')."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
