@@ -213,11 +213,12 @@ def _count_own_and_halo_gets(p: Probe, holder, meta) -> None:
 
 def instrument(meta=None) -> Probe:
     from crantseg_dask.persist import JobStore
-    from crantseg_dask.sources import _chunks, _cseg, _fetch, _http
+    from crantseg_dask.sources import _chunks, _cseg, _curl, _fetch, _http
     from crantseg_dask.sources.cave import CaveSource
 
     p = Probe()
-    p.wrap(_fetch.HttpStore, "_get", "fetch")
+    p.wrap(_curl._Driver, "_step", "fetch")  # the HTTP work, on the process's libcurl thread
+    p.wrap(_fetch.HttpStore, "result", "fetch")  # and in the caller (checks, gunzip)
     p.wrap(_chunks, "gunzip_if", "inflate")
     p.wrap(_chunks.ChunkReader, "decode", "decode")
     for name in ("decode_points", "decode_positions", "blocks_holding", "decode_box"):

@@ -5,19 +5,21 @@ served over HTTP with ``--latency-ms``), on synapse-like points (near random sup
 dataset), compared with the ``local`` source on file:// in the same run, sharded with unsharded
 at the same latency, and with cloud-volume's ``scattered_points`` on the same HTTP URL (a
 sample: it is a per-point loop). GETs and peak reads in flight are counted by our fetch layer
-(``sources/_fetch.stats``) in this process.
+(``sources/_fetch.stats``) in this process; "server CPU/GET" is the local server's CPU per GET:
+a real bucket's is not on this machine, the local server's shares its 2 cores with the client.
 
 "engines" rows fetch (and decode) the chunks the 10^4-point query touches, on the 20 ms server,
 with each well-kept option: cloud-files ``get`` of the list of chunk files (its threaded batch
 get), cloud-volume's ``ShardReader`` kept alive (index caches warm after the first call), and
 tensorstore's ``neuroglancer_precomputed`` driver (all chunk boxes read at once, async). Why
 the fetch layer is still ours: cloud-files' HTTP interface sends no bearer token (only Basic
-credentials), has no request timeout (a stalled GET hangs the task) and reads 403 as "missing";
+credentials), has no request timeout (a stalled GET hangs the task), reads 403 as "missing"
+and runs a thread per read;
 ``ShardReader`` fetches index then data per call without our transient-only retry rules;
 tensorstore needs its own auth headers and retry settings and decodes whole chunks only
-(the random-access decoder reads a few voxels from the encoded bytes instead). Ours keeps one
-place for the token rule, the timeouts and the transient-only retries, and yields raw encoded
-bytes to either decoder. The table shows what each one costs on the same URL.
+(the random-access decoder reads a few voxels from the encoded bytes instead). Ours (one libcurl
+multi handle per process, ``sources/_curl.py``) keeps one place for the token rule, the timeouts
+and the transient-only retries, and yields raw encoded bytes to either decoder. The table shows what each one costs on the same URL.
 """
 from __future__ import annotations
 
@@ -214,11 +216,14 @@ def run(quick: bool = False) -> list[dict]:
                              "ratio": ""})
                 for lat, server in servers.items():
                     _ours(table[:20], server.spec()) if n == sizes[0] else None
+                    c0 = server.cpu()
                     got, dt, st = _ours(locs, server.spec())
+                    server_ms = 1000 * (server.cpu() - c0) / max(1, st["gets"])
                     assert np.array_equal(got, want), f"HTTP {lat} ms disagrees with file://"
                     r = n / dt
                     rate[(label, lat, n)] = r
-                    ours = f"{r:,.0f} pts/s ({dt:.2f} s, {st['gets']} GETs, peak {st['peak_in_flight']} in flight)"
+                    ours = (f"{r:,.0f} pts/s ({dt:.2f} s, {st['gets']} GETs, peak {st['peak_in_flight']} in flight, "
+                            f"server {server_ms:.2f} ms CPU/GET)")
                     rows.append({"benchmark": "locs_to_supervoxels", "case": f"{label} n={n:,} HTTP {lat} ms",
                                  "ours": ours, "peer": f"ours on file:// ({label})",
                                  "peer_value": f"{rate[(label, 'file', n)]:,.0f} pts/s",

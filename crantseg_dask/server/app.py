@@ -67,9 +67,8 @@ class HardenedServer(tornado.httpserver.HTTPServer):
 
 def make_app(state: ServedDataset) -> tornado.web.Application:
     """The CAVE-compatible application for ``state``: info, chunkedgraph, materialize routes."""
-    # storage first: a chunk GET (the most frequent request by far) is matched by the first rule
-    # instead of after the ~30 others' regular expressions
-    handlers = storage.routes(state) + info.routes(state) + chunkedgraph.routes(state) + materialize.routes(state)
+    # the layer's files (``STORAGE_PREFIX``) are answered by ``storage.router`` in front of this
+    handlers = info.routes(state) + chunkedgraph.routes(state) + materialize.routes(state)
     return tornado.web.Application(
         handlers,
         default_handler_class=NotFoundHandler,
@@ -93,7 +92,7 @@ def address_of(sockets: list[socket.socket]) -> str:
 
 async def _serve(state: ServedDataset, sockets, stop: asyncio.Event, started=None) -> None:
     lim = {**LIMITS, **getattr(state, "limits", {})}
-    server = HardenedServer(make_app(state), decompress_request=True, xheaders=False,
+    server = HardenedServer(storage.router(state, make_app(state)), decompress_request=True, xheaders=False,
                             idle_connection_timeout=lim["header_timeout"], body_timeout=lim["body_timeout"],
                             max_body_size=lim["max_body_size"], max_header_size=lim["max_header_size"],
                             max_connections=lim["max_connections"])

@@ -17,16 +17,25 @@ can be named.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
-import hmac
+import json
+import logging
 import os
 import re
 import stat
+import time
+from datetime import datetime, timezone
 
-from ._base import ApiError, ApiHandler
+import tornado.httputil
+import tornado.iostream
+
+from ._base import ApiError
 from .state import STORAGE_PREFIX
 
-__all__ = ["routes", "STORAGE_PREFIX", "parse_range"]
+__all__ = ["router", "StorageRoute", "STORAGE_PREFIX", "parse_range"]
+
+log = logging.getLogger("crantseg.server")
 
 _KEY = r"([A-Za-z0-9_.\-]{1,100}(?:/[A-Za-z0-9_.\-]{1,100}){0,2})"
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -54,70 +63,152 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-class StorageFile(ApiHandler):
-    """One file of the precomputed layer (GET, HEAD)."""
+class StorageRequest(tornado.httputil.HTTPMessageDelegate):
+    """One request under ``STORAGE_PREFIX``, answered without tornado's ``RequestHandler`` layer.
 
-    async def prepare(self) -> None:
-        auth = self.request.headers.get("Authorization", "")
-        if auth.startswith("Basic "):  # cloud-files' http credentials: the token as password
+    A chunk GET is by far the most frequent request, and on this 2-core machine the server shares
+    the CPU with the client it simulates a bucket for: through ``RequestHandler`` (and an
+    ``asyncio.sleep`` for the fault mode's latency) a GET cost about 0.3-0.45 ms of server CPU, as
+    a raw delegate with ``call_later`` about half that (``benchmarks/bench_storage.py`` reports it).
+    The rules are the ones every route has: the token (Bearer, cookie, or Basic with the token as
+    password), the fault mode, JSON error bodies ``{"code", "message", "timestamp", "duration"}``.
+    """
+
+    def __init__(self, state, conn) -> None:
+        self.state, self.conn = state, conn
+        self.t0 = time.monotonic()
+        self.closed = False
+
+    def headers_received(self, start_line, headers) -> None:
+        self.method, self.path = start_line.method, start_line.path.split("?", 1)[0]
+        self.headers = headers
+
+    def data_received(self, chunk) -> None:  # request bodies are ignored (bounded by the server)
+        return None
+
+    def on_connection_close(self) -> None:
+        self.closed = True
+
+    def finish(self) -> None:
+        state = self.state
+        state.n_requests += 1
+        if not self._authorized():
+            return self._error(401, "missing or wrong token: send 'Authorization: Bearer <token>' "
+                                    "with the token printed by `crantseg serve`")
+        faults = state.faults
+        if not faults.applies_to(self.path):
+            return self._answer()
+        delay = faults.latency_for(self.path) / 1000
+        kind, status = faults.draw()
+        if kind == "stall":
+            delay += faults.stall_s
+        loop = asyncio.get_running_loop()
+        if kind is None:
+            if delay:
+                loop.call_later(delay, self._answer)
+            else:
+                self._answer()
+            return
+        extra = {"Retry-After": "0"} if kind == "fail" and status in (429, 503) else {}
+        message = "fault mode: stalled request" if kind == "stall" else f"fault mode: injected {status}"
+        if delay:
+            loop.call_later(delay, self._error, status, message, extra)
+        else:
+            self._error(status, message, extra)
+
+    def _authorized(self) -> bool:
+        auth = self.headers.get("Authorization")
+        if auth and auth.startswith("Basic "):  # cloud-files' http credentials: the token as password
             try:
                 _, _, password = base64.b64decode(auth[6:].strip()).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 password = ""
-            if password and hmac.compare_digest(password.encode(), self.state.token.encode()):
-                self.request.headers["Authorization"] = f"Bearer {password}"
-        await super().prepare()
+            auth = f"Bearer {password}" if password else None
+        cookie = None
+        if "Cookie" in self.headers:
+            cookie = tornado.httputil.parse_cookie(self.headers["Cookie"]).get("middle_auth_token")
+        return self.state.authorized(auth, cookie)
 
-    def compute_etag(self) -> None:  # no MD5 of every chunk body (a bucket's ETag is stored, not computed)
-        return None
+    def _answer(self) -> None:
+        if self.closed:
+            return
+        m = _PATH.fullmatch(self.path)
+        if m is None:
+            return self._error(404, f"no route {self.method} {self.path} on this server")
+        if self.method not in ("GET", "HEAD"):
+            return self._error(405, f"{self.method} is not allowed on {self.path}: GET or HEAD")
+        try:
+            f, encoding = _open(self.state, m.group(1))
+            with f:
+                size = os.fstat(f.fileno()).st_size
+                rng = parse_range(self.headers.get("Range"), size)
+                start, end = rng if rng is not None else (0, size)
+                headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes",
+                           "Content-Length": str(end - start)}
+                if encoding:
+                    headers["Content-Encoding"] = encoding
+                if rng is not None:
+                    headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+                body = b""
+                if self.method == "GET":
+                    f.seek(start)
+                    body = f.read(end - start)
+        except ApiError as e:
+            return self._error(e.status_code, e.message)
+        self.state.n_storage_reads += 1
+        self._send(206 if rng is not None else 200, headers, body)
 
-    def _open(self, key: str):
-        """The open file of ``key`` (or ``key.gz``) and its Content-Encoding; 404 when neither exists."""
-        if any(part in ("", ".", "..") for part in key.split("/")):
-            raise ApiError(404, f"no object {key!r}")
-        base = f"{self.state.path}/segmentation/{key}"
-        for suffix, encoding in (("", None), (".gz", "gzip")):
-            try:
-                f = open(base + suffix, "rb")
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                continue
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                f.close()
-                continue
-            return f, encoding
+    def _error(self, status: int, message: str, extra: dict | None = None) -> None:
+        if self.closed:
+            return
+        body = json.dumps({"code": status, "message": message, "timestamp": datetime.now(timezone.utc).isoformat(),
+                           "duration": round(time.monotonic() - self.t0, 6)}).encode()
+        self._send(status, {"Content-Type": "application/json", "Content-Length": str(len(body)), **(extra or {})},
+                   body if self.method != "HEAD" else b"")
+
+    def _send(self, status: int, headers: dict, body: bytes) -> None:
+        log.debug("%d %s %s %.1fms", status, self.method, self.path, 1000 * (time.monotonic() - self.t0))
+        start = tornado.httputil.ResponseStartLine("HTTP/1.1", status, tornado.httputil.responses.get(status, "Unknown"))
+        try:
+            self.conn.write_headers(start, tornado.httputil.HTTPHeaders(headers), body or None)
+            self.conn.finish()
+        except tornado.iostream.StreamClosedError:
+            pass
+
+
+class StorageRoute(tornado.httputil.HTTPServerConnectionDelegate):
+    """The ``tornado.routing`` target of ``STORAGE_PREFIX``: a ``StorageRequest`` per request."""
+
+    def __init__(self, state) -> None:
+        self.state = state
+
+    def start_request(self, server_conn, request_conn) -> StorageRequest:
+        return StorageRequest(self.state, request_conn)
+
+
+def _open(state, key: str):
+    """The open file of ``key`` (or ``key.gz``) and its Content-Encoding; 404 when neither exists."""
+    if any(part in ("", ".", "..") for part in key.split("/")):
         raise ApiError(404, f"no object {key!r}")
-
-    def _answer(self, key: str, body: bool) -> None:
-        f, encoding = self._open(key)
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            rng = parse_range(self.request.headers.get("Range"), size)
-            self.set_header("Content-Type", "application/octet-stream")
-            self.set_header("Accept-Ranges", "bytes")
-            if encoding:
-                self.set_header("Content-Encoding", encoding)
-            start, end = rng if rng is not None else (0, size)
-            if rng is not None:
-                self.set_status(206)
-                self.set_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
-            self.set_header("Content-Length", str(end - start))
-            self.state.n_storage_reads += 1
-            if not body:
-                self.finish()
-                return
-            f.seek(start)
-            self.finish(f.read(end - start))
-
-    # a chunk is a small read from the page cache: answered on the event loop, without the two
-    # thread handoffs of the handler pool (the fault mode's delays are asynchronous, in prepare)
-    offload = False
-
-    def get(self, key: str) -> None:
-        self._answer(key, body=True)
-
-    def head(self, key: str) -> None:
-        self._answer(key, body=False)
+    base = f"{state.path}/segmentation/{key}"
+    for suffix, encoding in (("", None), (".gz", "gzip")):
+        try:
+            f = open(base + suffix, "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            continue
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            f.close()
+            continue
+        return f, encoding
+    raise ApiError(404, f"no object {key!r}")
 
 
-def routes(state) -> list:
-    return [(rf"{STORAGE_PREFIX}/{_KEY}", StorageFile, {"state": state})]
+_PATH = re.compile(rf"{re.escape(STORAGE_PREFIX)}/{_KEY}")
+
+
+def router(state, app):
+    """``app`` behind a router that sends every path under ``STORAGE_PREFIX`` to ``StorageRoute``."""
+    from tornado.routing import AnyMatches, PathMatches, Rule, RuleRouter
+
+    return RuleRouter([Rule(PathMatches(rf"{re.escape(STORAGE_PREFIX)}/.*"), StorageRoute(state)),
+                       Rule(AnyMatches(), app)])

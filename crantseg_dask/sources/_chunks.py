@@ -60,7 +60,7 @@ class ChunkReader:
         self.fill_missing = fill_missing
         self._setting = settings or setting
         self.store = open_store(self.cloudpath, policy=policy, token=token, token_host=token_host,
-                                in_flight=self._setting("storage.max-in-flight", 96),
+                                in_flight=self._setting("storage.max-in-flight", 256),
                                 file_in_flight_value=self._setting("storage.file-in-flight", None))
         self._scales = scales
         self._locators: dict = {}
@@ -134,7 +134,7 @@ class ChunkReader:
     def _fetch_files(self, chunks, mip):
         names = self.filenames(chunks, mip)
         for i, data in fetch(self.store, [(n, None, None) for n in names],
-                             in_flight=self._setting("storage.max-in-flight", 96)):
+                             in_flight=self._setting("storage.max-in-flight", 256)):
             yield chunks[i], None if data is None else gunzip_if(data, f"chunk {self.store.url(names[i])}")
 
     def _fetch_sharded(self, chunks, mip):
@@ -146,7 +146,7 @@ class ChunkReader:
         present = [i for i, w in enumerate(where) if w is not None]
         reads = coalesce([where[i] for i in present], gap=int(self._setting("storage.coalesce-gap", 4096)))
         for k, data in fetch(self.store, [(f, s, e) for f, s, e, _ in reads],
-                             in_flight=self._setting("storage.max-in-flight", 96)):
+                             in_flight=self._setting("storage.max-in-flight", 256)):
             f, s, e, parts = reads[k]
             url = self.store.url(f)
             if data is None or len(data) != e - s:

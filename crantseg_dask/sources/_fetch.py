@@ -1,11 +1,12 @@
 """Concurrent byte reads from a precomputed layer: many GETs in flight, transient retries only.
 
 A ``Store`` reads one object (or a byte range of it) of a layer: ``file://`` directly from disk,
-``http(s)://`` with a kept-alive ``http.client`` connection per read thread (Range reads, a
-per-request timeout, the CAVE token only when the layer is on the CAVE server's own host),
-anything else (``gs://``, ``s3://``) through cloud-files. ``fetch(store, requests)`` runs many reads on the process's
-thread pool with at most ``crantseg.storage.max-in-flight`` in flight (per worker process,
-whatever the number of tasks; ``file://`` at most ``storage.file-in-flight``, 4 per core) and
+``http(s)://`` through the process's one libcurl multi handle (``_curl``: kept-alive connections,
+Range reads, a per-request timeout, the CAVE token only when the layer is on the CAVE server's
+own host), anything else (``gs://``, ``s3://``) through cloud-files. ``fetch(store, requests)``
+runs many reads at once: at most ``crantseg.storage.max-in-flight`` HTTP transfers in flight per
+worker process whatever the number of tasks, ``file://`` and cloud-files reads on the process's
+thread pool (``file://`` at most ``storage.file-in-flight``, 4 per core), and
 yields each result as it arrives, so the caller decodes
 while the other reads are still on the wire. A missing object is ``None``; a transient failure
 (connection error, timeout, 429, 502-504) is retried under the source's ``RetryPolicy``; any
@@ -18,21 +19,18 @@ interface sends no bearer token, has no request timeout (a stalled GET hangs) an
 """
 from __future__ import annotations
 
+import functools
 import gzip
-import http.client
 import os
 import queue
-import socket
-import ssl
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
 from ..config import setting
 from ..errors import SourceError
-from . import _http
+from . import _curl, _http
 
 try:
     import deflate as _deflate
@@ -141,103 +139,38 @@ class FileStore(Store):
 class HttpStore(Store):
     """``http(s)://`` layers: plain GETs with ``Range``, a timeout, transient retries.
 
-    Each read thread keeps its own kept-alive ``http.client`` connection per host (about 4x less
-    client CPU per GET than a ``requests`` session: no per-request settings merge, hooks,
-    cookie jar or header re-parsing; ``benchmarks/bench_storage.py``). A gzip body
-    (``Content-Encoding: gzip``, as buckets serve gzipped chunk files) is inflated with libdeflate.
-    A reused connection that the server closed while idle is reopened at once (not a retry); any
-    other connection error, timeout, or 429/502-504 is retried under the policy; 404 is a missing
-    object; 401/403 raise ``AuthError``; anything else ``SourceError`` naming the URL. When the
-    environment names a proxy for the host, the GETs go through ``requests`` (which honours it).
+    Every GET of the process goes through one libcurl multi handle (``_curl``): kept-alive
+    connections shared by all tasks, at most ``size`` transfers at once, transient failures
+    (connection errors, timeouts, 429/502-504) retried under the policy; 404 is a missing object;
+    401/403 raise ``AuthError``; anything else ``SourceError`` naming the URL. A gzip body
+    (``Content-Encoding: gzip``, as buckets serve gzipped chunk files) is inflated with libdeflate
+    in the caller's thread. The CAVE token is sent only when ``token`` is given (``open_store``
+    gives it to a layer on the CAVE server's own host).
     """
 
-    _OPEN_FAILED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
-                    ConnectionAbortedError)
-
-    def __init__(self, base: str, *, policy, token: str | None = None, n_connections: int = 32):
+    def __init__(self, base: str, *, policy, token: str | None = None, n_connections: int = 256):
         super().__init__(base)
         u = urlsplit(self.base)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise SourceError(f"{base!r} is not an http(s):// layer URL")
         self.policy = policy
-        self.scheme, self.netloc, self.path = u.scheme, u.netloc, u.path
-        self.host, self.port = u.hostname, u.port
-        self.headers = {"Accept-Encoding": "gzip"}
-        if token:
-            self.headers["Authorization"] = f"Bearer {token}"
-        self._session = None
-        if self.host not in ("127.0.0.1", "localhost", "::1") and _proxied(self.scheme, self.host):
-            self._session = _http.session(policy)
+        self.size = max(1, int(n_connections))
+        self.headers = ["Accept-Encoding: gzip"] + ([f"Authorization: Bearer {token}"] if token else [])
 
-    def _connection(self, fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
-        """This thread's connection to the host (``True``: newly made), made after a fork anew."""
-        conns = getattr(_tls, "conns", None)
-        if conns is None:
-            conns = _tls.conns = {}
-        key = (os.getpid(), self.scheme, self.netloc, self.policy.timeout)
-        conn = conns.get(key)
-        if conn is not None and not fresh:
-            return conn, False
-        if conn is not None:
-            conn.close()
-        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        conn = conns[key] = cls(self.host, self.port, timeout=self.policy.timeout)
-        return conn, True
-
-    def _drop(self) -> None:
-        conns = getattr(_tls, "conns", None) or {}
-        conn = conns.pop((os.getpid(), self.scheme, self.netloc, self.policy.timeout), None)
-        if conn is not None:
-            conn.close()
-
-    def _once(self, path: str, headers: dict) -> tuple[int, dict, bytes]:
-        """(status, headers, body) of one GET; reopens a connection the server closed while idle."""
-        conn, fresh = self._connection()
-        try:
-            conn.request("GET", path, headers=headers)
-            r = conn.getresponse()
-        except self._OPEN_FAILED:
-            if fresh:
-                raise
-            conn, _ = self._connection(fresh=True)  # closed while idle: not a failure of the read
-            conn.request("GET", path, headers=headers)
-            r = conn.getresponse()
-        body = r.read()
-        return r.status, {"encoding": r.getheader("Content-Encoding"), "retry": r.getheader("Retry-After")}, body
-
-    def _get(self, key, start, end):
-        url = self.url(key)
-        if self._session is not None:
-            return self._get_requests(url, start, end)
+    def job(self, key: str, start: int | None, end: int | None, done) -> "_curl.Job":
         headers = self.headers
         if start is not None or end is not None:
-            headers = {**headers, "Range": f"bytes={start or 0}-{'' if end is None else end - 1}"}
-        path = f"{self.path}/{key}"
-        for attempt in range(self.policy.retries + 1):
-            try:
-                status, h, body = self._once(path, headers)
-            except (OSError, http.client.HTTPException) as e:  # timeouts and connection errors included
-                self._drop()
-                if isinstance(e, ssl.SSLError) or not isinstance(e, _TRANSIENT_ERRORS):
-                    raise SourceError(f"GET {url} failed: {type(e).__name__}: {e}") from e
-                why = f"{type(e).__name__}: {str(e)[:200]}"
-            else:
-                if status in (200, 206):
-                    return self._body(url, body, h["encoding"], status, start, end)
-                if status == 404:
-                    return None
-                if status not in _http.TRANSIENT_STATUS:
-                    raise _http.status_error(status, body, url, f"GET {url}")
-                why = f"HTTP {status}: {_http.body_text(body, 120)}"
-            if attempt == self.policy.retries:
-                raise SourceError(f"GET {url} failed after {attempt + 1} attempts: {why}")
-            with _stats_lock:
-                stats["retries"] += 1
-            time.sleep(self.policy.delay(attempt))
-        raise AssertionError("unreachable")
+            headers = headers + [f"Range: bytes={start or 0}-{'' if end is None else end - 1}"]
+        return _curl.Job(self.url(key), headers, self.policy, done)
 
-    @staticmethod
-    def _body(url, body, encoding, status, start, end) -> bytes:
+    def result(self, key: str, start: int | None, end: int | None, answer) -> bytes | None:
+        """The bytes of a finished job's ``answer`` (gunzipped, cut to the range), or None."""
+        if answer[0] == "missing":
+            return None
+        if answer[0] == "error":
+            raise answer[1]
+        _, status, encoding, body = answer
+        url = self.url(key)
         if encoding and encoding != "identity":
             if encoding != "gzip":
                 raise SourceError(f"GET {url}: unsupported Content-Encoding {encoding!r}")
@@ -248,44 +181,19 @@ class HttpStore(Store):
             body = body[start: end]
         return body
 
-    def _get_requests(self, url, start, end):
-        """A GET through ``requests`` (used when a proxy applies), under the same rules."""
-        headers = {k: v for k, v in self.headers.items() if k != "Accept-Encoding"}
-        if start is not None or end is not None:
-            headers["Range"] = f"bytes={start or 0}-{'' if end is None else end - 1}"
-        for attempt in range(self.policy.retries + 1):
-            try:
-                r = self._session.get(url, headers=headers, timeout=self.policy.timeout, allow_redirects=False)
-                if r.status_code == 404:
-                    return None
-                r.raise_for_status()
-                if r.status_code not in (200, 206):
-                    raise SourceError(f"GET {url}: unexpected HTTP {r.status_code}")
-                data = r.content  # requests undoes Content-Encoding: gzip
-                return data[start: end] if r.status_code == 200 and start else data
-            except Exception as e:
-                if not _http.is_transient(e):
-                    raise (_http.error_for(e, f"GET {url}") or SourceError(f"GET {url} failed: {e}")) from e
-                if attempt == self.policy.retries:
-                    raise SourceError(f"GET {url} failed after {attempt + 1} attempts: {_http._describe(e)}") from e
-                with _stats_lock:
-                    stats["retries"] += 1
-                time.sleep(self.policy.delay(attempt))
-        raise AssertionError("unreachable")
+    def driver(self, size: int | None = None):
+        """The process's libcurl driver of ``size`` (default: this store's) transfers at once."""
+        return _curl.driver(size or self.size, _count, _count_retry)
+
+    def get(self, key, start=None, end=None):
+        box: queue.SimpleQueue = queue.SimpleQueue()
+        self.driver().submit([self.job(key, start, end, box.put)])
+        return self.result(key, start, end, box.get())
 
 
-#: Connection-level failures worth another attempt (TLS errors are not; checked first).
-_TRANSIENT_ERRORS = (ConnectionError, TimeoutError, socket.timeout, http.client.IncompleteRead,
-                     http.client.BadStatusLine, http.client.RemoteDisconnected,
-                     http.client.CannotSendRequest, http.client.ResponseNotReady)
-_tls = threading.local()  # each read thread's connections: {(pid, scheme, host, timeout): conn}
-
-
-def _proxied(scheme: str, host: str) -> bool:
-    """Whether the environment sends ``scheme``://``host`` through a proxy."""
-    import urllib.request
-
-    return bool(urllib.request.getproxies().get(scheme)) and not urllib.request.proxy_bypass(host)
+def _count_retry() -> None:
+    with _stats_lock:
+        stats["retries"] += 1
 
 
 class CloudFilesStore(Store):
@@ -324,7 +232,7 @@ def open_store(base: str, *, policy=None, token: str | None = None, token_host: 
 def max_in_flight(value=None) -> int:
     """Reads in flight per worker process: ``value`` (a spec's pinned ``storage.max-in-flight``),
     else the setting ``crantseg.storage.max-in-flight`` of this process."""
-    return max(1, int(setting("storage.max-in-flight", 96) if value is None else value))
+    return max(1, int(setting("storage.max-in-flight", 256) if value is None else value))
 
 
 def file_in_flight(value=None) -> int:
@@ -372,6 +280,9 @@ def fetch(store: Store, requests: Iterable[tuple], *, window: int | None = None,
     if not reqs:
         return
     n = max_in_flight(in_flight)
+    if isinstance(store, HttpStore):
+        yield from _fetch_http(store, reqs, n, window or 2 * n)
+        return
     if store.cap is not None:
         n = min(n, store.cap)
     pool = _executor(n)
@@ -391,3 +302,31 @@ def fetch(store: Store, requests: Iterable[tuple], *, window: int | None = None,
     finally:
         for fut in pending:
             fut.cancel()
+
+
+def _fetch_http(store: HttpStore, reqs: list, n: int, window: int) -> Iterator[tuple[int, bytes | None]]:
+    """``fetch`` through the process's libcurl driver of ``n`` transfers at once: ``window`` jobs
+    submitted and unread at most."""
+    drv = store.driver(n)
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    jobs: dict[int, _curl.Job] = {}
+    nxt = 0
+    try:
+        while nxt < len(reqs) or jobs:
+            batch = []
+            while nxt < len(reqs) and len(jobs) < window:
+                jobs[nxt] = job = store.job(*reqs[nxt], functools.partial(_put, done, nxt))
+                batch.append(job)
+                nxt += 1
+            if batch:
+                drv.submit(batch)
+            i, answer = done.get()
+            del jobs[i]
+            yield i, store.result(*reqs[i], answer)
+    finally:
+        for job in jobs.values():
+            job.cancelled = True
+
+
+def _put(q: queue.SimpleQueue, i: int, answer) -> None:
+    q.put((i, answer))

@@ -89,7 +89,7 @@ class ShardLocator:
             hit, v = index_cache.get((self.store.base, f))
             (got.__setitem__(f, v) if hit else todo.append(f))
         for i, data in fetch(self.store, [(f, 0, self.index_bytes) for f in todo],
-                             in_flight=self._setting("storage.max-in-flight", 96)):
+                             in_flight=self._setting("storage.max-in-flight", 256)):
             f = todo[i]
             if data is None:
                 idx = None  # no shard file: every chunk of it is missing
@@ -115,7 +115,7 @@ class ShardLocator:
             (got.__setitem__((f, m), v) if hit else todo.append((f, m)))
         reqs = [(f, self.index_bytes + int(shard_idx[f][m, 0]), self.index_bytes + int(shard_idx[f][m, 1]))
                 for f, m in todo]
-        for i, data in fetch(self.store, reqs, in_flight=self._setting("storage.max-in-flight", 96)):
+        for i, data in fetch(self.store, reqs, in_flight=self._setting("storage.max-in-flight", 256)):
             f, m = todo[i]
             got[(f, m)] = self._decode_minishard(data, f, reqs[i][2] - reqs[i][1])
             index_cache.put((self.store.base, f, m), got[(f, m)], self._setting("storage.index-cache", 20000))

@@ -272,8 +272,16 @@ def test_storage_route_answers_like_a_bucket(sharded_server, cave_server, tiny_s
     assert requests.get(url, headers={**auth, "Range": f"bytes={len(whole)}-"}).status_code == 416
     assert requests.get(url, auth=("token", sharded_server.token)).content == whole  # cloud-files' Basic auth
     assert requests.get(url, auth=("token", "0" * 32)).status_code == 401
-    assert requests.get(f"{base}/16_16_42/nothing.shard", headers=auth).status_code == 404
+    missing = requests.get(f"{base}/16_16_42/nothing.shard", headers=auth)
+    assert missing.status_code == 404 and set(missing.json()) == {"code", "message", "timestamp", "duration"}
+    assert "nothing.shard" in missing.json()["message"]
     assert requests.get(f"{base}/../dataset.json", headers=auth).status_code in (400, 404)
+    assert requests.get(f"{base}/16_16_42/a/b/c/d", headers=auth).status_code == 404  # not a key
+    head = requests.head(url, headers=auth)
+    assert head.status_code == 200 and head.content == b"" and head.headers["Content-Length"] == str(len(whole))
+    assert requests.post(url, headers=auth, data=b"x").status_code == 405
+    assert requests.get(url, cookies={"middle_auth_token": sharded_server.token}).content == whole
+    assert requests.get(url, cookies={"middle_auth_token": "0" * 32}).status_code == 401
     # an unsharded chunk stored gzipped is served with Content-Encoding: gzip (requests undoes it)
     gz = next((tiny_path / "segmentation" / "16_16_42").glob("*.gz"))
     r = requests.get(f"{cave_server.address}/storage/segmentation/16_16_42/{gz.name[:-3]}",
@@ -350,3 +358,50 @@ def test_http_store_errors_name_the_url(sharded_server, tiny_sharded_path):
         _http_store(sharded_server, token="0" * 32).get(key)
     with pytest.raises(SourceError, match=rf"HTTP 416 from .*{shard.name}"):  # not retried: not transient
         _http_store(sharded_server).get(key, 10**9, 10**9 + 1)
+
+
+def test_http_reads_of_this_machine_never_go_through_a_proxy(sharded_server, tiny_sharded_path, monkeypatch):
+    """A proxy in the environment (as on a cluster that reaches the registries through one) is not
+    used for 127.0.0.1: here it would refuse every connection."""
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)  # the suite's conftest sets it
+    monkeypatch.delenv("no_proxy", raising=False)
+    shard = sorted((tiny_sharded_path / "segmentation" / "16_16_42").iterdir())[0]
+    # in_flight=7: a driver of its own, so new connections (not ones made before the proxy was set)
+    got = dict(_fetch.fetch(_http_store(sharded_server), [(f"16_16_42/{shard.name}", 0, 16)], in_flight=7))
+    assert got == {0: shard.read_bytes()[:16]}
+
+
+def test_a_tls_failure_is_reported_at_once_not_retried(sharded_server):
+    """https:// to a plain-HTTP server: a TLS error does not go away, so no retry, and the URL is named."""
+    from crantseg_dask.sources._http import RetryPolicy
+
+    store = _fetch.open_store(sharded_server.address.replace("http://", "https://") + STORAGE_PREFIX,
+                              policy=RetryPolicy(retries=5, backoff=0.2))
+    _fetch.reset_stats()
+    with pytest.raises(SourceError, match=r"GET https://127\.0\.0\.1:\d+/storage/segmentation/info failed"):
+        store.get("info")
+    assert _fetch.stats["retries"] == 0
+
+
+def test_an_abandoned_fetch_leaves_the_reads_working(sharded_server, tiny_sharded_path):
+    """A task that stops reading half-way (an error in its decoder) cancels its queued reads; the
+    process's other reads go on, and nothing stays counted in flight."""
+    import time as _time
+
+    shards = sorted((tiny_sharded_path / "segmentation" / "16_16_42").iterdir())
+    store = _http_store(sharded_server)
+    reqs = [(f"16_16_42/{f.name}", 0, 16) for f in shards] * 50
+    n0 = sharded_server.state.n_storage_reads
+    gen = _fetch.fetch(store, reqs, in_flight=4, window=len(reqs))  # all queued at once
+    i, data = next(gen)
+    assert data == shards[i % len(shards)].read_bytes()[:16]
+    gen.close()
+    deadline = _time.monotonic() + 10
+    while _fetch._in_flight and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    assert _fetch._in_flight == 0
+    assert sharded_server.state.n_storage_reads - n0 <= 2 * 4  # the reads in flight, not the 50x queued
+    got = dict(_fetch.fetch(store, reqs[:len(shards)], in_flight=4))
+    assert [got[i] for i in range(len(shards))] == [f.read_bytes()[:16] for f in shards]
