@@ -31,8 +31,10 @@ from .state import Faults, ServedDataset
 
 __all__ = ["make_app", "bind", "serve_forever", "serve_in_thread", "RunningServer", "LIMITS", "HardenedServer"]
 
+# max_connections: a client process keeps up to `storage.max-in-flight` (256) connections to the
+# storage route, and a cluster has a process per worker
 LIMITS = {"header_timeout": 10.0, "body_timeout": 60.0,
-          "max_body_size": 64 * 2**20, "max_header_size": 64 * 2**10, "max_connections": 256}
+          "max_body_size": 64 * 2**20, "max_header_size": 64 * 2**10, "max_connections": 1024}
 
 
 def _connection_cap(wanted: int) -> int:

@@ -116,6 +116,9 @@ class _Driver:
             self.sel.modify(fd, events)
         except KeyError:
             self.sel.register(fd, events)
+        except OSError:  # a stale entry: the socket was closed and its number reused
+            self.sel.unregister(fd)
+            self.sel.register(fd, events)
 
     def _on_timer(self, ms: int) -> None:
         self.deadline = None if ms < 0 else time.monotonic() + ms / 1000
