@@ -5,7 +5,9 @@ search radius 160 nm as in ``crantseg demo``:
 
 * ``many``: the first planned partition of ``crantseg demo``'s synapse table (rows sorted by
   storage chunk as the job plans them; thousands of distinct targets);
-* ``one``: rows scattered around the largest neuron, all with that neuron as target.
+* ``one``: rows scattered around the largest neuron, all with that neuron as target;
+* ``sparse``: the first planned partition of ``bench_jobs``' sparse table (2 x 10^5 rows spread
+  over the volume, seed 2).
 
 Each case runs the kernel once to warm the leaves cache and the page cache, then once more under
 cProfile (and once without it, for the rate). Prints rows/s (wall and process CPU) and the top costs.
@@ -48,14 +50,21 @@ def _cases(rows: int):
     rng = np.random.default_rng(1)
     sel = pick[rng.integers(0, len(pick), rows)]
     one = (locs[sel] + rng.normal(0, 30, (rows, 3)) * [1, 1, 0.4], np.full(rows, big, np.uint64))
-    return spec, {"many": many, "one": one}
+    # sparse: the first planned partition of bench_jobs' sparse table (2 x 10^5 rows over the volume)
+    sp = synapse_table(path, 200_000, seed=2)
+    sp_locs = sp[["x", "y", "z"]].to_numpy()
+    sp_vox = np.clip(nm_to_voxels(sp_locs, meta.resolution[0]), b[0], b[1] - 1)
+    sp_plan = plan_partitions(chunk_keys(sp_vox, b, meta.chunk_size[0]), rows)
+    sp_first = sp_plan.order[: sp_plan.offsets[1]]
+    sparse = (sp_locs[sp_first], sp["target_id"].to_numpy()[sp_first].astype(np.uint64))
+    return spec, {"many": many, "one": one, "sparse": sparse}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=50_000)
     p.add_argument("--top", type=int, default=18)
-    p.add_argument("--case", choices=("many", "one", "both"), default="both")
+    p.add_argument("--case", choices=("many", "one", "sparse", "both"), default="both")
     a = p.parse_args(argv)
     from crantseg_dask.ops._snap_kernel import STATUS, snap_kernel
 
@@ -63,7 +72,9 @@ def main(argv=None) -> int:
     for name, (locs, targets) in cases.items():
         if a.case not in (name, "both"):
             continue
+        t0 = time.perf_counter()
         snap_kernel(locs, targets, spec, True, 160.0)  # warm: leaves cache, page cache
+        print(f"\n== {name}: first (cold) call {time.perf_counter() - t0:.2f} s")
         t0, c0 = time.perf_counter(), time.process_time()
         got = snap_kernel(locs, targets, spec, True, 160.0)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
