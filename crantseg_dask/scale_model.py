@@ -125,7 +125,7 @@ class Clustering:
 class Constants:
     """Per-unit costs of the snap-and-map job (seconds of CPU unless named otherwise)."""
 
-    fetch_per_get: float      # client CPU handling one chunk GET (HTTP, threads)
+    fetch_per_get: float      # client CPU handling one chunk GET (HTTP, libcurl)
     inflate_per_get: float    # gunzip of one chunk
     decode_per_get: float     # decode: full chunk or random access, block tests, averaged per GET
     snap_per_row: float       # the kernel's own work per row: planning in the task, snapping, scatter back
@@ -164,7 +164,7 @@ class Cluster:
     cores: float | None = None   # cores the workers (and a local server) share; None: workers x threads
     bandwidth: float = float("inf")  # bytes/s into the cluster from storage
     get_latency: float = 0.05    # s per chunk GET
-    reads_in_flight: int = 96    # per worker process (crantseg.storage.max-in-flight)
+    reads_in_flight: int = 256   # per worker process (crantseg.storage.max-in-flight)
     cave_latency: float = 0.02   # s per CAVE request (plus cave_s_per_id per ID)
     cave_concurrency: int = 4    # per worker process (crantseg.cave.max-concurrency)
     cave_rate: float = float("inf")  # requests/s the CAVE server allows this job
