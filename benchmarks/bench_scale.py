@@ -297,14 +297,13 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
         n = sum(1 for _ in source.read_encoded_many([tuple(c) for c in chunks.tolist()], 0))
         server_per_get = (server.cpu() - c0) / max(1, _fetch.stats["gets"])
         assert n == len(chunks)
-        # on the wire a chunk is its stored gzip file; the HTTP client inflates it (zlib, in the read thread)
-        import zlib
-
+        # on the wire a chunk is its stored gzip file; the HTTP client inflates it (libdeflate, in the
+        # caller's thread: ``HttpStore.result``, inside the "fetch" stage)
         blobs = [(Path(path) / "segmentation" / (source._reader.filename(c, 0) + ".gz")).read_bytes()
                  for c in chunks.tolist()]
         t = time.thread_time()
         for b in blobs:
-            zlib.decompress(b, 16 + zlib.MAX_WBITS)
+            _fetch.gunzip_if(b, "chunk")
         inflate = (time.thread_time() - t) / len(blobs)
         wire = float(np.mean([len(b) for b in blobs]))
         plan_fixed, plan_row = measure_planning(spec, tmp, [big.iloc[:CONST_ROWS], big.iloc[:300_000]])

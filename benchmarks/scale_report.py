@@ -204,7 +204,7 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, machin
               f"Snap job on {const_raw['rows']:,} demo synapse rows, {const_raw['tasks']} tasks of {PARTITION:,}, "
               f"one in-process worker thread, `crantseg serve` at 0 ms; wall {const_raw['wall_s']:.1f} s.", "",
               "| constant | value | unit |", "|---|---|---|"]
-    units = {"fetch_per_get": ("us CPU per GET: fetch handling (HTTP client, read threads)", 1e6),
+    units = {"fetch_per_get": ("us CPU per GET: fetch handling (the libcurl thread and the caller's checks)", 1e6),
              "inflate_per_get": ("us CPU per GET: inflate (gunzip)", 1e6),
              "decode_per_get": ("us CPU per GET: decode (full chunk or random access, block tests)", 1e6),
              "snap_per_row": ("us CPU per row: the task's own work (plan in task, snap, roots scatter back)", 1e6),
