@@ -4,7 +4,7 @@
    synapse table, fitted with ``scale_model.Clustering`` (neuropil share, clustering shape).
 2. Constants: the snap job on ``CONST_ROWS`` rows, run in this process (an in-process Dask
    worker, one thread) against ``crantseg serve`` at 0 ms, every stage timed by the CPU clock of
-   the thread that runs it (exclusive of the stages it calls): chunk GET handling (read threads),
+   the thread that runs it (exclusive of the stages it calls): chunk GET handling (the libcurl thread),
    inflate, full decode, random-access decode and block tests, CAVE requests, the task's own
    work (snapping, roots scatter back), Zarr read and write; driver planning by the wall clock.
    GETs, bytes and IDs are counted; the server's CPU per GET and per CAVE ID from its process.
