@@ -177,8 +177,8 @@ class HttpStore(Store):
             if body[:2] != b"\x1f\x8b":
                 raise SourceError(f"GET {url}: Content-Encoding gzip but the body is not gzip data")
             body = gunzip_if(body, url)
-        if status == 200 and start:  # a server that ignores Range: cut it here
-            body = body[start: end]
+        if status == 200 and (start is not None or end is not None):  # a server that ignores Range
+            body = body[start or 0: end]
         return body
 
     def driver(self, size: int | None = None):

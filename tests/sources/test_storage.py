@@ -405,3 +405,73 @@ def test_an_abandoned_fetch_leaves_the_reads_working(sharded_server, tiny_sharde
     assert sharded_server.state.n_storage_reads - n0 <= 2 * 4  # the reads in flight, not the 50x queued
     got = dict(_fetch.fetch(store, reqs[:len(shards)], in_flight=4))
     assert [got[i] for i in range(len(shards))] == [f.read_bytes()[:16] for f in shards]
+
+
+@pytest.fixture
+def https_layer(tmp_path, tiny_sharded_path):
+    """The sharded tiny layer's files over HTTPS (a self-signed certificate for 127.0.0.1) from a
+    plain ``http.server`` in a thread: (base URL, CA file)."""
+    import datetime
+    import http.server
+    import ipaddress
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    root = str(tiny_sharded_path / "segmentation")
+
+    class Files(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=root, **k)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{httpd.server_address[1]}", str(tmp_path / "cert.pem")
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_https_layer_reads_with_the_ca_bundle_requests_would_use(https_layer, tiny_sharded_path, monkeypatch):
+    """HTTPS (as production buckets answer): certificates are checked against ``REQUESTS_CA_BUNDLE``
+    (what requests and caveclient use); with the default bundle this self-signed server is refused at
+    once, naming the URL, not retried. ``http.server`` ignores ``Range`` (answers 200 with the whole
+    file): the reader cuts the asked bytes itself (a range from byte 0 was returned whole before)."""
+    from crantseg_dask.sources._http import RetryPolicy
+
+    base, ca = https_layer
+    shard = sorted((tiny_sharded_path / "segmentation" / "16_16_42").iterdir())[0]
+    key = f"16_16_42/{shard.name}"
+    # in_flight 5 / 6: drivers (and so libcurl handles) of their own, made under each environment
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    store = _fetch.open_store(base, policy=RetryPolicy(retries=3, backoff=0.2))
+    _fetch.reset_stats()
+    with pytest.raises(SourceError, match=rf"GET {base}/{key} failed: .*certificate"):
+        dict(_fetch.fetch(store, [(key, 0, 16)], in_flight=5))
+    assert _fetch.stats["retries"] == 0
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)
+    got = dict(_fetch.fetch(store, [(key, 0, 16), (key, None, None)], in_flight=6))
+    assert got == {0: shard.read_bytes()[:16], 1: shard.read_bytes()}
