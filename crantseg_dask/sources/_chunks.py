@@ -26,6 +26,7 @@ from ..config import setting
 from ..errors import SourceError
 from ._diskcache import chunk_cache, layer_identity
 from ._fetch import fetch, gunzip_if, open_store
+from ._cseg import divmod_nonneg
 from ._partial import read_boxes, read_points
 from ._shards import ShardLocator, coalesce
 from .meta import VolumeMeta
@@ -287,8 +288,8 @@ def lookup_points(source, voxels: np.ndarray, mip: int) -> np.ndarray:
     new = np.r_[True, key[1:] != key[:-1]]
     starts = np.flatnonzero(new)
     chunk_of = np.cumsum(new) - 1
-    keys = vin[starts] // cs
-    local = vin % cs
+    q, local = divmod_nonneg(vin, cs)
+    keys = q[starts]
     out[rows] = read_points(source, mip, keys, chunk_of, local)
     return out
 
