@@ -30,18 +30,21 @@ def _extent(meta, mip: int) -> str:
 
 
 def outside_message(locs_nm: np.ndarray, meta, mip: int = 0, coordinates: str = "nm", *,
-                    what: str = "locations") -> str | None:
-    """The warning text for the rows of ``locs_nm`` outside the volume (None when all are inside)."""
+                    what: str = "locations", inside: np.ndarray | None = None) -> str | None:
+    """The warning text for the rows of ``locs_nm`` outside the volume (None when all are inside).
+    ``inside``: ``inside_volume(locs_nm, meta, mip)`` when the caller has it already."""
     locs_nm = np.asarray(locs_nm, dtype=np.float64).reshape(-1, 3)
-    inside = inside_volume(locs_nm, meta, mip)
-    n_out = int((~inside).sum())
+    if inside is None:
+        inside = inside_volume(locs_nm, meta, mip)
+    n_out = len(inside) - int(np.count_nonzero(inside))
     if not n_out:
         return None
     unit = "voxel" if str(coordinates).lower().startswith("vox") else "nm"
     viewer = np.asarray(meta.viewer_resolution, dtype=np.float64)
-    other = locs_nm * viewer if unit == "nm" else locs_nm / viewer  # the same numbers in the other unit
+    out = locs_nm[~inside]
+    other = out * viewer if unit == "nm" else out / viewer  # the same numbers in the other unit
     hint = ""
-    if inside_volume(other[~inside], meta, mip).mean() > 0.5:
+    if inside_volume(other, meta, mip).mean() > 0.5:
         name = f"voxel ({viewer[0]:g} x {viewer[1]:g} x {viewer[2]:g} nm)" if unit == "nm" else "nm"
         to = "voxel" if unit == "nm" else "nm"
         hint = f"; most of them would be inside as {name} coordinates: pass coordinates='{to}' (--coordinates {to})"

@@ -17,6 +17,7 @@ error into ID 0; here a failed read raises ``SourceError``.
 from __future__ import annotations
 
 import operator
+import warnings
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +34,7 @@ from ..config import setting
 from ..errors import InvalidLocationError
 from ..sources import SourceSpec, open_source
 from ..sources.resolve import resolve_dataset, resolve_timestamp
-from .extent import warn_outside
+from .extent import OutsideVolumeWarning, outside_message, warn_outside
 from .mapping import roots_graph, roots_kernel
 
 __all__ = ["locs_to_segments", "locs_to_segments_graph", "locs_to_supervoxels",
@@ -228,10 +229,11 @@ def plan_locations(locs_nm: np.ndarray, spec: SourceSpec, mip: int = 0,
     return plan_partitions(keys, _partition_size(partition_size)), voxels
 
 
-def _planned_supervoxels(locs_nm: np.ndarray, spec: SourceSpec, mip: int,
-                         partition_size: int | None) -> tuple[da.Array, Plan]:
-    """Supervoxels of validated nm locations, one task per planned partition (sorted order)."""
-    plan, voxels = plan_locations(locs_nm, spec, mip, partition_size)
+def _planned_supervoxels(locs_nm: np.ndarray, spec: SourceSpec, mip: int, partition_size: int | None,
+                         planned: tuple[Plan, np.ndarray] | None = None) -> tuple[da.Array, Plan]:
+    """Supervoxels of validated nm locations, one task per planned partition (sorted order);
+    ``planned``: ``plan_locations``' answer when the caller has it already."""
+    plan, voxels = planned or plan_locations(locs_nm, spec, mip, partition_size)
     svs = _sorted_array(voxels, plan).map_blocks(
         _voxels_block, spec=spec, mip=mip, drop_axis=1, dtype=np.uint64,
         meta=np.empty((0,), np.uint64))
@@ -240,14 +242,14 @@ def _planned_supervoxels(locs_nm: np.ndarray, spec: SourceSpec, mip: int,
 
 def _sorted_array(a: np.ndarray, plan: Plan) -> da.Array:
     """``a`` (N, ...) in plan order as a Dask array with one block per partition."""
-    s = np.ascontiguousarray(a[plan.order])
+    s = np.take(np.ascontiguousarray(a), plan.order, axis=0)  # rows of a C array: 4-8x a[plan.order]
     return da.from_array(s, chunks=(plan.sizes,) + s.shape[1:], name=False)
 
 
 def _restore_graph(sorted_values: da.Array, plan: Plan) -> da.Array:
     """One task that puts per-partition results (sorted order) back into input order."""
     blocks = sorted_values.to_delayed().ravel().tolist()
-    out = delayed(_take, pure=True)(blocks, plan.inverse)
+    out = delayed(_take, pure=False)(blocks, plan.inverse)  # a random key: no hashing of the (N,) inverse
     return da.from_delayed(out, shape=(len(plan.inverse),), dtype=sorted_values.dtype)
 
 
@@ -256,19 +258,30 @@ def _open(dataset: Any) -> tuple[SourceSpec, Any]:
     return spec, open_source(spec)
 
 
+def _warn_planned(locs_nm: np.ndarray, meta, mip: int, coordinates: str, planned) -> None:
+    """``warn_outside`` from a plan (rows outside the volume have key -1 and sort first)."""
+    plan = planned[0]
+    n_out = int(np.searchsorted(plan.keys, 0))
+    if n_out:
+        inside = np.ones(len(plan.order), dtype=bool)
+        inside[plan.order[:n_out]] = False
+        warnings.warn(outside_message(locs_nm, meta, mip, coordinates, inside=inside), OutsideVolumeWarning,
+                      stacklevel=3)  # the caller of the eager function
+
+
 def _supervoxels_graph(locs_nm: np.ndarray, spec: SourceSpec, mip: int,
-                       partition_size: int | None = None) -> da.Array:
+                       partition_size: int | None = None, planned=None) -> da.Array:
     if not len(locs_nm):
         return da.zeros((0,), dtype=np.uint64, chunks=((0,),))
-    svs, plan = _planned_supervoxels(locs_nm, spec, mip, partition_size)
+    svs, plan = _planned_supervoxels(locs_nm, spec, mip, partition_size, planned)
     return _restore_graph(svs, plan)
 
 
 def _segments_graph(locs_nm: np.ndarray, spec: SourceSpec, ts: datetime,
-                    partition_size: int | None = None) -> da.Array:
+                    partition_size: int | None = None, planned=None) -> da.Array:
     if not len(locs_nm):
         return da.zeros((0,), dtype=np.uint64, chunks=((0,),))
-    svs, plan = _planned_supervoxels(locs_nm, spec, 0, partition_size)
+    svs, plan = _planned_supervoxels(locs_nm, spec, 0, partition_size, planned)
     return _restore_graph(roots_graph(svs, spec, ts, None, int(spec.setting("batch-size", 10_000))), plan)
 
 
@@ -409,8 +422,9 @@ def locs_to_supervoxels(locs, mip: int = 0, coordinates: str = "nm", progress: b
     locs_nm = as_locations(locs, coordinates=coordinates, viewer_resolution=source.meta.viewer_resolution)
     if not len(locs_nm):
         return np.zeros(0, dtype=np.uint64)
-    warn_outside(locs_nm, source.meta, mip, coordinates)
-    (out,) = compute(_supervoxels_graph(locs_nm, spec, mip), progress=progress,
+    planned = plan_locations(locs_nm, spec, mip)
+    _warn_planned(locs_nm, source.meta, mip, coordinates, planned)
+    (out,) = compute(_supervoxels_graph(locs_nm, spec, mip, planned=planned), progress=progress,
                      desc="locs_to_supervoxels")
     return np.asarray(out, dtype=np.uint64)
 
@@ -460,7 +474,8 @@ def locs_to_segments(locs, timestamp=None, coordinates: str = "nm", progress: bo
     locs_nm = as_locations(locs, coordinates=coordinates, viewer_resolution=source.meta.viewer_resolution)
     if not len(locs_nm):
         return np.zeros(0, dtype=np.int64)
-    warn_outside(locs_nm, source.meta, 0, coordinates)
-    (out,) = compute(_segments_graph(locs_nm, spec, ts), progress=progress,
+    planned = plan_locations(locs_nm, spec, 0)
+    _warn_planned(locs_nm, source.meta, 0, coordinates, planned)
+    (out,) = compute(_segments_graph(locs_nm, spec, ts, planned=planned), progress=progress,
                      desc="locs_to_segments")
     return np.asarray(out).astype(np.int64)

@@ -26,7 +26,8 @@ from ..config import setting
 from ..errors import SourceError
 from ._diskcache import chunk_cache, layer_identity
 from ._fetch import fetch, gunzip_if, open_store
-from ._partial import read_boxes, read_points
+from ._cseg import divmod_nonneg
+from ._partial import DECODE_BATCH, read_boxes, read_points
 from ._shards import ShardLocator, coalesce
 from .meta import VolumeMeta
 
@@ -131,9 +132,18 @@ class ChunkReader:
         return [f"{key}/{a}-{d}_{b}-{e}_{c_}-{f}"
                 for (a, b, c_), (d, e, f) in zip(lo.tolist(), hi.tolist())]
 
+    def _window(self) -> int | None:
+        """Reads queued ahead per call on a store with a cap (``file://``): 2 x cap, plus the
+        ``DECODE_BATCH`` chunks ``read_points`` decodes at once, so the read pool keeps inflating
+        while a batch is decoded (with ``fetch``'s default 2 x cap it idled). 10^6 synapse-like
+        points on the demo, 2 shared cores, 4 runs each: 0.69-0.84 s against 0.76-1.02 s. None
+        (``fetch``'s default) otherwise."""
+        cap = getattr(self.store, "cap", None)
+        return None if cap is None else 2 * int(cap) + DECODE_BATCH
+
     def _fetch_files(self, chunks, mip):
         names = self.filenames(chunks, mip)
-        for i, data in fetch(self.store, [(n, None, None) for n in names],
+        for i, data in fetch(self.store, [(n, None, None) for n in names], window=self._window(),
                              in_flight=self._setting("storage.max-in-flight", 256)):
             yield chunks[i], None if data is None else gunzip_if(data, f"chunk {self.store.url(names[i])}")
 
@@ -287,8 +297,8 @@ def lookup_points(source, voxels: np.ndarray, mip: int) -> np.ndarray:
     new = np.r_[True, key[1:] != key[:-1]]
     starts = np.flatnonzero(new)
     chunk_of = np.cumsum(new) - 1
-    keys = vin[starts] // cs
-    local = vin % cs
+    q, local = divmod_nonneg(vin, cs)
+    keys = q[starts]
     out[rows] = read_points(source, mip, keys, chunk_of, local)
     return out
 

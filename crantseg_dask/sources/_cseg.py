@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["CsegError", "CROSSOVER", "decode_points", "decode_positions", "decode_blocks", "decode_box",
+__all__ = ["CsegError", "CROSSOVER", "divmod_nonneg", "decode_points", "decode_positions", "decode_blocks", "decode_box",
            "block_voxels", "block_positions", "blocks_holding", "use_blocks"]
 
 #: random access is chosen while a chunk needs fewer than this fraction of its voxels (measured;
@@ -57,6 +57,23 @@ def use_blocks(n_voxels: int | np.ndarray, chunk_voxels: int | np.ndarray) -> np
     """True where reading ``n_voxels`` voxels of a chunk of ``chunk_voxels`` voxels by random
     access is cheaper than decoding it whole (``n_voxels < CROSSOVER * chunk_voxels``)."""
     return np.asarray(n_voxels) < CROSSOVER * np.asarray(chunk_voxels)
+
+
+def divmod_nonneg(a: np.ndarray, d) -> tuple[np.ndarray, np.ndarray]:
+    """``(a // d, a % d)`` of a non-negative integer array ``a`` (N, k) by positive divisors ``d``
+    (k,), column by column: a shift and a mask for a power of two (block and chunk sizes almost
+    always are; several times faster than numpy's integer division), ``np.divmod`` otherwise."""
+    q, r = np.empty_like(a), np.empty_like(a)
+    for k, dk in enumerate(np.asarray(d, dtype=np.int64).ravel().tolist()):
+        q[:, k], r[:, k] = _col_divmod(a[:, k], dk)
+    return q, r
+
+
+def _col_divmod(col: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """``divmod`` of one non-negative column by a scalar ``d`` >= 1: shift and mask for a power of two."""
+    if d > 0 and d & (d - 1) == 0:
+        return col >> (d.bit_length() - 1), col & (d - 1)
+    return np.divmod(col, d)
 
 
 def _pack(datas: Sequence[bytes], shapes: np.ndarray, block: np.ndarray):
@@ -106,11 +123,12 @@ def _lookup(words, n_words, grid, n_blocks, block, chunk_of, local) -> np.ndarra
     cuts = cuts_a.tolist()
     used = np.flatnonzero(np.diff(cuts_a))  # chunks with points; their first rows:
     seg = cuts_a[used]
-    bl, w = np.divmod(local, block)
-    blk = bl[:, 2] * grid[chunk_of, 1]
-    blk += bl[:, 1]
-    blk *= grid[chunk_of, 0]
-    blk += bl[:, 0]
+    (bx, wx), (by, wy), (bz, wz) = (_col_divmod(local[:, k], int(block[k])) for k in range(3))
+    g = grid[:1] if (grid == grid[:1]).all() else grid[chunk_of]  # one grid (no ragged chunk): no gather
+    blk = bz * g[:, 1]
+    blk += by
+    blk *= g[:, 0]
+    blk += bx
     head = np.empty((len(blk), 2), dtype=np.int64)
     np.multiply(blk, 2, out=head[:, 0])
     head[:, 0] += 1  # channel start 1 (checked) + two header words per block
@@ -118,10 +136,10 @@ def _lookup(words, n_words, grid, n_blocks, block, chunk_of, local) -> np.ndarra
     hw = _gather(words, cuts, head.ravel(), 2).reshape(-1, 2)
     bits = hw[:, 0] >> 24
     table = (hw[:, 0] & 0xFFFFFF).astype(np.int64)
-    i = w[:, 2] * block[1]
-    i += w[:, 1]
-    i *= block[0]
-    i += w[:, 0]
+    i = wz * int(block[1])
+    i += wy
+    i *= int(block[0])
+    i += wx
     bitpos = i * bits
     vpos = hw[:, 1].astype(np.int64)
     vpos += bitpos >> 5
@@ -152,6 +170,15 @@ def _lookup(words, n_words, grid, n_blocks, block, chunk_of, local) -> np.ndarra
 def _raise_unless(ok: np.ndarray, chunk_of: np.ndarray, problem: str) -> None:
     if not ok.all():
         raise CsegError(int(chunk_of[np.argmin(ok)]), problem)
+
+
+def _beyond(local: np.ndarray, shapes: np.ndarray, chunk_of: np.ndarray) -> bool:
+    """Whether a position reaches its chunk's shape: per chunk by ``reduceat`` when the rows are
+    sorted by chunk (no (N, 3) gather of shapes), row by row otherwise."""
+    if len(chunk_of) > 1 and (np.diff(chunk_of) < 0).any():
+        return bool((local >= shapes[chunk_of]).any())
+    first = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1]])
+    return bool((np.maximum.reduceat(local, first, axis=0) >= shapes[chunk_of[first]]).any())
 
 
 def decode_points(datas: Sequence[bytes], shapes, block, chunk_of, local) -> np.ndarray:
@@ -198,7 +225,7 @@ def decode_points(datas: Sequence[bytes], shapes, block, chunk_of, local) -> np.
         return np.zeros(0, dtype=np.uint64)
     if chunk_of.min() < 0 or chunk_of.max() >= len(datas):
         raise ValueError(f"chunk indices must lie in [0, {len(datas)})")
-    if local.min() < 0 or (local >= shapes[chunk_of]).any():
+    if local.min() < 0 or _beyond(local, shapes, chunk_of):
         inside = np.all((local >= 0) & (local < shapes[chunk_of]), axis=1)
         bad = int(np.argmin(inside))
         raise CsegError(int(chunk_of[bad]), f"position {local[bad].tolist()} lies outside the chunk's shape "

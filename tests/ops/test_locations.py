@@ -111,6 +111,32 @@ def test_outside_and_background_are_zero(spec, truth):
     assert not locs_to_segments(locs, progress=False, dataset=spec).any()
 
 
+@pytest.mark.parametrize("mip", [0, 1])
+def test_outside_warning_counts_first_row_and_points_at_the_caller(spec, truth, points, mip):
+    """The warning is built from the partition plan (keys -1): its count and first row agree with
+    the dataset's bounds, and it points at the caller's line, for both eager calls."""
+    import warnings as w_
+
+    from crantseg_dask.ops.extent import OutsideVolumeWarning
+
+    res = truth.resolution(mip)
+    off, size = truth.bounds(mip)
+    vox = np.floor(points / res)
+    outside = ~np.all((vox >= off) & (vox < off + size), axis=1)
+    assert 0 < outside.sum() < len(points)
+    for fn in (locs_to_supervoxels, locs_to_segments):
+        if fn is locs_to_segments and mip:
+            continue
+        with w_.catch_warnings(record=True) as got:
+            w_.simplefilter("always")
+            fn(points, mip=mip, progress=False, dataset=spec) if mip else fn(points, progress=False, dataset=spec)
+        (msg,) = [x for x in got if issubclass(x.category, OutsideVolumeWarning)]
+        first = int(np.argmax(outside))
+        assert str(msg.message).startswith(f"{int(outside.sum())} of {len(points)} locations lie outside the "
+                                           f"volume (x, y, z in nm: first location {first} at ")
+        assert msg.filename == __file__
+
+
 # -- 25: DataFrames ---------------------------------------------------------------------------
 def test_dataframe_input(spec, truth, points):
     df = pd.DataFrame({"z": points[:, 2], "id": np.arange(len(points)), "x": points[:, 0],

@@ -91,3 +91,33 @@ def test_chunk_file_names_and_reads_in_flight_of_a_file_layer(local_spec, truth,
         np.testing.assert_array_equal(got[c], vol[tuple(slice(a, b) for a, b in zip(box[0] - off, box[1] - off))])
     monkeypatch.setenv("CRANTSEG_STORAGE_FILE_IN_FLIGHT", "3")
     assert _fetch.file_in_flight() == 3 and _fetch.file_in_flight(5) == 5
+
+
+def test_file_reads_run_ahead_while_the_caller_decodes_a_batch(local_spec, truth):
+    """While the caller holds the first chunk (decoding a batch, as ``read_points`` does), the
+    read pool keeps going: up to 2 x cap + ``DECODE_BATCH`` reads are issued, not 2 x cap."""
+    import time
+
+    from crantseg_dask.sources import _fetch
+    from crantseg_dask.sources._partial import DECODE_BATCH
+
+    meta = open_source(local_spec).meta
+    settings = {"storage.file-in-flight": 2}
+    reader = ChunkReader(f"file://{truth.path / 'segmentation'}", meta, settings=lambda k, d=None: settings.get(k, d))
+    off, size = truth.bounds(0)
+    grid = -(-size // np.array(meta.chunk_size[0]))
+    chunks = [tuple(c) for c in np.argwhere(np.ones(grid, bool)).tolist()]
+    want = min(len(chunks), 2 * 2 + DECODE_BATCH)
+    assert want > 2 * 2 + 1
+    _fetch.reset_stats()
+    gen = reader.fetch_encoded(chunks, 0)
+    first = next(gen)
+    deadline = time.monotonic() + 30
+    while _fetch.stats["gets"] < want and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert _fetch.stats["gets"] == want
+    got = dict([first, *gen])
+    assert len(got) == len(chunks) and _fetch.stats["gets"] == len(chunks)
+    c = chunks[-1]
+    np.testing.assert_array_equal(reader.decode(c, 0, got[c]), reader.read(c, 0))

@@ -220,3 +220,31 @@ def test_a_few_points_in_many_chunks_out_of_order_equal_the_full_decode():
         local = (rng.random((len(chunk_of), 3)) * shapes[chunk_of]).astype(int)
         want = [_full(datas[k], vols[k].shape, block)[tuple(p)] for k, p in zip(chunk_of, local)]
         np.testing.assert_array_equal(_cseg.decode_points(datas, shapes, block, chunk_of, local), want)
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_a_position_beyond_a_ragged_chunk_among_full_ones_raises_naming_it(shuffled):
+    """Positions are checked per chunk against that chunk's own (ragged) shape, whether the rows
+    come sorted by chunk or not; the position is valid in the full chunks around it."""
+    block = (8, 8, 8)
+    shapes = np.array([(32, 32, 16), (10, 10, 10), (32, 32, 16)])
+    datas = [_encode(np.ones(tuple(s), np.uint64), block) for s in shapes]
+    chunk_of = np.array([0, 0, 1, 1, 2, 2])
+    for bad in ([10, 0, 0], [0, 10, 3], [9, 9, 10]):
+        local = np.array([[31, 31, 15], [0, 0, 0], [9, 9, 9], bad, [31, 0, 15], [1, 2, 3]])
+        order = np.random.default_rng(1).permutation(6) if shuffled else np.arange(6)
+        with pytest.raises(_cseg.CsegError, match="outside the chunk's shape") as e:
+            _cseg.decode_points(datas, shapes, block, chunk_of[order], local[order])
+        assert e.value.chunk == 1
+    ok = np.array([[31, 31, 15], [0, 0, 0], [9, 9, 9], [0, 9, 0], [31, 0, 15], [1, 2, 3]])
+    assert _cseg.decode_points(datas, shapes, block, chunk_of, ok).tolist() == [1] * 6
+
+
+@pytest.mark.parametrize("d", [(8, 8, 8), (128, 128, 32), (1, 2, 4), (3, 5, 7), (8, 6, 1), (64, 100, 2)])
+def test_divmod_nonneg_equals_numpy_divmod(d):
+    a = np.random.default_rng(3).integers(0, 10**7, size=(5000, 3))
+    a[:3] = [[0, 0, 0], [1, 1, 1], [2**40, 2**40 + 1, 2**40 - 1]]
+    q, r = _cseg.divmod_nonneg(a, d)
+    want_q, want_r = np.divmod(a, np.array(d))
+    np.testing.assert_array_equal(q, want_q)
+    np.testing.assert_array_equal(r, want_r)
