@@ -139,3 +139,20 @@ def run(quick: bool = False, partition_size: int = 50_000) -> list[dict]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
+
+
+if __name__ == "__main__":
+    # the sparse snap job alone: python benchmarks/bench_jobs.py sparse [ROWS] (default 200,000)
+    import sys
+
+    if sys.argv[1:2] != ["sparse"]:
+        sys.exit("usage: python benchmarks/bench_jobs.py sparse [ROWS]   (the whole benchmark: run.py jobs)")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run import print_rows
+
+    tmp = Path(tempfile.mkdtemp(prefix="crantseg-bench-"))
+    try:
+        n = int(sys.argv[2]) if len(sys.argv) > 2 else 200_000
+        print_rows(sparse_snap_rows(local_dataset_path(os.environ.get("CRANTSEG_BENCH_PRESET", "demo")), n, tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
