@@ -35,6 +35,7 @@ import pandas as pd
 
 from .._validate import as_ids
 from ..errors import InvalidInputError
+from ._zarr_chunks import ChunkCodec
 
 __all__ = ["RECORD_KEY", "TIMESTAMP_COLUMN", "RefreshTable", "changed_chunks", "open_table", "parquet_settings", "swap",
            "write_parquet"]
@@ -95,8 +96,10 @@ class RefreshTable:
         raw = self.columns.raw(name) if isinstance(self.columns, _LazyColumns) else self.columns[name]
         if isinstance(raw, np.ndarray) or hasattr(raw, "null_count"):
             return self.ids(name)[rows]
-        return as_ids(raw.get_orthogonal_selection((np.asarray(rows, np.int64),)),
-                      name=f"{self.path.name}[{name!r}]", nan="zero")
+        codec = ChunkCodec.of(raw, self.path / name) if self.kind == "zarr" else None
+        got = (codec.take(rows) if codec is not None and len(rows)
+               else raw.get_orthogonal_selection((np.asarray(rows, np.int64),)))
+        return as_ids(got, name=f"{self.path.name}[{name!r}]", nan="zero")
 
     # -- writing --------------------------------------------------------------------------------
     def write(self, new: dict[str, np.ndarray], previous: dict[str, np.ndarray], timestamp: str,
@@ -175,8 +178,7 @@ class RefreshTable:
                                          **{**CODECS, "compressors": (ZstdCodec(level=ZSTD_LEVEL), Crc32cCodec())})
                     values = np.asarray(values, dtype=np.uint64)
                     dirty = np.arange(-(-n // size))
-                for lo, hi in _runs(dirty):
-                    write_chunks(tmp / name, arr, values, lo, hi)
+                write_chunks(tmp / name, arr, values, dirty)
         g.attrs["crantseg"] = {**self.attrs, "timestamp": timestamp, "refresh": history}
         return _new_files(tmp)
 
@@ -256,15 +258,21 @@ def _runs(chunks: np.ndarray) -> list[tuple[int, int]]:
     return [(int(c[0]), int(c[-1]) + 1) for c in np.split(chunks, breaks)]
 
 
-def write_chunks(folder: Path, arr, values: np.ndarray, lo: int, hi: int) -> None:
-    """Write chunks ``lo:hi`` of the 1-D array ``arr`` (stored under ``folder``) from ``values``:
-    their hard links are removed first, so the old group's files are never written through."""
+def write_chunks(folder: Path, arr, values: np.ndarray, chunks: np.ndarray) -> None:
+    """Write ``chunks`` (sorted indices) of the 1-D array ``arr`` (stored under ``folder``) from
+    ``values``, each as a new file replacing its hard link, so the old group's files are never
+    written through: a job's codec chain directly, in parallel (``ChunkCodec``), else via zarr."""
+    codec = ChunkCodec.of(arr, folder, level=ZSTD_LEVEL)
+    if codec is not None:
+        codec.write(values, chunks)
+        return
     size = arr.chunks[0]
-    for i in range(lo, hi):
-        f = folder / arr.metadata.encode_chunk_key((i,))
-        if f.exists():
-            f.unlink()
-    arr[lo * size: min(hi * size, arr.shape[0])] = values[lo * size: min(hi * size, arr.shape[0])]
+    for lo, hi in _runs(np.asarray(chunks, np.int64)):
+        for i in range(lo, hi):
+            f = folder / arr.metadata.encode_chunk_key((i,))
+            if f.exists():
+                f.unlink()
+        arr[lo * size: min(hi * size, arr.shape[0])] = values[lo * size: min(hi * size, arr.shape[0])]
 
 
 def _new_files(tmp: Path) -> dict:
@@ -399,12 +407,16 @@ def _open_zarr(path: Path) -> RefreshTable:
     g = zarr.open_group(str(path), mode="r")
     n = attrs["n_rows"]
     cols = _LazyColumns({k: g[k] for k in g.array_keys() if not k.startswith("_") and g[k].shape == (n,)})
+    cols.root = path
     return RefreshTable(path, "zarr", attrs.get("timestamp"), cols, attrs=attrs,
                         history=list(attrs.get("refresh", [])))
 
 
 class _LazyColumns(dict):
-    """Zarr arrays or arrow columns read into numpy on first access (refresh needs few columns)."""
+    """Zarr arrays or arrow columns read into numpy on first access (refresh needs few columns).
+    ``root``: the Zarr group's directory (its arrays' chunks are then read directly, in parallel)."""
+
+    root: Path | None = None
 
     def raw(self, key):
         """The stored object (a Zarr array, an arrow column) or the numpy array read from it."""
@@ -420,7 +432,8 @@ class _LazyColumns(dict):
                     value = value.fill_null(0)
                 value = value.to_numpy()
             else:
-                value = np.asarray(value[:])
+                codec = ChunkCodec.of(value, self.root / key) if self.root is not None else None
+                value = codec.read() if codec is not None else np.asarray(value[:])
             self[key] = value
         return value
 
