@@ -23,6 +23,7 @@ def _values(n=1050, seed=0):
     rng = np.random.default_rng(seed)
     v = rng.choice(rng.integers(1, 1 << 62, 40, dtype=np.int64).astype(np.uint64), n)
     v[300:400] = 0  # one chunk all fill
+    v[500:520] = 0  # one starting with fill
     return v
 
 
@@ -50,12 +51,12 @@ def test_written_chunks_are_zarrs_bytes_and_zarr_reads_them(tmp_path, level):
     folder = tmp_path / "g" / "x"
     shutil.copytree(folder, tmp_path / "linked", copy_function=os.link)
     before = {f.name: f.read_bytes() for f in (tmp_path / "linked" / "c").iterdir()}
-    ChunkCodec.of(arr, folder).write(new, [0, 3, 10])
+    ChunkCodec.of(arr, folder).write(new, [0, 3, 5, 10])
     got = zarr.open_group(str(tmp_path / "g"), mode="r")["x"][:]
     want = old.copy()
-    want[0:100], want[300:400], want[1000:] = new[0:100], new[300:400], new[1000:]
+    want[0:100], want[300:400], want[500:600], want[1000:] = new[0:100], new[300:400], new[500:600], new[1000:]
     assert (got == want).all()
-    for i in (0, 3, 10):
+    for i in (0, 3, 5, 10):
         assert (folder / "c" / str(i)).read_bytes() == (tmp_path / "g" / "ref" / "c" / str(i)).read_bytes()
     assert {f.name: f.read_bytes() for f in (tmp_path / "linked" / "c").iterdir()} == before
     assert not list(folder.glob("c/.*"))  # no partial files left
