@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .._validate import as_ids
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, JobStoreError
 from ._zarr_chunks import ChunkCodec
 
 __all__ = ["RECORD_KEY", "TIMESTAMP_COLUMN", "RefreshTable", "changed_chunks", "open_table", "parquet_settings", "swap",
@@ -396,15 +396,20 @@ def _distinct(column) -> list:
 
 
 def _open_zarr(path: Path) -> RefreshTable:
+    import zarr
+
     from ..persist import JobStore
 
     store = JobStore(str(path))
     attrs = store.attrs
-    if not store.done().all():
-        raise InvalidInputError(f"job {path} is not complete; finish it with `crantseg run ... --resume` first")
-    import zarr
-
     g = zarr.open_group(str(path), mode="r")
+    done = ChunkCodec.of(g["_done"], path / "_done") if "_done" in g.array_keys() else None
+    try:  # the done mask's chunks read directly, in parallel; zarr's way where that fails
+        complete = bool(done.read().all()) if done is not None else None
+    except JobStoreError:
+        complete = None
+    if not (store.done().all() if complete is None else complete):
+        raise InvalidInputError(f"job {path} is not complete; finish it with `crantseg run ... --resume` first")
     n = attrs["n_rows"]
     cols = _LazyColumns({k: g[k] for k in g.array_keys() if not k.startswith("_") and g[k].shape == (n,)})
     cols.root = path

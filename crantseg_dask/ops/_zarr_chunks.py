@@ -15,6 +15,7 @@ old file (a staged copy-on-write group) is replaced, never written through.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..errors import JobStoreError
 
-__all__ = ["ChunkCodec", "N_THREADS"]
+__all__ = ["ChunkCodec", "N_THREADS", "leaf_pool"]
 
 N_THREADS = 4  # zstd and crc32c release the GIL: chunks encode / decode in parallel
 
@@ -74,8 +75,9 @@ class ChunkCodec:
         return Zstd(level=self.level, checksum=self.checksum)
 
     # -- reading ------------------------------------------------------------------------------
-    def decode(self, i: int) -> np.ndarray:
-        """Chunk ``i``'s values (the array's part of it: a last chunk's padding cut off)."""
+    def decode(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Chunk ``i``'s values (the array's part of it: a last chunk's padding cut off),
+        decoded straight into ``out`` where given and as long as a whole chunk."""
         import google_crc32c
 
         f = self.path(i)
@@ -86,10 +88,19 @@ class ChunkCodec:
         body = np.frombuffer(data, np.uint8)[:-4]  # no copy
         if len(data) < 4 or google_crc32c.value(body) != int.from_bytes(data[-4:], "little"):
             raise JobStoreError(f"{f}: chunk {i} of the column is damaged (crc32c checksum mismatch)")
-        values = np.frombuffer(self._zstd().decode(body), dtype=self.dtype)
         want = min(self.size, self.n - i * self.size)
+        if out is not None and len(out) == self.size and out.flags.c_contiguous:
+            try:
+                self._zstd().decode(body, out=out)
+                return out
+            except (RuntimeError, ValueError) as e:  # not a whole chunk's bytes
+                raise JobStoreError(f"{f}: chunk {i} does not decode to {self.size} values ({e})") from None
+        values = np.frombuffer(self._zstd().decode(body), dtype=self.dtype)
         if len(values) != self.size:
             raise JobStoreError(f"{f}: chunk {i} holds {len(values)} values, not {self.size}")
+        if out is not None:
+            out[:] = values[:want]
+            return out
         return values[:want]
 
     def read(self, chunks=None, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
@@ -101,7 +112,7 @@ class ChunkCodec:
         starts = np.r_[0, np.cumsum(lens)[:-1]].astype(np.int64)
 
         def one(k: int) -> None:
-            out[starts[k]: starts[k] + lens[k]] = self.decode(int(chunks[k]))
+            self.decode(int(chunks[k]), out[starts[k]: starts[k] + lens[k]])
 
         _run(one, range(len(chunks)), pool)
         return out
@@ -155,13 +166,22 @@ class ChunkCodec:
         os.replace(tmp, f)
 
 
+_LEAF_POOL: list[ThreadPoolExecutor] = []
+_LEAF_LOCK = threading.Lock()
+
+
+def leaf_pool() -> ThreadPoolExecutor:
+    """A process-wide pool for leaf work only (a task in it never waits on another task in it):
+    chunk codecs, blocks of numpy passes. Its threads are started once, not per call."""
+    with _LEAF_LOCK:
+        if not _LEAF_POOL:
+            _LEAF_POOL.append(ThreadPoolExecutor(N_THREADS, thread_name_prefix="crantseg-leaf"))
+        return _LEAF_POOL[0]
+
+
 def _run(fn, items, pool: ThreadPoolExecutor | None) -> None:
     items = list(items)
-    if pool is None and len(items) > 1:
-        with ThreadPoolExecutor(N_THREADS) as own:
-            list(own.map(fn, items))
-    elif pool is None:
-        for it in items:
-            fn(it)
-    else:
-        list(pool.map(fn, items))
+    if len(items) == 1:
+        fn(items[0])
+    elif items:
+        list((pool or leaf_pool()).map(fn, items))

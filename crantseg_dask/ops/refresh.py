@@ -33,6 +33,7 @@ from ..errors import CrantsegError, InvalidInputError, InvalidTimestampError, Un
 from ..sources import open_source
 from ..sources.resolve import cave_dataset, resolve_dataset, resolve_timestamp
 from ._refresh_store import TIMESTAMP_COLUMN, open_table
+from ._zarr_chunks import leaf_pool
 
 __all__ = ["RefreshReport", "main", "refresh", "refresh_roots"]
 
@@ -221,8 +222,7 @@ def rows_holding(values: np.ndarray, ids: np.ndarray, bits: int = 20, block: int
     starts = range(0, len(values), block)
     if len(starts) == 1:
         return one(0)
-    with ThreadPoolExecutor(N_THREADS) as pool:
-        return np.concatenate(list(pool.map(one, starts)))
+    return np.concatenate(list(leaf_pool().map(one, starts)))
 
 
 def _unique_pairs(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
