@@ -101,6 +101,47 @@ class RefreshTable:
                else raw.get_orthogonal_selection((np.asarray(rows, np.int64),)))
         return as_ids(got, name=f"{self.path.name}[{name!r}]", nan="zero")
 
+    # -- a job's per-chunk index ----------------------------------------------------------------
+    def _codec(self, name: str) -> ChunkCodec | None:
+        g = getattr(self.columns, "group", None)
+        if self.kind != "zarr" or g is None or name not in self.columns:
+            return None
+        raw = self.columns.raw(name)
+        return ChunkCodec.of(raw if not isinstance(raw, np.ndarray) else g[name], self.path / name)
+
+    def ranges(self, name: str) -> np.ndarray | None:
+        """(n_chunks, 2): each chunk's smallest and largest non-zero value of column ``name`` (the
+        job's ``_range_<name>``, which jobs and refresh keep), or None where the store has no
+        usable index (an older job, another layout, a damaged entry): then read the column."""
+        codec, g = self._codec(name), getattr(self.columns, "group", None)
+        key = f"_range_{name}"
+        if codec is None or not (self.path / key / "zarr.json").is_file():
+            return None
+        index = ChunkCodec.of(g[key], self.path / key)
+        if index is None or index.n != 2 * codec.n_chunks or index.dtype != np.uint64:
+            return None
+        try:
+            return index.read().reshape(-1, 2)
+        except JobStoreError:
+            return None
+
+    def ids_in_chunks(self, name: str, chunks: np.ndarray) -> np.ndarray:
+        """Column ``name`` as uint64 with only ``chunks`` read (0 elsewhere); the whole column
+        where it cannot be read by chunk."""
+        codec = self._codec(name)
+        if codec is None or codec.dtype.kind != "u":
+            return self.ids(name)
+        return codec.read_in_place(chunks).view(np.uint64)
+
+    def chunk_size(self, name: str) -> int | None:
+        codec = self._codec(name)
+        return None if codec is None else codec.size
+
+    def tails(self, name: str) -> list[int] | None:
+        """Column ``name``'s chunk checksums (``ChunkCodec.tails``), None where not a job's chain."""
+        codec = self._codec(name)
+        return None if codec is None else codec.tails()
+
     # -- writing --------------------------------------------------------------------------------
     def write(self, new: dict[str, np.ndarray], previous: dict[str, np.ndarray], timestamp: str,
               record: dict, changed: dict[str, np.ndarray] | None = None) -> dict:
@@ -157,7 +198,7 @@ class RefreshTable:
         import zarr
         from zarr.codecs import Crc32cCodec, ZstdCodec
 
-        from ..persist import CODECS, WRITE_ALL
+        from ..persist import CODECS, WRITE_ALL, value_range
 
         stage_tree(self.path, tmp)
         for name in arrays:
@@ -179,6 +220,16 @@ class RefreshTable:
                     values = np.asarray(values, dtype=np.uint64)
                     dirty = np.arange(-(-n // size))
                 write_chunks(tmp / name, arr, values, dirty)
+                key = f"_range_{name}"
+                index = ChunkCodec.of(g[key], tmp / key) if (tmp / key / "zarr.json").is_file() else None
+                if index is not None and index.n == 2 * len(range(0, n, arr.chunks[0])):
+                    size = arr.chunks[0]
+                    for i in np.asarray(dirty, np.int64).tolist():  # the chunks rewritten: their range anew
+                        index.put(i, index.encode(value_range(values[i * size: (i + 1) * size])))
+        valid = history[-1].get("valid_chunks")
+        if valid:  # the checksums of the chunks this refresh left valid (read by the next one)
+            history[-1]["valid_chunks"] = {c: ChunkCodec.of(g[c], tmp / c).tails() for c in valid
+                                           if ChunkCodec.of(g[c], tmp / c) is not None}
         g.attrs["crantseg"] = {**self.attrs, "timestamp": timestamp, "refresh": history}
         return _new_files(tmp)
 
@@ -403,7 +454,8 @@ def _open_zarr(path: Path) -> RefreshTable:
     store = JobStore(str(path))
     attrs = store.attrs
     g = zarr.open_group(str(path), mode="r")
-    done = ChunkCodec.of(g["_done"], path / "_done") if "_done" in g.array_keys() else None
+    arrays = dict(g.arrays())  # each array's metadata read once
+    done = ChunkCodec.of(arrays["_done"], path / "_done") if "_done" in arrays else None
     try:  # the done mask's chunks read directly, in parallel; zarr's way where that fails
         complete = bool(done.read().all()) if done is not None else None
     except JobStoreError:
@@ -411,8 +463,8 @@ def _open_zarr(path: Path) -> RefreshTable:
     if not (store.done().all() if complete is None else complete):
         raise InvalidInputError(f"job {path} is not complete; finish it with `crantseg run ... --resume` first")
     n = attrs["n_rows"]
-    cols = _LazyColumns({k: g[k] for k in g.array_keys() if not k.startswith("_") and g[k].shape == (n,)})
-    cols.root = path
+    cols = _LazyColumns({k: a for k, a in arrays.items() if not k.startswith("_") and a.shape == (n,)})
+    cols.root, cols.group = path, g
     return RefreshTable(path, "zarr", attrs.get("timestamp"), cols, attrs=attrs,
                         history=list(attrs.get("refresh", [])))
 
@@ -422,6 +474,7 @@ class _LazyColumns(dict):
     ``root``: the Zarr group's directory (its arrays' chunks are then read directly, in parallel)."""
 
     root: Path | None = None
+    group = None
 
     def raw(self, key):
         """The stored object (a Zarr array, an arrow column) or the numpy array read from it."""

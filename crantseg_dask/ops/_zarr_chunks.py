@@ -117,6 +117,30 @@ class ChunkCodec:
         _run(one, range(len(chunks)), pool)
         return out
 
+    def read_in_place(self, chunks, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
+        """A full-length column holding the values of ``chunks`` where they belong, 0 elsewhere
+        (untouched zero pages: nothing is written outside those chunks)."""
+        out = np.zeros(self.n, self.dtype)
+
+        def one(i: int) -> None:
+            self.decode(i, out[i * self.size: min((i + 1) * self.size, self.n)])
+
+        _run(one, [int(i) for i in chunks], pool)
+        return out
+
+    def tails(self) -> list[int]:
+        """Each chunk file's stored crc32c (its last 4 bytes): a fingerprint of every chunk's
+        content read without decoding anything; -1 for a missing file."""
+        out = []
+        for i in range(self.n_chunks):
+            try:
+                with open(self.path(i), "rb") as fh:
+                    fh.seek(-4, os.SEEK_END)
+                    out.append(int.from_bytes(fh.read(4), "little"))
+            except OSError:
+                out.append(-1)
+        return out
+
     def take(self, rows: np.ndarray, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
         """The values at sorted ``rows``: only the chunks holding them are decoded."""
         rows = np.asarray(rows, np.int64)

@@ -72,7 +72,7 @@ def _time(ts: datetime) -> str:
 
 def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec, t0: datetime, t1: datetime,
                   stop_layer: int = 2, progress: bool = False, check=None,
-                  inplace: bool = False, delta=None) -> tuple[dict, dict]:
+                  inplace: bool = False, delta=None, search: dict | None = None) -> tuple[dict, dict]:
     """Roots of each column at ``t1`` given the roots at ``t0`` (uint64 arrays, 0 = empty).
 
     ``supervoxels[col]``: None, the column's supervoxels (an array), or a function of row
@@ -82,6 +82,8 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     refresh left them so) skips the check, and with it the pass for its unique roots.
     ``delta``: a future of ``source.delta_roots(t0, t1)`` already sent (the caller overlaps it
     with reading the columns), else sent here.
+    ``search[col] = (size, chunks)``: the column's rows holding an expired root lie in those
+    length-``size`` chunks only (the rest of the column need not even be read).
     ``inplace``: refresh each writable column in place (``new[col]`` is ``roots[col]``; no copy of
     a 10^7-row column), else in a copy.
     Returns ``(new, info)``: ``new[col]`` the refreshed column; ``info`` holds ``touched`` /
@@ -104,7 +106,8 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
         uniques = [np.asarray(pd.unique(roots[c]), dtype=np.uint64) for c in check]
         window = delta.result()[0]
         # the expired roots' rows and supervoxels are read while the other roots are checked
-        reads = {col: pool.submit(_rows_and_supervoxels, r, window, supervoxels.get(col))
+        search = search or {}
+        reads = {col: pool.submit(_rows_and_supervoxels, r, window, supervoxels.get(col), search.get(col))
                  for col, r in roots.items()}
         bad = np.zeros(0, np.uint64)
         if uniques:
@@ -190,13 +193,29 @@ def _successors(pairs: np.ndarray, source, spec, t1: datetime, stop_layer: int, 
     return new
 
 
-def _rows_and_supervoxels(roots: np.ndarray, ids: np.ndarray, supervoxels) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``roots`` holding one of ``ids`` and their supervoxels (0 without a column)."""
-    rows = rows_holding(roots, ids)
+def _rows_and_supervoxels(roots: np.ndarray, ids: np.ndarray, supervoxels,
+                          within: tuple[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``roots`` holding one of ``ids`` and their supervoxels (0 without a column);
+    ``within = (size, chunks)``: looked for in those length-``size`` chunks only."""
+    if within is None:
+        rows = rows_holding(roots, ids)
+    else:
+        size, chunks = within
+        parts = [rows_holding(roots[lo * size: hi * size], ids) + lo * size
+                 for lo, hi in _chunk_runs(np.asarray(chunks, np.int64))]
+        rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     if supervoxels is None:
         return rows, np.zeros(len(rows), np.uint64)
     sv = supervoxels(rows) if callable(supervoxels) else supervoxels[rows]
     return rows, np.asarray(sv, dtype=np.uint64)
+
+
+def _chunk_runs(chunks: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted chunk indices as half-open runs of consecutive chunks."""
+    if not len(chunks):
+        return []
+    breaks = np.flatnonzero(np.diff(chunks) != 1) + 1
+    return [(int(c[0]), int(c[-1]) + 1) for c in np.split(chunks, breaks)]
 
 
 def rows_holding(values: np.ndarray, ids: np.ndarray, bits: int = 20, block: int = 1 << 20) -> np.ndarray:
@@ -344,14 +363,24 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         return report
     with ThreadPoolExecutor(1) as pool:  # the window's expired roots asked while the root columns are read
         delta = pool.submit(source.delta_roots, t0, t1)
-        roots = {c: tab.ids(c) for c in cols}
+        trusted = known_valid(tab, cols, spec.name, _job_dataset(tab, spec, source), _time(t0), read=tab.ids)
+        # a trusted column of a job with a per-chunk index: only the chunks whose range can hold
+        # an expired root are read (the others cannot hold a root to refresh)
+        ranges = {c: r for c in cols if c in trusted and (r := tab.ranges(c)) is not None}
+        roots, search = {}, {}
+        for c in cols:
+            if c in ranges:
+                chunks = chunks_in_range(ranges[c], delta.result()[0])
+                roots[c], search[c] = tab.ids_in_chunks(c, chunks), (tab.chunk_size(c), chunks)
+            else:
+                roots[c] = tab.ids(c)
         report.rows = len(next(iter(roots.values())))
     if not dry_run:
         tab.prefetch()  # the columns a refresh only writes back, read while the roots are checked
     svs = {c: ((lambda rows, s=s: tab.ids_at(s, rows)) if s else None) for c, s in sv_cols.items()}
-    trusted = known_valid(tab, roots, spec.name, _job_dataset(tab, spec, source), _time(t0))
     new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress,
-                              check=[c for c in cols if c not in trusted], inplace=True, delta=delta)
+                              check=[c for c in cols if c not in trusted], inplace=True, delta=delta,
+                              search=search)
     del roots  # refreshed in place: ``info["previous"]`` holds the roots that changed
     report.expired_roots = len(info["expired"])
     report.stale_roots = len(info["stale"])
@@ -379,7 +408,10 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         record["dataset"] = spec.name
         if not (report.unknown_roots or report.stale_roots or info["outdated_left"]):
             # every root now alive at t1: the next refresh need not check them
-            record["valid_roots"] = {c: roots_checksum(new[c]) for c in cols}
+            if tab.kind == "zarr" and all(tab.chunk_size(c) for c in cols):  # each chunk's checksum
+                record["valid_chunks"] = list(cols)  # (filled in as the chunks are written)
+            else:
+                record["valid_roots"] = {c: roots_checksum(new[c]) for c in cols}
         written = tab.write(new, previous, _time(t1), record, changed=info["changed"])
         report.files_written, report.bytes_written = written["files_written"], written["bytes_written"]
         report.status = "refreshed"
@@ -412,30 +444,45 @@ def _job_dataset(tab, spec, source) -> bool:
     return ident.get("server") == spec.server
 
 
-def known_valid(tab, roots: dict[str, np.ndarray], dataset: str, job_dataset: bool, t0: str) -> set[str]:
+def known_valid(tab, cols: list[str], dataset: str, job_dataset: bool, t0: str, read=None) -> set[str]:
     """The root columns known to hold only roots alive at the table's time (0 aside), whose
     validity check ``refresh`` skips:
 
     * a job's output column that the job computed at its timestamp (``ROOTS_AT_JOB_TIME``,
       roots layer), of a job never refreshed and refreshed against its own dataset;
     * a column the last refresh (to ``t0``, ISO) left with every root alive (no unknown or stale
-      roots, none left outdated) and recorded by ``roots_checksum``, when the column still
-      matches it and the dataset is the same.
+      roots, none left outdated), when it still matches what that refresh recorded and the
+      dataset is the same: a job's column by each chunk file's crc32c (nothing decoded), a
+      file's column by ``roots_checksum`` (``read(col)`` gives the column).
     """
     out = set()
     if not tab.history:
         args = tab.attrs.get("arguments") or {}
         col = ROOTS_AT_JOB_TIME.get(tab.operation)
-        if tab.kind == "zarr" and job_dataset and col in roots and args.get("stop_layer") is None:
+        if tab.kind == "zarr" and job_dataset and col in cols and args.get("stop_layer") is None:
             out.add(col)
         return out
     last = tab.history[-1]
     if last.get("dataset") != dataset or last.get("to_timestamp") != t0:
         return out
+    for col, tails in (last.get("valid_chunks") or {}).items():
+        if col in cols and tab.kind == "zarr" and tab.tails(col) == list(tails):
+            out.add(col)
     for col, summary in (last.get("valid_roots") or {}).items():
-        if col in roots and roots_checksum(roots[col]) == list(summary):
+        if col in cols and read is not None and roots_checksum(read(col)) == list(summary):
             out.add(col)
     return out
+
+
+def chunks_in_range(ranges: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Indices of the chunks whose [smallest, largest] value range (rows of ``ranges``,
+    uint64) holds at least one of ``ids``."""
+    ids = np.sort(np.asarray(ids, dtype=np.uint64))
+    ranges = np.asarray(ranges, dtype=np.uint64).reshape(-1, 2)
+    if not len(ids):
+        return np.zeros(0, np.int64)
+    first = np.searchsorted(ids, ranges[:, 0], side="left")  # the first id >= each chunk's smallest
+    return np.flatnonzero((first < len(ids)) & (ids[np.minimum(first, len(ids) - 1)] <= ranges[:, 1]))
 
 
 # -- command line -----------------------------------------------------------------------------
