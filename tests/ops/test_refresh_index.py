@@ -159,3 +159,19 @@ def test_a_root_chunk_edited_after_a_refresh_is_checked_again(grouped, truth, lo
     g = zarr.open_group(str(out), mode="r")
     assert int(g["root_id"][row]) == int(truth.root_of(stored[row:row + 1], times[-1] if len(times) > 3
                                                          else times[2] + timedelta(days=1))[0])
+
+
+def test_chunks_in_range_kernel():
+    """Against the definition: a chunk is picked when some id lies in [smallest, largest]
+    (bounds included); an empty chunk ([2**64 - 1, 0]) never."""
+    from crantseg_dask.ops.refresh import chunks_in_range
+
+    rng = np.random.default_rng(3)
+    lo = rng.integers(1, 1000, 300).astype(np.uint64)
+    ranges = np.stack([lo, lo + rng.integers(0, 20, 300).astype(np.uint64)], 1)
+    ranges[::17] = [np.iinfo(np.uint64).max, 0]
+    ids = np.concatenate([rng.integers(1, 1100, 40).astype(np.uint64), ranges[1:3, 0], ranges[5:6, 1]])
+    want = [i for i, (a, b) in enumerate(ranges.tolist()) if any(a <= x <= b for x in ids.tolist())]
+    assert chunks_in_range(ranges, ids).tolist() == want
+    assert {1, 2, 5} <= set(want)
+    assert chunks_in_range(ranges, ids[:0]).size == 0
