@@ -47,7 +47,7 @@ def test_written_chunks_are_zarrs_bytes_and_zarr_reads_them(tmp_path, level):
 
     old, new = _values(seed=1), _values(seed=2)
     arr = _array(tmp_path, old, codecs={"compressors": (ZstdCodec(level=level), Crc32cCodec())})
-    ref = _array(tmp_path, new, codecs={"compressors": (ZstdCodec(level=level), Crc32cCodec())}, name="ref")
+    _array(tmp_path, new, codecs={"compressors": (ZstdCodec(level=level), Crc32cCodec())}, name="ref")
     folder = tmp_path / "g" / "x"
     shutil.copytree(folder, tmp_path / "linked", copy_function=os.link)
     before = {f.name: f.read_bytes() for f in (tmp_path / "linked" / "c").iterdir()}
