@@ -135,7 +135,7 @@ class JobStore:
                 g.create_array(name, shape=(n,), chunks=(chunk,), dtype=dtype, dimension_names=("row",),
                                fill_value=fill, **CODECS)
             for name in INDEXED:
-                if name in outputs and np.dtype(outputs[name][0]) == np.uint64:
+                if name in outputs and outputs[name][0] in ("uint64", np.uint64, np.dtype(np.uint64)):
                     g.create_array(f"_range_{name}", shape=(2 * n_parts,), chunks=(2,), dtype="uint64",
                                    dimension_names=("partition_range",), fill_value=0, **CODECS)
             done = g.create_array("_done", shape=(n_parts,), chunks=(1,), dtype="uint8",
