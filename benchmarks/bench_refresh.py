@@ -9,8 +9,11 @@ job they replace. The second table ("low churn") keeps rows of roots that expire
 about 1% (a lab's table of mostly stable neurons), spread uniformly over the rows; the third is
 the same rows grouped by neuron (sorted by root), refreshed as a job's Zarr output only. The
 issue's 20x target applies when under 2% of rows change. Requests are counted by the server;
-"written" is what the refresh wrote (a Zarr job: the rewritten chunks and metadata, every other
-file hard-linked; parquet: the whole file). A parquet file is rewritten whole, so its floor is
+"written" is what the refresh wrote (a Zarr job: the rewritten chunks, their root-range index
+entries and metadata, every other file hard-linked; parquet: the whole file). A job keeps each
+partition's smallest and largest root (``_range_root_id``), so a job's refresh reads only the root
+chunks whose range holds an expired root (all of them when roots are spread uniformly; a few when
+grouped by neuron); the job's chunks are decoded and encoded directly in parallel threads. A parquet file is rewritten whole, so its floor is
 reading and writing the file once: measured after each parquet refresh ("the file alone") with
 the refresh's write settings, and the largest ratio it allows. Rows: ``CRANTSEG_BENCH_REFRESH_ROWS`` (default 10^7);
 tables: ``CRANTSEG_BENCH_REFRESH_TABLES`` (comma-separated of uniform, low, grouped; default all).

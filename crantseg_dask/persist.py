@@ -44,6 +44,19 @@ __all__ = ["JobStore", "fingerprint", "read_output", "read_ragged", "status", "v
 FORMAT = 4
 CODECS = {"compressors": (ZstdCodec(level=0), Crc32cCodec())}
 WRITE_ALL = {"array.write_empty_chunks": True}  # an all-fill chunk is stored too: missing = damaged
+#: uint64 output columns of which each partition's smallest and largest non-zero value is kept in
+#: ``_range_<name>`` (entries 2i, 2i + 1; written with the partition, before its ``_done``): refresh
+#: reads only the chunks whose range can hold an expired root
+INDEXED = ("root_id",)
+
+
+def value_range(values: np.ndarray) -> np.ndarray:
+    """[smallest, largest] non-zero value of a uint64 array; [2**64 - 1, 0] when it has none."""
+    v = np.asarray(values, dtype=np.uint64)
+    nz = v[v != 0]
+    if not len(nz):
+        return np.array([np.iinfo(np.uint64).max, 0], np.uint64)
+    return np.array([nz.min(), nz.max()], np.uint64)
 
 
 def _open(path: str, mode: str) -> zarr.Group:
@@ -121,6 +134,10 @@ class JobStore:
                     continue
                 g.create_array(name, shape=(n,), chunks=(chunk,), dtype=dtype, dimension_names=("row",),
                                fill_value=fill, **CODECS)
+            for name in INDEXED:
+                if name in outputs and outputs[name][0] in ("uint64", np.uint64, np.dtype(np.uint64)):
+                    g.create_array(f"_range_{name}", shape=(2 * n_parts,), chunks=(2,), dtype="uint64",
+                                   dimension_names=("partition_range",), fill_value=0, **CODECS)
             done = g.create_array("_done", shape=(n_parts,), chunks=(1,), dtype="uint8",
                                   dimension_names=("partition",), fill_value=0, **CODECS)
             done[:] = 0
@@ -181,6 +198,9 @@ class JobStore:
                         if cats is not None and np.asarray(a).dtype.kind in "iu":  # codes -> names
                             a = np.asarray(cats, dtype=object)[np.asarray(a)]
                         arr[sl] = a
+                for name in INDEXED:
+                    if name in columns and f"_range_{name}" in g:
+                        g[f"_range_{name}"][2 * i: 2 * i + 2] = value_range(columns[name])
                 name = "_done"
                 g["_done"][i] = 1
         except OSError as e:

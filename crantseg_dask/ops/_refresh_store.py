@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from .._validate import as_ids
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, JobStoreError
+from ._zarr_chunks import ChunkCodec
 
 __all__ = ["RECORD_KEY", "TIMESTAMP_COLUMN", "RefreshTable", "changed_chunks", "open_table", "parquet_settings", "swap",
            "write_parquet"]
@@ -95,8 +96,51 @@ class RefreshTable:
         raw = self.columns.raw(name) if isinstance(self.columns, _LazyColumns) else self.columns[name]
         if isinstance(raw, np.ndarray) or hasattr(raw, "null_count"):
             return self.ids(name)[rows]
-        return as_ids(raw.get_orthogonal_selection((np.asarray(rows, np.int64),)),
-                      name=f"{self.path.name}[{name!r}]", nan="zero")
+        codec = ChunkCodec.of(raw, self.path / name) if self.kind == "zarr" else None
+        got = (codec.take(rows) if codec is not None and len(rows)
+               else raw.get_orthogonal_selection((np.asarray(rows, np.int64),)))
+        return as_ids(got, name=f"{self.path.name}[{name!r}]", nan="zero")
+
+    # -- a job's per-chunk index ----------------------------------------------------------------
+    def _codec(self, name: str) -> ChunkCodec | None:
+        g = getattr(self.columns, "group", None)
+        if self.kind != "zarr" or g is None or name not in self.columns:
+            return None
+        raw = self.columns.raw(name)
+        return ChunkCodec.of(raw if not isinstance(raw, np.ndarray) else g[name], self.path / name)
+
+    def ranges(self, name: str) -> np.ndarray | None:
+        """(n_chunks, 2): each chunk's smallest and largest non-zero value of column ``name`` (the
+        job's ``_range_<name>``, which jobs and refresh keep), or None where the store has no
+        usable index (an older job, another layout, a damaged entry): then read the column."""
+        codec, g = self._codec(name), getattr(self.columns, "group", None)
+        key = f"_range_{name}"
+        if codec is None or not (self.path / key / "zarr.json").is_file():
+            return None
+        index = ChunkCodec.of(g[key], self.path / key)
+        if index is None or index.n != 2 * codec.n_chunks or index.dtype != np.uint64:
+            return None
+        try:
+            return index.read().reshape(-1, 2)
+        except JobStoreError:
+            return None
+
+    def ids_in_chunks(self, name: str, chunks: np.ndarray) -> np.ndarray:
+        """Column ``name`` as uint64 with only ``chunks`` read (0 elsewhere); the whole column
+        where it cannot be read by chunk."""
+        codec = self._codec(name)
+        if codec is None or codec.dtype.kind != "u":
+            return self.ids(name)
+        return codec.read_in_place(chunks).view(np.uint64)
+
+    def chunk_size(self, name: str) -> int | None:
+        codec = self._codec(name)
+        return None if codec is None else codec.size
+
+    def tails(self, name: str) -> list[int] | None:
+        """Column ``name``'s chunk checksums (``ChunkCodec.tails``), None where not a job's chain."""
+        codec = self._codec(name)
+        return None if codec is None else codec.tails()
 
     # -- writing --------------------------------------------------------------------------------
     def write(self, new: dict[str, np.ndarray], previous: dict[str, np.ndarray], timestamp: str,
@@ -154,7 +198,7 @@ class RefreshTable:
         import zarr
         from zarr.codecs import Crc32cCodec, ZstdCodec
 
-        from ..persist import CODECS, WRITE_ALL
+        from ..persist import CODECS, WRITE_ALL, value_range
 
         stage_tree(self.path, tmp)
         for name in arrays:
@@ -175,8 +219,17 @@ class RefreshTable:
                                          **{**CODECS, "compressors": (ZstdCodec(level=ZSTD_LEVEL), Crc32cCodec())})
                     values = np.asarray(values, dtype=np.uint64)
                     dirty = np.arange(-(-n // size))
-                for lo, hi in _runs(dirty):
-                    write_chunks(tmp / name, arr, values, lo, hi)
+                write_chunks(tmp / name, arr, values, dirty)
+                key = f"_range_{name}"
+                index = ChunkCodec.of(g[key], tmp / key) if (tmp / key / "zarr.json").is_file() else None
+                if index is not None and index.n == 2 * len(range(0, n, arr.chunks[0])):
+                    size = arr.chunks[0]
+                    for i in np.asarray(dirty, np.int64).tolist():  # the chunks rewritten: their range anew
+                        index.put(i, index.encode(value_range(values[i * size: (i + 1) * size])))
+        valid = history[-1].get("valid_chunks")
+        if valid:  # the checksums of the chunks this refresh left valid (read by the next one)
+            history[-1]["valid_chunks"] = {c: ChunkCodec.of(g[c], tmp / c).tails() for c in valid
+                                           if ChunkCodec.of(g[c], tmp / c) is not None}
         g.attrs["crantseg"] = {**self.attrs, "timestamp": timestamp, "refresh": history}
         return _new_files(tmp)
 
@@ -256,15 +309,21 @@ def _runs(chunks: np.ndarray) -> list[tuple[int, int]]:
     return [(int(c[0]), int(c[-1]) + 1) for c in np.split(chunks, breaks)]
 
 
-def write_chunks(folder: Path, arr, values: np.ndarray, lo: int, hi: int) -> None:
-    """Write chunks ``lo:hi`` of the 1-D array ``arr`` (stored under ``folder``) from ``values``:
-    their hard links are removed first, so the old group's files are never written through."""
+def write_chunks(folder: Path, arr, values: np.ndarray, chunks: np.ndarray) -> None:
+    """Write ``chunks`` (sorted indices) of the 1-D array ``arr`` (stored under ``folder``) from
+    ``values``, each as a new file replacing its hard link, so the old group's files are never
+    written through: a job's codec chain directly, in parallel (``ChunkCodec``), else via zarr."""
+    codec = ChunkCodec.of(arr, folder, level=ZSTD_LEVEL)
+    if codec is not None:
+        codec.write(values, chunks)
+        return
     size = arr.chunks[0]
-    for i in range(lo, hi):
-        f = folder / arr.metadata.encode_chunk_key((i,))
-        if f.exists():
-            f.unlink()
-    arr[lo * size: min(hi * size, arr.shape[0])] = values[lo * size: min(hi * size, arr.shape[0])]
+    for lo, hi in _runs(np.asarray(chunks, np.int64)):
+        for i in range(lo, hi):
+            f = folder / arr.metadata.encode_chunk_key((i,))
+            if f.exists():
+                f.unlink()
+        arr[lo * size: min(hi * size, arr.shape[0])] = values[lo * size: min(hi * size, arr.shape[0])]
 
 
 def _new_files(tmp: Path) -> dict:
@@ -388,23 +447,34 @@ def _distinct(column) -> list:
 
 
 def _open_zarr(path: Path) -> RefreshTable:
+    import zarr
+
     from ..persist import JobStore
 
     store = JobStore(str(path))
     attrs = store.attrs
-    if not store.done().all():
-        raise InvalidInputError(f"job {path} is not complete; finish it with `crantseg run ... --resume` first")
-    import zarr
-
     g = zarr.open_group(str(path), mode="r")
+    arrays = dict(g.arrays())  # each array's metadata read once
+    done = ChunkCodec.of(arrays["_done"], path / "_done") if "_done" in arrays else None
+    try:  # the done mask's chunks read directly, in parallel; zarr's way where that fails
+        complete = bool(done.read().all()) if done is not None else None
+    except JobStoreError:
+        complete = None
+    if not (store.done().all() if complete is None else complete):
+        raise InvalidInputError(f"job {path} is not complete; finish it with `crantseg run ... --resume` first")
     n = attrs["n_rows"]
-    cols = _LazyColumns({k: g[k] for k in g.array_keys() if not k.startswith("_") and g[k].shape == (n,)})
+    cols = _LazyColumns({k: a for k, a in arrays.items() if not k.startswith("_") and a.shape == (n,)})
+    cols.root, cols.group = path, g
     return RefreshTable(path, "zarr", attrs.get("timestamp"), cols, attrs=attrs,
                         history=list(attrs.get("refresh", [])))
 
 
 class _LazyColumns(dict):
-    """Zarr arrays or arrow columns read into numpy on first access (refresh needs few columns)."""
+    """Zarr arrays or arrow columns read into numpy on first access (refresh needs few columns).
+    ``root``: the Zarr group's directory (its arrays' chunks are then read directly, in parallel)."""
+
+    root: Path | None = None
+    group = None
 
     def raw(self, key):
         """The stored object (a Zarr array, an arrow column) or the numpy array read from it."""
@@ -420,7 +490,8 @@ class _LazyColumns(dict):
                     value = value.fill_null(0)
                 value = value.to_numpy()
             else:
-                value = np.asarray(value[:])
+                codec = ChunkCodec.of(value, self.root / key) if self.root is not None else None
+                value = codec.read() if codec is not None else np.asarray(value[:])
             self[key] = value
         return value
 

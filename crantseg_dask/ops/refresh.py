@@ -14,7 +14,10 @@ root the row held before this refresh where it changed, 0 elsewhere.
 
 Cost: one pass over the root columns (read and factorized), validity requests in proportion to
 the table's unique roots, supervoxels read and mapped for the touched rows only, and for a job's
-Zarr output only the chunks whose values change are written (``_refresh_store``).
+Zarr output only the chunks whose values change are written (``_refresh_store``). A job's root
+column known valid (its own, or one the last refresh left valid, by each chunk's crc32c) with the
+job's per-partition root ranges (``_range_root_id``) is read only in the chunks whose range holds
+an expired root; a job's chunks are decoded and encoded in parallel threads (``_zarr_chunks``).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from ..errors import CrantsegError, InvalidInputError, InvalidTimestampError, Un
 from ..sources import open_source
 from ..sources.resolve import cave_dataset, resolve_dataset, resolve_timestamp
 from ._refresh_store import TIMESTAMP_COLUMN, open_table
+from ._zarr_chunks import leaf_pool
 
 __all__ = ["RefreshReport", "main", "refresh", "refresh_roots"]
 
@@ -71,7 +75,7 @@ def _time(ts: datetime) -> str:
 
 def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec, t0: datetime, t1: datetime,
                   stop_layer: int = 2, progress: bool = False, check=None,
-                  inplace: bool = False, delta=None) -> tuple[dict, dict]:
+                  inplace: bool = False, delta=None, search: dict | None = None) -> tuple[dict, dict]:
     """Roots of each column at ``t1`` given the roots at ``t0`` (uint64 arrays, 0 = empty).
 
     ``supervoxels[col]``: None, the column's supervoxels (an array), or a function of row
@@ -81,6 +85,8 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     refresh left them so) skips the check, and with it the pass for its unique roots.
     ``delta``: a future of ``source.delta_roots(t0, t1)`` already sent (the caller overlaps it
     with reading the columns), else sent here.
+    ``search[col] = (size, chunks)``: the column's rows holding an expired root lie in those
+    length-``size`` chunks only (the rest of the column need not even be read).
     ``inplace``: refresh each writable column in place (``new[col]`` is ``roots[col]``; no copy of
     a 10^7-row column), else in a copy.
     Returns ``(new, info)``: ``new[col]`` the refreshed column; ``info`` holds ``touched`` /
@@ -103,7 +109,8 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
         uniques = [np.asarray(pd.unique(roots[c]), dtype=np.uint64) for c in check]
         window = delta.result()[0]
         # the expired roots' rows and supervoxels are read while the other roots are checked
-        reads = {col: pool.submit(_rows_and_supervoxels, r, window, supervoxels.get(col))
+        search = search or {}
+        reads = {col: pool.submit(_rows_and_supervoxels, r, window, supervoxels.get(col), search.get(col))
                  for col, r in roots.items()}
         bad = np.zeros(0, np.uint64)
         if uniques:
@@ -189,29 +196,55 @@ def _successors(pairs: np.ndarray, source, spec, t1: datetime, stop_layer: int, 
     return new
 
 
-def _rows_and_supervoxels(roots: np.ndarray, ids: np.ndarray, supervoxels) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``roots`` holding one of ``ids`` and their supervoxels (0 without a column)."""
-    rows = rows_holding(roots, ids)
+def _rows_and_supervoxels(roots: np.ndarray, ids: np.ndarray, supervoxels,
+                          within: tuple[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``roots`` holding one of ``ids`` and their supervoxels (0 without a column);
+    ``within = (size, chunks)``: looked for in those length-``size`` chunks only."""
+    if within is None:
+        rows = rows_holding(roots, ids)
+    else:
+        size, chunks = within
+        parts = [rows_holding(roots[lo * size: hi * size], ids) + lo * size
+                 for lo, hi in _chunk_runs(np.asarray(chunks, np.int64))]
+        rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     if supervoxels is None:
         return rows, np.zeros(len(rows), np.uint64)
     sv = supervoxels(rows) if callable(supervoxels) else supervoxels[rows]
     return rows, np.asarray(sv, dtype=np.uint64)
 
 
-def rows_holding(values: np.ndarray, ids: np.ndarray, bits: int = 20) -> np.ndarray:
+def _chunk_runs(chunks: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted chunk indices as half-open runs of consecutive chunks."""
+    if not len(chunks):
+        return []
+    breaks = np.flatnonzero(np.diff(chunks) != 1) + 1
+    return [(int(c[0]), int(c[-1]) + 1) for c in np.split(chunks, breaks)]
+
+
+def rows_holding(values: np.ndarray, ids: np.ndarray, bits: int = 20, block: int = 1 << 20) -> np.ndarray:
     """Sorted indices of the entries of ``values`` (uint64) that are in ``ids``.
 
     A few vectorised passes, no hash table over ``values``: a lookup table on the low ``bits``
     bits of each value picks candidates (every hit, and about ``len(values) * len(ids) / 2**bits``
-    others), which an exact ``isin`` then checks."""
+    others), which an exact ``isin`` then checks. Blocks of ``block`` values in parallel threads
+    (numpy releases the GIL; small temporaries stay in cache instead of 10^7-entry ones)."""
     ids = np.asarray(ids, dtype=np.uint64)
     if not len(ids) or not len(values):
         return np.zeros(0, np.int64)
     mask = (1 << bits) - 1
     lut = np.zeros(1 << bits, bool)
     lut[ids.view(np.int64) & mask] = True
-    cand = np.flatnonzero(lut[values.view(np.int64) & mask])
-    return cand[np.isin(values[cand], ids)]
+    flat = values.view(np.int64)
+
+    def one(lo: int) -> np.ndarray:
+        part = flat[lo: lo + block]
+        cand = np.flatnonzero(lut[part & mask])
+        return cand[np.isin(part[cand], ids.view(np.int64))] + lo
+
+    starts = range(0, len(values), block)
+    if len(starts) == 1:
+        return one(0)
+    return np.concatenate(list(leaf_pool().map(one, starts)))
 
 
 def _unique_pairs(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -333,14 +366,24 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         return report
     with ThreadPoolExecutor(1) as pool:  # the window's expired roots asked while the root columns are read
         delta = pool.submit(source.delta_roots, t0, t1)
-        roots = {c: tab.ids(c) for c in cols}
+        trusted = known_valid(tab, cols, spec.name, _job_dataset(tab, spec, source), _time(t0), read=tab.ids)
+        # a trusted column of a job with a per-chunk index: only the chunks whose range can hold
+        # an expired root are read (the others cannot hold a root to refresh)
+        ranges = {c: r for c in cols if c in trusted and (r := tab.ranges(c)) is not None}
+        roots, search = {}, {}
+        for c in cols:
+            if c in ranges:
+                chunks = chunks_in_range(ranges[c], delta.result()[0])
+                roots[c], search[c] = tab.ids_in_chunks(c, chunks), (tab.chunk_size(c), chunks)
+            else:
+                roots[c] = tab.ids(c)
         report.rows = len(next(iter(roots.values())))
     if not dry_run:
         tab.prefetch()  # the columns a refresh only writes back, read while the roots are checked
     svs = {c: ((lambda rows, s=s: tab.ids_at(s, rows)) if s else None) for c, s in sv_cols.items()}
-    trusted = known_valid(tab, roots, spec.name, _job_dataset(tab, spec, source), _time(t0))
     new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress,
-                              check=[c for c in cols if c not in trusted], inplace=True, delta=delta)
+                              check=[c for c in cols if c not in trusted], inplace=True, delta=delta,
+                              search=search)
     del roots  # refreshed in place: ``info["previous"]`` holds the roots that changed
     report.expired_roots = len(info["expired"])
     report.stale_roots = len(info["stale"])
@@ -368,7 +411,10 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         record["dataset"] = spec.name
         if not (report.unknown_roots or report.stale_roots or info["outdated_left"]):
             # every root now alive at t1: the next refresh need not check them
-            record["valid_roots"] = {c: roots_checksum(new[c]) for c in cols}
+            if tab.kind == "zarr" and all(tab.chunk_size(c) for c in cols):  # each chunk's checksum
+                record["valid_chunks"] = list(cols)  # (filled in as the chunks are written)
+            else:
+                record["valid_roots"] = {c: roots_checksum(new[c]) for c in cols}
         written = tab.write(new, previous, _time(t1), record, changed=info["changed"])
         report.files_written, report.bytes_written = written["files_written"], written["bytes_written"]
         report.status = "refreshed"
@@ -401,30 +447,45 @@ def _job_dataset(tab, spec, source) -> bool:
     return ident.get("server") == spec.server
 
 
-def known_valid(tab, roots: dict[str, np.ndarray], dataset: str, job_dataset: bool, t0: str) -> set[str]:
+def known_valid(tab, cols: list[str], dataset: str, job_dataset: bool, t0: str, read=None) -> set[str]:
     """The root columns known to hold only roots alive at the table's time (0 aside), whose
     validity check ``refresh`` skips:
 
     * a job's output column that the job computed at its timestamp (``ROOTS_AT_JOB_TIME``,
       roots layer), of a job never refreshed and refreshed against its own dataset;
     * a column the last refresh (to ``t0``, ISO) left with every root alive (no unknown or stale
-      roots, none left outdated) and recorded by ``roots_checksum``, when the column still
-      matches it and the dataset is the same.
+      roots, none left outdated), when it still matches what that refresh recorded and the
+      dataset is the same: a job's column by each chunk file's crc32c (nothing decoded), a
+      file's column by ``roots_checksum`` (``read(col)`` gives the column).
     """
     out = set()
     if not tab.history:
         args = tab.attrs.get("arguments") or {}
         col = ROOTS_AT_JOB_TIME.get(tab.operation)
-        if tab.kind == "zarr" and job_dataset and col in roots and args.get("stop_layer") is None:
+        if tab.kind == "zarr" and job_dataset and col in cols and args.get("stop_layer") is None:
             out.add(col)
         return out
     last = tab.history[-1]
     if last.get("dataset") != dataset or last.get("to_timestamp") != t0:
         return out
+    for col, tails in (last.get("valid_chunks") or {}).items():
+        if col in cols and tab.kind == "zarr" and tab.tails(col) == list(tails):
+            out.add(col)
     for col, summary in (last.get("valid_roots") or {}).items():
-        if col in roots and roots_checksum(roots[col]) == list(summary):
+        if col in cols and read is not None and roots_checksum(read(col)) == list(summary):
             out.add(col)
     return out
+
+
+def chunks_in_range(ranges: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Indices of the chunks whose [smallest, largest] value range (rows of ``ranges``,
+    uint64) holds at least one of ``ids``."""
+    ids = np.sort(np.asarray(ids, dtype=np.uint64))
+    ranges = np.asarray(ranges, dtype=np.uint64).reshape(-1, 2)
+    if not len(ids):
+        return np.zeros(0, np.int64)
+    first = np.searchsorted(ids, ranges[:, 0], side="left")  # the first id >= each chunk's smallest
+    return np.flatnonzero((first < len(ids)) & (ids[np.minimum(first, len(ids) - 1)] <= ranges[:, 1]))
 
 
 # -- command line -----------------------------------------------------------------------------

@@ -419,6 +419,7 @@ def test_rows_holding_kernel():
     values = values[rng.permutation(len(values))]
     look = ids[::2]
     assert rows_holding(values, look).tolist() == np.flatnonzero(np.isin(values, look)).tolist()
+    assert rows_holding(values, look, block=64).tolist() == np.flatnonzero(np.isin(values, look)).tolist()
     assert rows_holding(values, look[:0]).size == 0 and rows_holding(values[:0], look).size == 0
 
 
