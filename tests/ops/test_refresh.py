@@ -14,6 +14,7 @@ from crantseg_dask.errors import InvalidInputError, InvalidTimestampError
 from crantseg_dask.ops.refresh import main as refresh_main
 from crantseg_dask.ops.refresh import refresh
 from crantseg_dask.sources import open_source
+from crantseg_dask.sources.resolve import resolve_dataset
 
 
 def _versions(truth) -> list[int]:
@@ -469,10 +470,13 @@ def test_roots_edited_after_a_refresh_are_checked_again(tmp_path, truth, local_s
     table = _synapses(truth, 300, times[0], seed=7)
     path = tmp_path / "t.parquet"
     table.assign(roots_valid_at=times[0].isoformat()).to_parquet(path)
-    source = open_source(local_spec)
+    # the live source refresh will use; patched on the instance: a class-level patch is shadowed when
+    # another test's ``monkeypatch.setattr(src, "is_latest", ...)`` left the bound method on this
+    # cached instance at its undo (this failed in the full suite only, in some file orders)
+    source = open_source(resolve_dataset(local_spec))
     checked = []
-    real = type(source).is_latest
-    monkeypatch.setattr(type(source), "is_latest", lambda self, r, ts: checked.append(ts) or real(self, r, ts))
+    real = type(source).is_latest.__get__(source)
+    monkeypatch.setattr(source, "is_latest", lambda r, ts: checked.append(ts) or real(r, ts))
 
     def refresh_to(k):
         checked.clear()
