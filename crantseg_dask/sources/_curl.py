@@ -51,7 +51,7 @@ _LOCAL = "127.0.0.1,localhost,::1"
 class Job:
     """One GET: ``url``, the request ``headers`` (lines), its ``policy``, and ``done(answer)``."""
 
-    __slots__ = ("url", "headers", "policy", "done", "attempt", "cancelled", "body", "encoding", "retry_after")
+    __slots__ = ("url", "headers", "policy", "done", "attempt", "cancelled", "body", "encoding")
 
     def __init__(self, url: str, headers: list[str], policy, done: Callable):
         self.url, self.headers, self.policy, self.done = url, headers, policy, done
@@ -202,7 +202,7 @@ class _Driver:
         with self.lock:
             jobs, self.queue = list(self.queue) + [j for _, _, j in self.later], deque()
             self.later = []
-        for c in list(self._busy()):
+        for c in self._busy():
             jobs.append(c.job)
             self.multi.remove_handle(c)
             c.job = None
