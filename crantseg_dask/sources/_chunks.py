@@ -192,9 +192,12 @@ class ChunkReader:
                 problem = cseg_problem(data, shape, block)
                 if problem:  # the decoder trusts its input and crashes the process on garbage
                     raise ValueError(problem)
+                data = bytes(data) if not isinstance(data, bytes) else data  # the C decoder takes bytes only
                 return cseg.decompress(data, shape + (1,), np.uint64, block, order="F")[..., 0]
             if encoding == "raw":
-                return np.frombuffer(data, dtype=np.uint64).reshape(shape, order="F")
+                out = np.frombuffer(data, dtype=np.uint64).reshape(shape, order="F")
+                out.flags.writeable = False  # a view of the read buffer, which callers may keep
+                return out
         except Exception as e:
             raise SourceError(f"decoding chunk {where} ({encoding}) failed: {e}") from e
         raise SourceError(f"unsupported encoding {encoding!r} at mip {mip} of {self.cloudpath}")
