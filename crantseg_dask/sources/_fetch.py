@@ -50,12 +50,14 @@ def reset_stats() -> None:
         stats.update(gets=0, peak_in_flight=0, bytes=0, retries=0)
 
 
-def _count(delta: int, nbytes: int = 0) -> None:
+def _count(delta: int, nbytes: int = 0, gets: int = 1) -> None:
+    """A read started (``delta`` 1: ``gets`` more requests, read one after another) or ended
+    (``delta`` -1, ``nbytes`` read)."""
     global _in_flight
     with _stats_lock:
         _in_flight += delta
         if delta > 0:
-            stats["gets"] += 1
+            stats["gets"] += gets
             stats["peak_in_flight"] = max(stats["peak_in_flight"], _in_flight)
         stats["bytes"] += nbytes
 
@@ -98,8 +100,16 @@ class Store:
         return data
 
     def get_many(self, requests: list[tuple]) -> list:
-        """``get`` of each request, in order (one pool task reads several local files)."""
-        return [self.get(*r) for r in requests]
+        """``get`` of each request, in order (one pool task reads several local files), counted
+        in the stats as one batch (the stats lock once per batch, not per read)."""
+        _count(+1, gets=len(requests))  # one thread reads them in turn: one in flight
+        out: list = []
+        try:
+            for r in requests:
+                out.append(self._get(*r))
+        finally:
+            _count(-1, sum(len(d) for d in out if d is not None))
+        return out
 
     def _get(self, key, start, end) -> bytes | None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -125,10 +135,10 @@ class FileStore(Store):
             if start is None and end is None:
                 names = (path + ".gz", path) if self._gz_first else (path, path + ".gz")
                 try:
-                    with open(names[0], "rb") as f:
+                    with open(names[0], "rb", buffering=0) as f:  # unbuffered: one read of the whole file
                         data = f.read()
                 except FileNotFoundError:
-                    with open(names[1], "rb") as f:
+                    with open(names[1], "rb", buffering=0) as f:
                         data = f.read()
                     names = names[::-1]
                     self._gz_first = names[0].endswith(".gz")
