@@ -173,6 +173,9 @@ if __name__ == "__main__":
     try:
         n = int(sys.argv[2]) if len(sys.argv) > 2 else (1_000_000 if dense else 200_000)
         fn = dense_snap_rows if dense else sparse_snap_rows
-        print_rows(fn(local_dataset_path(os.environ.get("CRANTSEG_BENCH_PRESET", "demo")), n, tmp))
+        # CRANTSEG_BENCH_DATASET: a dataset directory (e.g. ``crantseg make-dataset --preset demo --sparse``)
+        where = os.environ.get("CRANTSEG_BENCH_DATASET")
+        path = Path(where) if where else local_dataset_path(os.environ.get("CRANTSEG_BENCH_PRESET", "demo"))
+        print_rows(fn(path, n, tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
