@@ -27,6 +27,7 @@ import numpy as np
 from .._chunking import nm_to_voxels
 from ..errors import InvalidInputError
 from ..sources import SourceSpec, _cseg, _partial, open_source
+from . import _snap_numba
 from ._snap_gather import gather, labels_under
 from ._snap_nearest import _nearest_many, member, sorted_voxels
 
@@ -332,6 +333,30 @@ def _search(source, locs_nm, which, leaves, rows, radius, erode, res, bounds, en
     return tuple(np.concatenate(h) for h in hits)
 
 
+def _search_compiled(source, locs_nm, which, leaves, todo, r, erode, res, bounds, encoded, results) -> None:
+    """Snap rows ``todo`` with the compiled search (``_snap_numba``), in groups of rows sorted by
+    the chunk under them (a group's chunks are joined into one array of words), writing into
+    ``results`` = (out, dist, status, under)."""
+    out, dist, status, under = results
+    if not todo.size:
+        return
+    cs = np.array(source.meta.chunk_size[0], dtype=np.int64)
+    c = (np.clip(nm_to_voxels(locs_nm[todo], res), bounds[0], bounds[1] - 1) - bounds[0]) // cs
+    span = c.max(axis=0) + 1
+    todo = todo[np.argsort(c[:, 0] + span[0] * (c[:, 1] + span[1] * c[:, 2]), kind="stable")]
+    present, tinv = np.unique(which[todo], return_inverse=True)
+    chosen = [leaves[i] for i in present.tolist()]
+    tinv = tinv.ravel()
+    radii = _radii(r, res)
+    for g in _groups(np.arange(len(todo)), r, res):
+        rows = todo[g]
+        vox, d2, code, label = _snap_numba.search(source, locs_nm[rows], tinv[g], chosen, radii, erode, res,
+                                                  bounds, encoded)
+        hit = code >= 0
+        rows = rows[hit]
+        out[rows], dist[rows], status[rows], under[rows] = vox[hit] * res, np.sqrt(d2[hit]), code[hit], label[hit]
+
+
 def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap_zero: bool,
                 search_radius: float, erode: bool | str = True) -> Snapped:
     """Snap one block of rows, each to its own target; pure given the dataset.
@@ -373,6 +398,10 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
     status[skip] = np.where(inside[skip], BACKGROUND, OUT_OF_BOUNDS)
     todo = np.flatnonzero(~on & ~skip)
     r = float(search_radius)
+    if _partial._random_access_ok(meta, 0):  # compiled, row by row, straight from the encoded words
+        _search_compiled(source, locs_nm, which, leaves, todo, r, erode, res, bounds, encoded,
+                         (out, dist, status, under))
+        todo = todo[:0]
     for radius in _radii(r, res):
         # 2.-3. in passes of growing radius: a row whose nearest (eroded) voxel lies within a
         #    smaller ball is settled exactly there (every voxel at least as near is inside it), so
