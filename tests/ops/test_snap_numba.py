@@ -251,3 +251,21 @@ def test_importing_the_package_does_not_import_numba():
     code = "import sys, crantseg_dask, crantseg_dask.ops._snap_kernel; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("erode", [False, True, "fallback"])
+def test_a_voxel_exactly_at_the_radius_is_found(erode):
+    """A 3 x 3 x 3 cube of the target whose centre voxel's centre lies exactly ``r`` from the
+    location along x (and its near face r - 16 nm): within ``r`` (d^2 <= r^2), not within less."""
+    vol = np.zeros((30, 12, 9), np.uint64)
+    vol[14:17, 4:7, 3:6] = 9
+    source = Source(vol, (16, 12, 6), (8, 8, 8), offset=(0, 0, 0))
+    at = np.array([[15 - 6, 5, 4]])
+    locs = (at + 0.5) * RES
+    r = 16.0 * 6 if erode is True else 16.0 * 5  # the eroded centre voxel / the nearest face voxel
+    for radius, found in ((r, True), (np.nextafter(r, 0), False)):
+        got = _snap_numba.search(source, locs, np.zeros(1), [np.array([9], np.uint64)], [radius], erode, RES,
+                                 source.meta.bounds(0), {})
+        assert (got[2][0] >= 0) == found, (radius, got)
+        if found:
+            assert got[1][0] == r * r and got[0][0].tolist() == [15 if erode is True else 14, 5, 4]
