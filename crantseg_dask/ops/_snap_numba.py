@@ -3,7 +3,8 @@
 For each row ``search`` takes the search box of each pass radius (the ball's voxel box plus the
 1-voxel erosion margin, clipped to the volume), decodes the labels of the box from the encoded
 words of the storage chunks it touches (block header -> bit width, table offset, values offset;
-every read bounds-checked against its chunk's end), marks the voxels whose supervoxel is one of
+every read bounds-checked against its chunk's end; a block of at most ``_SKIP_BITS`` bits whose
+table holds none of the target's leaves is skipped unread), marks the voxels whose supervoxel is one of
 the row's own target's sorted leaves (remembered per block table entry, or per last label for
 blocks wider than 8 bits), and scans the box in x, y, z order for the nearest voxel centre within
 the radius (anisotropic Euclidean distance; the first in x, y, z order among ties), eroded (all 6
@@ -32,6 +33,9 @@ ERRORS = {1: "a block header has a bad bit width or a table outside the chunk (t
           2: "a block's values lie outside the chunk (truncated or corrupt)",
           3: "a voxel's table index lies outside the chunk (truncated or corrupt)"}
 
+#: blocks of at most this many bits (2**bits table entries read) are first tested as a whole: none
+#: of the target's leaves in the table, no voxel of the block is read (most blocks of a sparse world)
+_SKIP_BITS = 4
 _compiled = None
 _compile_lock = threading.Lock()
 
@@ -123,6 +127,31 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
                                 return
                             vmask = (np.int64(1) << bits) - 1
                             gen += 1
+                            if bits <= _SKIP_BITS:  # a block whose table holds none of the target's leaves is skipped
+                                maybe = False
+                                for idx in range(1 << bits):
+                                    tpos = s + table + 2 * idx
+                                    if tpos + 1 >= e:  # past the chunk: left to the voxels' checked reads
+                                        maybe = True
+                                        break
+                                    lab = np.uint64(words[tpos]) | (np.uint64(words[tpos + 1]) << sh32)
+                                    if have_last and lab == last_lab:
+                                        hit = last_hit
+                                    else:
+                                        lo_i, hi_i = l0, l1
+                                        while lo_i < hi_i:
+                                            mid = (lo_i + hi_i) >> 1
+                                            if leaves[mid] < lab:
+                                                lo_i = mid + 1
+                                            else:
+                                                hi_i = mid
+                                        hit = np.uint8(1) if lo_i < l1 and leaves[lo_i] == lab else np.uint8(0)
+                                        have_last, last_lab, last_hit = True, lab, hit
+                                    memo_gen[idx], memo_hit[idx], memo_lab[idx] = gen, hit, lab
+                                    if hit:
+                                        maybe = True
+                                if not maybe:
+                                    continue
                             cx, cy, cz = kx * bx, ky * by, kz * bz
                             for lz in range(max(az, cz), min(qz, cz + bz - 1) + 1):
                                 for ly in range(max(ay, cy), min(qy, cy + by - 1) + 1):
