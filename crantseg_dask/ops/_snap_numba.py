@@ -6,7 +6,7 @@ words of the storage chunks it touches (block header -> bit width, table offset,
 every read bounds-checked against its chunk's end; a block of at most ``_SKIP_BITS`` bits whose
 table holds none of the target's leaves is skipped unread), marks the voxels whose supervoxel is one of
 the row's own target's sorted leaves (remembered per block table entry, or per last label for
-blocks wider than 8 bits), and scans the box in x, y, z order for the nearest voxel centre within
+blocks wider than 8 bits), and visits only the target voxels it found for the nearest voxel centre within
 the radius (anisotropic Euclidean distance; the first in x, y, z order among ties), eroded (all 6
 face neighbours target voxels; outside the volume is background) or not, and with ``fallback``
 the nearest uneroded voxel when erosion leaves none. A row settled in a smaller pass radius is
@@ -78,6 +78,7 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
             big = n
     mask = np.zeros(max(big, 1), dtype=np.uint8)
     labs = np.zeros(max(big, 1), dtype=np.uint64)
+    found = np.zeros(max(big, 1), dtype=np.int64)  # the box indices of the target voxels, as decoded
     memo_gen = np.zeros(256, dtype=np.int64)
     memo_hit = np.zeros(256, dtype=np.uint8)
     memo_lab = np.zeros(256, dtype=np.uint64)
@@ -97,6 +98,7 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
                 continue  # a ball wholly outside the volume
             ex, ey, ez = x1 - x0 + 1, y1 - y0 + 1, z1 - z0 + 1
             mask[:ex * ey * ez] = 0
+            n_found = 0
             # 1. the target voxels of the box, chunk by chunk, block by block
             for q in range(row_ptr[k], row_ptr[k + 1]):
                 c = row_chunk[q]
@@ -190,6 +192,8 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
                                             m = (ox + lx - x0) * (ey * ez) + m_yz
                                             mask[m] = 1
                                             labs[m] = lab
+                                            found[n_found] = m
+                                            n_found += 1
             # 2. the nearest centre within the radius, x, y, z order (ties: the first)
             r2 = radii[ri] * radii[ri]
             p0, p1, p2 = locs[k, 0], locs[k, 1], locs[k, 2]
@@ -197,27 +201,27 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
             at_e, at_u = -1, -1
             erode = mode != 0
             want_u = mode == 0 or (mode == 2 and final)
-            for ix in range(ex):
+            # only the target voxels found are visited; the box index m is x, y, z order, so
+            # the smallest (distance, m) is the nearest, first in that order among ties
+            for j in range(n_found):
+                m = found[j]
+                ix = m // (ey * ez)
+                iy = (m // ez) % ey
+                iz = m % ez
                 d0 = (x0 + ix + 0.5) * res[0] - p0
-                for iy in range(ey):
-                    d1 = (y0 + iy + 0.5) * res[1] - p1
-                    d01 = d0 * d0 + d1 * d1
-                    row_m = (ix * ey + iy) * ez
-                    for iz in range(ez):
-                        m = row_m + iz
-                        if mask[m] == 0:
-                            continue
-                        d2 = (z0 + iz + 0.5) * res[2] - p2
-                        dd = d01 + d2 * d2
-                        if dd > r2:
-                            continue
-                        if want_u and dd < best_u:
-                            best_u, at_u = dd, m
-                        if erode and dd < best_e:  # the 6 face neighbours, inside the box
-                            if (ix > 0 and mask[m - ey * ez] and ix + 1 < ex and mask[m + ey * ez]
-                                    and iy > 0 and mask[m - ez] and iy + 1 < ey and mask[m + ez]
-                                    and iz > 0 and mask[m - 1] and iz + 1 < ez and mask[m + 1]):
-                                best_e, at_e = dd, m
+                d1 = (y0 + iy + 0.5) * res[1] - p1
+                d01 = d0 * d0 + d1 * d1
+                d2 = (z0 + iz + 0.5) * res[2] - p2
+                dd = d01 + d2 * d2
+                if dd > r2:
+                    continue
+                if want_u and (dd < best_u or (dd == best_u and m < at_u)):
+                    best_u, at_u = dd, m
+                if erode and (dd < best_e or (dd == best_e and m < at_e)):  # the 6 face neighbours, inside the box
+                    if (ix > 0 and mask[m - ey * ez] and ix + 1 < ex and mask[m + ey * ez]
+                            and iy > 0 and mask[m - ez] and iy + 1 < ey and mask[m + ez]
+                            and iz > 0 and mask[m - 1] and iz + 1 < ez and mask[m + 1]):
+                        best_e, at_e = dd, m
             code, at, dd = -1, -1, np.inf
             if erode and at_e >= 0:
                 code, at, dd = 1, at_e, best_e
