@@ -44,7 +44,10 @@ def labels_under(source, vox: np.ndarray, encoded: dict) -> np.ndarray:
     if not idx.size:
         return out
     cs = np.array(meta.chunk_size[0], dtype=np.int64)
-    chunks, ci = np.unique((vox[idx] - lo) // cs, axis=0, return_inverse=True)
+    c = (vox[idx] - lo) // cs
+    span = c.max(axis=0) + 1  # one int64 key per chunk: np.unique(axis=0) sorts rows, ~10x slower
+    uniq, ci = np.unique(c[:, 2] + span[2] * (c[:, 1] + span[1] * c[:, 0]), return_inverse=True)
+    chunks = np.stack([uniq // (span[1] * span[2]), uniq // span[2] % span[1], uniq % span[2]], axis=1)
     ci = ci.ravel()
     keys = [tuple(int(v) for v in c) for c in chunks]
     if missing := [k for k in keys if k not in encoded]:
