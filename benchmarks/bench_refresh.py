@@ -63,15 +63,14 @@ def _tables(path: Path, n: int, k: int, seed: int = 0) -> tuple[dict, pd.Timesta
 
 
 def _parquet_floor(path: Path, out: Path) -> float:
-    """Seconds to read the refreshed parquet file and write it again as refresh writes it: the
+    """Seconds to read the refreshed parquet file and write it again as refresh reads and writes
+    it (``copy_parquet``: the same reader threads, writer settings, row groups and fsync): the
     floor of a refresh that must rewrite the whole file (a parquet file is rewritten whole)."""
-    import pyarrow.parquet as pq
-
-    from crantseg_dask.ops._refresh_store import TIMESTAMP_COLUMN, parquet_settings, write_parquet
+    from crantseg_dask.ops._refresh_parquet import copy_parquet
+    from crantseg_dask.ops._refresh_store import TIMESTAMP_COLUMN
 
     t = time.perf_counter()
-    table = pq.read_table(path, read_dictionary=[TIMESTAMP_COLUMN])
-    write_parquet(table, out, parquet_settings(path))
+    copy_parquet(path, out, TIMESTAMP_COLUMN)
     seconds = time.perf_counter() - t
     out.unlink()
     return seconds

@@ -35,16 +35,15 @@ import pandas as pd
 
 from .._validate import as_ids
 from ..errors import InvalidInputError, JobStoreError
+from ._refresh_parquet import parquet_settings, read_columns, row_groups
 from ._zarr_chunks import ChunkCodec
 
-__all__ = ["RECORD_KEY", "TIMESTAMP_COLUMN", "RefreshTable", "changed_chunks", "open_table", "parquet_settings", "swap",
-           "write_parquet"]
+__all__ = ["RECORD_KEY", "TIMESTAMP_COLUMN", "RefreshTable", "changed_chunks", "open_table", "parquet_settings", "swap"]
 
 TIMESTAMP_COLUMN = "roots_valid_at"
 #: zstd level of the Zarr chunks a refresh writes: level 1 encodes ID columns about 2.5x faster
 #: than a job's level 0 (zstd's default, 3) and, on root IDs, about as small or smaller
 ZSTD_LEVEL = 1
-PARQUET_COMPRESSION = "snappy"  # fast; ID columns compress little anyway
 RECORD_KEY = "crantseg.refresh"  # parquet schema metadata key; the Zarr attribute is crantseg["refresh"]
 
 
@@ -78,11 +77,11 @@ class RefreshTable:
     def names(self) -> list[str]:
         return list(self.columns)
 
-    def prefetch(self) -> None:
-        """Start reading, in the background, the columns not read yet (parquet: the refresh
-        writes them back; their read overlaps the requests)."""
+    def prefetch(self, first: list[str] = (), skip: list[str] = ()) -> None:
+        """Start reading, in the background, the columns not read yet but ``skip`` (parquet: the
+        refresh writes them back; their read overlaps the requests), ``first`` first."""
         if isinstance(self.columns, _ParquetColumns):
-            self.columns.prefetch()
+            self.columns.prefetch(first, skip)
 
     @property
     def operation(self) -> str | None:
@@ -158,26 +157,8 @@ class RefreshTable:
         history = self.history + [record]
         if self.kind == "zarr":
             stats = self._write_zarr(tmp, {**new, **previous}, timestamp, history, changed or {})
-        elif self.kind == "parquet":  # column by column in arrow: no pandas round trip
-            import pyarrow as pa
-
-            t = self.columns.table()
-            n = t.num_rows
-            for name, values in {**new, **previous}.items():
-                typ = t.schema.field(name).type if name in t.column_names else pa.uint64()
-                want = np.int64 if pa.types.is_signed_integer(typ) else np.uint64
-                values = np.asarray(values)  # the same bits: a view where the widths match (no copy)
-                col = pa.array(values.view(want) if values.dtype.itemsize == 8 and values.dtype.kind in "iu"
-                               else values.astype(want))
-                t = (t.set_column(t.column_names.index(name), name, col) if name in t.column_names
-                     else t.append_column(name, col))
-            # int32 indices: the writer's own index width (int8 ones are widened, a pass per row)
-            stamp = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([timestamp]))
-            t = (t.set_column(t.column_names.index(TIMESTAMP_COLUMN), TIMESTAMP_COLUMN, stamp)
-                 if TIMESTAMP_COLUMN in t.column_names else t.append_column(TIMESTAMP_COLUMN, stamp))
-            meta = {**(t.schema.metadata or {}), RECORD_KEY.encode(): json.dumps(history).encode()}
-            write_parquet(t.replace_schema_metadata(meta), tmp, self.columns.settings)
-            stats = {"files_written": 1, "bytes_written": tmp.stat().st_size}
+        elif self.kind == "parquet":  # row group by row group in arrow, no pandas round trip; swapped in
+            return self.stage(new, previous, timestamp, record).finish()
         else:
             df = self.frame.copy()
             for name, values in {**new, **previous}.items():
@@ -189,6 +170,22 @@ class RefreshTable:
         swap(tmp, self.path)
         _remove(tmp)
         return stats
+
+    def stage(self, new: dict[str, np.ndarray], previous: dict[str, np.ndarray], timestamp: str, record: dict):
+        """Parquet only (else None): start writing the refreshed file beside this one in the
+        background (``_refresh_parquet.ParquetStage``; its ``finish`` swaps it in, ``cancel``
+        drops it). ``new`` and ``previous`` must not change until then."""
+        if self.kind != "parquet":
+            return None
+        from ._refresh_parquet import ParquetStage
+
+        tmp = _sibling(self.path, "tmp")
+        _remove(tmp)
+        history = self.history + [record]
+        table = self.columns.table(skip=list(new) + list(previous) + [TIMESTAMP_COLUMN])
+        meta = {**(self.columns.schema.metadata or {}), RECORD_KEY.encode(): json.dumps(history).encode()}
+        return ParquetStage(self.path, self.columns.schema, table, {**new, **previous}, (TIMESTAMP_COLUMN, timestamp), meta,
+                            self.columns.settings, tmp, sizes=self.columns.sizes)
 
     def _write_zarr(self, tmp: Path, arrays: dict[str, np.ndarray], timestamp: str, history: list,
                     changed: dict[str, np.ndarray]) -> dict:
@@ -232,48 +229,6 @@ class RefreshTable:
                                            if ChunkCodec.of(g[c], tmp / c) is not None}
         g.attrs["crantseg"] = {**self.attrs, "timestamp": timestamp, "refresh": history}
         return _new_files(tmp)
-
-
-def parquet_settings(path: Path) -> dict:
-    """How the parquet file at ``path`` is written: each column's compression codec and the row
-    group size (of its first row group), which a refresh keeps (``write_parquet``)."""
-    import pyarrow.parquet as pq
-
-    meta = pq.ParquetFile(path).metadata
-    codecs, rows = {}, None
-    if meta.num_row_groups:
-        group = meta.row_group(0)
-        rows = group.num_rows or None
-        for i in range(group.num_columns):
-            col = group.column(i)
-            codecs[col.path_in_schema] = col.compression.lower().replace("uncompressed", "none")
-    return {"compression": codecs, "row_group_size": rows}
-
-
-def write_parquet(table, path: Path, settings: dict | None = None) -> None:
-    """Write an arrow table as refresh does, with the original file's ``settings``
-    (``parquet_settings``: codec per column, row group size; a column the file lacks takes the
-    codec of its root column, else snappy).
-
-    Dictionary pages for every column but the supervoxel columns (names ending in
-    ``supervoxel_id``): a table holds far fewer roots than rows, so root columns (and the time,
-    and previous roots, mostly 0) shrink to small indices (about half the bytes of plain 64-bit
-    values, as fast to write); supervoxels are nearly one per row, where a dictionary only costs
-    a hash per value before falling back to plain. No statistics for the time and the previous
-    roots (columns refresh adds: a min/max pass per page for values nobody filters on)."""
-    import pyarrow.parquet as pq
-
-    settings = settings or {}
-    names = table.column_names
-    given = dict(settings.get("compression") or {})
-    codecs = {}
-    for c in names:
-        base = c[: -len("_previous")] if c.endswith("_previous") else c
-        codecs[c] = given.get(c) or given.get(base) or PARQUET_COMPRESSION
-    dictionary = [c for c in names if not c.endswith("supervoxel_id")]
-    stats = [c for c in names if c != TIMESTAMP_COLUMN and not c.endswith("_previous")]
-    pq.write_table(table, path, use_dictionary=dictionary, compression=codecs, write_statistics=stats,
-                   row_group_size=settings.get("row_group_size"))
 
 
 def fast_zstd(meta: Path) -> None:
@@ -498,28 +453,27 @@ class _LazyColumns(dict):
 
 class _ParquetColumns(_LazyColumns):
     """The columns of a parquet file, each read on first use (the root columns first, alone);
-    ``prefetch`` reads the rest in a background thread, ``table`` gives the whole table."""
+    ``prefetch`` reads the rest in the background (the supervoxel columns first), ``table``
+    gives the whole table. Reads are memory-mapped, the row groups split between threads
+    (``_refresh_parquet.read_columns``)."""
 
     def __init__(self, path: Path, schema, dictionary: list[str]):
         super().__init__({c: None for c in schema.names})
         self.path, self.schema = path, schema
         self.dictionary = [c for c in dictionary if c in schema.names]
         self.arrow: dict = {}    # name -> arrow column as read
-        self.pending = None      # (names, future) of the background read
+        self.pending: list = []  # (names, future) of the background reads
         self.settings = parquet_settings(path)
+        self.sizes = row_groups(path)
 
     def _read(self, names: list[str]) -> dict:
-        import pyarrow.parquet as pq
-
-        t = pq.read_table(self.path, columns=names, read_dictionary=[c for c in self.dictionary if c in names])
+        t = read_columns(self.path, names, dictionary=self.dictionary)
         return {c: t.column(c) for c in names}
 
     def raw(self, key):
         if key not in self.arrow:
-            if self.pending is not None and key in self.pending[0]:
-                self.arrow.update(self.pending[1].result())
-            else:
-                self.arrow[key] = self._read([key])[key]
+            ahead = [f for names, f in self.pending if key in names]
+            self.arrow.update(ahead[0].result() if ahead else self._read([key]))
         value = dict.__getitem__(self, key)
         return self.arrow[key] if value is None else value
 
@@ -528,19 +482,26 @@ class _ParquetColumns(_LazyColumns):
             dict.__setitem__(self, key, self.raw(key))
         return super().__getitem__(key)
 
-    def prefetch(self) -> None:
+    def prefetch(self, first: list[str] = (), skip: list[str] = ()) -> None:
+        """Read in the background the columns not read yet: ``first`` (those needed soonest),
+        then the rest but ``skip`` (columns the refresh replaces)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        rest = [c for c in self.schema.names if c not in self.arrow]
-        if self.pending is None and rest:
+        waiting = {c for names, _ in self.pending for c in names}
+        todo = [c for c in self.schema.names if c not in self.arrow and c not in waiting and c not in skip]
+        parts = [[c for c in todo if c in set(first)], [c for c in todo if c not in set(first)]]
+        parts = [p for p in parts if p]
+        if parts:
             pool = ThreadPoolExecutor(1)
-            self.pending = (rest, pool.submit(self._read, rest))
-            pool.shutdown(wait=False)  # the thread ends with the read
+            self.pending += [(p, pool.submit(self._read, p)) for p in parts]
+            pool.shutdown(wait=False)  # the thread ends with the reads
 
-    def table(self):
-        """The whole table as read (columns in the file's order, its schema metadata)."""
+    def table(self, skip: list[str] = ()):
+        """The table as read (columns in the file's order, its schema metadata), without the
+        columns ``skip`` (not read for it)."""
         import pyarrow as pa
 
-        for c in self.schema.names:
+        names = [c for c in self.schema.names if c not in set(skip)]
+        for c in names:
             self.raw(c)
-        return pa.table({c: self.arrow[c] for c in self.schema.names}).replace_schema_metadata(self.schema.metadata)
+        return pa.table({c: self.arrow[c] for c in names}).replace_schema_metadata(self.schema.metadata)

@@ -75,7 +75,7 @@ def _time(ts: datetime) -> str:
 
 def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec, t0: datetime, t1: datetime,
                   stop_layer: int = 2, progress: bool = False, check=None,
-                  inplace: bool = False, delta=None, search: dict | None = None) -> tuple[dict, dict]:
+                  inplace: bool = False, delta=None, search: dict | None = None, early=None) -> tuple[dict, dict]:
     """Roots of each column at ``t1`` given the roots at ``t0`` (uint64 arrays, 0 = empty).
 
     ``supervoxels[col]``: None, the column's supervoxels (an array), or a function of row
@@ -89,85 +89,124 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     length-``size`` chunks only (the rest of the column need not even be read).
     ``inplace``: refresh each writable column in place (``new[col]`` is ``roots[col]``; no copy of
     a 10^7-row column), else in a copy.
+    ``early(new, info)``: called once the rows holding a root the window expired are refreshed,
+    while the validity check is still under way (``new`` and ``info`` as returned if the check
+    finds nothing); it returns None or a handle whose ``cancel()`` is called before ``new``
+    changes further (roots found outdated already at ``t0``, rare). The caller compares.
     Returns ``(new, info)``: ``new[col]`` the refreshed column; ``info`` holds ``touched`` /
     ``changed`` (row indices per column), ``previous`` (the roots of the changed rows before),
     ``expired`` (the table's roots the window expired),
     ``stale``, ``unknown`` (unique roots) and ``outdated_left`` (touched rows still on an
     outdated root: no successor found).
-    Requests: one ``delta_roots`` (sent while the checked columns are factorized),
-    ``is_latest`` over their unique roots not in it (batches in parallel), then for the rows
-    holding an expired root their supervoxels' roots at ``t1`` (batches in parallel) or, without
-    a supervoxel, the overlap step; roots outdated already at ``t0`` go through ``update_ids``."""
+    Requests: one ``delta_roots`` (sent while the checked columns are read), then at once
+    ``is_latest`` over the checked columns' unique roots not in it (batches in parallel, in the
+    background) and, for the rows holding an expired root, their supervoxels' roots at ``t1``
+    (batches in parallel) or, without a supervoxel, the overlap step; roots outdated already at
+    ``t0`` go through ``update_ids``."""
     from .updates import update_ids
 
     layout = source.meta.layout
     check = list(roots) if check is None else [c for c in roots if c in set(check)]
     step = int(getattr(source, "batch_size", 0) or 10_000)
-    with ThreadPoolExecutor(N_THREADS) as pool:
+    search = search or {}
+    with ThreadPoolExecutor(N_THREADS) as pool, ThreadPoolExecutor(N_THREADS + 1) as checks:
         delta = delta or pool.submit(source.delta_roots, t0, t1)
-        # one hash pass per checked column for its unique roots; the rows come later, for the few touched
-        uniques = [np.asarray(pd.unique(roots[c]), dtype=np.uint64) for c in check]
         window = delta.result()[0]
-        # the expired roots' rows and supervoxels are read while the other roots are checked
-        search = search or {}
+        # the window's rows, their supervoxels and their new roots: what the table's new version needs
         reads = {col: pool.submit(_rows_and_supervoxels, r, window, supervoxels.get(col), search.get(col))
                  for col, r in roots.items()}
-        bad = np.zeros(0, np.uint64)
-        if uniques:
-            allr = np.unique(np.concatenate(uniques))
-            allr = allr[allr != 0]
-            rest = allr[~np.isin(allr, window)]
-            bad = rest[layout.layer(rest) != layout.n_layers]  # not root IDs at all
-            rest = rest[layout.layer(rest) == layout.n_layers]
-            if rest.size:
-                alive = np.concatenate(list(pool.map(lambda b: np.asarray(source.is_latest(b, t0), bool),
-                                                     _pieces(rest, step))))
-                bad = np.union1d(bad, rest[~alive])
+        # meanwhile, in the background: the other roots checked to be alive at t0
+        alive = checks.submit(_not_alive, [roots[c] for c in check], window, source, t0, step, checks)
         found = {col: f.result() for col, f in reads.items()}
-        stale = unknown = np.zeros(0, np.uint64)
-        if bad.size:  # not alive at t0: outdated already (update them too) or unknown to the dataset
-            got = update_ids(bad, timestamp=t1, stop_layer=stop_layer, dataset=spec, progress=progress)
-            lost = (got["confidence"].to_numpy() == 0) | (layout.layer(bad) != layout.n_layers)
-            lost[lost] = [not _known(source, r) for r in bad[lost].tolist()]  # a few, one by one
-            unknown, stale = bad[lost], bad[~lost]
-        rows_of, keys = {}, []
-        for col, r in roots.items():
-            rows, sv = found[col]
-            if stale.size:
-                more_rows, more_sv = _rows_and_supervoxels(r, stale, supervoxels.get(col))
-                order = np.argsort(np.concatenate([rows, more_rows]), kind="stable")
-                rows, sv = np.concatenate([rows, more_rows])[order], np.concatenate([sv, more_sv])[order]
-            rows_of[col] = rows
-            keys.append(np.stack([r[rows], sv], axis=1))
-        pairs = np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64)
-        uniq_pairs, inverse = _unique_pairs(pairs)  # (root, supervoxel) once each
-        mapped = uniq_pairs[:, 0].copy()
-        late = np.isin(uniq_pairs[:, 0], stale)
-        if (~late).any():  # expired in the window: outdated at t1 for certain
-            mapped[~late] = _successors(uniq_pairs[~late], source, spec, t1, stop_layer, pool, step)
-        if late.any():  # not alive at t0 (perhaps created after it): the whole update step
-            svs = uniq_pairs[late, 1]
-            got = update_ids(uniq_pairs[late, 0], supervoxels=svs if svs.any() else None, timestamp=t1,
+        # a checked column is refreshed in a copy: the check reads it meanwhile
+        new, info = _apply(roots, found, lambda pairs: _successors(pairs, source, spec, t1, stop_layer, pool, step),
+                           {c for c in roots if inplace and c not in check})
+        info.update(expired=np.asarray(info["expired"]), stale=np.zeros(0, np.uint64),
+                    unknown=np.zeros(0, np.uint64))
+        info["outdated_left"] = _left(new, info["touched"], window)
+        handle = early(new, info) if early is not None else None
+        bad = alive.result()
+    stale = unknown = np.zeros(0, np.uint64)
+    if bad.size:  # not alive at t0: outdated already (update them too) or unknown to the dataset
+        got = update_ids(bad, timestamp=t1, stop_layer=stop_layer, dataset=spec, progress=progress)
+        lost = (got["confidence"].to_numpy() == 0) | (layout.layer(bad) != layout.n_layers)
+        lost[lost] = [not _known(source, r) for r in bad[lost].tolist()]  # a few, one by one
+        unknown, stale = bad[lost], bad[~lost]
+    info.update(stale=stale, unknown=unknown)
+    if stale.size:  # rows holding a root not alive at t0 (perhaps created after it): the whole update step
+        if handle is not None:
+            handle.cancel()
+        more = {}
+        for col, r in new.items():
+            rows, sv = _rows_and_supervoxels(r, stale, supervoxels.get(col))
+            keep = ~np.isin(rows, info["touched"][col])  # a window row already holds its root at t1
+            more[col] = (rows[keep], sv[keep])
+
+        def late(pairs: np.ndarray) -> np.ndarray:
+            svs = pairs[:, 1]
+            got = update_ids(pairs[:, 0], supervoxels=svs if svs.any() else None, timestamp=t1,
                              stop_layer=stop_layer, dataset=spec, progress=progress, use_annotations=False)
-            mapped[late] = got["new_id"].to_numpy().astype(np.uint64)
-    mapped = mapped[inverse.ravel()]
+            return got["new_id"].to_numpy().astype(np.uint64)
+
+        new, extra = _apply(new, more, late, inplace=True)
+        for key in ("touched", "changed", "previous"):
+            for col in new:
+                info[key][col] = np.concatenate([info[key][col], extra[key][col]])
+        for col in new:
+            order = np.argsort(info["touched"][col], kind="stable")
+            info["touched"][col] = info["touched"][col][order]
+            order = np.argsort(info["changed"][col], kind="stable")
+            info["changed"][col], info["previous"][col] = info["changed"][col][order], info["previous"][col][order]
+    info["outdated_left"] = _left(new, info["touched"], np.concatenate([window, stale]))
+    return new, info
+
+
+def _not_alive(columns: list[np.ndarray], window: np.ndarray, source, t0: datetime, step: int, pool) -> np.ndarray:
+    """The unique roots of ``columns`` not in ``window`` that are not alive at ``t0`` (or not
+    roots at all): one hash pass per column, then ``is_latest`` in batches on ``pool``."""
+    layout = source.meta.layout
+    if not columns:
+        return np.zeros(0, np.uint64)
+    uniques = [np.asarray(pd.unique(c), dtype=np.uint64) for c in columns]
+    allr = np.unique(np.concatenate(uniques))
+    allr = allr[allr != 0]
+    rest = allr[~np.isin(allr, window)]
+    bad = rest[layout.layer(rest) != layout.n_layers]  # not root IDs at all
+    rest = rest[layout.layer(rest) == layout.n_layers]
+    if rest.size:
+        alive = np.concatenate(list(pool.map(lambda b: np.asarray(source.is_latest(b, t0), bool),
+                                             _pieces(rest, step))))
+        bad = np.union1d(bad, rest[~alive])
+    return bad
+
+
+def _apply(roots: dict[str, np.ndarray], found: dict, mapping, inplace) -> tuple[dict, dict]:
+    """Give the rows ``found[col] = (rows, supervoxels)`` of each column their new roots:
+    ``mapping`` of the unique (root, supervoxel) pairs, once each over every column; in place in
+    the writable columns of ``inplace`` (True: every column), in a copy elsewhere."""
+    keys = [np.stack([r[found[col][0]], found[col][1]], axis=1) for col, r in roots.items()]
+    pairs = np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64)
+    uniq_pairs, inverse = _unique_pairs(pairs)  # (root, supervoxel) once each
+    mapped = (mapping(uniq_pairs) if len(uniq_pairs) else np.zeros(0, np.uint64))[inverse.ravel()]
     new, touched, changed, before, at = {}, {}, {}, {}, 0
     for col, r in roots.items():
-        rows = rows_of[col]
+        rows = found[col][0]
         values, old = mapped[at: at + len(rows)], r[rows]
         at += len(rows)
         moved = values != old
-        out = r if inplace and r.flags.writeable else r.copy()
+        here = inplace is True or col in inplace
+        out = r if here and r.flags.writeable else r.copy()
         out[rows] = values
         new[col] = out
         touched[col] = rows
         changed[col], before[col] = rows[moved], old[moved]
     expired = np.unique(pairs[:, 0]) if len(pairs) else np.zeros(0, np.uint64)
-    expired = expired[np.isin(expired, window)]
-    outdated = np.concatenate([window, stale])  # rows left on one of these: no successor found
-    left = sum(int(np.isin(new[c][touched[c]], outdated).sum()) for c in roots)
-    return new, {"touched": touched, "changed": changed, "previous": before, "expired": expired, "stale": stale, "unknown": unknown,
-                 "outdated_left": left}
+    return new, {"touched": touched, "changed": changed, "previous": before, "expired": expired}
+
+
+def _left(new: dict[str, np.ndarray], touched: dict[str, np.ndarray], outdated: np.ndarray) -> int:
+    """Touched rows still on one of the ``outdated`` roots (no successor found)."""
+    return sum(int(np.isin(new[c][touched[c]], outdated).sum()) for c in new)
 
 
 def _pieces(ids: np.ndarray, step: int) -> list[np.ndarray]:
@@ -318,6 +357,11 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         report.message = f"roots already valid at {_time(t1)}: nothing to do, table unchanged"
         report.seconds = time.perf_counter() - t_start
         return report
+    # parquet: the supervoxel columns read in the background while the root columns are read, then
+    # the columns a refresh only writes back (not for a dry run), while the requests are answered
+    replaced = list(cols) + [f"{c}_previous" for c in cols] + [TIMESTAMP_COLUMN]
+    tab.prefetch(first=[s for s in sv_cols.values() if s],
+                 skip=replaced + ([c for c in tab.names if c not in sv_cols.values()] if dry_run else []))
     with ThreadPoolExecutor(1) as pool:  # the window's expired roots asked while the root columns are read
         delta = pool.submit(source.delta_roots, t0, t1)
         trusted = known_valid(tab, cols, spec.name, _job_dataset(tab, spec, source), _time(t0), read=tab.ids)
@@ -332,48 +376,76 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
             else:
                 roots[c] = tab.ids(c)
         report.rows = len(next(iter(roots.values())))
-    if not dry_run:
-        tab.prefetch()  # the columns a refresh only writes back, read while the roots are checked
     svs = {c: ((lambda rows, s=s: tab.ids_at(s, rows)) if s else None) for c, s in sv_cols.items()}
-    new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress,
-                              check=[c for c in cols if c not in trusted], inplace=True, delta=delta,
-                              search=search)
-    del roots  # refreshed in place: ``info["previous"]`` holds the roots that changed
+    ctx = {"tab": tab, "cols": cols, "spec": spec, "report": report, "t0": t0, "t1": t1}
+    staged = []  # a parquet file's write, started before the validity check answers (``early``)
+
+    def early(new, info):
+        record, previous = _outcome(ctx, new, info)
+        staged.append((record, tab.stage(new, previous, _time(t1), record)))
+        return staged[-1][1]
+
+    try:
+        new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress,
+                                  check=[c for c in cols if c not in trusted], inplace=True, delta=delta,
+                                  search=search, early=None if dry_run or tab.kind != "parquet" else early)
+        del roots  # refreshed in place: ``info["previous"]`` holds the roots that changed
+        record, previous = _outcome(ctx, new, info)
+        if report.unknown_roots and unknown == "raise":
+            raise InvalidInputError(f"{tab.path}: {report.unknown_roots} roots are unknown to dataset {spec.name!r} "
+                                    f"(e.g. {report.unknown_examples[:5]}); table not refreshed")
+        if dry_run:
+            report.status = "dry-run"
+        else:
+            stage = staged[-1][1] if staged and staged[-1][1] is not None else None
+            if stage is not None and staged[-1][0] == record and not info["stale"].size:
+                written = stage.finish()  # what was staged is the final table
+            else:
+                if stage is not None:
+                    stage.cancel()
+                written = tab.write(new, previous, _time(t1), record, changed=info["changed"])
+            staged.clear()
+            report.files_written, report.bytes_written = written["files_written"], written["bytes_written"]
+            report.status = "refreshed"
+    finally:
+        for _, stage in staged:  # an error before the staged file was used: dropped
+            if stage is not None:
+                stage.cancel()
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+def _outcome(ctx: dict, new: dict, info: dict) -> tuple[dict, dict]:
+    """Fill ``ctx["report"]`` from ``refresh_roots``' ``info``; return the refresh record and the
+    previous-roots columns (the root each changed row held before, 0 elsewhere)."""
+    report, cols, spec = ctx["report"], ctx["cols"], ctx["spec"]
+    t0, t1, tab = ctx["t0"], ctx["t1"], ctx["tab"]
     report.expired_roots = len(info["expired"])
     report.stale_roots = len(info["stale"])
     report.unknown_roots = len(info["unknown"])
     report.unknown_examples = [int(v) for v in info["unknown"][:N_EXAMPLES]]
     report.rows_touched = {c: len(info["touched"][c]) for c in cols}
     report.rows_changed = {c: len(info["changed"][c]) for c in cols}
-    if report.unknown_roots and unknown == "raise":
-        raise InvalidInputError(f"{tab.path}: {report.unknown_roots} roots are unknown to dataset {spec.name!r} "
-                                f"(e.g. {report.unknown_examples[:5]}); table not refreshed")
+    report.message = ""
     if report.unknown_roots:
         report.message = (f"{report.unknown_roots} roots unknown to dataset {spec.name!r} kept as they are "
                           f"(e.g. {report.unknown_examples[:5]}). ")
     report.message += (f"{sum(report.rows_changed.values())} root entries changed in "
                        f"{report.rows:,} rows ({_time(t0)} -> {_time(t1)})")
-    if dry_run:
-        report.status = "dry-run"
-    else:
-        previous = {}
-        for c in cols:
-            previous[f"{c}_previous"] = prev = np.zeros(report.rows, np.uint64)
-            prev[info["changed"][c]] = info["previous"][c]
-        record = {k: v for k, v in report.as_dict().items()
-                  if k not in ("table", "status", "seconds", "message", "files_written", "bytes_written")}
-        record["dataset"] = spec.name
-        if not (report.unknown_roots or report.stale_roots or info["outdated_left"]):
-            # every root now alive at t1: the next refresh need not check them
-            if tab.kind == "zarr" and all(tab.chunk_size(c) for c in cols):  # each chunk's checksum
-                record["valid_chunks"] = list(cols)  # (filled in as the chunks are written)
-            else:
-                record["valid_roots"] = {c: roots_checksum(new[c]) for c in cols}
-        written = tab.write(new, previous, _time(t1), record, changed=info["changed"])
-        report.files_written, report.bytes_written = written["files_written"], written["bytes_written"]
-        report.status = "refreshed"
-    report.seconds = time.perf_counter() - t_start
-    return report
+    previous = {}
+    for c in cols:
+        previous[f"{c}_previous"] = prev = np.zeros(report.rows, np.uint64)
+        prev[info["changed"][c]] = info["previous"][c]
+    record = {k: v for k, v in report.as_dict().items()
+              if k not in ("table", "status", "seconds", "message", "files_written", "bytes_written")}
+    record["dataset"] = spec.name
+    if not (report.unknown_roots or report.stale_roots or info["outdated_left"]):
+        # every root now alive at t1: the next refresh need not check them
+        if tab.kind == "zarr" and all(tab.chunk_size(c) for c in cols):  # each chunk's checksum
+            record["valid_chunks"] = list(cols)  # (filled in as the chunks are written)
+        else:
+            record["valid_roots"] = {c: roots_checksum(new[c]) for c in cols}
+    return record, previous
 
 
 # -- which columns are known valid --------------------------------------------------------------

@@ -1,0 +1,246 @@
+"""Parquet tables for ``refresh``: read in parallel by row group, written row group by row group.
+
+A refresh rewrites a parquet file whole (its columns are compressed pages; a changed root
+re-encodes its column chunk), so its cost is one read and one write of the file. Both are kept
+to that and overlapped with the requests:
+
+* the columns are read memory-mapped, the row groups split between threads (each decompresses
+  its own; pyarrow releases the GIL); the root columns first, the supervoxel columns next (the
+  touched rows' supervoxels are needed for the requests), the rest after;
+* the refreshed file is written in a background thread (``ParquetStage``) as soon as the roots
+  are known, row group by row group with the original file's row groups, codec per column and
+  schema (plus the previous-roots columns and the time), while the caller still waits on its
+  last requests; it is then closed, fsynced and renamed over the old file (``finish``), or
+  dropped (``cancel``) when what it was started with turns out not to be the final table.
+
+A crash before the rename leaves the old file; the partial file beside it
+(``.<name>.refresh-tmp``) is deleted by the next run (``_refresh_store.recover``).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ParquetStage", "copy_parquet", "parquet_settings", "read_columns", "row_groups"]
+
+N_READERS = 2       # threads reading row groups (each its own file handle)
+PARQUET_COMPRESSION = "snappy"  # a column the file lacks, without a root column to follow
+
+
+def parquet_settings(path: Path) -> dict:
+    """How the parquet file at ``path`` is written: each column's compression codec and the row
+    group size (of its first row group), which a refresh keeps."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    codecs, rows = {}, None
+    if meta.num_row_groups:
+        group = meta.row_group(0)
+        rows = group.num_rows or None
+        for i in range(group.num_columns):
+            col = group.column(i)
+            codecs[col.path_in_schema] = col.compression.lower().replace("uncompressed", "none")
+    return {"compression": codecs, "row_group_size": rows}
+
+
+def row_groups(path: Path) -> list[int]:
+    """The number of rows of each row group of the parquet file at ``path``."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
+def _split(sizes: list[int], parts: int) -> list[list[int]]:
+    """Row group indices in at most ``parts`` consecutive runs of about equal rows."""
+    if not sizes:
+        return []
+    ends = np.cumsum(sizes)
+    cut = np.searchsorted(ends, ends[-1] * np.arange(1, parts) / parts, side="left") + 1
+    runs = np.split(np.arange(len(sizes)), np.unique(np.clip(cut, 1, len(sizes) - 1)) if len(sizes) > 1 else [])
+    return [r.tolist() for r in runs if len(r)]
+
+
+def read_columns(path: Path, names: list[str], dictionary: list[str] = ()):
+    """Columns ``names`` of the parquet file at ``path`` as an arrow table (the file's schema
+    metadata), the row groups split between ``N_READERS`` threads, each reading memory-mapped
+    through its own handle; ``dictionary``: string columns read as dictionary arrays."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    opts = {"memory_map": True, "read_dictionary": [c for c in dictionary if c in names] or None}
+    runs = _split(row_groups(path), N_READERS)
+
+    def one(groups: list[int]):
+        return pq.ParquetFile(path, **opts).read_row_groups(groups, columns=names, use_threads=False)
+
+    if len(runs) <= 1:
+        return pq.ParquetFile(path, **opts).read(columns=names, use_threads=True)
+    with ThreadPoolExecutor(len(runs)) as pool:
+        return pa.concat_tables(list(pool.map(one, runs)))
+
+
+def _options(names: list[str], settings: dict, timestamp_column: str) -> dict:
+    """The writer's options: the file's codec per column (a column it lacks: that of its root
+    column, else snappy); dictionary pages for the root columns, the time and the other columns
+    (a table holds far fewer roots than rows: small indices, about half the bytes of plain 64-bit
+    values, as fast to write); plain for the supervoxel columns (nearly one per row: a dictionary
+    only costs a hash per value before falling back to plain) and the previous roots (mostly 0:
+    plain and compressed in half the time of a hash per value); no statistics for the time and
+    the previous roots (a min/max pass per page for values nobody filters on)."""
+    given = dict(settings.get("compression") or {})
+    codecs = {}
+    for c in names:
+        base = c[: -len("_previous")] if c.endswith("_previous") else c
+        codecs[c] = given.get(c) or given.get(base) or PARQUET_COMPRESSION
+    plain = ("supervoxel_id", "_previous")
+    return {"compression": codecs, "use_dictionary": [c for c in names if not c.endswith(plain)],
+            "write_statistics": [c for c in names if c != timestamp_column and not c.endswith("_previous")]}
+
+
+def _ids_array(values: np.ndarray, typ):
+    """A 64-bit integer arrow array of ``values`` (the same bits: a view, no copy)."""
+    import pyarrow as pa
+
+    want = np.int64 if pa.types.is_signed_integer(typ) else np.uint64
+    values = np.asarray(values)
+    return pa.array(values.view(want) if values.dtype.itemsize == 8 and values.dtype.kind in "iu"
+                    else values.astype(want))
+
+
+class ParquetStage:
+    """The refreshed parquet file, written beside the old one in a background thread.
+
+    Parameters
+    ----------
+    path : Path
+        The file refreshed; its row groups are kept (one written per row group read).
+    schema : pyarrow.Schema
+        The file's schema (its column order is kept).
+    table : pyarrow.Table
+        Its columns as read (the columns of ``ids`` and the time may be left out).
+    ids : dict
+        Column -> uint64/int64 numpy array: the root columns (refreshed) and the previous-roots
+        columns; a column the file has keeps its 64-bit integer type, a new one is uint64.
+    timestamp : (str, str)
+        The time column's name and the time it holds on every row (a dictionary column).
+    metadata : dict
+        The file's schema metadata (the refresh record included).
+    settings : dict
+        ``parquet_settings`` of the file.
+    tmp : Path
+        Where to write; ``finish`` renames it over ``path``.
+    """
+
+    def __init__(self, path: Path, schema, table, ids: dict, timestamp: tuple[str, str], metadata: dict,
+                 settings: dict, tmp: Path, sizes: list[int] | None = None):
+        import pyarrow as pa
+
+        self.path, self.tmp = Path(path), Path(tmp)
+        self.sizes = row_groups(path) if sizes is None else sizes
+        stamp_col, stamp = timestamp
+        names = list(schema.names) + [c for c in ids if c not in schema.names]
+        if stamp_col not in names:
+            names.append(stamp_col)
+        fields = []
+        for c in names:
+            if c == stamp_col:
+                fields.append(pa.field(c, pa.dictionary(pa.int32(), pa.string())))
+            elif c in ids:
+                old = schema.field(c).type if c in schema.names else pa.uint64()
+                fields.append(pa.field(c, pa.int64() if pa.types.is_signed_integer(old) else pa.uint64()))
+            else:
+                fields.append(table.schema.field(c))
+        self.schema = pa.schema(fields, metadata=metadata)
+        self.table, self.ids, self.stamp = table, ids, pa.array([stamp], pa.string())
+        self.options = _options(names, settings, stamp_col)
+        self.stamp_col = stamp_col
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write, name="crantseg-parquet-stage", daemon=True)
+        self._thread.start()
+
+    def _group(self, lo: int, hi: int):
+        import pyarrow as pa
+
+        cols = []
+        for f in self.schema:
+            if f.name == self.stamp_col:  # int32 indices: the writer's own index width (int8 ones are widened)
+                cols.append(pa.DictionaryArray.from_arrays(pa.array(np.zeros(hi - lo, np.int32)), self.stamp))
+            elif f.name in self.ids:
+                cols.append(_ids_array(self.ids[f.name][lo:hi], f.type))
+            else:
+                cols.append(self.table.column(f.name).slice(lo, hi - lo))
+        return pa.Table.from_arrays(cols, schema=self.schema)
+
+    def _write(self) -> None:
+        import pyarrow.parquet as pq
+
+        try:
+            with pq.ParquetWriter(self.tmp, self.schema, **self.options) as writer:
+                lo = 0
+                for size in self.sizes:
+                    if self._stop.is_set():
+                        return
+                    writer.write_table(self._group(lo, lo + size), row_group_size=max(size, 1))
+                    lo += size
+                if not self.sizes:  # an empty table: its schema alone
+                    writer.write_table(self.schema.empty_table())
+            fd = os.open(self.tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # on disk before it replaces the old file
+            finally:
+                os.close(fd)
+        except BaseException as e:  # raised again by ``finish``
+            self._error = e
+
+    def finish(self, replace: bool = True) -> dict:
+        """Wait for the write, then put the file in place of the old one (one atomic rename;
+        ``replace=False``: leave it at ``tmp``). Returns ``{"files_written": 1, "bytes_written": ..}``."""
+        from ._refresh_store import swap
+
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        size = self.tmp.stat().st_size
+        if replace:
+            swap(self.tmp, self.path)
+            _fsync_dir(self.path.parent)
+        return {"files_written": 1, "bytes_written": size}
+
+    def cancel(self) -> None:
+        """Stop the write and delete what it wrote (the old file untouched)."""
+        self._stop.set()
+        self._thread.join()
+        if self.tmp.exists():
+            self.tmp.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def copy_parquet(path: Path, out: Path, timestamp_column: str) -> None:
+    """Read the parquet file at ``path`` and write it to ``out`` as a refresh reads and writes a
+    file (``read_columns``, ``ParquetStage``: the same threads, settings and fsync), with nothing
+    else to do: the floor of a refresh, which rewrites the whole file."""
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    table = read_columns(path, schema.names, dictionary=[timestamp_column])
+    stamp = table.column(timestamp_column)[0].as_py() if timestamp_column in schema.names and len(table) else ""
+    ParquetStage(path, schema, table, {}, (timestamp_column, str(stamp)), schema.metadata, parquet_settings(path),
+                 out).finish(replace=False)
