@@ -93,6 +93,8 @@ class RefreshTable:
         if name not in self.columns:
             raise InvalidInputError(f"{self.path}: no column {name!r}; columns: {sorted(self.names)}")
         raw = self.columns.raw(name) if isinstance(self.columns, _LazyColumns) else self.columns[name]
+        if hasattr(raw, "chunks") and dict.get(self.columns, name) is None:  # arrow, not converted: chunk by chunk
+            return as_ids(_take_chunks(raw, np.asarray(rows, np.int64)), name=f"{self.path.name}[{name!r}]", nan="zero")
         if isinstance(raw, np.ndarray) or hasattr(raw, "null_count"):
             return self.ids(name)[rows]
         codec = ChunkCodec.of(raw, self.path / name) if self.kind == "zarr" else None
@@ -368,7 +370,10 @@ def open_table(table, timestamp_column: str = TIMESTAMP_COLUMN) -> RefreshTable:
         history = json.loads((schema.metadata or {}).get(RECORD_KEY.encode(), b"[]"))
         cols = _ParquetColumns(path, schema, dictionary=[timestamp_column])
         tab = RefreshTable(path, "parquet", None, cols, history=history)
-        stamps = _distinct(cols.raw(timestamp_column)) if timestamp_column in schema.names else []
+        stamps = []
+        if timestamp_column in schema.names:  # from each row group's statistics where they tell, else read
+            stamps = _distinct_by_statistics(path, timestamp_column)
+            stamps = _distinct(cols.raw(timestamp_column)) if stamps is None else stamps
     elif suffix == ".csv":
         frame = pd.read_csv(path)
         tab = RefreshTable(path, "csv", None, {c: frame[c].to_numpy() for c in frame.columns}, frame=frame)
@@ -381,6 +386,58 @@ def open_table(table, timestamp_column: str = TIMESTAMP_COLUMN) -> RefreshTable:
                                 f"({', '.join(stamps[:3])} ...); refresh needs one time for the whole table")
     tab.timestamp = stamps[0] if stamps else None
     return tab
+
+
+def _distinct_by_statistics(path: Path, name: str) -> list | None:
+    """The distinct values of the string column ``name`` of a parquet file from its row groups'
+    statistics (min == max: one value; null count: empty cells), or None where a row group's
+    statistics do not tell (missing, or min != max): then the column is read."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    if meta.schema.names.count(name) != 1:
+        return None
+    index = meta.schema.names.index(name)
+    out = set()
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        stats = group.column(index).statistics
+        if group.num_rows == 0:
+            continue
+        if stats is None or not stats.has_null_count:
+            return None
+        if stats.null_count:
+            out.add(None)
+        if stats.null_count < group.num_rows:
+            if not stats.has_min_max or stats.min != stats.max or not isinstance(stats.min, str):
+                return None
+            out.add(stats.min)
+    return list(out)
+
+
+def _take_chunks(column, rows: np.ndarray) -> np.ndarray:
+    """The values of an arrow integer column at ``rows``, taken chunk by chunk (each chunk's
+    values a view where it has no empty cells: no copy of the whole column); empty cells 0."""
+    import pyarrow as pa
+
+    order = None if np.all(rows[1:] >= rows[:-1]) else np.argsort(rows, kind="stable")
+    sorted_rows = rows if order is None else rows[order]
+    offsets = np.cumsum([0] + [len(c) for c in column.chunks])
+    cut = np.searchsorted(sorted_rows, offsets)
+    parts = []
+    for i, chunk in enumerate(column.chunks):
+        if cut[i + 1] > cut[i]:
+            if chunk.null_count and pa.types.is_integer(chunk.type):
+                chunk = chunk.fill_null(0)
+            parts.append(chunk.to_numpy(zero_copy_only=False)[sorted_rows[cut[i]: cut[i + 1]] - offsets[i]])
+    got = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    if len(got) != len(rows):
+        raise InvalidInputError(f"rows {rows[(rows < 0) | (rows >= offsets[-1])][:5].tolist()} are outside the table")
+    if order is None:
+        return got
+    out = np.empty_like(got)
+    out[order] = got
+    return out
 
 
 def _distinct(column) -> list:

@@ -98,11 +98,11 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     ``expired`` (the table's roots the window expired),
     ``stale``, ``unknown`` (unique roots) and ``outdated_left`` (touched rows still on an
     outdated root: no successor found).
-    Requests: one ``delta_roots`` (sent while the checked columns are read), then at once
-    ``is_latest`` over the checked columns' unique roots not in it (batches in parallel, in the
-    background) and, for the rows holding an expired root, their supervoxels' roots at ``t1``
-    (batches in parallel) or, without a supervoxel, the overlap step; roots outdated already at
-    ``t0`` go through ``update_ids``."""
+    Requests: one ``delta_roots`` (sent while the checked columns are read), then for the rows
+    holding an expired root their supervoxels' roots at ``t1`` (batches in parallel) or, without
+    a supervoxel, the overlap step; ``is_latest`` over the checked columns' unique roots not in
+    the window (batches in parallel, in the background: at once, or with ``early`` once it has
+    started); roots outdated already at ``t0`` go through ``update_ids``."""
     from .updates import update_ids
 
     layout = source.meta.layout
@@ -110,22 +110,24 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     step = int(getattr(source, "batch_size", 0) or 10_000)
     search = search or {}
     with ThreadPoolExecutor(N_THREADS) as pool, ThreadPoolExecutor(N_THREADS + 1) as checks:
+        # in the background: the checked columns' unique roots (one hash pass each)
+        uniq = checks.submit(_unique_roots, [roots[c] for c in check])
         delta = delta or pool.submit(source.delta_roots, t0, t1)
         window = delta.result()[0]
+        alive = None if early else checks.submit(lambda: _not_alive(uniq.result(), window, source, t0, step, checks))
         # the window's rows, their supervoxels and their new roots: what the table's new version needs
         reads = {col: pool.submit(_rows_and_supervoxels, r, window, supervoxels.get(col), search.get(col))
                  for col, r in roots.items()}
-        # meanwhile, in the background: the other roots checked to be alive at t0
-        alive = checks.submit(_not_alive, [roots[c] for c in check], window, source, t0, step, checks)
         found = {col: f.result() for col, f in reads.items()}
-        # a checked column is refreshed in a copy: the check reads it meanwhile
+        # a checked column is refreshed in a copy while its unique roots are still being read
         new, info = _apply(roots, found, lambda pairs: _successors(pairs, source, spec, t1, stop_layer, pool, step),
-                           {c for c in roots if inplace and c not in check})
+                           {c for c in roots if inplace and (c not in check or uniq.done())})
         info.update(expired=np.asarray(info["expired"]), stale=np.zeros(0, np.uint64),
                     unknown=np.zeros(0, np.uint64))
         info["outdated_left"] = _left(new, info["touched"], window)
         handle = early(new, info) if early is not None else None
-        bad = alive.result()
+        # with ``early``, the roots are checked once it has started (its work overlaps the requests)
+        bad = (alive.result() if alive is not None else _not_alive(uniq.result(), window, source, t0, step, checks))
     stale = unknown = np.zeros(0, np.uint64)
     if bad.size:  # not alive at t0: outdated already (update them too) or unknown to the dataset
         got = update_ids(bad, timestamp=t1, stop_layer=stop_layer, dataset=spec, progress=progress)
@@ -161,15 +163,18 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     return new, info
 
 
-def _not_alive(columns: list[np.ndarray], window: np.ndarray, source, t0: datetime, step: int, pool) -> np.ndarray:
-    """The unique roots of ``columns`` not in ``window`` that are not alive at ``t0`` (or not
-    roots at all): one hash pass per column, then ``is_latest`` in batches on ``pool``."""
-    layout = source.meta.layout
+def _unique_roots(columns: list[np.ndarray]) -> np.ndarray:
+    """The sorted unique non-zero values of ``columns`` (one hash pass per column)."""
     if not columns:
         return np.zeros(0, np.uint64)
-    uniques = [np.asarray(pd.unique(c), dtype=np.uint64) for c in columns]
-    allr = np.unique(np.concatenate(uniques))
-    allr = allr[allr != 0]
+    allr = np.unique(np.concatenate([np.asarray(pd.unique(c), dtype=np.uint64) for c in columns]))
+    return allr[allr != 0]
+
+
+def _not_alive(allr: np.ndarray, window: np.ndarray, source, t0: datetime, step: int, pool) -> np.ndarray:
+    """The roots ``allr`` not in ``window`` that are not alive at ``t0`` (or not roots at all):
+    ``is_latest`` in batches on ``pool``."""
+    layout = source.meta.layout
     rest = allr[~np.isin(allr, window)]
     bad = rest[layout.layer(rest) != layout.n_layers]  # not root IDs at all
     rest = rest[layout.layer(rest) == layout.n_layers]

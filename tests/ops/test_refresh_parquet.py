@@ -116,14 +116,15 @@ def test_several_row_groups_refreshed_equal_the_truth_at_each_next_materializati
 def test_the_check_reads_the_roots_as_they_were(tmp_path, truth, local_spec, monkeypatch):
     """The validity check runs while the window's rows are refreshed and the file is staged: it
     must see the table's roots at its time, not the refreshed ones (roots created after it,
-    which it would count as outdated already). The check is held until the file is staged."""
+    which it would count as outdated already). Its read of the roots is held until the file is
+    staged."""
     versions = _versions(truth)
     ta, tb = truth.materialization(versions[0]), truth.materialization(versions[1])
     table = _table(truth, 200, ta, tb, seed=11)
     path = tmp_path / "t.parquet"
     _write(table, path)
     staged = threading.Event()
-    real_check, real_stage = refresh_module._not_alive, RefreshTable.stage
+    real_check, real_stage = refresh_module._unique_roots, RefreshTable.stage
 
     def stage(self, *args, **kw):
         try:
@@ -136,7 +137,7 @@ def test_the_check_reads_the_roots_as_they_were(tmp_path, truth, local_spec, mon
         return real_check(*args, **kw)
 
     monkeypatch.setattr(RefreshTable, "stage", stage)
-    monkeypatch.setattr(refresh_module, "_not_alive", check)
+    monkeypatch.setattr(refresh_module, "_unique_roots", check)
     rep = refresh(path, f"mat_{versions[1]}", dataset=local_spec)
     assert rep.stale_roots == 0 and rep.unknown_roots == 0
     _check_against_truth(truth, table, path, ta, tb, rep)
