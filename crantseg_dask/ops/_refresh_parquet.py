@@ -115,6 +115,13 @@ def _ids_array(values: np.ndarray, typ):
 class ParquetStage:
     """The refreshed parquet file, written beside the old one in a background thread.
 
+    The rows are written as they become final: ``advance(upto)`` says the rows before ``upto``
+    hold their final values (the writer writes each row group once all its rows are), so the
+    write of the first row groups overlaps the mapping of the later ones. The file's key-value
+    metadata (the refresh record) is given at the end (``finish``) and written into the footer
+    with the arrow schema pyarrow stores there (the same bytes ``store_schema`` writes, with the
+    final metadata).
+
     Parameters
     ----------
     path : Path
@@ -126,18 +133,21 @@ class ParquetStage:
     ids : dict
         Column -> uint64/int64 numpy array: the root columns (refreshed) and the previous-roots
         columns; a column the file has keeps its 64-bit integer type, a new one is uint64.
+        Rows before the ``advance``d point must not change after it.
     timestamp : (str, str)
         The time column's name and the time it holds on every row (a dictionary column).
     metadata : dict
-        The file's schema metadata (the refresh record included).
+        The file's schema metadata (``finish`` adds to it).
     settings : dict
         ``parquet_settings`` of the file.
     tmp : Path
         Where to write; ``finish`` renames it over ``path``.
+    ready : int
+        Rows final from the start (all: ``len`` of the table).
     """
 
     def __init__(self, path: Path, schema, table, ids: dict, timestamp: tuple[str, str], metadata: dict,
-                 settings: dict, tmp: Path, sizes: list[int] | None = None):
+                 settings: dict, tmp: Path, sizes: list[int] | None = None, ready: int = 0):
         import pyarrow as pa
 
         self.path, self.tmp = Path(path), Path(tmp)
@@ -159,10 +169,23 @@ class ParquetStage:
         self.table, self.ids, self.stamp = table, ids, pa.array([stamp], pa.string())
         self.options = _options(names, settings, stamp_col)
         self.stamp_col = stamp_col
-        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._ready, self._stop, self._footer = ready, False, None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write, name="crantseg-parquet-stage", daemon=True)
         self._thread.start()
+
+    def advance(self, upto: int) -> None:
+        """The rows before ``upto`` hold their final values: write them."""
+        with self._cond:
+            self._ready = max(self._ready, int(upto))
+            self._cond.notify_all()
+
+    def _wait(self, test) -> bool:
+        with self._cond:
+            while not (self._stop or test()):
+                self._cond.wait()
+            return not self._stop
 
     def _group(self, lo: int, hi: int):
         import pyarrow as pa
@@ -184,12 +207,15 @@ class ParquetStage:
             with pq.ParquetWriter(self.tmp, self.schema, **self.options) as writer:
                 lo = 0
                 for size in self.sizes:
-                    if self._stop.is_set():
+                    if not self._wait(lambda: self._ready >= lo + size):
                         return
                     writer.write_table(self._group(lo, lo + size), row_group_size=max(size, 1))
                     lo += size
                 if not self.sizes:  # an empty table: its schema alone
                     writer.write_table(self.schema.empty_table())
+                if not self._wait(lambda: self._footer is not None):
+                    return
+                writer.add_key_value_metadata(self._footer)
             fd = os.open(self.tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)  # on disk before it replaces the old file
@@ -198,11 +224,20 @@ class ParquetStage:
         except BaseException as e:  # raised again by ``finish``
             self._error = e
 
-    def finish(self, replace: bool = True) -> dict:
-        """Wait for the write, then put the file in place of the old one (one atomic rename;
-        ``replace=False``: leave it at ``tmp``). Returns ``{"files_written": 1, "bytes_written": ..}``."""
+    def finish(self, metadata: dict | None = None, replace: bool = True) -> dict:
+        """Add ``metadata`` to the file's schema metadata, wait for the write, then put the file
+        in place of the old one (one atomic rename; ``replace=False``: leave it at ``tmp``).
+        Every row must have been ``advance``d. Returns ``{"files_written": 1, "bytes_written": ..}``."""
+        import base64
+
         from ._refresh_store import swap
 
+        meta = {**(self.schema.metadata or {}), **{_bytes(k): _bytes(v) for k, v in (metadata or {}).items()}}
+        arrow = base64.b64encode(self.schema.with_metadata(meta).serialize().to_pybytes())
+        with self._cond:
+            self._footer = {b"ARROW:schema": arrow, **meta}  # replaces the one written at the start
+            self._ready = sum(self.sizes)
+            self._cond.notify_all()
         self._thread.join()
         if self._error is not None:
             raise self._error
@@ -214,10 +249,16 @@ class ParquetStage:
 
     def cancel(self) -> None:
         """Stop the write and delete what it wrote (the old file untouched)."""
-        self._stop.set()
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
         self._thread.join()
         if self.tmp.exists():
             self.tmp.unlink()
+
+
+def _bytes(v) -> bytes:
+    return v if isinstance(v, bytes) else str(v).encode()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -243,4 +284,4 @@ def copy_parquet(path: Path, out: Path, timestamp_column: str) -> None:
     table = read_columns(path, schema.names, dictionary=[timestamp_column])
     stamp = table.column(timestamp_column)[0].as_py() if timestamp_column in schema.names and len(table) else ""
     ParquetStage(path, schema, table, {}, (timestamp_column, str(stamp)), schema.metadata, parquet_settings(path),
-                 out).finish(replace=False)
+                 out, ready=len(table)).finish(replace=False)

@@ -160,7 +160,8 @@ class RefreshTable:
         if self.kind == "zarr":
             stats = self._write_zarr(tmp, {**new, **previous}, timestamp, history, changed or {})
         elif self.kind == "parquet":  # row group by row group in arrow, no pandas round trip; swapped in
-            return self.stage(new, previous, timestamp, record).finish()
+            n = len(next(iter(new.values())))
+            return self.stage(new, timestamp, previous, ready=n).finish(self.record_metadata(record))
         else:
             df = self.frame.copy()
             for name, values in {**new, **previous}.items():
@@ -173,21 +174,31 @@ class RefreshTable:
         _remove(tmp)
         return stats
 
-    def stage(self, new: dict[str, np.ndarray], previous: dict[str, np.ndarray], timestamp: str, record: dict):
+    def stage(self, new: dict[str, np.ndarray], timestamp: str, previous: dict[str, np.ndarray] | None = None,
+              ready: int = 0):
         """Parquet only (else None): start writing the refreshed file beside this one in the
-        background (``_refresh_parquet.ParquetStage``; its ``finish`` swaps it in, ``cancel``
-        drops it). ``new`` and ``previous`` must not change until then."""
+        background (``_refresh_parquet.ParquetStage``): the root columns ``new`` and the
+        previous-roots columns (``previous``, else zeros: ``stage.previous``, filled in as rows
+        are refreshed), the rows before ``ready`` (and those ``stage.advance``d) final.
+        ``stage.finish(self.record_metadata(record))`` swaps it in; ``stage.cancel()`` drops it."""
         if self.kind != "parquet":
             return None
         from ._refresh_parquet import ParquetStage
 
         tmp = _sibling(self.path, "tmp")
         _remove(tmp)
-        history = self.history + [record]
+        n = len(next(iter(new.values())))
+        previous = previous or {f"{c}_previous": np.zeros(n, np.uint64) for c in new}
         table = self.columns.table(skip=list(new) + list(previous) + [TIMESTAMP_COLUMN])
-        meta = {**(self.columns.schema.metadata or {}), RECORD_KEY.encode(): json.dumps(history).encode()}
-        return ParquetStage(self.path, self.columns.schema, table, {**new, **previous}, (TIMESTAMP_COLUMN, timestamp), meta,
-                            self.columns.settings, tmp, sizes=self.columns.sizes)
+        stage = ParquetStage(self.path, self.columns.schema, table, {**new, **previous}, (TIMESTAMP_COLUMN, timestamp),
+                             self.columns.schema.metadata, self.columns.settings, tmp, sizes=self.columns.sizes,
+                             ready=ready)
+        stage.previous = previous
+        return stage
+
+    def record_metadata(self, record: dict) -> dict:
+        """The file metadata holding the refresh history with ``record`` appended."""
+        return {RECORD_KEY: json.dumps(self.history + [record])}
 
     def _write_zarr(self, tmp: Path, arrays: dict[str, np.ndarray], timestamp: str, history: list,
                     changed: dict[str, np.ndarray]) -> dict:

@@ -75,7 +75,8 @@ def _time(ts: datetime) -> str:
 
 def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec, t0: datetime, t1: datetime,
                   stop_layer: int = 2, progress: bool = False, check=None,
-                  inplace: bool = False, delta=None, search: dict | None = None, early=None) -> tuple[dict, dict]:
+                  inplace: bool = False, delta=None, search: dict | None = None, early=None,
+                  waves: list[int] | None = None) -> tuple[dict, dict]:
     """Roots of each column at ``t1`` given the roots at ``t0`` (uint64 arrays, 0 = empty).
 
     ``supervoxels[col]``: None, the column's supervoxels (an array), or a function of row
@@ -89,10 +90,13 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     length-``size`` chunks only (the rest of the column need not even be read).
     ``inplace``: refresh each writable column in place (``new[col]`` is ``roots[col]``; no copy of
     a 10^7-row column), else in a copy.
-    ``early(new, info)``: called once the rows holding a root the window expired are refreshed,
-    while the validity check is still under way (``new`` and ``info`` as returned if the check
-    finds nothing); it returns None or a handle whose ``cancel()`` is called before ``new``
-    changes further (roots found outdated already at ``t0``, rare). The caller compares.
+    ``early(new)``: called once the rows of the first wave (``waves``: the rows each wave of
+    the window's rows ends at, the last the row count; default one wave) holding a root the
+    window expired are refreshed, before the validity check is awaited; it returns a handle
+    (a writer of the new table: ``_refresh_parquet.ParquetStage``) whose ``previous[col +
+    "_previous"]`` is filled in and ``advance(end)`` called as each wave's rows are final, and
+    whose ``cancel()`` is called before ``new`` changes further (roots found outdated already at
+    ``t0``, rare). The new table's first rows are thus written while the next are mapped.
     Returns ``(new, info)``: ``new[col]`` the refreshed column; ``info`` holds ``touched`` /
     ``changed`` (row indices per column), ``previous`` (the roots of the changed rows before),
     ``expired`` (the table's roots the window expired),
@@ -119,13 +123,26 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
         reads = {col: pool.submit(_rows_and_supervoxels, r, window, supervoxels.get(col), search.get(col))
                  for col, r in roots.items()}
         found = {col: f.result() for col, f in reads.items()}
-        # a checked column is refreshed in a copy while its unique roots are still being read
-        new, info = _apply(roots, found, lambda pairs: _successors(pairs, source, spec, t1, stop_layer, pool, step),
-                           {c for c in roots if inplace and (c not in check or uniq.done())})
+        successors = lambda pairs: _successors(pairs, source, spec, t1, stop_layer, pool, step)  # noqa: E731
+        new, info, handle, lo = roots, None, None, 0
+        for hi in (waves if early is not None and waves else [None]):
+            part = {}
+            for col, (rows, sv) in found.items():
+                a, b = np.searchsorted(rows, [lo, hi if hi is not None else np.iinfo(np.int64).max])
+                part[col] = (rows[a:b], sv[a:b])
+            # a checked column is refreshed in a copy while its unique roots are still being read
+            new, got = _apply(new, part, successors, {c for c in roots if inplace and (c not in check or uniq.done())}
+                              if info is None else True)
+            info = got if info is None else {k: ({c: np.concatenate([info[k][c], got[k][c]]) for c in new}
+                                                 if k != "expired" else np.union1d(info[k], got[k])) for k in got}
+            if early is not None:
+                handle = early(new) if handle is None else handle
+                for col in new:  # this wave's previous roots, then its rows are final
+                    handle.previous[f"{col}_previous"][got["changed"][col]] = got["previous"][col]
+                handle.advance(hi if hi is not None else len(next(iter(new.values()))))
+            lo = hi
         info.update(expired=np.asarray(info["expired"]), stale=np.zeros(0, np.uint64),
                     unknown=np.zeros(0, np.uint64))
-        info["outdated_left"] = _left(new, info["touched"], window)
-        handle = early(new, info) if early is not None else None
         # with ``early``, the roots are checked once it has started (its work overlaps the requests)
         bad = (alive.result() if alive is not None else _not_alive(uniq.result(), window, source, t0, step, checks))
     stale = unknown = np.zeros(0, np.uint64)
@@ -383,17 +400,20 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         report.rows = len(next(iter(roots.values())))
     svs = {c: ((lambda rows, s=s: tab.ids_at(s, rows)) if s else None) for c, s in sv_cols.items()}
     ctx = {"tab": tab, "cols": cols, "spec": spec, "report": report, "t0": t0, "t1": t1}
-    staged = []  # a parquet file's write, started before the validity check answers (``early``)
+    staged = []  # a parquet file's write, started with the first rows refreshed (``early``)
 
-    def early(new, info):
-        record, previous = _outcome(ctx, new, info)
-        staged.append((record, tab.stage(new, previous, _time(t1), record)))
-        return staged[-1][1]
+    def early(new):
+        staged.append(tab.stage(new, _time(t1)))
+        return staged[-1]
 
+    # parquet: the first row group's rows mapped first, so its write starts while the rest are mapped
+    sizes = getattr(tab.columns, "sizes", None) or []
+    waves = [sizes[0], sum(sizes)] if len(sizes) > 1 else None
     try:
         new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress,
                                   check=[c for c in cols if c not in trusted], inplace=True, delta=delta,
-                                  search=search, early=None if dry_run or tab.kind != "parquet" else early)
+                                  search=search, early=None if dry_run or tab.kind != "parquet" else early,
+                                  waves=waves)
         del roots  # refreshed in place: ``info["previous"]`` holds the roots that changed
         record, previous = _outcome(ctx, new, info)
         if report.unknown_roots and unknown == "raise":
@@ -402,20 +422,15 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         if dry_run:
             report.status = "dry-run"
         else:
-            stage = staged[-1][1] if staged and staged[-1][1] is not None else None
-            if stage is not None and staged[-1][0] == record and not info["stale"].size:
-                written = stage.finish()  # what was staged is the final table
+            if staged and not info["stale"].size:  # what was staged is the final table (no stale roots)
+                written = staged.pop().finish(tab.record_metadata(record))
             else:
-                if stage is not None:
-                    stage.cancel()
                 written = tab.write(new, previous, _time(t1), record, changed=info["changed"])
-            staged.clear()
             report.files_written, report.bytes_written = written["files_written"], written["bytes_written"]
             report.status = "refreshed"
     finally:
-        for _, stage in staged:  # an error before the staged file was used: dropped
-            if stage is not None:
-                stage.cancel()
+        for stage in staged:  # an error before the staged file was used, or stale roots: dropped
+            stage.cancel()
     report.seconds = time.perf_counter() - t_start
     return report
 
