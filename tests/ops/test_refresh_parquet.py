@@ -225,3 +225,37 @@ def test_copy_parquet_reads_and_writes_the_file_unchanged(tmp_path, truth):
     b[TIMESTAMP_COLUMN] = b[TIMESTAMP_COLUMN].astype(str)
     pd.testing.assert_frame_equal(a, b)
     assert pq.ParquetFile(tmp_path / "b.parquet").metadata.num_row_groups == 3
+
+
+def test_a_row_group_is_written_only_once_its_rows_are_final(tmp_path, truth, local_spec, monkeypatch):
+    """The first row group's rows are mapped first and written while the rest are mapped: the
+    later row groups must wait for their rows. The mapping of the rest is held (up to 3 s)
+    until the writer takes a later row group; a writer that did not wait would take it with the
+    old roots, and the file would differ from the truth's table."""
+    from crantseg_dask.ops import _refresh_parquet as rp
+
+    versions = _versions(truth)
+    ta, tb = truth.materialization(versions[0]), truth.materialization(versions[1])
+    table = _table(truth, 300, ta, tb, seed=9)
+    path = tmp_path / "t.parquet"
+    _write(table, path)
+    later = threading.Event()
+    real_group, real_successors = rp.ParquetStage._group, refresh_module._successors
+    calls = []
+
+    def group(self, lo, hi):
+        if lo >= GROUP:
+            later.set()
+        return real_group(self, lo, hi)
+
+    def successors(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # the second wave: the rows after the first row group
+            later.wait(3)
+        return real_successors(*args, **kw)
+
+    monkeypatch.setattr(rp.ParquetStage, "_group", group)
+    monkeypatch.setattr(refresh_module, "_successors", successors)
+    rep = refresh(path, f"mat_{versions[1]}", dataset=local_spec)
+    assert len(calls) == 2, "the window's rows were not mapped in two waves"
+    _check_against_truth(truth, table, path, ta, tb, rep)
