@@ -114,8 +114,9 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     step = int(getattr(source, "batch_size", 0) or 10_000)
     search = search or {}
     with ThreadPoolExecutor(N_THREADS) as pool, ThreadPoolExecutor(N_THREADS + 1) as checks:
-        # in the background: the checked columns' unique roots (one hash pass each)
-        uniq = checks.submit(_unique_roots, [roots[c] for c in check])
+        # in the background: the checked columns' unique roots (one hash pass each); with ``early``
+        # once it has started (its CPU is not taken from reading and mapping the first rows)
+        uniq = None if early else checks.submit(_unique_roots, [roots[c] for c in check])
         delta = delta or pool.submit(source.delta_roots, t0, t1)
         window = delta.result()[0]
         alive = None if early else checks.submit(lambda: _not_alive(uniq.result(), window, source, t0, step, checks))
@@ -123,7 +124,8 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
         reads = {col: pool.submit(_rows_and_supervoxels, r, window, supervoxels.get(col), search.get(col))
                  for col, r in roots.items()}
         found = {col: f.result() for col, f in reads.items()}
-        successors = lambda pairs: _successors(pairs, source, spec, t1, stop_layer, pool, step)  # noqa: E731
+        # each (root, supervoxel) pair asked once over the waves (roots only: the first wave holds most)
+        successors = _Memo(lambda pairs: _successors(pairs, source, spec, t1, stop_layer, pool, step))
         new, info, handle, lo = roots, None, None, 0
         for hi in (waves if early is not None and waves else [None]):
             part = {}
@@ -131,12 +133,14 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
                 a, b = np.searchsorted(rows, [lo, hi if hi is not None else np.iinfo(np.int64).max])
                 part[col] = (rows[a:b], sv[a:b])
             # a checked column is refreshed in a copy while its unique roots are still being read
-            new, got = _apply(new, part, successors, {c for c in roots if inplace and (c not in check or uniq.done())}
-                              if info is None else True)
+            new, got = _apply(new, part, successors, True if info is not None else
+                              {c for c in roots if inplace and (c not in check or (uniq is not None and uniq.done()))})
             info = got if info is None else {k: ({c: np.concatenate([info[k][c], got[k][c]]) for c in new}
                                                  if k != "expired" else np.union1d(info[k], got[k])) for k in got}
             if early is not None:
-                handle = early(new) if handle is None else handle
+                if handle is None:
+                    handle = early(new)
+                    uniq = checks.submit(_unique_roots, [roots[c] for c in check])
                 for col in new:  # this wave's previous roots, then its rows are final
                     handle.previous[f"{col}_previous"][got["changed"][col]] = got["previous"][col]
                 handle.advance(hi if hi is not None else len(next(iter(new.values()))))
@@ -178,6 +182,29 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
             info["changed"][col], info["previous"][col] = info["changed"][col][order], info["previous"][col][order]
     info["outdated_left"] = _left(new, info["touched"], np.concatenate([window, stale]))
     return new, info
+
+
+class _Memo:
+    """``fn`` of unique (root, supervoxel) pairs (an (N, 2) uint64 array, one value per pair),
+    each pair computed once over the calls: the pairs known already are looked up."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.pairs = np.zeros((0, 2), np.uint64)
+        self.values = np.zeros(0, np.uint64)
+
+    def __call__(self, pairs: np.ndarray) -> np.ndarray:
+        k = len(self.pairs)
+        # factorized in order of first appearance: a pair known already gets its index among them
+        code = _unique_pairs(np.concatenate([self.pairs, pairs]))[1].ravel()[k:] if k else np.full(len(pairs), k)
+        out = np.zeros(len(pairs), np.uint64)
+        hit = code < k
+        out[hit] = self.values[code[hit]]
+        if (~hit).any():
+            out[~hit] = self.fn(pairs[~hit])
+            self.pairs = np.concatenate([self.pairs, pairs[~hit]])
+            self.values = np.concatenate([self.values, out[~hit]])
+        return out
 
 
 def _unique_roots(columns: list[np.ndarray]) -> np.ndarray:

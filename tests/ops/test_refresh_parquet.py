@@ -259,3 +259,25 @@ def test_a_row_group_is_written_only_once_its_rows_are_final(tmp_path, truth, lo
     rep = refresh(path, f"mat_{versions[1]}", dataset=local_spec)
     assert len(calls) == 2, "the window's rows were not mapped in two waves"
     _check_against_truth(truth, table, path, ta, tb, rep)
+
+
+def test_memo_asks_each_pair_once_over_the_waves():
+    """The waves' (root, supervoxel) pairs: those asked in an earlier wave are looked up, the
+    others asked (and only they); the answers are those of asking every pair directly."""
+    from crantseg_dask.ops.refresh import _Memo
+
+    rng = np.random.default_rng(0)
+    asked = []
+
+    def fn(pairs):
+        asked.append(pairs.copy())
+        return pairs[:, 0] * np.uint64(1000) + pairs[:, 1]
+
+    memo = _Memo(fn)
+    first = np.unique(rng.integers(1, 50, (40, 2)).astype(np.uint64), axis=0)
+    second = np.unique(np.concatenate([first[::2], rng.integers(1, 50, (20, 2)).astype(np.uint64)]), axis=0)
+    assert (memo(first) == fn(first)).all() and (memo(second) == fn(second)).all()
+    seen = {tuple(p) for p in first.tolist()}
+    new = [tuple(p) for p in second.tolist() if tuple(p) not in seen]
+    assert new and len(new) < len(second)
+    assert len(asked) == 4 and [tuple(p) for p in asked[2].tolist()] == new  # the memo's second call: new pairs only
