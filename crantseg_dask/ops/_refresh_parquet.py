@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ParquetStage", "copy_parquet", "parquet_settings", "read_columns", "row_groups"]
+from ..errors import InvalidInputError
+
+__all__ = ["ParquetStage", "copy_parquet", "parquet_settings", "read_columns", "read_ids", "row_groups"]
 
 N_READERS = 2       # threads reading row groups (each its own file handle)
 PARQUET_COMPRESSION = "snappy"  # a column the file lacks, without a root column to follow
@@ -82,6 +84,35 @@ def read_columns(path: Path, names: list[str], dictionary: list[str] = ()):
         return pq.ParquetFile(path, **opts).read(columns=names, use_threads=True)
     with ThreadPoolExecutor(len(runs)) as pool:
         return pa.concat_tables(list(pool.map(one, runs)))
+
+
+def read_ids(path: Path, name: str):
+    """A 64-bit integer column of the parquet file at ``path`` as one writable numpy array (its
+    own type; empty cells 0) and as the arrow column read (left unchanged), the row groups split
+    between ``N_READERS`` threads, each copying its rows into the array (no copy after)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    typ = pq.read_schema(path).field(name).type
+    if not (pa.types.is_int64(typ) or pa.types.is_uint64(typ)):
+        raise InvalidInputError(f"{path}: column {name!r} holds {typ}, not 64-bit integers")
+    sizes = row_groups(path)
+    out = np.empty(sum(sizes), np.int64 if pa.types.is_int64(typ) else np.uint64)
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def one(groups: list[int]):
+        col = pq.ParquetFile(path, memory_map=True).read_row_groups(groups, columns=[name], use_threads=False).column(0)
+        at = int(starts[groups[0]])
+        for chunk in col.chunks:
+            out[at: at + len(chunk)] = (chunk.fill_null(0) if chunk.null_count else chunk).to_numpy()
+            at += len(chunk)
+        return col
+
+    runs = _split(sizes, N_READERS)
+    with ThreadPoolExecutor(max(len(runs), 1)) as pool:
+        cols = list(pool.map(one, runs))
+    chunks = [c for col in cols for c in col.chunks]
+    return out, pa.chunked_array(chunks, type=typ)
 
 
 def _options(names: list[str], settings: dict, timestamp_column: str) -> dict:

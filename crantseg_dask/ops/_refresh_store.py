@@ -35,7 +35,7 @@ import pandas as pd
 
 from .._validate import as_ids
 from ..errors import InvalidInputError, JobStoreError
-from ._refresh_parquet import parquet_settings, read_columns, row_groups
+from ._refresh_parquet import parquet_settings, read_columns, read_ids, row_groups
 from ._zarr_chunks import ChunkCodec
 
 __all__ = ["RECORD_KEY", "TIMESTAMP_COLUMN", "RefreshTable", "changed_chunks", "open_table", "parquet_settings", "swap"]
@@ -76,6 +76,11 @@ class RefreshTable:
     @property
     def names(self) -> list[str]:
         return list(self.columns)
+
+    def originals(self, name: str) -> list[np.ndarray] | None:
+        """Parquet: column ``name`` as read (numpy views of its arrow chunks, never changed by a
+        refresh in place), else None."""
+        return self.columns.originals(name) if isinstance(self.columns, _ParquetColumns) else None
 
     def prefetch(self, first: list[str] = (), skip: list[str] = ()) -> None:
         """Start reading, in the background, the columns not read yet but ``skip`` (parquet: the
@@ -547,8 +552,26 @@ class _ParquetColumns(_LazyColumns):
 
     def __getitem__(self, key):
         if dict.__getitem__(self, key) is None:
-            dict.__setitem__(self, key, self.raw(key))
+            import pyarrow as pa
+
+            typ = self.schema.field(key).type
+            if key not in self.arrow and (pa.types.is_int64(typ) or pa.types.is_uint64(typ)) and \
+                    not any(key in names for names, _ in self.pending):  # an ID column: read straight into numpy
+                values, self.arrow[key] = read_ids(self.path, key)
+                dict.__setitem__(self, key, values)
+            else:
+                dict.__setitem__(self, key, self.raw(key))
         return super().__getitem__(key)
+
+    def originals(self, key) -> list[np.ndarray] | None:
+        """The arrow column ``key`` as read, chunk by chunk as numpy views (empty cells 0): the
+        values as stored, whatever happens to the numpy column (refreshed in place)."""
+        import pyarrow as pa
+
+        col = self.arrow.get(key)
+        if col is None or not pa.types.is_integer(col.type):
+            return None
+        return [(c.fill_null(0) if c.null_count else c).to_numpy() for c in col.chunks]
 
     def prefetch(self, first: list[str] = (), skip: list[str] = ()) -> None:
         """Read in the background the columns not read yet: ``first`` (those needed soonest),

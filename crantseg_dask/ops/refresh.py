@@ -76,7 +76,7 @@ def _time(ts: datetime) -> str:
 def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec, t0: datetime, t1: datetime,
                   stop_layer: int = 2, progress: bool = False, check=None,
                   inplace: bool = False, delta=None, search: dict | None = None, early=None,
-                  waves: list[int] | None = None) -> tuple[dict, dict]:
+                  waves: list[int] | None = None, check_from: dict | None = None) -> tuple[dict, dict]:
     """Roots of each column at ``t1`` given the roots at ``t0`` (uint64 arrays, 0 = empty).
 
     ``supervoxels[col]``: None, the column's supervoxels (an array), or a function of row
@@ -90,6 +90,9 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     length-``size`` chunks only (the rest of the column need not even be read).
     ``inplace``: refresh each writable column in place (``new[col]`` is ``roots[col]``; no copy of
     a 10^7-row column), else in a copy.
+    ``check_from[col]``: arrays holding the values of ``roots[col]`` that a refresh in place does
+    not change (a parquet column's arrow chunks): the check reads them, so ``roots[col]`` is
+    refreshed in place at once.
     ``early(new)``: called once the rows of the first wave (``waves``: the rows each wave of
     the window's rows ends at, the last the row count; default one wave) holding a root the
     window expired are refreshed, before the validity check is awaited; it returns a handle
@@ -116,7 +119,9 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     with ThreadPoolExecutor(N_THREADS) as pool, ThreadPoolExecutor(N_THREADS + 1) as checks:
         # in the background: the checked columns' unique roots (one hash pass each); with ``early``
         # once it has started (its CPU is not taken from reading and mapping the first rows)
-        uniq = None if early else checks.submit(_unique_roots, [roots[c] for c in check])
+        checked = [a for c in check for a in ((check_from or {}).get(c) or [roots[c]])]
+        apart = {c for c in check if (check_from or {}).get(c)}  # checked in other arrays
+        uniq = None if early else checks.submit(_unique_roots, checked)
         delta = delta or pool.submit(source.delta_roots, t0, t1)
         window = delta.result()[0]
         alive = None if early else checks.submit(lambda: _not_alive(uniq.result(), window, source, t0, step, checks))
@@ -134,13 +139,14 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
                 part[col] = (rows[a:b], sv[a:b])
             # a checked column is refreshed in a copy while its unique roots are still being read
             new, got = _apply(new, part, successors, True if info is not None else
-                              {c for c in roots if inplace and (c not in check or (uniq is not None and uniq.done()))})
+                              {c for c in roots if inplace and (c not in check or c in apart
+                                                                or (uniq is not None and uniq.done()))})
             info = got if info is None else {k: ({c: np.concatenate([info[k][c], got[k][c]]) for c in new}
                                                  if k != "expired" else np.union1d(info[k], got[k])) for k in got}
             if early is not None:
                 if handle is None:
                     handle = early(new)
-                    uniq = checks.submit(_unique_roots, [roots[c] for c in check])
+                    uniq = checks.submit(_unique_roots, checked)
                 for col in new:  # this wave's previous roots, then its rows are final
                     handle.previous[f"{col}_previous"][got["changed"][col]] = got["previous"][col]
                 handle.advance(hi if hi is not None else len(next(iter(new.values()))))
@@ -440,7 +446,7 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress,
                                   check=[c for c in cols if c not in trusted], inplace=True, delta=delta,
                                   search=search, early=None if dry_run or tab.kind != "parquet" else early,
-                                  waves=waves)
+                                  waves=waves, check_from={c: tab.originals(c) for c in cols})
         del roots  # refreshed in place: ``info["previous"]`` holds the roots that changed
         record, previous = _outcome(ctx, new, info)
         if report.unknown_roots and unknown == "raise":
