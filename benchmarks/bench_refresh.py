@@ -13,9 +13,13 @@ issue's 20x target applies when under 2% of rows change. Requests are counted by
 entries and metadata, every other file hard-linked; parquet: the whole file). A job keeps each
 partition's smallest and largest root (``_range_root_id``), so a job's refresh reads only the root
 chunks whose range holds an expired root (all of them when roots are spread uniformly; a few when
-grouped by neuron); the job's chunks are decoded and encoded directly in parallel threads. A parquet file is rewritten whole, so its floor is
-reading and writing the file once: measured after each parquet refresh ("the file alone") with
-the refresh's write settings, and the largest ratio it allows. Rows: ``CRANTSEG_BENCH_REFRESH_ROWS`` (default 10^7);
+grouped by neuron); the job's chunks are decoded and encoded directly in parallel threads. A
+parquet file is rewritten whole (read memory-mapped by row group in 2 threads while the requests
+are answered; written row group by row group in a background thread from the moment the first
+row group's rows are mapped, the validity check answered meanwhile; fsynced, renamed), so its
+floor is reading and writing the file once: measured after each parquet refresh ("the file
+alone") with the refresh's reader, writer settings and fsync (``copy_parquet``), and the largest
+ratio it allows. Rows: ``CRANTSEG_BENCH_REFRESH_ROWS`` (default 10^7);
 tables: ``CRANTSEG_BENCH_REFRESH_TABLES`` (comma-separated of uniform, low, grouped; default all).
 """
 from __future__ import annotations
