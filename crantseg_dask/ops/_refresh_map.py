@@ -114,12 +114,14 @@ def _successors(pairs: np.ndarray, source, spec, t1: datetime, stop_layer: int, 
 
 
 def _rows_and_supervoxels(roots: np.ndarray, ids: np.ndarray, supervoxels,
-                          within: tuple[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``roots`` holding one of ``ids`` and their supervoxels (0 without a column);
-    ``within = (size, chunks)``: looked for in those length-``size`` chunks only."""
-    if within is None:
+                          within: tuple[int, np.ndarray] | None = None,
+                          rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``roots`` holding one of ``ids`` (or the ``rows`` given) and their supervoxels
+    (0 without a column); ``within = (size, chunks)``: looked for in those length-``size``
+    chunks only."""
+    if rows is None and within is None:
         rows = rows_holding(roots, ids)
-    else:
+    elif rows is None:
         size, chunks = within
         parts = [rows_holding(roots[lo * size: hi * size], ids) + lo * size
                  for lo, hi in _chunk_runs(np.asarray(chunks, np.int64))]

@@ -98,6 +98,10 @@ class RefreshTable:
         holding those rows."""
         if name not in self.columns:
             raise InvalidInputError(f"{self.path}: no column {name!r}; columns: {sorted(self.names)}")
+        if isinstance(self.columns, _ParquetColumns) and dict.get(self.columns, name) is None:
+            got = self.columns.head_values(name, np.asarray(rows, np.int64))
+            if got is not None:  # the rows of the first row group, read first
+                return as_ids(got, name=f"{self.path.name}[{name!r}]", nan="zero")
         raw = self.columns.raw(name) if isinstance(self.columns, _LazyColumns) else self.columns[name]
         if hasattr(raw, "chunks") and dict.get(self.columns, name) is None:  # arrow, not converted: chunk by chunk
             return as_ids(_take_chunks(raw, np.asarray(rows, np.int64)), name=f"{self.path.name}[{name!r}]", nan="zero")
@@ -539,6 +543,7 @@ class _ParquetColumns(_LazyColumns):
         self.pending: list = []  # (names, future) of the background reads
         self.settings = parquet_settings(path)
         self.sizes = row_groups(path)
+        self.head = None         # (rows, names, future) of the first row group read alone
 
     def _read(self, names: list[str]) -> dict:
         t = read_columns(self.path, names, dictionary=self.dictionary)
@@ -585,8 +590,24 @@ class _ParquetColumns(_LazyColumns):
         parts = [p for p in parts if p]
         if parts:
             pool = ThreadPoolExecutor(1)
+            if parts[0][0] in set(first) and len(self.sizes) > 1 and self.head is None:
+                # the first row group of the ``first`` columns alone, first (its rows are mapped first)
+                self.head = (self.sizes[0], parts[0], pool.submit(self._read_head, parts[0]))
             self.pending += [(p, pool.submit(self._read, p)) for p in parts]
             pool.shutdown(wait=False)  # the thread ends with the reads
+
+    def _read_head(self, names: list[str]) -> dict:
+        import pyarrow.parquet as pq
+
+        t = pq.ParquetFile(self.path, memory_map=True).read_row_group(0, columns=names, use_threads=False)
+        return {c: t.column(c) for c in names}
+
+    def head_values(self, key, rows: np.ndarray):
+        """Column ``key`` at ``rows`` from the first row group read alone (``prefetch``), or None
+        where it was not or ``rows`` reach past it."""
+        if self.head is None or key not in self.head[1] or not len(rows) or int(rows.max()) >= self.head[0]:
+            return None
+        return _take_chunks(self.head[2].result()[key], np.asarray(rows, np.int64))
 
     def table(self, skip: list[str] = ()):
         """The table as read (columns in the file's order, its schema metadata), without the

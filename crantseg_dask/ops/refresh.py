@@ -129,8 +129,10 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
         window = delta.result()[0]
         alive = None if early else checks.submit(lambda: _not_alive(uniq.result(), window, source, t0, step, checks))
         # the window's rows, their supervoxels and their new roots: what the table's new version needs
-        reads = {col: pool.submit(_rows_and_supervoxels, r, window, supervoxels.get(col), search.get(col))
-                 for col, r in roots.items()}
+        # (in waves: each wave's supervoxels read with it, the first wave's first)
+        staged = early is not None and bool(waves)
+        reads = {col: pool.submit(_rows_and_supervoxels, r, window, None if staged else supervoxels.get(col),
+                                  search.get(col)) for col, r in roots.items()}
         found = {col: f.result() for col, f in reads.items()}
         # each (root, supervoxel) pair asked once over the waves (roots only: the first wave holds most)
         successors = _Memo(lambda pairs: _successors(pairs, source, spec, t1, stop_layer, pool, step))
@@ -140,6 +142,8 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
             for col, (rows, sv) in found.items():
                 a, b = np.searchsorted(rows, [lo, hi if hi is not None else np.iinfo(np.int64).max])
                 part[col] = (rows[a:b], sv[a:b])
+                if staged and supervoxels.get(col) is not None:
+                    part[col] = _rows_and_supervoxels(None, None, supervoxels[col], rows=rows[a:b])
             # a checked column is refreshed in a copy while its unique roots are still being read
             new, got = _apply(new, part, successors, True if info is not None else
                               {c for c in roots if inplace and (c not in check or c in apart
