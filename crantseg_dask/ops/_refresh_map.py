@@ -22,6 +22,10 @@ class _Memo:
         self.pairs = np.zeros((0, 2), np.uint64)
         self.values = np.zeros(0, np.uint64)
 
+    def seed(self, pairs: np.ndarray, values: np.ndarray) -> None:
+        """Known answers: ``values`` of the unique ``pairs`` (before any call)."""
+        self.pairs, self.values = np.asarray(pairs, np.uint64), np.asarray(values, np.uint64)
+
     def __call__(self, pairs: np.ndarray) -> np.ndarray:
         k = len(self.pairs)
         # factorized in order of first appearance: a pair known already gets its index among them

@@ -45,6 +45,7 @@ __all__ = ["RefreshReport", "main", "refresh", "refresh_roots"]
 
 N_EXAMPLES = 10
 N_THREADS = 4  # concurrent requests (delta roots, validity batches)
+PREFILL = 4 * 64  # a window of up to this many expired roots is mapped whole ahead (4 overlap tasks)
 
 
 @dataclass
@@ -133,9 +134,15 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
         staged = early is not None and bool(waves)
         reads = {col: pool.submit(_rows_and_supervoxels, r, window, None if staged else supervoxels.get(col),
                                   search.get(col)) for col, r in roots.items()}
-        found = {col: f.result() for col, f in reads.items()}
         # each (root, supervoxel) pair asked once over the waves (roots only: the first wave holds most)
         successors = _Memo(lambda pairs: _successors(pairs, source, spec, t1, stop_layer, pool, step))
+        ahead = None  # a small window, for columns without supervoxels: all its roots mapped while the rows are found
+        if staged and any(supervoxels.get(c) is None for c in roots) and 0 < len(window) <= PREFILL:
+            ahead = np.stack([window, np.zeros(len(window), np.uint64)], axis=1)
+            ahead = (ahead, pool.submit(_successors, ahead, source, spec, t1, stop_layer, pool, step))
+        found = {col: f.result() for col, f in reads.items()}
+        if ahead is not None:
+            successors.seed(ahead[0], ahead[1].result())
         new, info, handle, lo = roots, None, None, 0
         for hi in (waves if early is not None and waves else [None]):
             part = {}

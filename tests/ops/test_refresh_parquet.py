@@ -281,3 +281,28 @@ def test_memo_asks_each_pair_once_over_the_waves():
     new = [tuple(p) for p in second.tolist() if tuple(p) not in seen]
     assert new and len(new) < len(second)
     assert len(asked) == 4 and [tuple(p) for p in asked[2].tolist()] == new  # the memo's second call: new pairs only
+
+
+@pytest.mark.parametrize("small_window", [True, False])
+def test_roots_only_over_row_groups_equal_the_truth_update(tmp_path, truth, local_spec, monkeypatch, small_window):
+    """Two root columns without supervoxels, 11 row groups, each step k -> k+1: every root
+    equals the truth's update step at k+1 (``Truth.update``: the root holding most of its
+    supervoxels), the rows holding no expired root untouched; with a small window its roots are
+    mapped ahead while the rows are found (``PREFILL``), else wave by wave."""
+    monkeypatch.setattr(refresh_module, "PREFILL", 10**6 if small_window else 0)
+    versions = _versions(truth)
+    for a, b in zip(versions, versions[1:]):
+        ta, tb = truth.materialization(a), truth.materialization(b)
+        table = _table(truth, 400, ta, tb, seed=20 + a)[["pre_root_id", "post_root_id", "weight", TIMESTAMP_COLUMN]]
+        path = tmp_path / f"r{a}.parquet"
+        _write(table, path)
+        rep = refresh(path, f"mat_{b}", dataset=local_spec)
+        out = pd.read_parquet(path)
+        for col in ("pre_root_id", "post_root_id"):
+            old = _u64(table[col])
+            want = np.array([truth.update(r, tb)[0] for r in old.tolist()], dtype=np.uint64)
+            assert (_u64(out[col]) == want).all(), (a, col)
+            assert rep.rows_touched[col] == int(sum(not truth.is_latest(r, tb) for r in old.tolist()))
+            assert (_u64(out[f"{col}_previous"]) == np.where(want != old, old, 0)).all()
+        assert (out["weight"] == table["weight"]).all()
+        assert not list(tmp_path.glob(".*.refresh-*"))
