@@ -80,7 +80,8 @@ def _time(ts: datetime) -> str:
 def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec, t0: datetime, t1: datetime,
                   stop_layer: int = 2, progress: bool = False, check=None,
                   inplace: bool = False, delta=None, search: dict | None = None, early=None,
-                  waves: list[int] | None = None, check_from: dict | None = None) -> tuple[dict, dict]:
+                  waves: list[int] | None = None, check_from: dict | None = None,
+                  ahead=None) -> tuple[dict, dict]:
     """Roots of each column at ``t1`` given the roots at ``t0`` (uint64 arrays, 0 = empty).
 
     ``supervoxels[col]``: None, the column's supervoxels (an array), or a function of row
@@ -97,6 +98,8 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     ``check_from[col]``: arrays holding the values of ``roots[col]`` that a refresh in place does
     not change (a parquet column's arrow chunks): the check reads them, so ``roots[col]`` is
     refreshed in place at once.
+    ``ahead``: a future of ``map_window`` (the window's roots as (root, 0) pairs and their
+    successors, or None), sent while the columns are read: those pairs are not asked again.
     ``early(new)``: called once the rows of the first wave (``waves``: the rows each wave of
     the window's rows ends at, the last the row count; default one wave) holding a root the
     window expired are refreshed, before the validity check is awaited; it returns a handle
@@ -136,13 +139,9 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
                                   search.get(col)) for col, r in roots.items()}
         # each (root, supervoxel) pair asked once over the waves (roots only: the first wave holds most)
         successors = _Memo(lambda pairs: _successors(pairs, source, spec, t1, stop_layer, pool, step))
-        ahead = None  # a small window, for columns without supervoxels: all its roots mapped while the rows are found
-        if staged and any(supervoxels.get(c) is None for c in roots) and 0 < len(window) <= PREFILL:
-            ahead = np.stack([window, np.zeros(len(window), np.uint64)], axis=1)
-            ahead = (ahead, pool.submit(_successors, ahead, source, spec, t1, stop_layer, pool, step))
         found = {col: f.result() for col, f in reads.items()}
-        if ahead is not None:
-            successors.seed(ahead[0], ahead[1].result())
+        if ahead is not None and ahead.result() is not None:  # the window's roots mapped already
+            successors.seed(*ahead.result())
         new, info, handle, lo = roots, None, None, 0
         for hi in (waves if early is not None and waves else [None]):
             part = {}
@@ -302,8 +301,15 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
     replaced = list(cols) + [f"{c}_previous" for c in cols] + [TIMESTAMP_COLUMN]
     tab.prefetch(first=[s for s in sv_cols.values() if s],
                  skip=replaced + ([c for c in tab.names if c not in sv_cols.values()] if dry_run else []))
+    sizes = getattr(tab.columns, "sizes", None) or []
+    waves = [sizes[0], sum(sizes)] if len(sizes) > 1 and not dry_run else None
+    ahead = None
     with ThreadPoolExecutor(1) as pool:  # the window's expired roots asked while the root columns are read
         delta = pool.submit(source.delta_roots, t0, t1)
+        if waves and any(sv_cols[c] is None for c in cols):  # a small window's roots mapped meanwhile too
+            other = ThreadPoolExecutor(1)
+            ahead = other.submit(map_window, delta, source, spec, t1, stop_layer)
+            other.shutdown(wait=False)  # its thread ends with the task
         trusted = known_valid(tab, cols, spec.name, _job_dataset(tab, spec, source), _time(t0), read=tab.ids)
         # a trusted column of a job with a per-chunk index: only the chunks whose range can hold
         # an expired root are read (the others cannot hold a root to refresh)
@@ -325,13 +331,11 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         return staged[-1]
 
     # parquet: the first row group's rows mapped first, so its write starts while the rest are mapped
-    sizes = getattr(tab.columns, "sizes", None) or []
-    waves = [sizes[0], sum(sizes)] if len(sizes) > 1 else None
     try:
         new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress,
                                   check=[c for c in cols if c not in trusted], inplace=True, delta=delta,
                                   search=search, early=None if dry_run or tab.kind != "parquet" else early,
-                                  waves=waves, check_from={c: tab.originals(c) for c in cols})
+                                  waves=waves, check_from={c: tab.originals(c) for c in cols}, ahead=ahead)
         del roots  # refreshed in place: ``info["previous"]`` holds the roots that changed
         record, previous = _outcome(ctx, new, info)
         if report.unknown_roots and unknown == "raise":
@@ -351,6 +355,18 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
             stage.cancel()
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def map_window(delta, source, spec, t1: datetime, stop_layer: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The roots of the window (``delta``: a future of ``delta_roots``) as (root, 0) pairs and
+    their successors at ``t1`` by the update step, when there are at most ``PREFILL``; else None."""
+    window = delta.result()[0]
+    if not 0 < len(window) <= PREFILL:
+        return None
+    pairs = np.stack([window, np.zeros(len(window), np.uint64)], axis=1)
+    with ThreadPoolExecutor(N_THREADS) as pool:
+        step = int(getattr(source, "batch_size", 0) or 10_000)
+        return pairs, _successors(pairs, source, spec, t1, stop_layer, pool, step)
 
 
 def _outcome(ctx: dict, new: dict, info: dict) -> tuple[dict, dict]:
