@@ -261,8 +261,6 @@ class ParquetStage:
         Every row must have been ``advance``d. Returns ``{"files_written": 1, "bytes_written": ..}``."""
         import base64
 
-        from ._refresh_store import swap
-
         meta = {**(self.schema.metadata or {}), **{_bytes(k): _bytes(v) for k, v in (metadata or {}).items()}}
         arrow = base64.b64encode(self.schema.with_metadata(meta).serialize().to_pybytes())
         with self._cond:
@@ -274,8 +272,7 @@ class ParquetStage:
             raise self._error
         size = self.tmp.stat().st_size
         if replace:
-            swap(self.tmp, self.path)
-            _fsync_dir(self.path.parent)
+            replace_file(self.tmp, self.path)
         return {"files_written": 1, "bytes_written": size}
 
     def cancel(self) -> None:
@@ -290,6 +287,13 @@ class ParquetStage:
 
 def _bytes(v) -> bytes:
     return v if isinstance(v, bytes) else str(v).encode()
+
+
+def replace_file(new: Path, path: Path) -> None:
+    """Put the file ``new`` in place of ``path`` in one atomic step (a reader opens the old file
+    or the new one), the rename itself made durable."""
+    os.replace(new, path)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:

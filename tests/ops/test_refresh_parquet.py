@@ -168,7 +168,6 @@ def test_a_root_outdated_at_the_table_time_drops_the_staged_file(tmp_path, truth
 KILLED = r"""
 import sys, time
 from crantseg_dask.ops import _refresh_parquet as rp
-from crantseg_dask.ops import _refresh_store as st
 from crantseg_dask.ops.refresh import refresh
 
 table, to, dataset, stage = sys.argv[1:5]
@@ -186,7 +185,7 @@ if stage == "mid-write":      # two row groups of the new file written, the rest
         return real_group(self, lo, hi)
     rp.ParquetStage._group = group
 elif stage == "before-rename":  # the new file written whole and fsynced beside the old one
-    st.swap = lambda new, path: hang()
+    rp.replace_file = lambda new, path: hang()
 refresh(table, to, dataset=dataset)
 """
 
