@@ -13,9 +13,13 @@ issue's 20x target applies when under 2% of rows change. Requests are counted by
 entries and metadata, every other file hard-linked; parquet: the whole file). A job keeps each
 partition's smallest and largest root (``_range_root_id``), so a job's refresh reads only the root
 chunks whose range holds an expired root (all of them when roots are spread uniformly; a few when
-grouped by neuron); the job's chunks are decoded and encoded directly in parallel threads. A parquet file is rewritten whole, so its floor is
-reading and writing the file once: measured after each parquet refresh ("the file alone") with
-the refresh's write settings, and the largest ratio it allows. Rows: ``CRANTSEG_BENCH_REFRESH_ROWS`` (default 10^7);
+grouped by neuron); the job's chunks are decoded and encoded directly in parallel threads. A
+parquet file is rewritten whole (read memory-mapped by row group in 2 threads while the requests
+are answered; written row group by row group in a background thread from the moment the first
+row group's rows are mapped, the validity check answered meanwhile; fsynced, renamed), so its
+floor is reading and writing the file once: measured after each parquet refresh ("the file
+alone") with the refresh's reader, writer settings and fsync (``copy_parquet``), and the largest
+ratio it allows. Rows: ``CRANTSEG_BENCH_REFRESH_ROWS`` (default 10^7);
 tables: ``CRANTSEG_BENCH_REFRESH_TABLES`` (comma-separated of uniform, low, grouped; default all).
 """
 from __future__ import annotations
@@ -63,15 +67,14 @@ def _tables(path: Path, n: int, k: int, seed: int = 0) -> tuple[dict, pd.Timesta
 
 
 def _parquet_floor(path: Path, out: Path) -> float:
-    """Seconds to read the refreshed parquet file and write it again as refresh writes it: the
+    """Seconds to read the refreshed parquet file and write it again as refresh reads and writes
+    it (``copy_parquet``: the same reader threads, writer settings, row groups and fsync): the
     floor of a refresh that must rewrite the whole file (a parquet file is rewritten whole)."""
-    import pyarrow.parquet as pq
-
-    from crantseg_dask.ops._refresh_store import TIMESTAMP_COLUMN, parquet_settings, write_parquet
+    from crantseg_dask.ops._refresh_parquet import copy_parquet
+    from crantseg_dask.ops._refresh_store import TIMESTAMP_COLUMN
 
     t = time.perf_counter()
-    table = pq.read_table(path, read_dictionary=[TIMESTAMP_COLUMN])
-    write_parquet(table, out, parquet_settings(path))
+    copy_parquet(path, out, TIMESTAMP_COLUMN)
     seconds = time.perf_counter() - t
     out.unlink()
     return seconds

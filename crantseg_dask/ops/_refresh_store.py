@@ -3,7 +3,8 @@
 A refreshed table is always staged complete beside the original (``.<name>.refresh-tmp``) and
 then swapped in with one atomic step:
 
-* a file (parquet, CSV) is written whole and replaced with ``os.replace``;
+* a file (parquet, CSV) is written whole and replaced with ``os.replace`` (parquet: row group by
+  row group in a background thread, fsynced first: ``_refresh_parquet``);
 * a Zarr group (a directory) is staged copy-on-write: its tree is copied with every chunk file
   hard-linked (no data copied), and only the chunks whose values change are written anew, each
   as a new file replacing its link (the old group's files are never written through). The
@@ -35,16 +36,15 @@ import pandas as pd
 
 from .._validate import as_ids
 from ..errors import InvalidInputError, JobStoreError
+from ._refresh_parquet import parquet_settings, read_columns, read_ids, row_groups
 from ._zarr_chunks import ChunkCodec
 
-__all__ = ["RECORD_KEY", "TIMESTAMP_COLUMN", "RefreshTable", "changed_chunks", "open_table", "parquet_settings", "swap",
-           "write_parquet"]
+__all__ = ["RECORD_KEY", "TIMESTAMP_COLUMN", "RefreshTable", "changed_chunks", "open_table", "parquet_settings", "swap"]
 
 TIMESTAMP_COLUMN = "roots_valid_at"
 #: zstd level of the Zarr chunks a refresh writes: level 1 encodes ID columns about 2.5x faster
 #: than a job's level 0 (zstd's default, 3) and, on root IDs, about as small or smaller
 ZSTD_LEVEL = 1
-PARQUET_COMPRESSION = "snappy"  # fast; ID columns compress little anyway
 RECORD_KEY = "crantseg.refresh"  # parquet schema metadata key; the Zarr attribute is crantseg["refresh"]
 
 
@@ -78,11 +78,16 @@ class RefreshTable:
     def names(self) -> list[str]:
         return list(self.columns)
 
-    def prefetch(self) -> None:
-        """Start reading, in the background, the columns not read yet (parquet: the refresh
-        writes them back; their read overlaps the requests)."""
+    def originals(self, name: str) -> list[np.ndarray] | None:
+        """Parquet: column ``name`` as read (numpy views of its arrow chunks, never changed by a
+        refresh in place), else None."""
+        return self.columns.originals(name) if isinstance(self.columns, _ParquetColumns) else None
+
+    def prefetch(self, first: list[str] = (), skip: list[str] = ()) -> None:
+        """Start reading, in the background, the columns not read yet but ``skip`` (parquet: the
+        refresh writes them back; their read overlaps the requests), ``first`` first."""
         if isinstance(self.columns, _ParquetColumns):
-            self.columns.prefetch()
+            self.columns.prefetch(first, skip)
 
     @property
     def operation(self) -> str | None:
@@ -93,7 +98,13 @@ class RefreshTable:
         holding those rows."""
         if name not in self.columns:
             raise InvalidInputError(f"{self.path}: no column {name!r}; columns: {sorted(self.names)}")
+        if isinstance(self.columns, _ParquetColumns) and dict.get(self.columns, name) is None:
+            got = self.columns.head_values(name, np.asarray(rows, np.int64))
+            if got is not None:  # the rows of the first row group, read first
+                return as_ids(got, name=f"{self.path.name}[{name!r}]", nan="zero")
         raw = self.columns.raw(name) if isinstance(self.columns, _LazyColumns) else self.columns[name]
+        if hasattr(raw, "chunks") and dict.get(self.columns, name) is None:  # arrow, not converted: chunk by chunk
+            return as_ids(_take_chunks(raw, np.asarray(rows, np.int64)), name=f"{self.path.name}[{name!r}]", nan="zero")
         if isinstance(raw, np.ndarray) or hasattr(raw, "null_count"):
             return self.ids(name)[rows]
         codec = ChunkCodec.of(raw, self.path / name) if self.kind == "zarr" else None
@@ -158,26 +169,9 @@ class RefreshTable:
         history = self.history + [record]
         if self.kind == "zarr":
             stats = self._write_zarr(tmp, {**new, **previous}, timestamp, history, changed or {})
-        elif self.kind == "parquet":  # column by column in arrow: no pandas round trip
-            import pyarrow as pa
-
-            t = self.columns.table()
-            n = t.num_rows
-            for name, values in {**new, **previous}.items():
-                typ = t.schema.field(name).type if name in t.column_names else pa.uint64()
-                want = np.int64 if pa.types.is_signed_integer(typ) else np.uint64
-                values = np.asarray(values)  # the same bits: a view where the widths match (no copy)
-                col = pa.array(values.view(want) if values.dtype.itemsize == 8 and values.dtype.kind in "iu"
-                               else values.astype(want))
-                t = (t.set_column(t.column_names.index(name), name, col) if name in t.column_names
-                     else t.append_column(name, col))
-            # int32 indices: the writer's own index width (int8 ones are widened, a pass per row)
-            stamp = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([timestamp]))
-            t = (t.set_column(t.column_names.index(TIMESTAMP_COLUMN), TIMESTAMP_COLUMN, stamp)
-                 if TIMESTAMP_COLUMN in t.column_names else t.append_column(TIMESTAMP_COLUMN, stamp))
-            meta = {**(t.schema.metadata or {}), RECORD_KEY.encode(): json.dumps(history).encode()}
-            write_parquet(t.replace_schema_metadata(meta), tmp, self.columns.settings)
-            stats = {"files_written": 1, "bytes_written": tmp.stat().st_size}
+        elif self.kind == "parquet":  # row group by row group in arrow, no pandas round trip; swapped in
+            n = len(next(iter(new.values())))
+            return self.stage(new, timestamp, previous, ready=n).finish(self.record_metadata(record))
         else:
             df = self.frame.copy()
             for name, values in {**new, **previous}.items():
@@ -189,6 +183,32 @@ class RefreshTable:
         swap(tmp, self.path)
         _remove(tmp)
         return stats
+
+    def stage(self, new: dict[str, np.ndarray], timestamp: str, previous: dict[str, np.ndarray] | None = None,
+              ready: int = 0):
+        """Parquet only (else None): start writing the refreshed file beside this one in the
+        background (``_refresh_parquet.ParquetStage``): the root columns ``new`` and the
+        previous-roots columns (``previous``, else zeros: ``stage.previous``, filled in as rows
+        are refreshed), the rows before ``ready`` (and those ``stage.advance``d) final.
+        ``stage.finish(self.record_metadata(record))`` swaps it in; ``stage.cancel()`` drops it."""
+        if self.kind != "parquet":
+            return None
+        from ._refresh_parquet import ParquetStage
+
+        tmp = _sibling(self.path, "tmp")
+        _remove(tmp)
+        n = len(next(iter(new.values())))
+        previous = previous or {f"{c}_previous": np.zeros(n, np.uint64) for c in new}
+        table = self.columns.table(skip=list(new) + list(previous) + [TIMESTAMP_COLUMN])
+        stage = ParquetStage(self.path, self.columns.schema, table, {**new, **previous}, (TIMESTAMP_COLUMN, timestamp),
+                             self.columns.schema.metadata, self.columns.settings, tmp, sizes=self.columns.sizes,
+                             ready=ready)
+        stage.previous = previous
+        return stage
+
+    def record_metadata(self, record: dict) -> dict:
+        """The file metadata holding the refresh history with ``record`` appended."""
+        return {RECORD_KEY: json.dumps(self.history + [record])}
 
     def _write_zarr(self, tmp: Path, arrays: dict[str, np.ndarray], timestamp: str, history: list,
                     changed: dict[str, np.ndarray]) -> dict:
@@ -232,48 +252,6 @@ class RefreshTable:
                                            if ChunkCodec.of(g[c], tmp / c) is not None}
         g.attrs["crantseg"] = {**self.attrs, "timestamp": timestamp, "refresh": history}
         return _new_files(tmp)
-
-
-def parquet_settings(path: Path) -> dict:
-    """How the parquet file at ``path`` is written: each column's compression codec and the row
-    group size (of its first row group), which a refresh keeps (``write_parquet``)."""
-    import pyarrow.parquet as pq
-
-    meta = pq.ParquetFile(path).metadata
-    codecs, rows = {}, None
-    if meta.num_row_groups:
-        group = meta.row_group(0)
-        rows = group.num_rows or None
-        for i in range(group.num_columns):
-            col = group.column(i)
-            codecs[col.path_in_schema] = col.compression.lower().replace("uncompressed", "none")
-    return {"compression": codecs, "row_group_size": rows}
-
-
-def write_parquet(table, path: Path, settings: dict | None = None) -> None:
-    """Write an arrow table as refresh does, with the original file's ``settings``
-    (``parquet_settings``: codec per column, row group size; a column the file lacks takes the
-    codec of its root column, else snappy).
-
-    Dictionary pages for every column but the supervoxel columns (names ending in
-    ``supervoxel_id``): a table holds far fewer roots than rows, so root columns (and the time,
-    and previous roots, mostly 0) shrink to small indices (about half the bytes of plain 64-bit
-    values, as fast to write); supervoxels are nearly one per row, where a dictionary only costs
-    a hash per value before falling back to plain. No statistics for the time and the previous
-    roots (columns refresh adds: a min/max pass per page for values nobody filters on)."""
-    import pyarrow.parquet as pq
-
-    settings = settings or {}
-    names = table.column_names
-    given = dict(settings.get("compression") or {})
-    codecs = {}
-    for c in names:
-        base = c[: -len("_previous")] if c.endswith("_previous") else c
-        codecs[c] = given.get(c) or given.get(base) or PARQUET_COMPRESSION
-    dictionary = [c for c in names if not c.endswith("supervoxel_id")]
-    stats = [c for c in names if c != TIMESTAMP_COLUMN and not c.endswith("_previous")]
-    pq.write_table(table, path, use_dictionary=dictionary, compression=codecs, write_statistics=stats,
-                   row_group_size=settings.get("row_group_size"))
 
 
 def fast_zstd(meta: Path) -> None:
@@ -413,7 +391,10 @@ def open_table(table, timestamp_column: str = TIMESTAMP_COLUMN) -> RefreshTable:
         history = json.loads((schema.metadata or {}).get(RECORD_KEY.encode(), b"[]"))
         cols = _ParquetColumns(path, schema, dictionary=[timestamp_column])
         tab = RefreshTable(path, "parquet", None, cols, history=history)
-        stamps = _distinct(cols.raw(timestamp_column)) if timestamp_column in schema.names else []
+        stamps = []
+        if timestamp_column in schema.names:  # from each row group's statistics where they tell, else read
+            stamps = _distinct_by_statistics(path, timestamp_column)
+            stamps = _distinct(cols.raw(timestamp_column)) if stamps is None else stamps
     elif suffix == ".csv":
         frame = pd.read_csv(path)
         tab = RefreshTable(path, "csv", None, {c: frame[c].to_numpy() for c in frame.columns}, frame=frame)
@@ -426,6 +407,58 @@ def open_table(table, timestamp_column: str = TIMESTAMP_COLUMN) -> RefreshTable:
                                 f"({', '.join(stamps[:3])} ...); refresh needs one time for the whole table")
     tab.timestamp = stamps[0] if stamps else None
     return tab
+
+
+def _distinct_by_statistics(path: Path, name: str) -> list | None:
+    """The distinct values of the string column ``name`` of a parquet file from its row groups'
+    statistics (min == max: one value; null count: empty cells), or None where a row group's
+    statistics do not tell (missing, or min != max): then the column is read."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    if meta.schema.names.count(name) != 1:
+        return None
+    index = meta.schema.names.index(name)
+    out = set()
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        stats = group.column(index).statistics
+        if group.num_rows == 0:
+            continue
+        if stats is None or not stats.has_null_count:
+            return None
+        if stats.null_count:
+            out.add(None)
+        if stats.null_count < group.num_rows:
+            if not stats.has_min_max or stats.min != stats.max or not isinstance(stats.min, str):
+                return None
+            out.add(stats.min)
+    return list(out)
+
+
+def _take_chunks(column, rows: np.ndarray) -> np.ndarray:
+    """The values of an arrow integer column at ``rows``, taken chunk by chunk (each chunk's
+    values a view where it has no empty cells: no copy of the whole column); empty cells 0."""
+    import pyarrow as pa
+
+    order = None if np.all(rows[1:] >= rows[:-1]) else np.argsort(rows, kind="stable")
+    sorted_rows = rows if order is None else rows[order]
+    offsets = np.cumsum([0] + [len(c) for c in column.chunks])
+    cut = np.searchsorted(sorted_rows, offsets)
+    parts = []
+    for i, chunk in enumerate(column.chunks):
+        if cut[i + 1] > cut[i]:
+            if chunk.null_count and pa.types.is_integer(chunk.type):
+                chunk = chunk.fill_null(0)
+            parts.append(chunk.to_numpy(zero_copy_only=False)[sorted_rows[cut[i]: cut[i + 1]] - offsets[i]])
+    got = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    if len(got) != len(rows):
+        raise InvalidInputError(f"rows {rows[(rows < 0) | (rows >= offsets[-1])][:5].tolist()} are outside the table")
+    if order is None:
+        return got
+    out = np.empty_like(got)
+    out[order] = got
+    return out
 
 
 def _distinct(column) -> list:
@@ -498,49 +531,90 @@ class _LazyColumns(dict):
 
 class _ParquetColumns(_LazyColumns):
     """The columns of a parquet file, each read on first use (the root columns first, alone);
-    ``prefetch`` reads the rest in a background thread, ``table`` gives the whole table."""
+    ``prefetch`` reads the rest in the background (the supervoxel columns first), ``table``
+    gives the whole table. Reads are memory-mapped, the row groups split between threads
+    (``_refresh_parquet.read_columns``)."""
 
     def __init__(self, path: Path, schema, dictionary: list[str]):
         super().__init__({c: None for c in schema.names})
         self.path, self.schema = path, schema
         self.dictionary = [c for c in dictionary if c in schema.names]
         self.arrow: dict = {}    # name -> arrow column as read
-        self.pending = None      # (names, future) of the background read
+        self.pending: list = []  # (names, future) of the background reads
         self.settings = parquet_settings(path)
+        self.sizes = row_groups(path)
+        self.head = None         # (rows, names, future) of the first row group read alone
 
     def _read(self, names: list[str]) -> dict:
-        import pyarrow.parquet as pq
-
-        t = pq.read_table(self.path, columns=names, read_dictionary=[c for c in self.dictionary if c in names])
+        t = read_columns(self.path, names, dictionary=self.dictionary)
         return {c: t.column(c) for c in names}
 
     def raw(self, key):
         if key not in self.arrow:
-            if self.pending is not None and key in self.pending[0]:
-                self.arrow.update(self.pending[1].result())
-            else:
-                self.arrow[key] = self._read([key])[key]
+            ahead = [f for names, f in self.pending if key in names]
+            self.arrow.update(ahead[0].result() if ahead else self._read([key]))
         value = dict.__getitem__(self, key)
         return self.arrow[key] if value is None else value
 
     def __getitem__(self, key):
         if dict.__getitem__(self, key) is None:
-            dict.__setitem__(self, key, self.raw(key))
+            import pyarrow as pa
+
+            typ = self.schema.field(key).type
+            if key not in self.arrow and (pa.types.is_int64(typ) or pa.types.is_uint64(typ)) and \
+                    not any(key in names for names, _ in self.pending):  # an ID column: read straight into numpy
+                values, self.arrow[key] = read_ids(self.path, key)
+                dict.__setitem__(self, key, values)
+            else:
+                dict.__setitem__(self, key, self.raw(key))
         return super().__getitem__(key)
 
-    def prefetch(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        rest = [c for c in self.schema.names if c not in self.arrow]
-        if self.pending is None and rest:
-            pool = ThreadPoolExecutor(1)
-            self.pending = (rest, pool.submit(self._read, rest))
-            pool.shutdown(wait=False)  # the thread ends with the read
-
-    def table(self):
-        """The whole table as read (columns in the file's order, its schema metadata)."""
+    def originals(self, key) -> list[np.ndarray] | None:
+        """The arrow column ``key`` as read, chunk by chunk as numpy views (empty cells 0): the
+        values as stored, whatever happens to the numpy column (refreshed in place)."""
         import pyarrow as pa
 
-        for c in self.schema.names:
+        col = self.arrow.get(key)
+        if col is None or not pa.types.is_integer(col.type):
+            return None
+        return [(c.fill_null(0) if c.null_count else c).to_numpy() for c in col.chunks]
+
+    def prefetch(self, first: list[str] = (), skip: list[str] = ()) -> None:
+        """Read in the background the columns not read yet: ``first`` (those needed soonest),
+        then the rest but ``skip`` (columns the refresh replaces)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        waiting = {c for names, _ in self.pending for c in names}
+        todo = [c for c in self.schema.names if c not in self.arrow and c not in waiting and c not in skip]
+        parts = [[c for c in todo if c in set(first)], [c for c in todo if c not in set(first)]]
+        parts = [p for p in parts if p]
+        if parts:
+            pool = ThreadPoolExecutor(1)
+            if parts[0][0] in set(first) and len(self.sizes) > 1 and self.head is None:
+                # the first row group of the ``first`` columns alone, first (its rows are mapped first)
+                self.head = (self.sizes[0], parts[0], pool.submit(self._read_head, parts[0]))
+            self.pending += [(p, pool.submit(self._read, p)) for p in parts]
+            pool.shutdown(wait=False)  # the thread ends with the reads
+
+    def _read_head(self, names: list[str]) -> dict:
+        import pyarrow.parquet as pq
+
+        t = pq.ParquetFile(self.path, memory_map=True).read_row_group(0, columns=names, use_threads=False)
+        return {c: t.column(c) for c in names}
+
+    def head_values(self, key, rows: np.ndarray):
+        """Column ``key`` at ``rows`` from the first row group read alone (``prefetch``), or None
+        where it was not or ``rows`` reach past it."""
+        if self.head is None or key not in self.head[1] or not len(rows) or int(rows.max()) >= self.head[0]:
+            return None
+        return _take_chunks(self.head[2].result()[key], np.asarray(rows, np.int64))
+
+    def table(self, skip: list[str] = ()):
+        """The table as read (columns in the file's order, its schema metadata), without the
+        columns ``skip`` (not read for it)."""
+        import pyarrow as pa
+
+        names = [c for c in self.schema.names if c not in set(skip)]
+        for c in names:
             self.raw(c)
-        return pa.table({c: self.arrow[c] for c in self.schema.names}).replace_schema_metadata(self.schema.metadata)
+        return pa.table({c: self.arrow[c] for c in names}).replace_schema_metadata(self.schema.metadata)

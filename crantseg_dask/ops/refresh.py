@@ -18,6 +18,8 @@ Zarr output only the chunks whose values change are written (``_refresh_store``)
 column known valid (its own, or one the last refresh left valid, by each chunk's crc32c) with the
 job's per-partition root ranges (``_range_root_id``) is read only in the chunks whose range holds
 an expired root; a job's chunks are decoded and encoded in parallel threads (``_zarr_chunks``).
+A parquet file is rewritten whole (``_refresh_parquet``): its write starts once the first row
+group's rows are mapped and runs while the rest are mapped and the roots are checked.
 """
 from __future__ import annotations
 
@@ -30,18 +32,20 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 import numpy as np
-import pandas as pd
 
-from ..errors import CrantsegError, InvalidInputError, InvalidTimestampError, UnknownIDError
+from ..errors import CrantsegError, InvalidInputError, InvalidTimestampError
 from ..sources import open_source
 from ..sources.resolve import cave_dataset, resolve_dataset, resolve_timestamp
 from ._refresh_store import TIMESTAMP_COLUMN, open_table
-from ._refresh_kernel import _chunk_runs, _unique_pairs, chunks_in_range, roots_checksum, rows_holding
+from ._refresh_kernel import _chunk_runs, _unique_pairs, chunks_in_range, roots_checksum, rows_holding  # noqa: F401
+from ._refresh_map import (_apply, _known, _left, _Memo, _not_alive, _rows_and_supervoxels, _successors,
+                           _unique_roots)
 
 __all__ = ["RefreshReport", "main", "refresh", "refresh_roots"]
 
 N_EXAMPLES = 10
 N_THREADS = 4  # concurrent requests (delta roots, validity batches)
+PREFILL = 4 * 64  # a window of up to this many expired roots is mapped whole ahead (4 overlap tasks)
 
 
 @dataclass
@@ -75,7 +79,9 @@ def _time(ts: datetime) -> str:
 
 def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec, t0: datetime, t1: datetime,
                   stop_layer: int = 2, progress: bool = False, check=None,
-                  inplace: bool = False, delta=None, search: dict | None = None) -> tuple[dict, dict]:
+                  inplace: bool = False, delta=None, search: dict | None = None, early=None,
+                  waves: list[int] | None = None, check_from: dict | None = None,
+                  ahead=None) -> tuple[dict, dict]:
     """Roots of each column at ``t1`` given the roots at ``t0`` (uint64 arrays, 0 = empty).
 
     ``supervoxels[col]``: None, the column's supervoxels (an array), or a function of row
@@ -89,140 +95,112 @@ def refresh_roots(roots: dict[str, np.ndarray], supervoxels: dict, source, spec,
     length-``size`` chunks only (the rest of the column need not even be read).
     ``inplace``: refresh each writable column in place (``new[col]`` is ``roots[col]``; no copy of
     a 10^7-row column), else in a copy.
+    ``check_from[col]``: arrays holding the values of ``roots[col]`` that a refresh in place does
+    not change (a parquet column's arrow chunks): the check reads them, so ``roots[col]`` is
+    refreshed in place at once.
+    ``ahead``: a future of ``map_window`` (the window's roots as (root, 0) pairs and their
+    successors, or None), sent while the columns are read: those pairs are not asked again.
+    ``early(new)``: called once the rows of the first wave (``waves``: the rows each wave of
+    the window's rows ends at, the last the row count; default one wave) holding a root the
+    window expired are refreshed, before the validity check is awaited; it returns a handle
+    (a writer of the new table: ``_refresh_parquet.ParquetStage``) whose ``previous[col +
+    "_previous"]`` is filled in and ``advance(end)`` called as each wave's rows are final, and
+    whose ``cancel()`` is called before ``new`` changes further (roots found outdated already at
+    ``t0``, rare). The new table's first rows are thus written while the next are mapped.
     Returns ``(new, info)``: ``new[col]`` the refreshed column; ``info`` holds ``touched`` /
     ``changed`` (row indices per column), ``previous`` (the roots of the changed rows before),
     ``expired`` (the table's roots the window expired),
     ``stale``, ``unknown`` (unique roots) and ``outdated_left`` (touched rows still on an
     outdated root: no successor found).
-    Requests: one ``delta_roots`` (sent while the checked columns are factorized),
-    ``is_latest`` over their unique roots not in it (batches in parallel), then for the rows
+    Requests: one ``delta_roots`` (sent while the checked columns are read), then for the rows
     holding an expired root their supervoxels' roots at ``t1`` (batches in parallel) or, without
-    a supervoxel, the overlap step; roots outdated already at ``t0`` go through ``update_ids``."""
+    a supervoxel, the overlap step; ``is_latest`` over the checked columns' unique roots not in
+    the window (batches in parallel, in the background: at once, or with ``early`` once it has
+    started); roots outdated already at ``t0`` go through ``update_ids``."""
     from .updates import update_ids
 
     layout = source.meta.layout
     check = list(roots) if check is None else [c for c in roots if c in set(check)]
     step = int(getattr(source, "batch_size", 0) or 10_000)
-    with ThreadPoolExecutor(N_THREADS) as pool:
+    search = search or {}
+    with ThreadPoolExecutor(N_THREADS) as pool, ThreadPoolExecutor(N_THREADS + 1) as checks:
+        # in the background: the checked columns' unique roots (one hash pass each); with ``early``
+        # once it has started (its CPU is not taken from reading and mapping the first rows)
+        checked = [a for c in check for a in ((check_from or {}).get(c) or [roots[c]])]
+        apart = {c for c in check if (check_from or {}).get(c)}  # checked in other arrays
+        uniq = None if early else checks.submit(_unique_roots, checked)
         delta = delta or pool.submit(source.delta_roots, t0, t1)
-        # one hash pass per checked column for its unique roots; the rows come later, for the few touched
-        uniques = [np.asarray(pd.unique(roots[c]), dtype=np.uint64) for c in check]
         window = delta.result()[0]
-        # the expired roots' rows and supervoxels are read while the other roots are checked
-        search = search or {}
-        reads = {col: pool.submit(_rows_and_supervoxels, r, window, supervoxels.get(col), search.get(col))
-                 for col, r in roots.items()}
-        bad = np.zeros(0, np.uint64)
-        if uniques:
-            allr = np.unique(np.concatenate(uniques))
-            allr = allr[allr != 0]
-            rest = allr[~np.isin(allr, window)]
-            bad = rest[layout.layer(rest) != layout.n_layers]  # not root IDs at all
-            rest = rest[layout.layer(rest) == layout.n_layers]
-            if rest.size:
-                alive = np.concatenate(list(pool.map(lambda b: np.asarray(source.is_latest(b, t0), bool),
-                                                     _pieces(rest, step))))
-                bad = np.union1d(bad, rest[~alive])
+        alive = None if early else checks.submit(lambda: _not_alive(uniq.result(), window, source, t0, step, checks))
+        # the window's rows, their supervoxels and their new roots: what the table's new version needs
+        # (in waves: each wave's supervoxels read with it, the first wave's first)
+        staged = early is not None and bool(waves)
+        reads = {col: pool.submit(_rows_and_supervoxels, r, window, None if staged else supervoxels.get(col),
+                                  search.get(col)) for col, r in roots.items()}
+        # each (root, supervoxel) pair asked once over the waves (roots only: the first wave holds most)
+        successors = _Memo(lambda pairs: _successors(pairs, source, spec, t1, stop_layer, pool, step))
         found = {col: f.result() for col, f in reads.items()}
-        stale = unknown = np.zeros(0, np.uint64)
-        if bad.size:  # not alive at t0: outdated already (update them too) or unknown to the dataset
-            got = update_ids(bad, timestamp=t1, stop_layer=stop_layer, dataset=spec, progress=progress)
-            lost = (got["confidence"].to_numpy() == 0) | (layout.layer(bad) != layout.n_layers)
-            lost[lost] = [not _known(source, r) for r in bad[lost].tolist()]  # a few, one by one
-            unknown, stale = bad[lost], bad[~lost]
-        rows_of, keys = {}, []
-        for col, r in roots.items():
-            rows, sv = found[col]
-            if stale.size:
-                more_rows, more_sv = _rows_and_supervoxels(r, stale, supervoxels.get(col))
-                order = np.argsort(np.concatenate([rows, more_rows]), kind="stable")
-                rows, sv = np.concatenate([rows, more_rows])[order], np.concatenate([sv, more_sv])[order]
-            rows_of[col] = rows
-            keys.append(np.stack([r[rows], sv], axis=1))
-        pairs = np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64)
-        uniq_pairs, inverse = _unique_pairs(pairs)  # (root, supervoxel) once each
-        mapped = uniq_pairs[:, 0].copy()
-        late = np.isin(uniq_pairs[:, 0], stale)
-        if (~late).any():  # expired in the window: outdated at t1 for certain
-            mapped[~late] = _successors(uniq_pairs[~late], source, spec, t1, stop_layer, pool, step)
-        if late.any():  # not alive at t0 (perhaps created after it): the whole update step
-            svs = uniq_pairs[late, 1]
-            got = update_ids(uniq_pairs[late, 0], supervoxels=svs if svs.any() else None, timestamp=t1,
+        if ahead is not None and ahead.result() is not None:  # the window's roots mapped already
+            successors.seed(*ahead.result())
+        new, info, handle, lo = roots, None, None, 0
+        for hi in (waves if early is not None and waves else [None]):
+            part = {}
+            for col, (rows, sv) in found.items():
+                a, b = np.searchsorted(rows, [lo, hi if hi is not None else np.iinfo(np.int64).max])
+                part[col] = (rows[a:b], sv[a:b])
+                if staged and supervoxels.get(col) is not None:
+                    part[col] = _rows_and_supervoxels(None, None, supervoxels[col], rows=rows[a:b])
+            # a checked column is refreshed in a copy while its unique roots are still being read
+            new, got = _apply(new, part, successors, True if info is not None else
+                              {c for c in roots if inplace and (c not in check or c in apart
+                                                                or (uniq is not None and uniq.done()))})
+            info = got if info is None else {k: ({c: np.concatenate([info[k][c], got[k][c]]) for c in new}
+                                                 if k != "expired" else np.union1d(info[k], got[k])) for k in got}
+            if early is not None:
+                if handle is None:
+                    handle = early(new)
+                    uniq = checks.submit(_unique_roots, checked)
+                for col in new:  # this wave's previous roots, then its rows are final
+                    handle.previous[f"{col}_previous"][got["changed"][col]] = got["previous"][col]
+                handle.advance(hi if hi is not None else len(next(iter(new.values()))))
+            lo = hi
+        info.update(expired=np.asarray(info["expired"]), stale=np.zeros(0, np.uint64),
+                    unknown=np.zeros(0, np.uint64))
+        # with ``early``, the roots are checked once it has started (its work overlaps the requests)
+        bad = (alive.result() if alive is not None else _not_alive(uniq.result(), window, source, t0, step, checks))
+    stale = unknown = np.zeros(0, np.uint64)
+    if bad.size:  # not alive at t0: outdated already (update them too) or unknown to the dataset
+        got = update_ids(bad, timestamp=t1, stop_layer=stop_layer, dataset=spec, progress=progress)
+        lost = (got["confidence"].to_numpy() == 0) | (layout.layer(bad) != layout.n_layers)
+        lost[lost] = [not _known(source, r) for r in bad[lost].tolist()]  # a few, one by one
+        unknown, stale = bad[lost], bad[~lost]
+    info.update(stale=stale, unknown=unknown)
+    if stale.size:  # rows holding a root not alive at t0 (perhaps created after it): the whole update step
+        if handle is not None:
+            handle.cancel()
+        more = {}
+        for col, r in new.items():
+            rows, sv = _rows_and_supervoxels(r, stale, supervoxels.get(col))
+            keep = ~np.isin(rows, info["touched"][col])  # a window row already holds its root at t1
+            more[col] = (rows[keep], sv[keep])
+
+        def late(pairs: np.ndarray) -> np.ndarray:
+            svs = pairs[:, 1]
+            got = update_ids(pairs[:, 0], supervoxels=svs if svs.any() else None, timestamp=t1,
                              stop_layer=stop_layer, dataset=spec, progress=progress, use_annotations=False)
-            mapped[late] = got["new_id"].to_numpy().astype(np.uint64)
-    mapped = mapped[inverse.ravel()]
-    new, touched, changed, before, at = {}, {}, {}, {}, 0
-    for col, r in roots.items():
-        rows = rows_of[col]
-        values, old = mapped[at: at + len(rows)], r[rows]
-        at += len(rows)
-        moved = values != old
-        out = r if inplace and r.flags.writeable else r.copy()
-        out[rows] = values
-        new[col] = out
-        touched[col] = rows
-        changed[col], before[col] = rows[moved], old[moved]
-    expired = np.unique(pairs[:, 0]) if len(pairs) else np.zeros(0, np.uint64)
-    expired = expired[np.isin(expired, window)]
-    outdated = np.concatenate([window, stale])  # rows left on one of these: no successor found
-    left = sum(int(np.isin(new[c][touched[c]], outdated).sum()) for c in roots)
-    return new, {"touched": touched, "changed": changed, "previous": before, "expired": expired, "stale": stale, "unknown": unknown,
-                 "outdated_left": left}
+            return got["new_id"].to_numpy().astype(np.uint64)
 
-
-def _pieces(ids: np.ndarray, step: int) -> list[np.ndarray]:
-    return [ids[i: i + step] for i in range(0, len(ids), max(int(step), 1))]
-
-
-def _successors(pairs: np.ndarray, source, spec, t1: datetime, stop_layer: int, pool, step: int) -> np.ndarray:
-    """Root at ``t1`` of each (root, supervoxel) pair whose root is outdated at ``t1``:
-    ``update_ids``' rule without its current-ness check (the window expired these roots): the
-    supervoxel's root at ``t1`` where there is a supervoxel and it has a root, else the root's
-    successor by overlap (``overlap_kernel``). Requests in batches, in parallel on ``pool``."""
-    from .updates import OVERLAP_BATCH, overlap_kernel
-
-    new = np.zeros(len(pairs), np.uint64)
-    sv = pairs[:, 1]
-    has = sv != 0
-    if has.any():
-        svu, at = np.unique(sv[has], return_inverse=True)
-        got = list(pool.map(lambda b: np.asarray(source.roots(b, t1), np.uint64), _pieces(svu, step)))
-        new[has] = np.concatenate(got)[at.ravel()]
-    rest = new == 0
-    if rest.any():
-        ru, at = np.unique(pairs[rest, 0], return_inverse=True)
-        got = list(pool.map(lambda b: overlap_kernel(b, spec, t1, stop_layer), _pieces(ru, OVERLAP_BATCH)))
-        new[rest] = np.concatenate(got)["new_id"][at.ravel()]
-    return new
-
-
-def _rows_and_supervoxels(roots: np.ndarray, ids: np.ndarray, supervoxels,
-                          within: tuple[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``roots`` holding one of ``ids`` and their supervoxels (0 without a column);
-    ``within = (size, chunks)``: looked for in those length-``size`` chunks only."""
-    if within is None:
-        rows = rows_holding(roots, ids)
-    else:
-        size, chunks = within
-        parts = [rows_holding(roots[lo * size: hi * size], ids) + lo * size
-                 for lo, hi in _chunk_runs(np.asarray(chunks, np.int64))]
-        rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-    if supervoxels is None:
-        return rows, np.zeros(len(rows), np.uint64)
-    sv = supervoxels(rows) if callable(supervoxels) else supervoxels[rows]
-    return rows, np.asarray(sv, dtype=np.uint64)
-
-
-def _known(source, root: int) -> bool:
-    """Whether the dataset knows ``root`` as a root (one request)."""
-    layout = source.meta.layout
-    if layout.layer(np.array([root], np.uint64))[0] != layout.n_layers:
-        return False
-    try:
-        source.root_timestamps(np.array([root], np.uint64))
-    except UnknownIDError:
-        return False
-    return True
+        new, extra = _apply(new, more, late, inplace=True)
+        for key in ("touched", "changed", "previous"):
+            for col in new:
+                info[key][col] = np.concatenate([info[key][col], extra[key][col]])
+        for col in new:
+            order = np.argsort(info["touched"][col], kind="stable")
+            info["touched"][col] = info["touched"][col][order]
+            order = np.argsort(info["changed"][col], kind="stable")
+            info["changed"][col], info["previous"][col] = info["changed"][col][order], info["previous"][col][order]
+    info["outdated_left"] = _left(new, info["touched"], np.concatenate([window, stale]))
+    return new, info
 
 
 def _columns(table, root_columns, supervoxel_columns) -> tuple[list[str], dict[str, str | None]]:
@@ -318,8 +296,20 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         report.message = f"roots already valid at {_time(t1)}: nothing to do, table unchanged"
         report.seconds = time.perf_counter() - t_start
         return report
+    # parquet: the supervoxel columns read in the background while the root columns are read, then
+    # the columns a refresh only writes back (not for a dry run), while the requests are answered
+    replaced = list(cols) + [f"{c}_previous" for c in cols] + [TIMESTAMP_COLUMN]
+    tab.prefetch(first=[s for s in sv_cols.values() if s],
+                 skip=replaced + ([c for c in tab.names if c not in sv_cols.values()] if dry_run else []))
+    sizes = getattr(tab.columns, "sizes", None) or []
+    waves = [sizes[0], sum(sizes)] if len(sizes) > 1 and not dry_run else None
+    ahead = None
     with ThreadPoolExecutor(1) as pool:  # the window's expired roots asked while the root columns are read
         delta = pool.submit(source.delta_roots, t0, t1)
+        if waves and any(sv_cols[c] is None for c in cols):  # a small window's roots mapped meanwhile too
+            other = ThreadPoolExecutor(1)
+            ahead = other.submit(map_window, delta, source, spec, t1, stop_layer)
+            other.shutdown(wait=False)  # its thread ends with the task
         trusted = known_valid(tab, cols, spec.name, _job_dataset(tab, spec, source), _time(t0), read=tab.ids)
         # a trusted column of a job with a per-chunk index: only the chunks whose range can hold
         # an expired root are read (the others cannot hold a root to refresh)
@@ -332,48 +322,84 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
             else:
                 roots[c] = tab.ids(c)
         report.rows = len(next(iter(roots.values())))
-    if not dry_run:
-        tab.prefetch()  # the columns a refresh only writes back, read while the roots are checked
     svs = {c: ((lambda rows, s=s: tab.ids_at(s, rows)) if s else None) for c, s in sv_cols.items()}
-    new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress,
-                              check=[c for c in cols if c not in trusted], inplace=True, delta=delta,
-                              search=search)
-    del roots  # refreshed in place: ``info["previous"]`` holds the roots that changed
+    ctx = {"tab": tab, "cols": cols, "spec": spec, "report": report, "t0": t0, "t1": t1}
+    staged = []  # a parquet file's write, started with the first rows refreshed (``early``)
+
+    def early(new):
+        staged.append(tab.stage(new, _time(t1)))
+        return staged[-1]
+
+    # parquet: the first row group's rows mapped first, so its write starts while the rest are mapped
+    try:
+        new, info = refresh_roots(roots, svs, source, spec, t0, t1, stop_layer, progress,
+                                  check=[c for c in cols if c not in trusted], inplace=True, delta=delta,
+                                  search=search, early=None if dry_run or tab.kind != "parquet" else early,
+                                  waves=waves, check_from={c: tab.originals(c) for c in cols}, ahead=ahead)
+        del roots  # refreshed in place: ``info["previous"]`` holds the roots that changed
+        record, previous = _outcome(ctx, new, info)
+        if report.unknown_roots and unknown == "raise":
+            raise InvalidInputError(f"{tab.path}: {report.unknown_roots} roots are unknown to dataset {spec.name!r} "
+                                    f"(e.g. {report.unknown_examples[:5]}); table not refreshed")
+        if dry_run:
+            report.status = "dry-run"
+        else:
+            if staged and not info["stale"].size:  # what was staged is the final table (no stale roots)
+                written = staged.pop().finish(tab.record_metadata(record))
+            else:
+                written = tab.write(new, previous, _time(t1), record, changed=info["changed"])
+            report.files_written, report.bytes_written = written["files_written"], written["bytes_written"]
+            report.status = "refreshed"
+    finally:
+        for stage in staged:  # an error before the staged file was used, or stale roots: dropped
+            stage.cancel()
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+def map_window(delta, source, spec, t1: datetime, stop_layer: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The roots of the window (``delta``: a future of ``delta_roots``) as (root, 0) pairs and
+    their successors at ``t1`` by the update step, when there are at most ``PREFILL``; else None."""
+    window = delta.result()[0]
+    if not 0 < len(window) <= PREFILL:
+        return None
+    pairs = np.stack([window, np.zeros(len(window), np.uint64)], axis=1)
+    with ThreadPoolExecutor(N_THREADS) as pool:
+        step = int(getattr(source, "batch_size", 0) or 10_000)
+        return pairs, _successors(pairs, source, spec, t1, stop_layer, pool, step)
+
+
+def _outcome(ctx: dict, new: dict, info: dict) -> tuple[dict, dict]:
+    """Fill ``ctx["report"]`` from ``refresh_roots``' ``info``; return the refresh record and the
+    previous-roots columns (the root each changed row held before, 0 elsewhere)."""
+    report, cols, spec = ctx["report"], ctx["cols"], ctx["spec"]
+    t0, t1, tab = ctx["t0"], ctx["t1"], ctx["tab"]
     report.expired_roots = len(info["expired"])
     report.stale_roots = len(info["stale"])
     report.unknown_roots = len(info["unknown"])
     report.unknown_examples = [int(v) for v in info["unknown"][:N_EXAMPLES]]
     report.rows_touched = {c: len(info["touched"][c]) for c in cols}
     report.rows_changed = {c: len(info["changed"][c]) for c in cols}
-    if report.unknown_roots and unknown == "raise":
-        raise InvalidInputError(f"{tab.path}: {report.unknown_roots} roots are unknown to dataset {spec.name!r} "
-                                f"(e.g. {report.unknown_examples[:5]}); table not refreshed")
+    report.message = ""
     if report.unknown_roots:
         report.message = (f"{report.unknown_roots} roots unknown to dataset {spec.name!r} kept as they are "
                           f"(e.g. {report.unknown_examples[:5]}). ")
     report.message += (f"{sum(report.rows_changed.values())} root entries changed in "
                        f"{report.rows:,} rows ({_time(t0)} -> {_time(t1)})")
-    if dry_run:
-        report.status = "dry-run"
-    else:
-        previous = {}
-        for c in cols:
-            previous[f"{c}_previous"] = prev = np.zeros(report.rows, np.uint64)
-            prev[info["changed"][c]] = info["previous"][c]
-        record = {k: v for k, v in report.as_dict().items()
-                  if k not in ("table", "status", "seconds", "message", "files_written", "bytes_written")}
-        record["dataset"] = spec.name
-        if not (report.unknown_roots or report.stale_roots or info["outdated_left"]):
-            # every root now alive at t1: the next refresh need not check them
-            if tab.kind == "zarr" and all(tab.chunk_size(c) for c in cols):  # each chunk's checksum
-                record["valid_chunks"] = list(cols)  # (filled in as the chunks are written)
-            else:
-                record["valid_roots"] = {c: roots_checksum(new[c]) for c in cols}
-        written = tab.write(new, previous, _time(t1), record, changed=info["changed"])
-        report.files_written, report.bytes_written = written["files_written"], written["bytes_written"]
-        report.status = "refreshed"
-    report.seconds = time.perf_counter() - t_start
-    return report
+    previous = {}
+    for c in cols:
+        previous[f"{c}_previous"] = prev = np.zeros(report.rows, np.uint64)
+        prev[info["changed"][c]] = info["previous"][c]
+    record = {k: v for k, v in report.as_dict().items()
+              if k not in ("table", "status", "seconds", "message", "files_written", "bytes_written")}
+    record["dataset"] = spec.name
+    if not (report.unknown_roots or report.stale_roots or info["outdated_left"]):
+        # every root now alive at t1: the next refresh need not check them
+        if tab.kind == "zarr" and all(tab.chunk_size(c) for c in cols):  # each chunk's checksum
+            record["valid_chunks"] = list(cols)  # (filled in as the chunks are written)
+        else:
+            record["valid_roots"] = {c: roots_checksum(new[c]) for c in cols}
+    return record, previous
 
 
 # -- which columns are known valid --------------------------------------------------------------
