@@ -7,7 +7,8 @@ resident memory of each worker (target: under 2 GiB). Then a sparse snap job (2 
 rows spread over the volume; --quick: 2 x 10^4) against the same job on the code before random
 access (commit ``BASELINE``), each in a fresh process with its own 2-worker cluster, outputs
 compared. ``python benchmarks/bench_jobs.py dense [ROWS]`` runs the job's own table (default 10^6
-rows) the same way against ``BASELINE``: the dense job's rate against the code before random access.
+rows) the same way against ``BASELINE``: the dense job's rate against the code before random access;
+``warm [ROWS]`` times the job and the eager calls a second time on the same warm workers.
 """
 from __future__ import annotations
 
@@ -103,6 +104,36 @@ def baseline_snap_rows(path, n: int, tmp: Path, seed: int, what: str, case: str)
              "peer_value": f"{n / t_base:,.0f} rows/s ({t_base:.1f} s)", "ratio": t_base / t_ours}]
 
 
+def warm_rows(path, n: int, tmp: Path, partition_size: int = 50_000) -> list[dict]:
+    """The job and the eager calls on one cluster, each run twice, the second (warm workers: numba
+    imported and the compiled search loaded, the dataset open) timed: what ``run`` compares once,
+    cold for the job, at sizes where the workers' warm-up is a large share."""
+    from crantseg_dask import locs_to_segments
+    from crantseg_dask.ops.snapping import snap_table
+
+    table = synapse_table(path, n, seed=1)
+    table.to_parquet(tmp / "warm.parquet")
+    times = {"job": [], "eager": []}
+    with make_client(n_workers=2) as client, dask.config.set({"crantseg.partition-size": partition_size}):
+        for i in range(2):
+            t = time.perf_counter()
+            run_job("snap", tmp / "warm.parquet", tmp / f"warm{i}.zarr", dataset=str(path), timestamp="mat",
+                    partition_size=partition_size, client=client, progress=False, snap_zero=True)
+            times["job"].append(time.perf_counter() - t)
+        for _ in range(2):
+            t = time.perf_counter()
+            snapped = snap_table(table, id_column="target_id", snap_zero=True, progress=False, dataset=str(path))
+            locs_to_segments(snapped[["snapped_x", "snapped_y", "snapped_z"]].to_numpy(), timestamp="mat",
+                             progress=False, dataset=str(path))
+            times["eager"].append(time.perf_counter() - t)
+    job, eager = times["job"], times["eager"]
+    return [{"benchmark": "snap + roots job, warm workers", "case": f"{n:,} synapses, 2 workers, partitions of "
+             f"{partition_size:,}", "ours": f"{n / job[1]:,.0f} rows/s ({job[1]:.1f} s; first run {job[0]:.1f} s)",
+             "peer": "eager snap_table + locs_to_segments, second run",
+             "peer_value": f"{n / eager[1]:,.0f} rows/s ({eager[1]:.1f} s; first run {eager[0]:.1f} s)",
+             "ratio": eager[1] / job[1]}]
+
+
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -163,16 +194,16 @@ if __name__ == "__main__":
     # or python benchmarks/bench_jobs.py dense [ROWS] (default 1,000,000)
     import sys
 
-    if sys.argv[1:2] not in (["sparse"], ["dense"]):
-        sys.exit("usage: python benchmarks/bench_jobs.py {sparse,dense} [ROWS]   (the whole benchmark: run.py jobs)")
-    dense = sys.argv[1] == "dense"
+    if sys.argv[1:2] not in (["sparse"], ["dense"], ["warm"]):
+        sys.exit("usage: python benchmarks/bench_jobs.py {sparse,dense,warm} [ROWS]   (the whole benchmark: run.py jobs)")
+    mode = sys.argv[1]
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from run import print_rows
 
     tmp = Path(tempfile.mkdtemp(prefix="crantseg-bench-"))
     try:
-        n = int(sys.argv[2]) if len(sys.argv) > 2 else (1_000_000 if dense else 200_000)
-        fn = dense_snap_rows if dense else sparse_snap_rows
+        n = int(sys.argv[2]) if len(sys.argv) > 2 else {"dense": 1_000_000, "sparse": 200_000, "warm": 200_000}[mode]
+        fn = {"dense": dense_snap_rows, "sparse": sparse_snap_rows, "warm": warm_rows}[mode]
         # CRANTSEG_BENCH_DATASET: a dataset directory (e.g. ``crantseg make-dataset --preset demo --sparse``)
         where = os.environ.get("CRANTSEG_BENCH_DATASET")
         path = Path(where) if where else local_dataset_path(os.environ.get("CRANTSEG_BENCH_PRESET", "demo"))

@@ -343,7 +343,7 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
     cave_req = calls.get("cave", 0)
     # the task's own CPU, all of it per row. A fit of a x rows + b x distinct targets over this
     # run's tasks is not determined: they have nearly the same rows and targets per row. With the
-    # snap gather (cost per voxel of the rows' boxes) such a fit gave 42.9 us/row + 463 us/target
+    # numpy snap gather (before the compiled search) such a fit gave 42.9 us/row + 463 us/target
     # and a model at 0.57x the 240k-row miniature; per row it is 0.8-0.9x.
     log = np.array(probe.log, dtype=float)
     per_row, per_target = log[:, 2].sum() / log[:, 0].sum(), 0.0
