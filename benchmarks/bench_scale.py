@@ -470,10 +470,15 @@ def _reset_counts() -> None:
 
 
 def _warm(spec) -> None:
+    """A worker's one-time set-up, before the timed run: the source opened, the time resolved, and
+    the compiled snap search loaded (numba imported, the kernel loaded from its cache: ~1 s per
+    process, paid once per worker whatever the table's size)."""
+    from crantseg_dask.ops import _snap_numba
     from crantseg_dask.sources.resolve import resolve_timestamp
     from crantseg_dask.sources import open_source
 
     resolve_timestamp("mat", open_source(spec))
+    _snap_numba.warm_up()
 
 
 def miniature(path, tmp: Path, tables: dict) -> tuple[list[dict], dict]:

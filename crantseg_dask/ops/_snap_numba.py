@@ -26,7 +26,7 @@ import numpy as np
 
 from ..sources import _cseg, _partial
 
-__all__ = ["search", "search_words", "ERRORS"]
+__all__ = ["search", "search_words", "warm_up", "ERRORS"]
 
 #: problem per error code the compiled search reports (``err[1]``), for ``_cseg.CsegError``
 ERRORS = {1: "a block header has a bad bit width or a table outside the chunk (truncated or corrupt)",
@@ -304,6 +304,17 @@ def search_words(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
     if err[1] >= 0:
         raise _cseg.CsegError(int(err[0]), ERRORS[int(err[1])])
     return out_vox, out_d2, out_code, out_label
+
+
+def warm_up() -> None:
+    """Load (or compile) the compiled search now: one empty search of one row (a worker's one-time
+    cost, ~1 s from numba's cache, so that a timed run does not pay it in its first task)."""
+    i64 = np.int64
+    none3 = np.zeros((0, 3), i64)
+    search_words(np.zeros(1, np.uint32), np.zeros(0, i64), np.zeros(0, i64), none3, none3, none3,
+                 np.zeros(2, i64), np.zeros(0, i64), np.full(3, 8, i64), np.zeros((1, 3)), np.ones(3),
+                 np.ones(1), np.zeros((1, 1, 3), i64), np.zeros((1, 1, 3), i64), np.zeros(0, np.uint64),
+                 np.zeros(2, i64), np.zeros(1, i64), True)
 
 
 def boxes(locs_nm: np.ndarray, radius: float, res: np.ndarray, bounds) -> tuple[np.ndarray, np.ndarray]:

@@ -269,3 +269,20 @@ def test_a_voxel_exactly_at_the_radius_is_found(erode):
         assert (got[2][0] >= 0) == found, (radius, got)
         if found:
             assert got[1][0] == r * r and got[0][0].tolist() == [15 if erode is True else 14, 5, 4]
+
+
+def test_warm_up_compiles_the_search_for_the_types_a_search_uses():
+    """``warm_up`` (a worker's one-time set-up in the scale benchmark) leaves the compiled search
+    with the signature a real search calls it with, so no later call compiles again."""
+    from crantseg_dask.ops import _snap_numba
+
+    _snap_numba.warm_up()
+    kernel = _snap_numba._kernel()
+    before = list(kernel.signatures)
+    assert len(before) >= 1
+    none, none3 = np.zeros(0, np.int64), np.zeros((0, 3), np.int64)
+    _snap_numba.search_words(np.zeros(1, np.uint32), none, none, none3, none3, none3, np.zeros(3, np.int64),
+                             np.zeros(0, np.int64), np.array([8, 8, 8]), np.zeros((2, 3)), np.ones(3), np.ones(2),
+                             np.zeros((2, 2, 3), np.int64), np.zeros((2, 2, 3), np.int64), np.zeros(0, np.uint64),
+                             np.zeros(2, np.int64), np.zeros(2, np.int64), "fallback")
+    assert list(kernel.signatures) == before
