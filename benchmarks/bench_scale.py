@@ -287,6 +287,9 @@ def measure_constants(path, tmp: Path, table, big) -> tuple[dict, dict]:
         spec = server.spec()
         source = open_source(spec)
         resolve_timestamp("mat", source)
+        from crantseg_dask.ops import _snap_numba
+
+        _snap_numba.warm_up()  # once per process (numba imported, the kernel loaded): not a per-row cost
         # the server's CPU per GET: every chunk the table touches, read once
         keys = chunk_ids(table, source.meta)
         grid = -(-(np.array(source.meta.size[0])) // np.array(source.meta.chunk_size[0]))
