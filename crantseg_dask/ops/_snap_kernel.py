@@ -2,8 +2,9 @@
 
 On compressed_segmentation (``_partial._random_access_ok``, the CRANT layout) every row is searched
 by compiled code (``_snap_numba``): the labels of its search box are decoded straight from the
-encoded words of the chunks it touches, marked by membership in its own target's leaves, eroded
-and scanned for the nearest voxel centre, at a few ns per box voxel; rows sorted by chunk go in
+encoded words of the chunks it touches (blocks whose table holds none of the target's leaves
+skipped), marked by membership in its own target's leaves, and the marked voxels searched for the
+nearest eroded voxel centre, at a few ns per box voxel; rows sorted by chunk go in
 groups of bounded box volume, and a chunk's encoded bytes are fetched once per call. Rows are
 searched at growing radii (``_radii``: r/4 and r/2 where over a voxel, then r): a row whose nearest
 voxel lies in a smaller ball is settled there exactly, so rows near their target (most synapses)
