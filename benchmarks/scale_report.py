@@ -225,7 +225,7 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, machin
              "targets_per_row": ("distinct targets per row of a task (leaves_many IDs)", 1),
              "svs_per_target": ("leaves per target (demo neurons)", 1),
              "batch": ("IDs per CAVE request (crantseg.batch-size)", 1),
-             "startup": ("s start-up in the model (workers warmed before timing)", 1),
+             "startup": ("s start-up: a one-row job on the warm miniature cluster, less plan_fixed", 1),
              "worker_base_mib": ("MiB resident per worker, source open", 1),
              "worker_mib_per_row": ("MiB peak per row of a task", 1),
              "server_cpu_per_get": ("us local-server CPU per GET (miniature only)", 1e6),
