@@ -52,12 +52,26 @@ def _jit(func):
 
 
 def _kernel():
-    """The compiled ``_search_rows`` (compiled, or loaded from the cache, on first use)."""
-    global _compiled
+    """The compiled ``_search_rows`` (compiled, or loaded from the cache, on first use; the helper
+    it calls, ``_in_leaves``, is compiled first and replaces the Python function)."""
+    global _compiled, _in_leaves
     with _compile_lock:
         if _compiled is None:
+            _in_leaves = _jit(_in_leaves)
             _compiled = _jit(_search_rows)
         return _compiled
+
+
+def _in_leaves(leaves, l0, l1, lab):  # pragma: no cover - compiled by numba
+    """1 if ``lab`` is one of the sorted ``leaves[l0:l1]`` (binary search), else 0 (uint8)."""
+    lo_i, hi_i = l0, l1
+    while lo_i < hi_i:
+        mid = (lo_i + hi_i) >> 1
+        if leaves[mid] < lab:
+            lo_i = mid + 1
+        else:
+            hi_i = mid
+    return np.uint8(1) if lo_i < l1 and leaves[lo_i] == lab else np.uint8(0)
 
 
 def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_chunk, block,
@@ -140,14 +154,7 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
                                     if have_last and lab == last_lab:
                                         hit = last_hit
                                     else:
-                                        lo_i, hi_i = l0, l1
-                                        while lo_i < hi_i:
-                                            mid = (lo_i + hi_i) >> 1
-                                            if leaves[mid] < lab:
-                                                lo_i = mid + 1
-                                            else:
-                                                hi_i = mid
-                                        hit = np.uint8(1) if lo_i < l1 and leaves[lo_i] == lab else np.uint8(0)
+                                        hit = _in_leaves(leaves, l0, l1, lab)
                                         have_last, last_lab, last_hit = True, lab, hit
                                     memo_gen[idx], memo_hit[idx], memo_lab[idx] = gen, hit, lab
                                     if hit:
@@ -176,15 +183,8 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
                                             lab = np.uint64(words[tpos]) | (np.uint64(words[tpos + 1]) << sh32)
                                             if have_last and lab == last_lab:
                                                 hit = last_hit
-                                            else:  # binary search of the target's sorted leaves
-                                                lo_i, hi_i = l0, l1
-                                                while lo_i < hi_i:
-                                                    mid = (lo_i + hi_i) >> 1
-                                                    if leaves[mid] < lab:
-                                                        lo_i = mid + 1
-                                                    else:
-                                                        hi_i = mid
-                                                hit = np.uint8(1) if lo_i < l1 and leaves[lo_i] == lab else np.uint8(0)
+                                            else:
+                                                hit = _in_leaves(leaves, l0, l1, lab)
                                                 have_last, last_lab, last_hit = True, lab, hit
                                             if bits <= 8:
                                                 memo_gen[idx], memo_hit[idx], memo_lab[idx] = gen, hit, lab
