@@ -290,19 +290,9 @@ refresh(table, to)
 
 
 def _kill_refresh_at(stage: str, table, to: str) -> None:
-    import os
-    import select
-    import subprocess
-    import sys
+    from crantseg_dask.testing.kill import kill_at
 
-    p = subprocess.Popen([sys.executable, "-c", KILLED_REFRESH, str(table), to, stage], stdout=subprocess.PIPE,
-                         env=dict(os.environ))
-    try:
-        ready, _, _ = select.select([p.stdout], [], [], 300)
-        assert ready and p.stdout.readline().strip() == b"HANG", f"the refresh never reached {stage}"
-    finally:
-        p.kill()
-        p.wait()
+    kill_at(KILLED_REFRESH, [str(table), to, stage], stage)
 
 
 @pytest.fixture

@@ -5,10 +5,6 @@ a refresh killed mid-write leaves the old file and the rerun completes it."""
 from __future__ import annotations
 
 import json
-import os
-import select
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -21,6 +17,7 @@ from crantseg_dask.ops import refresh as refresh_module
 from crantseg_dask.ops._refresh_parquet import copy_parquet
 from crantseg_dask.ops._refresh_store import RECORD_KEY, TIMESTAMP_COLUMN, RefreshTable
 from crantseg_dask.ops.refresh import refresh
+from crantseg_dask.testing.kill import kill_at
 
 GROUP = 37  # rows per row group: 400 rows make 11 groups, the last one short
 
@@ -198,14 +195,7 @@ def test_killed_mid_write_leaves_the_old_file_and_the_rerun_completes(tmp_path, 
     path = tmp_path / "t.parquet"
     _write(table, path)
     before = pd.read_parquet(path)
-    p = subprocess.Popen([sys.executable, "-c", KILLED, str(path), f"mat_{versions[1]}", str(local_spec.path), stage],
-                         stdout=subprocess.PIPE, env=dict(os.environ))
-    try:
-        ready, _, _ = select.select([p.stdout], [], [], 300)
-        assert ready and p.stdout.readline().strip() == b"HANG", f"the refresh never reached {stage}"
-    finally:
-        p.kill()
-        p.wait()
+    kill_at(KILLED, [str(path), f"mat_{versions[1]}", str(local_spec.path), stage], stage)
     leftovers = list(tmp_path.glob(".t.parquet.refresh-*"))
     assert leftovers, "the killed refresh left no work in progress: it was not killed mid-write"
     pd.testing.assert_frame_equal(pd.read_parquet(path), before)  # the old file, whole
