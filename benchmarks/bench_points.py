@@ -162,6 +162,9 @@ def run(quick: bool = False) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
     warm = _uniform(path, 50, rng)  # first-use costs (imports, opening the dataset) are not per point
+    from crantseg_dask.sources import _cseg_numba
+
+    _cseg_numba.warm_up()  # nor is loading the compiled decoder (~0.9 s once per process, numba included)
     locs_to_supervoxels(warm, dataset=str(path), progress=False), crantpy_way(path, warm[:5]), scattered_points(path, warm[:5])
     sizes = [1_000, 10_000] if quick else [1_000, 10_000, 100_000, 1_000_000]
     sample = 100 if quick else 300

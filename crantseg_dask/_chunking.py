@@ -9,7 +9,7 @@ go back into input order with ``out[plan.order] = sorted_results`` (or ``sorted[
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 
 import numpy as np
 
@@ -79,24 +79,25 @@ def chunk_keys(voxels: np.ndarray, bounds: np.ndarray, chunk_size) -> np.ndarray
     return key
 
 
-@dataclass(frozen=True)
 class Plan:
     """How N rows are ordered and split.
 
     order : (N,) int64
         Input row at each sorted position (rows sorted by chunk key, stable).
-    inverse : (N,) int64
-        Sorted position of each input row: ``sorted_values[inverse]`` is in input order.
     sizes : tuple of int
         Rows per partition, in sorted order; they sum to N (empty input: ``()``).
+    n_outside : int
+        Rows with key -1 (outside the volume); they sort first.
+    inverse : (N,) int64
+        Sorted position of each input row: ``sorted_values[inverse]`` is in input order (computed
+        on first use: restoring by ``out[order] = sorted_values`` needs no inverse).
     keys : (N,) int64
-        Chunk key at each sorted position.
+        Chunk key at each sorted position (computed on first use).
     """
 
-    order: np.ndarray
-    inverse: np.ndarray
-    sizes: tuple[int, ...]
-    keys: np.ndarray
+    def __init__(self, order: np.ndarray, sizes: tuple[int, ...], n_outside: int, row_keys: np.ndarray):
+        self.order, self.sizes, self.n_outside = order, sizes, n_outside
+        self._row_keys = row_keys
 
     @property
     def n_partitions(self) -> int:
@@ -107,9 +108,22 @@ class Plan:
         """Start of each partition in sorted positions, (P + 1,) with the total last."""
         return np.r_[0, np.cumsum(self.sizes, dtype=np.int64)].astype(np.int64)
 
+    @functools.cached_property
+    def inverse(self) -> np.ndarray:
+        inverse = np.empty_like(self.order)
+        inverse[self.order] = np.arange(len(self.order), dtype=np.int64)
+        return inverse
+
+    @functools.cached_property
+    def keys(self) -> np.ndarray:
+        return self._row_keys[self.order]
+
     def restore(self, sorted_values: np.ndarray) -> np.ndarray:
         """Values given in sorted order, put back into input order (a new array)."""
-        return np.asarray(sorted_values)[self.inverse]
+        sorted_values = np.asarray(sorted_values)
+        out = np.empty_like(sorted_values)
+        out[self.order] = sorted_values
+        return out
 
 
 def _split_sizes(group_sizes: np.ndarray, limit: int) -> list[int]:
@@ -163,11 +177,16 @@ def plan_partitions(keys: np.ndarray, partition_size: int) -> Plan:
         raise ValueError(f"partition_size={partition_size!r} must be an integer >= 1")
     keys = np.asarray(keys, dtype=np.int64).ravel()
     order = _argsort_keys(keys)
-    ks = keys[order]
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order), dtype=np.int64)
-    if len(ks) == 0:
-        return Plan(order, inverse, (), ks)
-    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
-    group_sizes = np.diff(np.r_[starts, len(ks)])
-    return Plan(order, inverse, tuple(_split_sizes(group_sizes, int(partition_size))), ks)
+    if len(keys) == 0:
+        return Plan(order, (), 0, keys)
+    lo, hi = int(keys.min()), int(keys.max())
+    if lo >= -1 and hi < 4 * len(keys) + 2**16:  # keys dense enough: count them (sorted groups)
+        counts = np.bincount(keys + 1)
+        n_out = int(counts[0])
+        group_sizes = counts[counts > 0]
+    else:
+        ks = keys[order]
+        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+        group_sizes = np.diff(np.r_[starts, len(ks)])
+        n_out = int(np.searchsorted(ks, 0))
+    return Plan(order, tuple(_split_sizes(group_sizes, int(partition_size))), n_out, keys)

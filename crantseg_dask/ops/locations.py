@@ -17,6 +17,7 @@ error into ID 0; here a failed read raises ``SourceError``.
 from __future__ import annotations
 
 import operator
+import uuid
 import warnings
 from datetime import datetime
 from typing import Any
@@ -80,8 +81,15 @@ def _voxels_block(voxels: np.ndarray, spec: SourceSpec, mip: int) -> np.ndarray:
     return np.asarray(open_source(spec).supervoxels_at(voxels, mip), dtype=np.uint64)
 
 
-def _take(blocks: list[np.ndarray], index: np.ndarray) -> np.ndarray:
-    return np.concatenate(blocks)[index]
+def _restore(blocks: list[np.ndarray], order: np.ndarray) -> np.ndarray:
+    """Per-partition values (sorted order) into input order: ``out[order] = values``."""
+    out = np.empty(len(order), dtype=blocks[0].dtype if blocks else np.uint64)
+    out[order] = np.concatenate(blocks) if blocks else out[:0]
+    return out
+
+
+def _rows(a: np.ndarray, index: np.ndarray) -> np.ndarray:
+    return np.take(a, index, axis=0)  # rows of a C array: 4-8x a[index]
 
 
 # -- shuffle kernels (lazy API over Dask arrays) --------------------------------------------------
@@ -241,16 +249,21 @@ def _planned_supervoxels(locs_nm: np.ndarray, spec: SourceSpec, mip: int, partit
 
 
 def _sorted_array(a: np.ndarray, plan: Plan) -> da.Array:
-    """``a`` (N, ...) in plan order as a Dask array with one block per partition."""
-    s = np.take(np.ascontiguousarray(a), plan.order, axis=0)  # rows of a C array: 4-8x a[plan.order]
-    return da.from_array(s, chunks=(plan.sizes,) + s.shape[1:], name=False)
+    """``a`` (N, ...) in plan order as a Dask array with one block per partition; each block's rows
+    are gathered by its own task (in parallel with the others' reads, not before the graph runs)."""
+    a = np.ascontiguousarray(a)
+    name, src = f"sorted-rows-{uuid.uuid4().hex}", f"rows-{uuid.uuid4().hex}"  # no hashing of (N,) arrays
+    off = plan.offsets.tolist()
+    graph = {src: a} | {(name, i) + (0,) * (a.ndim - 1): (_rows, src, plan.order[off[i]:off[i + 1]])
+                        for i in range(plan.n_partitions)}
+    return da.Array(graph, name, chunks=(plan.sizes,) + tuple((n,) for n in a.shape[1:]), dtype=a.dtype)
 
 
 def _restore_graph(sorted_values: da.Array, plan: Plan) -> da.Array:
     """One task that puts per-partition results (sorted order) back into input order."""
     blocks = sorted_values.to_delayed().ravel().tolist()
-    out = delayed(_take, pure=False)(blocks, plan.inverse)  # a random key: no hashing of the (N,) inverse
-    return da.from_delayed(out, shape=(len(plan.inverse),), dtype=sorted_values.dtype)
+    out = delayed(_restore, pure=False)(blocks, plan.order)  # a random key: no hashing of the (N,) order
+    return da.from_delayed(out, shape=(len(plan.order),), dtype=sorted_values.dtype)
 
 
 def _open(dataset: Any) -> tuple[SourceSpec, Any]:
@@ -261,7 +274,7 @@ def _open(dataset: Any) -> tuple[SourceSpec, Any]:
 def _warn_planned(locs_nm: np.ndarray, meta, mip: int, coordinates: str, planned) -> None:
     """``warn_outside`` from a plan (rows outside the volume have key -1 and sort first)."""
     plan = planned[0]
-    n_out = int(np.searchsorted(plan.keys, 0))
+    n_out = plan.n_outside
     if n_out:
         inside = np.ones(len(plan.order), dtype=bool)
         inside[plan.order[:n_out]] = False

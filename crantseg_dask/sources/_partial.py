@@ -80,6 +80,7 @@ def _read_sorted(source, mip, keys, chunk_of, local) -> np.ndarray:
     ra = _cseg.use_blocks(counts, shapes.prod(axis=1)) & _random_access_ok(meta, mip)
     block = _block(meta, mip)
     b = bounds.tolist()
+    compiled = _cseg.use_compiled(len(chunk_of))
 
     def decode(batch: list) -> None:
         """``batch``: (k, encoded bytes) of chunks read by random access."""
@@ -92,7 +93,8 @@ def _read_sorted(source, mip, keys, chunk_of, local) -> np.ndarray:
             rows = np.repeat(bounds[ks] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
         idx = np.repeat(np.arange(len(ks)), counts[ks])
         try:
-            out[rows] = _cseg.decode_points([d for _, d in batch], shapes[ks], block, idx, local[rows])
+            out[rows] = _cseg.decode_points([d for _, d in batch], shapes[ks], block, idx, local[rows],
+                                            compiled=compiled)
         except _cseg.CsegError as e:
             raise _source_error(source, keys[ks[e.chunk]], mip, e) from e
 

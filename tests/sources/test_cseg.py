@@ -1,11 +1,21 @@
 """The compressed_segmentation random-access decoder on plain numpy, against the
 ``compressed_segmentation`` package's full decode: every bit width, many block sizes, ragged chunk
-shapes, many chunks in one call, block-range decodes, and corrupt or truncated input."""
+shapes, many chunks in one call, block-range decodes, and corrupt or truncated input. Every test
+runs twice: point lookups by the numpy path and by the compiled kernel (``_cseg_numba``)."""
+import functools
+
 import compressed_segmentation as cseg
 import numpy as np
 import pytest
 
 from crantseg_dask.sources import _cseg
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["numpy", "compiled"])
+def compiled(request, monkeypatch):
+    """``_cseg.decode_points`` of this test forced to one path."""
+    monkeypatch.setattr(_cseg, "decode_points", functools.partial(_cseg.decode_points, compiled=request.param))
+    return request.param
 
 BLOCKS = [(8, 8, 8), (1, 1, 1), (2, 2, 2), (4, 4, 4), (16, 16, 16), (8, 8, 4), (3, 5, 2), (64, 32, 32)]
 SHAPES = [(32, 32, 16), (13, 17, 9), (1, 1, 1), (8, 8, 8), (40, 3, 21)]
@@ -159,6 +169,21 @@ def test_truncated_chunks_raise():
     for cut in sorted({0, 3, 4, 8, 40, len(data) // 2 // 4 * 4, len(data) - 8, len(data) - 4, len(data) - 1}):
         with pytest.raises(_cseg.CsegError, match="chunk 0"):
             _decode_all(data[:cut], shape, block)
+
+
+def test_a_table_cut_short_raises_naming_the_table_index():
+    """Blocks written values first, table last (``_hand_encode``): cutting the chunk's last 8 bytes
+    removes the last block's last table entry, which only its voxels of that index read."""
+    rng = np.random.default_rng(8)
+    block, shape = (4, 4, 2), (8, 4, 2)
+    vol = rng.integers(1, 2**63, size=4, dtype=np.uint64)[rng.integers(0, 4, size=shape)]
+    data = _hand_encode(vol, block, 2)
+    np.testing.assert_array_equal(_decode_all(data, shape, block), vol.ravel()[
+        np.ravel_multi_index(np.argwhere(np.ones(shape, bool)).T, shape)])
+    with pytest.raises(_cseg.CsegError, match="table index lies outside"):
+        _decode_all(data[:-8], shape, block)
+    first = np.argwhere(np.ones((4, 4, 2), bool))  # the first block's voxels read nothing cut off
+    assert len(_cseg.decode_points([data[:-8]], [shape], block, np.zeros(len(first), int), first)) == 32
 
 
 def test_corrupt_headers_and_random_garbage_raise_or_decode_but_never_crash():
