@@ -24,6 +24,7 @@ import threading
 
 import numpy as np
 
+from .._numba import jit as _jit
 from ..sources import _cseg, _partial
 
 __all__ = ["search", "search_words", "warm_up", "ERRORS"]
@@ -38,17 +39,6 @@ ERRORS = {1: "a block header has a bad bit width or a table outside the chunk (t
 _SKIP_BITS = 4
 _compiled = None
 _compile_lock = threading.Lock()
-
-
-def _jit(func):
-    """``numba.njit(func)`` with ``cache=True``, or without the cache when numba finds no writable
-    cache directory for it (a read-only install): compiled per process then."""
-    import numba
-
-    try:
-        return numba.njit(cache=True, nogil=True)(func)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return numba.njit(nogil=True)(func)
 
 
 def _kernel():
