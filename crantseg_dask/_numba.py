@@ -6,6 +6,8 @@ concatenating copy; the caller keeps the buffers alive).
 """
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 
 __all__ = ["jit", "addresses"]
@@ -25,9 +27,14 @@ def jit(func):
 def addresses(datas) -> np.ndarray:
     """(K,) int64 address of each buffer's first byte (bytes, bytearray or any buffer; an empty one
     gives 0, never read). The buffers must outlive every use of the addresses."""
-    out = np.zeros(len(datas), dtype=np.int64)
-    for k, d in enumerate(datas):
-        if len(d):
-            out[k] = np.frombuffer(d, dtype=np.uint8).__array_interface__["data"][0]
-    return out
+    out = []
+    for d in datas:
+        if not len(d):
+            out.append(0)
+            continue
+        try:  # a writable buffer (libdeflate's bytearray): 0.4 us, against 1.7 us through numpy
+            out.append(ctypes.addressof(ctypes.c_char.from_buffer(d)))
+        except TypeError:  # read-only (bytes)
+            out.append(np.frombuffer(d, dtype=np.uint8).__array_interface__["data"][0])
+    return np.array(out, dtype=np.int64)
 

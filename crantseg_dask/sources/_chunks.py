@@ -145,7 +145,9 @@ class ChunkReader:
         names = self.filenames(chunks, mip)
         for i, data in fetch(self.store, [(n, None, None) for n in names], window=self._window(),
                              in_flight=self._setting("storage.max-in-flight", 256)):
-            yield chunks[i], None if data is None else gunzip_if(data, f"chunk {self.store.url(names[i])}")
+            if data is not None and data[:2] == b"\x1f\x8b":  # (a file:// read is inflated already)
+                data = gunzip_if(data, f"chunk {self.store.url(names[i])}")
+            yield chunks[i], data
 
     def _fetch_sharded(self, chunks, mip):
         loc = self._locator(mip)

@@ -99,12 +99,14 @@ def _read_sorted(source, mip, keys, chunk_of, local) -> np.ndarray:
             raise _source_error(source, keys[ks[e.chunk]], mip, e) from e
 
     want = np.flatnonzero(ra & (counts > 0)).tolist()
-    at: dict = {}
-    for c, k in zip(map(tuple, keys[want].tolist()), want):
-        at.setdefault(c, []).append(k)
+    at = dict(zip(map(tuple, keys[want].tolist()), want))  # chunk -> its index (keys are distinct
+    if len(at) < len(want):  # as lookup_points gives them; else chunk -> its indices)
+        at = {}
+        for c, k in zip(map(tuple, keys[want].tolist()), want):
+            at.setdefault(c, []).append(k)
     batch = []
     for c, data in source.read_encoded_many(list(at), mip) if at else ():
-        for k in at[c]:
+        for k in at[c] if isinstance(at[c], list) else (at[c],):
             if data is None:  # decoded whole below (background or a raw scale)
                 ra[k] = False
             else:
