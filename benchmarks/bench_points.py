@@ -68,11 +68,12 @@ def full_decode_way(path, locs: np.ndarray) -> np.ndarray:
     from crantseg_dask import locs_to_supervoxels
     from crantseg_dask.sources import _cseg
 
-    saved, _cseg.CROSSOVER = _cseg.CROSSOVER, 0.0
+    saved = _cseg.CROSSOVER, _cseg.CROSSOVER_COMPILED
+    _cseg.CROSSOVER = _cseg.CROSSOVER_COMPILED = 0.0
     try:
         return locs_to_supervoxels(locs, dataset=str(path), progress=False)
     finally:
-        _cseg.CROSSOVER = saved
+        _cseg.CROSSOVER, _cseg.CROSSOVER_COMPILED = saved
 
 
 def read_only_way(path, locs: np.ndarray) -> None:

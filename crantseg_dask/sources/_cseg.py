@@ -25,6 +25,13 @@ structural check plus ``compressed_segmentation.decompress``), twice on a 2-core
 with other work (load ~4), after random access stopped concatenating the chunks: full decode
 2.44 / 2.06 ns per voxel, random access 163 / 136 ns per point at 256 points per chunk,
 crossover 1.50% / 1.52% of a chunk (7.9k / 8.0k voxels). ``CROSSOVER`` is 1.5%.
+
+Point lookups of 65,536 points or more (``COMPILED_MIN_POINTS``), or once the compiled kernel is
+loaded, run compiled (``_cseg_numba``), which moves their crossover: the same benchmark on
+2026-11-30 (2 cores, helpers running beside it), twice: full decode 2.11 / 2.15 ns per voxel
+(``bytes`` copy included, as the read path does it), compiled random access 23.6 / 27.3 ns per point
+at 4,096 points per chunk (numpy: 134 / 151), crossover 8.9% / 7.9% of a chunk.
+``CROSSOVER_COMPILED`` is 8%.
 """
 from __future__ import annotations
 
@@ -34,12 +41,14 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["CsegError", "CROSSOVER", "COMPILED_MIN_POINTS", "use_compiled", "divmod_nonneg", "decode_points", "decode_positions", "decode_blocks", "decode_box",
+__all__ = ["CsegError", "CROSSOVER", "CROSSOVER_COMPILED", "COMPILED_MIN_POINTS", "use_compiled", "divmod_nonneg", "decode_points", "decode_positions", "decode_blocks", "decode_box",
            "block_voxels", "block_positions", "blocks_holding", "use_blocks"]
 
 #: random access is chosen while a chunk needs fewer than this fraction of its voxels (measured;
 #: the environment variable CRANTSEG_CSEG_CROSSOVER overrides it, 0 meaning always decode whole)
 CROSSOVER = float(os.environ.get("CRANTSEG_CSEG_CROSSOVER", 0.015))
+#: the same for the compiled point lookup (measured; the same environment variable overrides it)
+CROSSOVER_COMPILED = float(os.environ.get("CRANTSEG_CSEG_CROSSOVER", 0.08))
 #: a call that reads this many points at once (a partition) loads the compiled kernel
 #: (``_cseg_numba``; importing numba costs ~0.5 s once per process); once loaded, every call uses it
 COMPILED_MIN_POINTS = 1 << 16
@@ -56,10 +65,12 @@ class CsegError(ValueError):
         self.chunk, self.problem = chunk, problem
 
 
-def use_blocks(n_voxels: int | np.ndarray, chunk_voxels: int | np.ndarray) -> np.ndarray | bool:
+def use_blocks(n_voxels: int | np.ndarray, chunk_voxels: int | np.ndarray,
+               compiled: bool = False) -> np.ndarray | bool:
     """True where reading ``n_voxels`` voxels of a chunk of ``chunk_voxels`` voxels by random
-    access is cheaper than decoding it whole (``n_voxels < CROSSOVER * chunk_voxels``)."""
-    return np.asarray(n_voxels) < CROSSOVER * np.asarray(chunk_voxels)
+    access is cheaper than decoding it whole (``n_voxels < CROSSOVER * chunk_voxels``;
+    ``CROSSOVER_COMPILED`` for points read by the compiled kernel)."""
+    return np.asarray(n_voxels) < (CROSSOVER_COMPILED if compiled else CROSSOVER) * np.asarray(chunk_voxels)
 
 
 def use_compiled(n_points: int) -> bool:

@@ -2,7 +2,8 @@
 
 One rule (``_cseg.use_blocks``): a chunk is read by random access when the voxels it must yield
 (points, or the voxels of the 8 x 8 x 8 blocks a box touches) are fewer than ``_cseg.CROSSOVER``
-of its voxels, and decoded whole otherwise. Random access needs the encoded bytes
+of its voxels (``_cseg.CROSSOVER_COMPILED`` for points the compiled kernel reads), and decoded whole
+otherwise. Random access needs the encoded bytes
 (``source.read_encoded_many``, fetched concurrently): compressed_segmentation only, sharded or
 not; anything else (raw, a missing chunk read as background) is decoded in full, and chunks
 decoded whole are fetched concurrently too (``source.read_chunks``).
@@ -77,10 +78,10 @@ def _read_sorted(source, mip, keys, chunk_of, local) -> np.ndarray:
     shapes = chunk_shapes(meta, keys, mip)
     bounds = np.searchsorted(chunk_of, np.arange(len(keys) + 1))
     counts = np.diff(bounds)
-    ra = _cseg.use_blocks(counts, shapes.prod(axis=1)) & _random_access_ok(meta, mip)
+    compiled = _cseg.use_compiled(len(chunk_of))
+    ra = _cseg.use_blocks(counts, shapes.prod(axis=1), compiled) & _random_access_ok(meta, mip)
     block = _block(meta, mip)
     b = bounds.tolist()
-    compiled = _cseg.use_compiled(len(chunk_of))
 
     def decode(batch: list) -> None:
         """``batch``: (k, encoded bytes) of chunks read by random access."""

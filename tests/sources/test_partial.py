@@ -14,8 +14,10 @@ from crantseg_dask.sources._partial import chunk_shapes, read_box
 
 @pytest.fixture(params=["rule", "always_blocks", "always_full"])
 def crossover(request, monkeypatch):
-    value = {"rule": _cseg.CROSSOVER, "always_blocks": 2.0, "always_full": 0.0}[request.param]
-    monkeypatch.setattr(_cseg, "CROSSOVER", value)
+    value = {"rule": None, "always_blocks": 2.0, "always_full": 0.0}[request.param]
+    if value is not None:  # the numpy and the compiled point lookups' thresholds both
+        monkeypatch.setattr(_cseg, "CROSSOVER", value)
+        monkeypatch.setattr(_cseg, "CROSSOVER_COMPILED", value)
     return request.param
 
 
@@ -35,8 +37,10 @@ def _points(truth, mip, n, seed):
     return np.concatenate([p, corner, [off - 1, off + size]])
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["numpy", "compiled"])
 @pytest.mark.parametrize("mip", [0, 1, 2])
-def test_points_equal_the_full_decode(spec, truth, mip, crossover):
+def test_points_equal_the_full_decode(spec, truth, mip, crossover, compiled, monkeypatch):
+    monkeypatch.setattr(_cseg, "use_compiled", lambda n: compiled)  # the point decoder, whatever the size
     source = open_source(spec)
     vol = _cloudvolume(truth, mip)
     off, size = truth.bounds(mip)
@@ -88,6 +92,15 @@ def test_the_rule_picks_the_path(local_spec, truth, monkeypatch):
     many = many[np.all(many < off + source.meta.chunk_size[0], axis=1)]
     np.testing.assert_array_equal(lookup_points(source, many, 0), truth.supervoxel_at(many, 0))
     assert calls == ["read_chunks"]
+    # the compiled point decoder's own threshold: a share of the chunk between the two crossovers
+    chunk = int(np.prod(source.meta.chunk_size[0]))
+    k = int(np.sqrt(_cseg.CROSSOVER * _cseg.CROSSOVER_COMPILED) * chunk)
+    assert _cseg.CROSSOVER * chunk < k < _cseg.CROSSOVER_COMPILED * chunk
+    for compiled, path in ((False, "read_chunks"), (True, "read_encoded_many")):
+        monkeypatch.setattr(_cseg, "use_compiled", lambda n, c=compiled: c)
+        calls.clear()
+        np.testing.assert_array_equal(lookup_points(source, many[:k], 0), truth.supervoxel_at(many[:k], 0))
+        assert calls == [path], compiled
 
 
 @pytest.fixture
