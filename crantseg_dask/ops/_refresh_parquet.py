@@ -178,7 +178,7 @@ class ParquetStage:
     """
 
     def __init__(self, path: Path, schema, table, ids: dict, timestamp: tuple[str, str], metadata: dict,
-                 settings: dict, tmp: Path, sizes: list[int] | None = None, ready: int = 0):
+                 settings: dict, tmp: Path, sizes: list[int] | None = None, ready: int = 0, splice=None):
         import pyarrow as pa
 
         self.path, self.tmp = Path(path), Path(tmp)
@@ -194,9 +194,13 @@ class ParquetStage:
             elif c in ids:
                 old = schema.field(c).type if c in schema.names else pa.uint64()
                 fields.append(pa.field(c, pa.int64() if pa.types.is_signed_integer(old) else pa.uint64()))
-            else:
-                fields.append(table.schema.field(c))
+            else:  # as read (spliced: as stored, not read)
+                fields.append((schema if table is None else table.schema).field(c))
         self.schema = pa.schema(fields, metadata=metadata)
+        self.splice = splice  # a ``SplicePlan``: the columns not in ``ids`` copied, not rewritten
+        self.changed = [c for c in names if c in ids or c == stamp_col]
+        if splice is not None and sorted(splice.keep) != sorted(c for c in names if c not in self.changed):
+            raise ValueError(f"splice keeps {splice.keep}, not the columns left unchanged")
         self.table, self.ids, self.stamp = table, ids, pa.array([stamp], pa.string())
         self.options = _options(names, settings, stamp_col)
         self.stamp_col = stamp_col
@@ -221,19 +225,21 @@ class ParquetStage:
     def _group(self, lo: int, hi: int):
         import pyarrow as pa
 
-        cols = []
-        for f in self.schema:
+        cols, fields = [], [f for f in self.schema if self.splice is None or f.name in self.changed]
+        for f in fields:
             if f.name == self.stamp_col:  # int32 indices: the writer's own index width (int8 ones are widened)
                 cols.append(pa.DictionaryArray.from_arrays(pa.array(np.zeros(hi - lo, np.int32)), self.stamp))
             elif f.name in self.ids:
                 cols.append(_ids_array(self.ids[f.name][lo:hi], f.type))
             else:
                 cols.append(self.table.column(f.name).slice(lo, hi - lo))
-        return pa.Table.from_arrays(cols, schema=self.schema)
+        return pa.Table.from_arrays(cols, schema=pa.schema(fields, metadata=self.schema.metadata))
 
     def _write(self) -> None:
         import pyarrow.parquet as pq
 
+        if self.splice is not None:
+            return self._write_spliced()
         try:
             with pq.ParquetWriter(self.tmp, self.schema, **self.options) as writer:
                 lo = 0
@@ -254,6 +260,36 @@ class ParquetStage:
                 os.close(fd)
         except BaseException as e:  # raised again by ``finish``
             self._error = e
+
+    def _write_spliced(self) -> None:
+        """``_write`` by splicing (``_parquet_splice``): each row group's unchanged column chunks
+        copied from the old file, its changed columns encoded; the footer that of pyarrow writing
+        the schema and metadata (``_template``) with the row groups written."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from ._parquet_splice import SpliceWriter
+
+        writer = None
+        try:
+            writer = SpliceWriter(self.splice, self.tmp, list(self.schema.names))
+            lo = 0
+            for i, size in enumerate(self.sizes):
+                if not self._wait(lambda: self._ready >= lo + size):
+                    return
+                writer.group(i, self._group(lo, lo + size), self.options)
+                lo += size
+            if not self._wait(lambda: self._footer is not None):
+                return
+            sink = pa.BufferOutputStream()
+            with pq.ParquetWriter(sink, self.schema, **self.options) as template:  # as ``_write`` opens it
+                template.add_key_value_metadata(self._footer)
+            writer.close(sink.getvalue().to_pybytes())  # fsynced
+        except BaseException as e:  # raised again by ``finish``
+            self._error = e
+        finally:
+            if writer is not None:
+                writer.release()
 
     def finish(self, metadata: dict | None = None, replace: bool = True) -> dict:
         """Add ``metadata`` to the file's schema metadata, wait for the write, then put the file

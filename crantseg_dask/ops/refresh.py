@@ -298,9 +298,11 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         return report
     # parquet: the supervoxel columns read in the background while the root columns are read, then
     # the columns a refresh only writes back (not for a dry run), while the requests are answered
+    # (spliced: the other columns are copied as stored, never read)
     replaced = list(cols) + [f"{c}_previous" for c in cols] + [TIMESTAMP_COLUMN]
+    rest = dry_run or tab.splices(replaced)
     tab.prefetch(first=[s for s in sv_cols.values() if s],
-                 skip=replaced + ([c for c in tab.names if c not in sv_cols.values()] if dry_run else []))
+                 skip=replaced + ([c for c in tab.names if c not in sv_cols.values()] if rest else []))
     sizes = getattr(tab.columns, "sizes", None) or []
     waves = [sizes[0], sum(sizes)] if len(sizes) > 1 and not dry_run else None
     ahead = None
