@@ -27,7 +27,7 @@ import numpy as np
 
 from ._thrift import I64, LIST, STRUCT, Field, List, Struct, dumps, loads
 
-__all__ = ["SplicePlan", "SpliceWriter", "read_footer"]
+__all__ = ["SplicePlan", "SpliceWriter", "encode", "read_footer"]
 
 MAGIC = b"PAR1"
 # field numbers of parquet.thrift
@@ -202,28 +202,26 @@ class SpliceWriter:
                 done += len(piece)
         self.pos += length
 
-    def group(self, i: int, table, options: dict) -> None:
+    def group(self, i: int, parts: list[bytes]) -> None:
         """Row group ``i``: the columns of ``plan.keep`` copied from the source's row group
-        ``i``, the columns of ``table`` (an arrow table of the others, its rows) encoded by
-        pyarrow with the writer ``options``."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, row_group_size=max(len(table), 1), **_only(options, table.column_names))
-        data = sink.getvalue().to_pybytes()
-        (made,) = _footer_of(data).value(FMD_ROW_GROUPS).items
-        fresh = dict(zip(table.column_names, made.value(1).items))
+        ``i``, the others lifted from ``parts`` (``encode``: parquet files of one row group
+        holding them)."""
+        fresh, owner = {}, {}
+        for data in parts:
+            (made,) = _footer_of(data).value(FMD_ROW_GROUPS).items
+            for cc in made.value(1).items:
+                name = cc.value(CC_META).value(3).items[0].decode()
+                fresh[name], owner[name] = cc, data
         source = self.plan.footer.value(FMD_ROW_GROUPS).items[i]
-        if source.value(3) != len(table):
-            raise ValueError(f"row group {i}: {len(table)} rows given, {source.value(3)} in {self.plan.path}")
+        if {n.value(3) for n in (_footer_of(d) for d in parts)} != {source.value(3)}:
+            raise ValueError(f"row group {i}: not the {source.value(3)} rows of {self.plan.path}")
         columns = []
         for name in self.names:
             if name in fresh:
                 cc = fresh[name]
                 start, n = _span(cc.value(CC_META))
                 at = self.pos
-                self._write(data[start: start + n])
+                self._write(owner[name][start: start + n])
             else:
                 cc = source.value(1).items[self.plan.index[name]]
                 start, n = _span(cc.value(CC_META))
@@ -237,6 +235,7 @@ class SpliceWriter:
             3: Field(I64, source.value(3)),
             5: Field(I64, _span(metas[0])[0]),
             6: Field(I64, sum(m.value(MD_TOTAL_COMPRESSED) for m in metas))}))
+        os.fdatasync(self.fd)  # on disk as it goes: the final fsync has only the footer left
 
     def close(self, template: bytes) -> int:
         """Write the footer: that of ``template`` (a file without rows as pyarrow writes the new
@@ -257,6 +256,17 @@ class SpliceWriter:
             except OSError:
                 pass
         self.src = self.fd = -1
+
+
+def encode(table, options: dict) -> bytes:
+    """``table`` (the changed columns of one row group) as a parquet file of one row group,
+    written by pyarrow with the writer ``options`` (those of a full rewrite; thread-safe)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=max(len(table), 1), **_only(options, table.column_names))
+    return sink.getvalue().to_pybytes()
 
 
 def _moved(cc: Struct, delta: int) -> Struct:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from ..errors import InvalidInputError
 __all__ = ["ParquetStage", "copy_parquet", "parquet_settings", "read_columns", "read_ids", "row_groups"]
 
 N_READERS = 2       # threads reading row groups (each its own file handle)
+N_ENCODERS = 2      # threads encoding a spliced file's changed columns, row group by row group
 PARQUET_COMPRESSION = "snappy"  # a column the file lacks, without a root column to follow
 
 
@@ -233,7 +235,7 @@ class ParquetStage:
                 cols.append(_ids_array(self.ids[f.name][lo:hi], f.type))
             else:
                 cols.append(self.table.column(f.name).slice(lo, hi - lo))
-        return pa.Table.from_arrays(cols, schema=pa.schema(fields, metadata=self.schema.metadata))
+        return pa.Table.from_arrays(cols, schema=pa.schema(fields, metadata=None if self.splice else self.schema.metadata))
 
     def _write(self) -> None:
         import pyarrow.parquet as pq
@@ -268,17 +270,29 @@ class ParquetStage:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from ._parquet_splice import SpliceWriter
+        from ._parquet_splice import SpliceWriter, encode
 
-        writer = None
+        writer, pool, queue, stamps = None, ThreadPoolExecutor(N_ENCODERS), deque(), {}
         try:
             writer = SpliceWriter(self.splice, self.tmp, list(self.schema.names))
             lo = 0
             for i, size in enumerate(self.sizes):
                 if not self._wait(lambda: self._ready >= lo + size):
                     return
-                writer.group(i, self._group(lo, lo + size), self.options)
+                # encoded in N_ENCODERS threads, written in order, at most 2 per thread held; the
+                # time column (the same in every row group of a size) encoded once per size
+                group = self._group(lo, lo + size)
+                if size not in stamps:
+                    stamps[size] = pool.submit(encode, group.select([self.stamp_col]), self.options)
+                rest = group.drop_columns([self.stamp_col])
+                queue.append((i, [pool.submit(encode, rest, self.options)] * (rest.num_columns > 0) + [stamps[size]]))
+                while queue and (all(f.done() for f in queue[0][1]) or len(queue) > 2 * N_ENCODERS):
+                    j, parts = queue.popleft()
+                    writer.group(j, [f.result() for f in parts])
                 lo += size
+            while queue:
+                j, parts = queue.popleft()
+                writer.group(j, [f.result() for f in parts])
             if not self._wait(lambda: self._footer is not None):
                 return
             sink = pa.BufferOutputStream()
@@ -288,6 +302,7 @@ class ParquetStage:
         except BaseException as e:  # raised again by ``finish``
             self._error = e
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             if writer is not None:
                 writer.release()
 
