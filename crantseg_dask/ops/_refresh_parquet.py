@@ -1,17 +1,20 @@
 """Parquet tables for ``refresh``: read in parallel by row group, written row group by row group.
 
-A refresh rewrites a parquet file whole (its columns are compressed pages; a changed root
-re-encodes its column chunk), so its cost is one read and one write of the file. Both are kept
-to that and overlapped with the requests:
+A refresh changes a file's root columns, their previous-roots columns and its time column; a
+changed root re-encodes its column chunk (compressed pages). Every other column chunk is copied
+from the old file byte for byte (``_parquet_splice``); a file the splice does not handle is
+rewritten whole. Reads and writes are overlapped with the requests:
 
 * the columns are read memory-mapped, the row groups split between threads (each decompresses
   its own; pyarrow releases the GIL); the root columns first, the supervoxel columns next (the
-  touched rows' supervoxels are needed for the requests), the rest after;
+  touched rows' supervoxels are needed for the requests), the rest after (only when the file
+  is rewritten whole);
 * the refreshed file is written in a background thread (``ParquetStage``) as soon as the roots
   are known, row group by row group with the original file's row groups, codec per column and
   schema (plus the previous-roots columns and the time), while the caller still waits on its
-  last requests; it is then closed, fsynced and renamed over the old file (``finish``), or
-  dropped (``cancel``) when what it was started with turns out not to be the final table.
+  last requests (spliced: the changed columns encoded in ``N_ENCODERS`` threads, the others
+  copied); it is then closed, fsynced and renamed over the old file (``finish``), or dropped
+  (``cancel``) when what it was started with turns out not to be the final table.
 
 A crash before the rename leaves the old file; the partial file beside it
 (``.<name>.refresh-tmp``) is deleted by the next run (``_refresh_store.recover``).
@@ -360,14 +363,32 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def copy_parquet(path: Path, out: Path, timestamp_column: str) -> None:
-    """Read the parquet file at ``path`` and write it to ``out`` as a refresh reads and writes a
-    file (``read_columns``, ``ParquetStage``: the same threads, settings and fsync), with nothing
-    else to do: the floor of a refresh, which rewrites the whole file."""
+def copy_parquet(path: Path, out: Path, timestamp_column: str, roots: list[str] = (), read: list[str] = ()) -> None:
+    """Write the parquet file at ``path`` to ``out`` as a refresh that changes no root would
+    (the same readers, writer settings, threads and fsync): the root columns ``roots`` read and
+    written anew with their previous-roots columns (zeros) and the time column, the columns
+    ``read`` read too (a refresh reads the supervoxel columns), every other column copied
+    (``_parquet_splice``; where the file cannot be spliced: read and written). The floor of a
+    refresh of that file."""
     import pyarrow.parquet as pq
 
+    from ._parquet_splice import SplicePlan
+
     schema = pq.read_schema(path)
-    table = read_columns(path, schema.names, dictionary=[timestamp_column])
-    stamp = table.column(timestamp_column)[0].as_py() if timestamp_column in schema.names and len(table) else ""
-    ParquetStage(path, schema, table, {}, (timestamp_column, str(stamp)), schema.metadata, parquet_settings(path),
-                 out, ready=len(table)).finish(replace=False)
+    ids = {c: read_ids(path, c)[0] for c in roots}
+    ids.update({f"{c}_previous": np.zeros(len(ids[c]), np.uint64) for c in roots})
+    keep = [c for c in schema.names if c not in ids and c != timestamp_column]
+    plan = SplicePlan.of(path, keep)
+    plan = None if isinstance(plan, str) else plan
+    if plan is not None:
+        if read:
+            read_columns(path, list(read))
+        table = None
+    else:
+        table = read_columns(path, [c for c in schema.names if c not in ids], dictionary=[timestamp_column])
+    n = sum(row_groups(path))
+    stamp = ""  # the file's time, written back
+    if timestamp_column in schema.names and n:
+        stamp = pq.ParquetFile(path).read_row_group(0, columns=[timestamp_column]).column(0)[0].as_py()
+    ParquetStage(path, schema, table, ids, (timestamp_column, str(stamp)), schema.metadata, parquet_settings(path),
+                 out, ready=n, splice=plan).finish(replace=False)

@@ -4,7 +4,8 @@ A refreshed table is always staged complete beside the original (``.<name>.refre
 then swapped in with one atomic step:
 
 * a file (parquet, CSV) is written whole and replaced with ``os.replace`` (parquet: row group by
-  row group in a background thread, fsynced first: ``_refresh_parquet``);
+  row group in a background thread, its unchanged column chunks copied, fsynced first:
+  ``_refresh_parquet``);
 * a Zarr group (a directory) is staged copy-on-write: its tree is copied with every chunk file
   hard-linked (no data copied), and only the chunks whose values change are written anew, each
   as a new file replacing its link (the old group's files are never written through). The

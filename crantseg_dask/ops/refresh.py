@@ -18,8 +18,9 @@ Zarr output only the chunks whose values change are written (``_refresh_store``)
 column known valid (its own, or one the last refresh left valid, by each chunk's crc32c) with the
 job's per-partition root ranges (``_range_root_id``) is read only in the chunks whose range holds
 an expired root; a job's chunks are decoded and encoded in parallel threads (``_zarr_chunks``).
-A parquet file is rewritten whole (``_refresh_parquet``): its write starts once the first row
-group's rows are mapped and runs while the rest are mapped and the roots are checked.
+A parquet file is written anew (``_refresh_parquet``), its unchanged column chunks copied as
+stored (``_parquet_splice``): its write starts once the first row group's rows are mapped and
+runs while the rest are mapped and the roots are checked.
 """
 from __future__ import annotations
 
