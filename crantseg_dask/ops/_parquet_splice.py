@@ -19,6 +19,7 @@ reason and the caller rewrites the file whole.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,28 +179,24 @@ class SpliceWriter:
         self._write(MAGIC)
 
     def _write(self, data) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
+        _write_all(self.fd, data)
         self.pos += len(data)
 
     def _copy(self, offset: int, length: int) -> None:
         """Bytes ``offset .. offset + length`` of the source appended (in the kernel where it can)."""
         done = 0
-        try:
+        with contextlib.suppress(OSError):  # another file system, an old kernel: through user space below
             while done < length:
                 n = os.copy_file_range(self.src, self.fd, length - done, offset + done)
                 if n == 0:
-                    raise OSError("short copy")
+                    break
                 done += n
-        except OSError:  # another file system, an old kernel: through user space
-            while done < length:
-                piece = os.pread(self.src, min(length - done, 1 << 24), offset + done)
-                if not piece:
-                    raise OSError(f"{self.plan.path}: ends before byte {offset + length}")
-                os.write(self.fd, piece)
-                done += len(piece)
+        while done < length:
+            piece = os.pread(self.src, min(length - done, 1 << 24), offset + done)
+            if not piece:
+                raise OSError(f"{self.plan.path}: ends before byte {offset + length}")
+            _write_all(self.fd, piece)
+            done += len(piece)
         self.pos += length
 
     def group(self, i: int, parts: list[bytes]) -> None:
@@ -256,6 +253,12 @@ class SpliceWriter:
             except OSError:
                 pass
         self.src = self.fd = -1
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def encode(table, options: dict) -> bytes:

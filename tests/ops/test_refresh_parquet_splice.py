@@ -222,3 +222,29 @@ def test_thrift_round_trip_is_exact(tmp_path):
         size = int.from_bytes(data[-8:-4], "little")
         footer = data[-8 - size: -8]
         assert dumps(loads(footer)) == footer, kw
+
+
+def test_the_copy_goes_through_user_space_where_the_kernel_cannot(tmp_path, truth, local_spec, monkeypatch):
+    """``copy_file_range`` refused (another file system, an old kernel): the kept chunks are
+    copied with reads and writes, the same bytes; the file equals the truth's table."""
+    import errno
+    import os
+
+    def refuse(*args, **kw):
+        raise OSError(errno.EXDEV, "cross-device")
+
+    versions = _versions(truth)
+    ta, tb = truth.materialization(versions[0]), truth.materialization(versions[1])
+    table = _table(truth, 200, ta, tb, seed=8)
+    src, path = tmp_path / "src.parquet", tmp_path / "t.parquet"
+    pq.write_table(table, src, row_group_size=GROUP)
+    shutil.copy(src, path)
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    closed = _spy(monkeypatch)
+    refresh(path, f"mat_{versions[1]}", dataset=local_spec)
+    assert closed == [path]
+    _check_truth(truth, table, path, ta, tb)
+    _valid_layout(path)
+    for i in range(pq.ParquetFile(src).metadata.num_row_groups):
+        for name in KEPT:
+            assert _chunk_bytes(path, i, name) == _chunk_bytes(src, i, name), (i, name)
