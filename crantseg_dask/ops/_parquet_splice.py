@@ -11,11 +11,18 @@ out. The footer is that of pyarrow writing the new schema (the same schema eleme
 metadata, column orders and ``created_by`` as a full rewrite), with the row groups' column
 chunk metadata, their offsets moved to where the chunks now are.
 
-The footers are read and written with ``_thrift`` (every field kept as it was, with its wire
-type). A file with a feature whose offsets this module does not move (page indexes, bloom
-filters, encryption, column chunks in other files), nested columns, a column whose schema
-element a full rewrite would change, or no rows is not spliced: ``SplicePlan.of`` gives the
-reason and the caller rewrites the file whole.
+A copied chunk decodes under the new schema element as under its old one when both have the
+same physical type (and length), repetition and no children (the logical annotations are
+pyarrow's for the arrow type it read the column as: a file from another writer, say
+fastparquet, is spliced too); its statistics are kept when the old file was written by the
+same pyarrow (``created_by``), else dropped (the new ``created_by`` would vouch for another
+writer's sort orders and bugs). The footers are read and written with ``_thrift`` (every field
+kept as it was, with its wire type).
+
+A file with a feature whose offsets this module does not move (page indexes, bloom filters,
+encryption, column chunks in other files), nested columns, a column a full rewrite would store
+with another physical type or repetition (INT96 times, say), or no rows is not spliced:
+``SplicePlan.of`` gives the reason and the caller rewrites the file whole.
 """
 from __future__ import annotations
 
@@ -40,6 +47,10 @@ MD_DATA_PAGE, MD_INDEX_PAGE, MD_DICT_PAGE = 9, 10, 11
 MD_BLOOM = (14, 15)
 FMD_SCHEMA, FMD_NUM_ROWS, FMD_ROW_GROUPS = 2, 3, 4
 FMD_CRYPTO = (8, 9)
+FMD_CREATED_BY = 6
+MD_STATISTICS = 12
+SE_PHYSICAL = (1, 3, 5)  # a schema element's physical type, repetition, children
+FIXED_LEN_BYTE_ARRAY = 7  # (then its type_length, field 2, too)
 
 
 def read_footer(path: Path) -> tuple[Struct, int]:
@@ -104,6 +115,7 @@ class SplicePlan:
     footer_start: int
     keep: list[str]
     index: dict             # kept column -> its position in the source's row groups
+    statistics: bool = True  # the copied chunks keep their statistics (written by this pyarrow)
 
     @classmethod
     def of(cls, path: Path, keep: list[str]) -> "SplicePlan | str":
@@ -128,9 +140,12 @@ class SplicePlan:
             return "columns not found once each"
         index = {c: names.index(c) for c in keep}
         arrow = pq.read_schema(path)
-        mine = _footer_of(_template(arrow.remove_metadata(), {})).value(FMD_SCHEMA).items
-        for c in keep:  # the schema element a full rewrite writes for the column, else not copyable
-            if mine[1 + arrow.names.index(c)] != elements[1 + index[c]]:
+        template = _footer_of(_template(arrow.remove_metadata(), {}))
+        mine = template.value(FMD_SCHEMA).items
+        for c in keep:  # stored as a full rewrite would store its values, else not copyable
+            want, have = mine[1 + arrow.names.index(c)], elements[1 + index[c]]
+            if any(want.value(k) != have.value(k) for k in SE_PHYSICAL) or \
+                    (want.value(1) == FIXED_LEN_BYTE_ARRAY and want.value(2) != have.value(2)):
                 return f"column {c!r} is stored as a full rewrite would not store it"
         spans = []
         for g in groups:
@@ -153,7 +168,10 @@ class SplicePlan:
         ends = np.array([s + n for s, n in spans])
         if spans[0][0] < 4 or ends[-1] > start or (len(spans) > 1 and (ends[:-1] > [s for s, _ in spans[1:]]).any()):
             return "column chunks overlapping or outside the data"
-        return cls(Path(path), fmd, start, list(keep), index)
+        # another writer's statistics (its sort orders, its known bugs) are not vouched for by
+        # the new file's ``created_by`` (pyarrow's): they are dropped from the copied chunks
+        own = fmd.value(FMD_CREATED_BY) == template.value(FMD_CREATED_BY)
+        return cls(Path(path), fmd, start, list(keep), index, own)
 
 
 class SpliceWriter:
@@ -224,7 +242,7 @@ class SpliceWriter:
                 start, n = _span(cc.value(CC_META))
                 at = self.pos
                 self._copy(start, n)
-            columns.append(_moved(cc, at - start))
+            columns.append(_moved(cc, at - start, keep_statistics=name in fresh or self.plan.statistics))
         metas = [cc.value(CC_META) for cc in columns]
         self.groups.append(Struct({
             1: Field(LIST, List(STRUCT, columns)),
@@ -272,9 +290,12 @@ def encode(table, options: dict) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _moved(cc: Struct, delta: int) -> Struct:
-    """Column chunk metadata ``cc`` with its page offsets moved by ``delta`` bytes (a copy)."""
+def _moved(cc: Struct, delta: int, keep_statistics: bool = True) -> Struct:
+    """Column chunk metadata ``cc`` with its page offsets moved by ``delta`` bytes (a copy;
+    without its statistics unless ``keep_statistics``)."""
     cc, meta = Struct(cc), Struct(cc.value(CC_META))
+    if not keep_statistics:
+        meta.pop(MD_STATISTICS, None)
     for n in (MD_DATA_PAGE, MD_DICT_PAGE):
         if meta.value(n):
             meta[n] = Field(meta[n].type, meta[n].value + delta)

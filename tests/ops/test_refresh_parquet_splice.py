@@ -5,8 +5,9 @@ Against the truth: a table built at materialization k (the truth's roots of its 
 and refreshed to k+1 equals the truth's table at k+1 row for row, over 11 row groups, two root
 columns, each codec, dictionary-encoded and nullable columns; and against the full rewrite
 (``SPLICE = False``): pyarrow, pandas and fastparquet read the same values, types, nulls,
-schema and metadata (the refresh record) from both files. A file with a feature the splice does
-not handle (page indexes, a nested column) is rewritten whole, and equals the truth too."""
+schema and metadata (the refresh record) from both files. A file from fastparquet is spliced
+too (its statistics dropped); a file with a feature the splice does not handle (page indexes, a
+nested column, INT96 times) is rewritten whole, and equals the truth too."""
 from __future__ import annotations
 
 import json
@@ -182,26 +183,31 @@ def test_spliced_refresh_equals_the_truth_and_the_full_rewrite(tmp_path, truth, 
     _check_truth(truth, table, spliced, tb, tc)  # previous roots: those at k+1
 
 
-@pytest.mark.parametrize("feature", ["page index", "nested column"])
+@pytest.mark.parametrize("feature", ["page index", "nested column", "int96 times"])
 def test_a_file_the_splice_does_not_handle_is_rewritten_whole(tmp_path, truth, local_spec, monkeypatch, feature):
-    """A file with page indexes (offsets the splice would have to move) or a nested column is
-    not spliced (the reason named), rewritten whole, and equals the truth's table."""
+    """A file with page indexes (offsets the splice would have to move), a nested column or a
+    column pyarrow would store with another physical type (INT96 times) is not spliced (the
+    reason named), rewritten whole, and equals the truth's table."""
     versions = _versions(truth)
     ta, tb = truth.materialization(versions[0]), truth.materialization(versions[1])
     table = _table(truth, 200, ta, tb, seed=3)
-    if feature == "nested column":
-        table = table.append_column("tags", pa.array([[i, i + 1] for i in range(table.num_rows)]))
+    extra = {"nested column": ("tags", pa.array([[i, i + 1] for i in range(table.num_rows)])),
+             "int96 times": ("seen", pa.array(np.arange(table.num_rows) * 10**9, pa.timestamp("ns")))}.get(feature)
+    if extra:
+        table = table.append_column(*extra)
     path = tmp_path / "t.parquet"
-    pq.write_table(table, path, row_group_size=GROUP, write_page_index=feature == "page index")
+    pq.write_table(table, path, row_group_size=GROUP, write_page_index=feature == "page index",
+                   use_deprecated_int96_timestamps=feature == "int96 times")
     kept = [c for c in table.column_names if c not in ("pre_root_id", "post_root_id", TIMESTAMP_COLUMN)]
     reason = _parquet_splice.SplicePlan.of(path, kept)
-    assert reason == {"page index": "page indexes", "nested column": "nested columns"}[feature]
+    assert reason == {"page index": "page indexes", "nested column": "nested columns",
+                      "int96 times": "column 'seen' is stored as a full rewrite would not store it"}[feature]
     closed = _spy(monkeypatch)
     rep = refresh(path, f"mat_{versions[1]}", dataset=local_spec)
     assert rep.status == "refreshed" and closed == []
     _check_truth(truth, table, path, ta, tb)
-    if feature == "nested column":
-        assert pq.read_table(path)["tags"].equals(table["tags"])
+    if extra:
+        assert pq.read_table(path)[extra[0]].equals(table[extra[0]])
 
 
 def test_thrift_round_trip_is_exact(tmp_path):
@@ -248,3 +254,37 @@ def test_the_copy_goes_through_user_space_where_the_kernel_cannot(tmp_path, trut
     for i in range(pq.ParquetFile(src).metadata.num_row_groups):
         for name in KEPT:
             assert _chunk_bytes(path, i, name) == _chunk_bytes(src, i, name), (i, name)
+
+
+def test_a_file_written_by_fastparquet_is_spliced_and_equals_the_truth(tmp_path, truth, local_spec, monkeypatch):
+    """A file from another writer (fastparquet: its own schema annotations and statistics) is
+    spliced: equal to the truth's table, the same content as the full rewrite, the kept chunks
+    the source's bytes without the other writer's statistics."""
+    versions = _versions(truth)
+    ta, tb = truth.materialization(versions[0]), truth.materialization(versions[1])
+    frame = _table(truth, 200, ta, tb, seed=6).drop_columns(["cell_type", "partner"]).to_pandas()
+    src, spliced, whole = tmp_path / "src.parquet", tmp_path / "spliced.parquet", tmp_path / "whole.parquet"
+    fastparquet.write(str(src), frame, row_group_offsets=GROUP, compression="SNAPPY", stats=True)
+    assert pq.ParquetFile(src).metadata.created_by.startswith("fastparquet")
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    shutil.copy(src, spliced)
+    shutil.copy(src, whole)
+    closed = _spy(monkeypatch)
+    refresh(spliced, f"mat_{versions[1]}", dataset=local_spec)
+    assert closed == [spliced]
+    out = pq.read_table(spliced)
+    for side in ("pre", "post"):
+        svs = _u64(table[f"{side}_supervoxel_id"])
+        assert (_u64(out[f"{side}_root_id"]) == truth.root_of(svs, tb)).all(), side
+    for c in ("pre_supervoxel_id", "post_supervoxel_id", "weight", "note", "score"):
+        assert out[c].equals(table[c]), c
+    _valid_layout(spliced)
+    meta, names = pq.ParquetFile(spliced).metadata, pq.ParquetFile(spliced).metadata.schema.names
+    for i in range(meta.num_row_groups):
+        for name in ("pre_supervoxel_id", "note", "score"):
+            assert _chunk_bytes(spliced, i, name) == _chunk_bytes(src, i, name), (i, name)
+            assert not meta.row_group(i).column(names.index(name)).is_stats_set
+        assert meta.row_group(i).column(names.index("pre_root_id")).is_stats_set  # written by pyarrow
+    monkeypatch.setattr(_refresh_store, "SPLICE", False)
+    refresh(whole, f"mat_{versions[1]}", dataset=local_spec)
+    _same_content(spliced, whole)
