@@ -125,13 +125,13 @@ class SplicePlan:
 
         try:
             fmd, start = read_footer(path)
-        except (OSError, ValueError) as e:
-            return str(e)
+        except Exception as e:  # unreadable: the full rewrite's reader says why
+            return f"footer not read: {e}"
         if any(k in fmd for k in FMD_CRYPTO):
             return "encrypted footer"
-        groups = [g for g in fmd.value(FMD_ROW_GROUPS, List(STRUCT, [])).items]
-        if not groups or not fmd.value(FMD_NUM_ROWS):
-            return "no rows"
+        groups = list(fmd.value(FMD_ROW_GROUPS, List(STRUCT, [])).items)
+        if not groups or not fmd.value(FMD_NUM_ROWS) or any(not g.value(3) for g in groups):
+            return "no rows, or an empty row group"
         elements = fmd.value(FMD_SCHEMA).items
         if elements[0].value(5) != len(elements) - 1 or any(e.value(5) for e in elements[1:]):
             return "nested columns"
