@@ -1,17 +1,20 @@
 """Parquet tables for ``refresh``: read in parallel by row group, written row group by row group.
 
-A refresh rewrites a parquet file whole (its columns are compressed pages; a changed root
-re-encodes its column chunk), so its cost is one read and one write of the file. Both are kept
-to that and overlapped with the requests:
+A refresh changes a file's root columns, their previous-roots columns and its time column; a
+changed root re-encodes its column chunk (compressed pages). Every other column chunk is copied
+from the old file byte for byte (``_parquet_splice``); a file the splice does not handle is
+rewritten whole. Reads and writes are overlapped with the requests:
 
 * the columns are read memory-mapped, the row groups split between threads (each decompresses
   its own; pyarrow releases the GIL); the root columns first, the supervoxel columns next (the
-  touched rows' supervoxels are needed for the requests), the rest after;
+  touched rows' supervoxels are needed for the requests), the rest after (only when the file
+  is rewritten whole);
 * the refreshed file is written in a background thread (``ParquetStage``) as soon as the roots
   are known, row group by row group with the original file's row groups, codec per column and
   schema (plus the previous-roots columns and the time), while the caller still waits on its
-  last requests; it is then closed, fsynced and renamed over the old file (``finish``), or
-  dropped (``cancel``) when what it was started with turns out not to be the final table.
+  last requests (spliced: the changed columns encoded in ``N_ENCODERS`` threads, the others
+  copied); it is then closed, fsynced and renamed over the old file (``finish``), or dropped
+  (``cancel``) when what it was started with turns out not to be the final table.
 
 A crash before the rename leaves the old file; the partial file beside it
 (``.<name>.refresh-tmp``) is deleted by the next run (``_refresh_store.recover``).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,6 +34,7 @@ from ..errors import InvalidInputError
 __all__ = ["ParquetStage", "copy_parquet", "parquet_settings", "read_columns", "read_ids", "row_groups"]
 
 N_READERS = 2       # threads reading row groups (each its own file handle)
+N_ENCODERS = 2      # threads encoding a spliced file's changed columns, row group by row group
 PARQUET_COMPRESSION = "snappy"  # a column the file lacks, without a root column to follow
 
 
@@ -178,7 +183,7 @@ class ParquetStage:
     """
 
     def __init__(self, path: Path, schema, table, ids: dict, timestamp: tuple[str, str], metadata: dict,
-                 settings: dict, tmp: Path, sizes: list[int] | None = None, ready: int = 0):
+                 settings: dict, tmp: Path, sizes: list[int] | None = None, ready: int = 0, splice=None):
         import pyarrow as pa
 
         self.path, self.tmp = Path(path), Path(tmp)
@@ -194,9 +199,13 @@ class ParquetStage:
             elif c in ids:
                 old = schema.field(c).type if c in schema.names else pa.uint64()
                 fields.append(pa.field(c, pa.int64() if pa.types.is_signed_integer(old) else pa.uint64()))
-            else:
-                fields.append(table.schema.field(c))
+            else:  # as read (spliced: as stored, not read)
+                fields.append((schema if table is None else table.schema).field(c))
         self.schema = pa.schema(fields, metadata=metadata)
+        self.splice = splice  # a ``SplicePlan``: the columns not in ``ids`` copied, not rewritten
+        self.changed = [c for c in names if c in ids or c == stamp_col]
+        if splice is not None and sorted(splice.keep) != sorted(c for c in names if c not in self.changed):
+            raise ValueError(f"splice keeps {splice.keep}, not the columns left unchanged")
         self.table, self.ids, self.stamp = table, ids, pa.array([stamp], pa.string())
         self.options = _options(names, settings, stamp_col)
         self.stamp_col = stamp_col
@@ -221,19 +230,21 @@ class ParquetStage:
     def _group(self, lo: int, hi: int):
         import pyarrow as pa
 
-        cols = []
-        for f in self.schema:
+        cols, fields = [], [f for f in self.schema if self.splice is None or f.name in self.changed]
+        for f in fields:
             if f.name == self.stamp_col:  # int32 indices: the writer's own index width (int8 ones are widened)
                 cols.append(pa.DictionaryArray.from_arrays(pa.array(np.zeros(hi - lo, np.int32)), self.stamp))
             elif f.name in self.ids:
                 cols.append(_ids_array(self.ids[f.name][lo:hi], f.type))
             else:
                 cols.append(self.table.column(f.name).slice(lo, hi - lo))
-        return pa.Table.from_arrays(cols, schema=self.schema)
+        return pa.Table.from_arrays(cols, schema=pa.schema(fields, metadata=None if self.splice else self.schema.metadata))
 
     def _write(self) -> None:
         import pyarrow.parquet as pq
 
+        if self.splice is not None:
+            return self._write_spliced()
         try:
             with pq.ParquetWriter(self.tmp, self.schema, **self.options) as writer:
                 lo = 0
@@ -254,6 +265,49 @@ class ParquetStage:
                 os.close(fd)
         except BaseException as e:  # raised again by ``finish``
             self._error = e
+
+    def _write_spliced(self) -> None:
+        """``_write`` by splicing (``_parquet_splice``): each row group's unchanged column chunks
+        copied from the old file, its changed columns encoded; the footer that of pyarrow writing
+        the schema and metadata (``_template``) with the row groups written."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from ._parquet_splice import SpliceWriter, encode
+
+        writer, pool, queue, stamps = None, ThreadPoolExecutor(N_ENCODERS), deque(), {}
+        try:
+            writer = SpliceWriter(self.splice, self.tmp, list(self.schema.names))
+            lo = 0
+            for i, size in enumerate(self.sizes):
+                if not self._wait(lambda: self._ready >= lo + size):
+                    return
+                # encoded in N_ENCODERS threads, written in order, at most 2 per thread held; the
+                # time column (the same in every row group of a size) encoded once per size
+                group = self._group(lo, lo + size)
+                if size not in stamps:
+                    stamps[size] = pool.submit(encode, group.select([self.stamp_col]), self.options)
+                rest = group.drop_columns([self.stamp_col])
+                queue.append((i, [pool.submit(encode, rest, self.options)] * (rest.num_columns > 0) + [stamps[size]]))
+                while queue and (all(f.done() for f in queue[0][1]) or len(queue) > 2 * N_ENCODERS):
+                    j, parts = queue.popleft()
+                    writer.group(j, [f.result() for f in parts])
+                lo += size
+            while queue:
+                j, parts = queue.popleft()
+                writer.group(j, [f.result() for f in parts])
+            if not self._wait(lambda: self._footer is not None):
+                return
+            sink = pa.BufferOutputStream()
+            with pq.ParquetWriter(sink, self.schema, **self.options) as template:  # as ``_write`` opens it
+                template.add_key_value_metadata(self._footer)
+            writer.close(sink.getvalue().to_pybytes())  # fsynced
+        except BaseException as e:  # raised again by ``finish``
+            self._error = e
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            if writer is not None:
+                writer.release()
 
     def finish(self, metadata: dict | None = None, replace: bool = True) -> dict:
         """Add ``metadata`` to the file's schema metadata, wait for the write, then put the file
@@ -309,14 +363,32 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def copy_parquet(path: Path, out: Path, timestamp_column: str) -> None:
-    """Read the parquet file at ``path`` and write it to ``out`` as a refresh reads and writes a
-    file (``read_columns``, ``ParquetStage``: the same threads, settings and fsync), with nothing
-    else to do: the floor of a refresh, which rewrites the whole file."""
+def copy_parquet(path: Path, out: Path, timestamp_column: str, roots: list[str] = (), read: list[str] = ()) -> None:
+    """Write the parquet file at ``path`` to ``out`` as a refresh that changes no root would
+    (the same readers, writer settings, threads and fsync): the root columns ``roots`` read and
+    written anew with their previous-roots columns (zeros) and the time column, the columns
+    ``read`` read too (a refresh reads the supervoxel columns), every other column copied
+    (``_parquet_splice``; where the file cannot be spliced: read and written). The floor of a
+    refresh of that file."""
     import pyarrow.parquet as pq
 
+    from ._parquet_splice import SplicePlan
+
     schema = pq.read_schema(path)
-    table = read_columns(path, schema.names, dictionary=[timestamp_column])
-    stamp = table.column(timestamp_column)[0].as_py() if timestamp_column in schema.names and len(table) else ""
-    ParquetStage(path, schema, table, {}, (timestamp_column, str(stamp)), schema.metadata, parquet_settings(path),
-                 out, ready=len(table)).finish(replace=False)
+    ids = {c: read_ids(path, c)[0] for c in roots}
+    ids.update({f"{c}_previous": np.zeros(len(ids[c]), np.uint64) for c in roots})
+    keep = [c for c in schema.names if c not in ids and c != timestamp_column]
+    plan = SplicePlan.of(path, keep)
+    plan = None if isinstance(plan, str) else plan
+    if plan is not None:
+        if read:
+            read_columns(path, list(read))
+        table = None
+    else:
+        table = read_columns(path, [c for c in schema.names if c not in ids], dictionary=[timestamp_column])
+    n = sum(row_groups(path))
+    stamp = ""  # the file's time, written back
+    if timestamp_column in schema.names and n:
+        stamp = pq.ParquetFile(path).read_row_group(0, columns=[timestamp_column]).column(0)[0].as_py()
+    ParquetStage(path, schema, table, ids, (timestamp_column, str(stamp)), schema.metadata, parquet_settings(path),
+                 out, ready=n, splice=plan).finish(replace=False)

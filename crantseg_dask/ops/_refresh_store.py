@@ -4,7 +4,8 @@ A refreshed table is always staged complete beside the original (``.<name>.refre
 then swapped in with one atomic step:
 
 * a file (parquet, CSV) is written whole and replaced with ``os.replace`` (parquet: row group by
-  row group in a background thread, fsynced first: ``_refresh_parquet``);
+  row group in a background thread, its unchanged column chunks copied, fsynced first:
+  ``_refresh_parquet``);
 * a Zarr group (a directory) is staged copy-on-write: its tree is copied with every chunk file
   hard-linked (no data copied), and only the chunks whose values change are written anew, each
   as a new file replacing its link (the old group's files are never written through). The
@@ -46,6 +47,8 @@ TIMESTAMP_COLUMN = "roots_valid_at"
 #: than a job's level 0 (zstd's default, 3) and, on root IDs, about as small or smaller
 ZSTD_LEVEL = 1
 RECORD_KEY = "crantseg.refresh"  # parquet schema metadata key; the Zarr attribute is crantseg["refresh"]
+#: parquet: write a refreshed file by splicing where it can (``_parquet_splice``); False: rewrite it whole
+SPLICE = True
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -82,6 +85,11 @@ class RefreshTable:
         """Parquet: column ``name`` as read (numpy views of its arrow chunks, never changed by a
         refresh in place), else None."""
         return self.columns.originals(name) if isinstance(self.columns, _ParquetColumns) else None
+
+    def splices(self, replaced: list[str]) -> bool:
+        """Whether a refresh replacing the columns ``replaced`` writes this table by splicing
+        (parquet: every other column chunk copied as stored, never read: ``_parquet_splice``)."""
+        return isinstance(self.columns, _ParquetColumns) and self.columns.splice(replaced) is not None
 
     def prefetch(self, first: list[str] = (), skip: list[str] = ()) -> None:
         """Start reading, in the background, the columns not read yet but ``skip`` (parquet: the
@@ -199,10 +207,12 @@ class RefreshTable:
         _remove(tmp)
         n = len(next(iter(new.values())))
         previous = previous or {f"{c}_previous": np.zeros(n, np.uint64) for c in new}
-        table = self.columns.table(skip=list(new) + list(previous) + [TIMESTAMP_COLUMN])
+        replaced = list(new) + list(previous) + [TIMESTAMP_COLUMN]
+        plan = self.columns.splice(replaced)  # the other columns copied as stored, not read
+        table = None if plan is not None else self.columns.table(skip=replaced)
         stage = ParquetStage(self.path, self.columns.schema, table, {**new, **previous}, (TIMESTAMP_COLUMN, timestamp),
                              self.columns.schema.metadata, self.columns.settings, tmp, sizes=self.columns.sizes,
-                             ready=ready)
+                             ready=ready, splice=plan)
         stage.previous = previous
         return stage
 
@@ -544,6 +554,20 @@ class _ParquetColumns(_LazyColumns):
         self.settings = parquet_settings(path)
         self.sizes = row_groups(path)
         self.head = None         # (rows, names, future) of the first row group read alone
+        self.plans: dict = {}    # kept columns -> SplicePlan, or why the file cannot be spliced
+        self.reason = None       # why the last ``splice`` asked for could not be
+
+    def splice(self, replaced: list[str]):
+        """The ``SplicePlan`` keeping every column but ``replaced`` as stored, or None where the
+        file cannot be spliced (``reason`` says why; it is then rewritten whole)."""
+        from ._parquet_splice import SplicePlan
+
+        keep = tuple(c for c in self.schema.names if c not in set(replaced))
+        if keep not in self.plans:
+            self.plans[keep] = SplicePlan.of(self.path, list(keep)) if SPLICE else "splicing turned off"
+        plan = self.plans[keep]
+        self.reason = plan if isinstance(plan, str) else None
+        return None if isinstance(plan, str) else plan
 
     def _read(self, names: list[str]) -> dict:
         t = read_columns(self.path, names, dictionary=self.dictionary)

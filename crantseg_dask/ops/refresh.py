@@ -18,8 +18,9 @@ Zarr output only the chunks whose values change are written (``_refresh_store``)
 column known valid (its own, or one the last refresh left valid, by each chunk's crc32c) with the
 job's per-partition root ranges (``_range_root_id``) is read only in the chunks whose range holds
 an expired root; a job's chunks are decoded and encoded in parallel threads (``_zarr_chunks``).
-A parquet file is rewritten whole (``_refresh_parquet``): its write starts once the first row
-group's rows are mapped and runs while the rest are mapped and the roots are checked.
+A parquet file is written anew (``_refresh_parquet``), its unchanged column chunks copied as
+stored (``_parquet_splice``): its write starts once the first row group's rows are mapped and
+runs while the rest are mapped and the roots are checked.
 """
 from __future__ import annotations
 
@@ -298,9 +299,11 @@ def refresh(table, to=None, *, dataset=None, timestamp=None, root_columns=None, 
         return report
     # parquet: the supervoxel columns read in the background while the root columns are read, then
     # the columns a refresh only writes back (not for a dry run), while the requests are answered
+    # (spliced: the other columns are copied as stored, never read)
     replaced = list(cols) + [f"{c}_previous" for c in cols] + [TIMESTAMP_COLUMN]
+    rest = dry_run or tab.splices(replaced)
     tab.prefetch(first=[s for s in sv_cols.values() if s],
-                 skip=replaced + ([c for c in tab.names if c not in sv_cols.values()] if dry_run else []))
+                 skip=replaced + ([c for c in tab.names if c not in sv_cols.values()] if rest else []))
     sizes = getattr(tab.columns, "sizes", None) or []
     waves = [sizes[0], sum(sizes)] if len(sizes) > 1 and not dry_run else None
     ahead = None

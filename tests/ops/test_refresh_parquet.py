@@ -204,14 +204,20 @@ def test_killed_mid_write_leaves_the_old_file_and_the_rerun_completes(tmp_path, 
     _check_against_truth(truth, table, path, ta, tb, rep)
 
 
-def test_copy_parquet_reads_and_writes_the_file_unchanged(tmp_path, truth):
-    """The benchmark's floor (``copy_parquet``) writes the same rows, columns and row groups."""
+@pytest.mark.parametrize("roots", [[], ["pre_root_id", "post_root_id"]])
+def test_copy_parquet_reads_and_writes_the_file_unchanged(tmp_path, truth, roots):
+    """The benchmark's floor (``copy_parquet``) writes the same rows, columns and row groups
+    (with ``roots``: their previous-roots columns added, all 0)."""
     ta = truth.materialization(_versions(truth)[0])
     table = _table(truth, 100, ta, truth.materialization(_versions(truth)[1]), seed=4)
     _write(table, tmp_path / "a.parquet")
-    copy_parquet(tmp_path / "a.parquet", tmp_path / "b.parquet", TIMESTAMP_COLUMN)
+    copy_parquet(tmp_path / "a.parquet", tmp_path / "b.parquet", TIMESTAMP_COLUMN, roots=roots,
+                 read=["pre_supervoxel_id"])
     a, b = pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet")
     b[TIMESTAMP_COLUMN] = b[TIMESTAMP_COLUMN].astype(str)
+    for c in roots:
+        assert (b.pop(f"{c}_previous") == 0).all()
+        b[c] = b[c].astype(a[c].dtype)
     pd.testing.assert_frame_equal(a, b)
     assert pq.ParquetFile(tmp_path / "b.parquet").metadata.num_row_groups == 3
 
