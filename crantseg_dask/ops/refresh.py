@@ -14,7 +14,7 @@ root the row held before this refresh where it changed, 0 elsewhere.
 
 Cost: one pass over the root columns (read and factorized), validity requests in proportion to
 the table's unique roots, supervoxels read and mapped for the touched rows only, and for a job's
-Zarr output only the chunks whose values change are written (``_refresh_store``). A job's root
+Zarr output only the chunks whose values change are written (``_refresh_zarr``). A job's root
 column known valid (its own, or one the last refresh left valid, by each chunk's crc32c) with the
 job's per-partition root ranges (``_range_root_id``) is read only in the chunks whose range holds
 an expired root; a job's chunks are decoded and encoded in parallel threads (``_zarr_chunks``).

@@ -249,7 +249,7 @@ def test_cli_refresh_csv_with_from(tmp_path, truth, local_spec, capsys):
 # -- atomicity: kill the refresh mid-way ----------------------------------------------------------------
 KILLED_REFRESH = r"""
 import os, sys, time
-from crantseg_dask.ops import _refresh_store as st
+from crantseg_dask.ops import _refresh_store as st, _refresh_zarr as rz
 from crantseg_dask.ops.refresh import refresh
 
 table, to, stage = sys.argv[1:4]
@@ -260,17 +260,17 @@ def hang():
     time.sleep(600)
 
 if stage == "linked":           # the staged group: every file a hard link to the old group's
-    real_stage = st.stage_tree
+    real_stage = rz.stage_tree
     def stage(src, dst):
         real_stage(src, dst)
         hang()
-    st.stage_tree = stage
+    rz.stage_tree = stage
 elif stage == "mid-chunks":     # the first run of changed chunks written into the staged group
-    real_write = st.write_chunks
+    real_write = rz.write_chunks
     def write(*args):
         real_write(*args)
         hang()
-    st.write_chunks = write
+    rz.write_chunks = write
 elif stage == "before-swap":    # the new table is written completely beside the old one
     st.swap = lambda new, path: hang()
 elif stage == "after-swap":     # swapped in, the old one not yet deleted

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from crantseg_dask.ops import _parquet_splice, _refresh_store
+from crantseg_dask.ops import _parquet_splice, _refresh_columns
 from crantseg_dask.ops._refresh_store import RECORD_KEY, TIMESTAMP_COLUMN
 from crantseg_dask.ops.refresh import refresh
 
@@ -172,12 +172,12 @@ def test_spliced_refresh_equals_the_truth_and_the_full_rewrite(tmp_path, truth, 
             assert _chunk_bytes(spliced, i, name) == _chunk_bytes(src, i, name), (i, name)
     group = pq.ParquetFile(spliced).metadata.row_group(0)
     assert {group.column(i).compression for i in range(group.num_columns)} == {codec.upper().replace("NONE", "UNCOMPRESSED")}
-    monkeypatch.setattr(_refresh_store, "SPLICE", False)
+    monkeypatch.setattr(_refresh_columns, "SPLICE", False)
     refresh(whole, f"mat_{versions[1]}", dataset=local_spec)
     assert closed == [spliced]  # the full rewrite: no splice
     _check_truth(truth, table, whole, ta, tb)
     _same_content(spliced, whole)
-    monkeypatch.setattr(_refresh_store, "SPLICE", True)
+    monkeypatch.setattr(_refresh_columns, "SPLICE", True)
     refresh(spliced, f"mat_{versions[2]}", dataset=local_spec)
     assert closed == [spliced, spliced]
     _check_truth(truth, table, spliced, tb, tc)  # previous roots: those at k+1
@@ -285,6 +285,6 @@ def test_a_file_written_by_fastparquet_is_spliced_and_equals_the_truth(tmp_path,
             assert _chunk_bytes(spliced, i, name) == _chunk_bytes(src, i, name), (i, name)
             assert not meta.row_group(i).column(names.index(name)).is_stats_set
         assert meta.row_group(i).column(names.index("pre_root_id")).is_stats_set  # written by pyarrow
-    monkeypatch.setattr(_refresh_store, "SPLICE", False)
+    monkeypatch.setattr(_refresh_columns, "SPLICE", False)
     refresh(whole, f"mat_{versions[1]}", dataset=local_spec)
     _same_content(spliced, whole)
