@@ -7,7 +7,8 @@ the same bytes): the time to decode a chunk whole (the structural check plus
 ``compressed_segmentation.decompress``) and the time per voxel of ``_cseg.decode_points`` at
 several points-per-chunk counts (all chunks in one call, as ``lookup_points`` does), by the numpy
 path and by the compiled kernel. The crossover is the fraction of a chunk's voxels at which both
-cost the same; ``_cseg.CROSSOVER`` (numpy) and ``_cseg.CROSSOVER_COMPILED`` should sit near them. Also reported: block-range decode (``decode_blocks``) per voxel.
+cost the same; ``_cseg.CROSSOVER`` (numpy) and ``_cseg.CROSSOVER_COMPILED`` should sit near them.
+Also reported: block-range decode (``decode_blocks``) per voxel.
 """
 from __future__ import annotations
 

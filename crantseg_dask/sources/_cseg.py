@@ -41,8 +41,9 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["CsegError", "CROSSOVER", "CROSSOVER_COMPILED", "COMPILED_MIN_POINTS", "use_compiled", "divmod_nonneg", "decode_points", "decode_positions", "decode_blocks", "decode_box",
-           "block_voxels", "block_positions", "blocks_holding", "use_blocks"]
+__all__ = ["CsegError", "CROSSOVER", "CROSSOVER_COMPILED", "COMPILED_MIN_POINTS", "use_compiled", "divmod_nonneg",
+           "decode_points", "decode_positions", "decode_blocks", "decode_box", "block_voxels", "block_positions",
+           "blocks_holding", "use_blocks"]
 
 #: random access is chosen while a chunk needs fewer than this fraction of its voxels (measured;
 #: the environment variable CRANTSEG_CSEG_CROSSOVER overrides it, 0 meaning always decode whole)
