@@ -2,9 +2,10 @@
 
 The table of ``bench_jobs`` (the demo's synthetic synapses, seed 1) at 10^6 rows (``--quick``:
 10^5; ``CRANTSEG_BENCH_JOB_ROWS`` overrides) runs as ``run_job("snap", ..., snap_zero=True)`` on
-a fresh LocalCluster of 2 workers twice: through the ``local`` source (layer read from ``file://``) and
-through the ``cave`` source of a ``crantseg serve --latency-ms 20`` subprocess (every chunk GET and
-every server request delayed 20 ms). The outputs are compared. Target: HTTP at 20 ms at least
+a fresh LocalCluster of 2 workers twice (threads per worker as ``run_job``'s own cluster takes
+them: 1 for file://, ``crantseg.storage.job-threads`` for a remote layer): through the ``local``
+source (layer read from ``file://``) and through the ``cave`` source of a ``crantseg serve
+--latency-ms 20`` subprocess (every chunk GET and every server request delayed 20 ms). The outputs are compared. Target: HTTP at 20 ms at least
 0.7x the file:// rate.
 
     python benchmarks/run.py storagejob
@@ -27,6 +28,9 @@ def run(quick: bool = False, partition_size: int = 50_000, latency_ms: float = 2
     from crantseg_dask.cluster import make_client
     from crantseg_dask.sources.resolve import local_dataset_path
     from crantseg_dask.jobs import run_job
+    from crantseg_dask.jobs.runner import threads_per_worker
+    from crantseg_dask.sources import open_source
+    from crantseg_dask.sources.resolve import resolve_dataset
     from crantseg_dask.jobs.demo import synapse_table
     from crantseg_dask.persist import read_output
 
@@ -38,7 +42,10 @@ def run(quick: bool = False, partition_size: int = 50_000, latency_ms: float = 2
     try:
         synapse_table(path, n, seed=1).to_parquet(tmp / "syn.parquet")
         for label, dataset in (("file", str(path)), ("http", server.spec())):
-            with make_client(n_workers=2) as client:  # a fresh cluster each: both start with cold caches
+            # a fresh cluster each (both start with cold caches), with the threads per worker
+            # run_job's own cluster takes for this layer (``storage.job-threads`` when remote)
+            threads = threads_per_worker(open_source(resolve_dataset(dataset)))
+            with make_client(n_workers=2, threads_per_worker=threads) as client:
                 t = time.perf_counter()
                 run_job("snap", tmp / "syn.parquet", tmp / f"{label}.zarr", dataset=dataset, timestamp="mat",
                         partition_size=partition_size, client=client, progress=False, snap_zero=True)
@@ -49,7 +56,7 @@ def run(quick: bool = False, partition_size: int = 50_000, latency_ms: float = 2
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    case = f"{n:,} synapses, 2 workers, partitions of {partition_size:,}"
+    case = f"{n:,} synapses, 2 workers (threads: HTTP {threads}, file:// 1), partitions of {partition_size:,}"
     f, h = seconds["file"], seconds["http"]
     return [{"benchmark": "snap + roots job", "case": f"{case}, HTTP {latency_ms:g} ms per GET",
              "ours": f"{n / h:,.0f} rows/s ({h:.1f} s)", "peer": "same job, layer on file://",

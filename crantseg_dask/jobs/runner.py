@@ -36,7 +36,7 @@ from .lock import check_output_path, output_lock
 from .validate import check_job_arguments
 from .operations import OPERATIONS, Context
 
-__all__ = ["run_job", "run_partition", "read_table"]
+__all__ = ["run_job", "run_partition", "read_table", "threads_per_worker"]
 
 
 def read_table(source) -> pd.DataFrame:
@@ -92,6 +92,25 @@ def run_partition(path: str, op_name: str, i: int, ctx: Context) -> int:
     outputs = op.kernel(inputs, ctx)
     store.write(i, outputs)
     return len(next(iter(outputs.values())))
+
+
+def threads_per_worker(source) -> int:
+    """Threads per worker of a job's own local cluster: ``crantseg.storage.job-threads`` (default
+    2) when ``source`` reads its layer from remote storage (http(s)://, gs://, s3://), so that one
+    task's chunk reads and CAVE requests overlap another task's search; 1 for a ``file://`` layer
+    (local reads are CPU-bound: a second thread made that job slower)."""
+    reader = getattr(source, "_reader", None)
+    layer = str(getattr(reader, "cloudpath", "") or getattr(source, "data_dir", "") or "")
+    if not layer or layer.startswith("file://"):
+        return 1
+    value = setting("storage.job-threads", 2)
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or str(n) != str(value).strip():
+        raise InvalidInputError(f"crantseg.storage.job-threads={value!r}: give a whole number of threads >= 1")
+    return n
 
 
 def _existing_job(output: str, force: bool) -> dict | None:
@@ -278,7 +297,8 @@ def _run_locked(op, op_name, input, output, t0, *, dataset, timestamp, scheduler
 
         # the cluster first: a scheduler that cannot be reached leaves no half-created output behind
         with (contextlib.nullcontext(client) if client is not None
-              else make_client(scheduler, cluster, n_workers=n_workers)) as c:
+              else make_client(scheduler, cluster, n_workers=n_workers,
+                               threads_per_worker=threads_per_worker(source))) as c:
             if not keep:
                 try:
                     JobStore.create(output, inputs=inputs, outputs=op.outputs, partition_size=P, attrs=attrs,

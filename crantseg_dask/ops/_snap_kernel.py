@@ -29,6 +29,7 @@ from ..errors import InvalidInputError
 from ..sources import SourceSpec, _cseg, _partial, open_source
 from . import _snap_numba
 from ._snap_gather import labels_under
+from ._snap_stream import box_chunks, in_background, stream_groups
 from ._snap_nearest import _nearest_many, member, sorted_voxels
 
 __all__ = ["ERODE_MODES", "STATUS", "Snapped", "snap_kernel", "_target_leaves", "check_erode",
@@ -346,7 +347,11 @@ def _search_compiled(source, locs_nm, which, leaves, todo, r, erode, res, bounds
     chosen = [leaves[i] for i in present.tolist()]
     tinv = tinv.ravel()
     radii = _radii(r, res)
-    for g in _groups(np.arange(len(todo)), r, res):
+    groups = list(_groups(np.arange(len(todo)), r, res))
+    vol_lo = np.asarray(bounds[0], np.int64)
+    keys = [box_chunks(*_snap_numba.boxes(locs_nm[todo[g]], r, res, bounds), vol_lo, cs) for g in groups]
+    for i in stream_groups(source, keys, encoded):  # group i's chunks are here; later groups' on the way
+        g = groups[i]
         rows = todo[g]
         vox, d2, code, label = _snap_numba.search(source, locs_nm[rows], tinv[g], chosen, radii, erode, res,
                                                   bounds, encoded)
@@ -384,11 +389,11 @@ def snap_kernel(locs_nm: np.ndarray, targets: np.ndarray, spec: SourceSpec, snap
     inside = np.all((vox >= bounds[0]) & (vox < bounds[1]), axis=1)
     # 1. the supervoxel under each row; rows already on their target stay
     encoded: dict = {}  # the encoded chunks this call has read, for its searches
-    sv = labels_under(source, vox, encoded)
-    under = sv.copy()  # the supervoxel under each returned location
     uniq, which = np.unique(targets, return_inverse=True)
     which = which.ravel()
-    _prefetch_leaves(spec, uniq)
+    with in_background(_prefetch_leaves, spec, uniq):  # the leaves request while the chunks are read
+        sv = labels_under(source, vox, encoded)
+    under = sv.copy()  # the supervoxel under each returned location
     leaves = [_target_leaves(spec, t) for t in uniq.tolist()]
     on = member(sv, which, leaves) & (sv != 0)
     status[on], dist[on] = ON_TARGET, 0.0
