@@ -99,7 +99,7 @@ def write_report(clus, fit, const_raw, const: sm.Constants, runs, checks, machin
     lines = [
         "# Scale model: a 10^8-row snap-and-map job on CRANT",
         "",
-        f"`flock /work/wt-notes/bench.lock python benchmarks/run.py scale` on {machine['node']} "
+        f"`python benchmarks/run.py scale` on {machine['node']} "
         f"({machine['cores']} cores, Python {machine['python']}), {machine['at']}, {machine['seconds']:.0f} s; "
         "`python benchmarks/bench_scale.py --report` redoes the arithmetic below from the saved measurements "
         "(`benchmarks/results/scale-constants.json`). The model is "

@@ -258,7 +258,7 @@ def file_in_flight(value=None) -> int:
     contend for the GIL with the decoding thread. Measured on the demo, 2 cores shared with other
     work (noisy): reading all 2,048 gzipped mip-0 chunks took 0.36 s with 2 threads, 0.52 s with
     8, 0.58 s with 96. Since point decoding is compiled (no GIL), median of 12 calls of 10^4 uniform
-    points (``/work/wt-notes``-style loop, 2026-11-30): 0.240 / 0.248 / 0.234 / 0.269 / 0.331 s with
+    points in one process (demo, 2026-11-30): 0.240 / 0.248 / 0.234 / 0.269 / 0.331 s with
     2 / 3 / 4 / 8 / 16 threads; 10^6 points: 4 threads 0.49 s, 8 threads 0.54 s."""
     if value is None:
         value = setting("storage.file-in-flight", None)
