@@ -75,14 +75,23 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
     block_voxels = bx * by * bz
     big = 0
     for k in range(n_rows):
-        n = (box_hi[n_pass - 1, k, 0] - box_lo[n_pass - 1, k, 0] + 1) * \
-            (box_hi[n_pass - 1, k, 1] - box_lo[n_pass - 1, k, 1] + 1) * \
-            (box_hi[n_pass - 1, k, 2] - box_lo[n_pass - 1, k, 2] + 1)
+        n = (box_hi[n_pass - 1, k, 0] - box_lo[n_pass - 1, k, 0] + 3) * \
+            (box_hi[n_pass - 1, k, 1] - box_lo[n_pass - 1, k, 1] + 3) * \
+            (box_hi[n_pass - 1, k, 2] - box_lo[n_pass - 1, k, 2] + 3)
         if n > big:
             big = n
-    mask = np.zeros(max(big, 1), dtype=np.uint8)
-    labs = np.zeros(max(big, 1), dtype=np.uint64)
-    found = np.zeros(max(big, 1), dtype=np.int64)  # the box indices of the target voxels, as decoded
+    mask = np.zeros(max(big, 1), dtype=np.uint8)  # the box with a zero (background) 1-voxel pad
+    found = np.zeros(max(big, 1), dtype=np.int64)  # the padded box indices of the target voxels in the ball
+    found_d2 = np.zeros(max(big, 1), dtype=np.float64)  # their squared distances
+    found_lab = np.zeros(max(big, 1), dtype=np.uint64)  # their supervoxels
+    tab_len = 1
+    for ri in range(n_pass):
+        for k in range(n_rows):
+            for a in range(3):
+                tab_len = max(tab_len, box_hi[ri, k, a] - box_lo[ri, k, a] + 1)
+    dx2 = np.zeros(tab_len, dtype=np.float64)  # per box x (y, z): squared offset of the voxel centre
+    dy2 = np.zeros(tab_len, dtype=np.float64)
+    dz2 = np.zeros(tab_len, dtype=np.float64)
     memo_gen = np.zeros(256, dtype=np.int64)
     memo_hit = np.zeros(256, dtype=np.uint8)
     memo_lab = np.zeros(256, dtype=np.uint64)
@@ -101,8 +110,21 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
             if x1 < x0 or y1 < y0 or z1 < z0:
                 continue  # a ball wholly outside the volume
             ex, ey, ez = x1 - x0 + 1, y1 - y0 + 1, z1 - z0 + 1
-            mask[:ex * ey * ez] = 0
+            pz = ez + 2
+            syz = (ey + 2) * pz  # padded strides: m = (ix + 1) * syz + (iy + 1) * pz + iz + 1
+            mask[:(ex + 2) * syz] = 0
             n_found = 0
+            r2 = radii[ri] * radii[ri]
+            p0, p1, p2 = locs[k, 0], locs[k, 1], locs[k, 2]
+            for i in range(ex):
+                d = (x0 + i + 0.5) * res[0] - p0
+                dx2[i] = d * d
+            for i in range(ey):
+                d = (y0 + i + 0.5) * res[1] - p1
+                dy2[i] = d * d
+            for i in range(ez):
+                d = (z0 + i + 0.5) * res[2] - p2
+                dz2[i] = d * d
             # 1. the target voxels of the box, chunk by chunk, block by block
             for q in range(row_ptr[k], row_ptr[k + 1]):
                 c = row_chunk[q]
@@ -155,7 +177,9 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
                             for lz in range(max(az, cz), min(qz, cz + bz - 1) + 1):
                                 for ly in range(max(ay, cy), min(qy, cy + by - 1) + 1):
                                     base_i = bx * ((ly - cy) + by * (lz - cz)) - cx
-                                    m_yz = (oy + ly - y0) * ez + (oz + lz - z0)
+                                    iy, iz = oy + ly - y0, oz + lz - z0
+                                    m_yz = (iy + 1) * pz + iz + 1
+                                    dy2_l, dz2_l = dy2[iy], dz2[iz]
                                     for lx in range(max(ax, cx), min(qx, cx + bx - 1) + 1):
                                         idx = np.int64(0)
                                         if bits > 0:
@@ -179,39 +203,32 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
                                             if bits <= 8:
                                                 memo_gen[idx], memo_hit[idx], memo_lab[idx] = gen, hit, lab
                                         if hit:
-                                            m = (ox + lx - x0) * (ey * ez) + m_yz
+                                            ix = ox + lx - x0
+                                            m = (ix + 1) * syz + m_yz
                                             mask[m] = 1
-                                            labs[m] = lab
-                                            found[n_found] = m
-                                            n_found += 1
+                                            dd = (dx2[ix] + dy2_l) + dz2_l
+                                            if dd <= r2:
+                                                found[n_found] = m
+                                                found_d2[n_found] = dd
+                                                found_lab[n_found] = lab
+                                                n_found += 1
             # 2. the nearest centre within the radius, x, y, z order (ties: the first)
-            r2 = radii[ri] * radii[ri]
-            p0, p1, p2 = locs[k, 0], locs[k, 1], locs[k, 2]
             best_e, best_u = np.inf, np.inf
-            at_e, at_u = -1, -1
+            at_e, at_u = -1, -1  # found index of the best
+            m_e, m_u = -1, -1  # its padded box index
             erode = mode != 0
             want_u = mode == 0 or (mode == 2 and final)
-            # only the target voxels found are visited; the box index m is x, y, z order, so
-            # the smallest (distance, m) is the nearest, first in that order among ties
+            # only the target voxels found within the radius are visited; the padded box index m is
+            # x, y, z order, so the smallest (distance, m) is the nearest, first in that order among ties
             for j in range(n_found):
                 m = found[j]
-                ix = m // (ey * ez)
-                iy = (m // ez) % ey
-                iz = m % ez
-                d0 = (x0 + ix + 0.5) * res[0] - p0
-                d1 = (y0 + iy + 0.5) * res[1] - p1
-                d01 = d0 * d0 + d1 * d1
-                d2 = (z0 + iz + 0.5) * res[2] - p2
-                dd = d01 + d2 * d2
-                if dd > r2:
-                    continue
-                if want_u and (dd < best_u or (dd == best_u and m < at_u)):
-                    best_u, at_u = dd, m
-                if erode and (dd < best_e or (dd == best_e and m < at_e)):  # the 6 face neighbours, inside the box
-                    if (ix > 0 and mask[m - ey * ez] and ix + 1 < ex and mask[m + ey * ez]
-                            and iy > 0 and mask[m - ez] and iy + 1 < ey and mask[m + ez]
-                            and iz > 0 and mask[m - 1] and iz + 1 < ez and mask[m + 1]):
-                        best_e, at_e = dd, m
+                dd = found_d2[j]
+                if want_u and (dd < best_u or (dd == best_u and m < m_u)):
+                    best_u, at_u, m_u = dd, j, m
+                if erode and (dd < best_e or (dd == best_e and m < m_e)):  # the 6 face neighbours (pad: background)
+                    if (mask[m - syz] and mask[m + syz] and mask[m - pz] and mask[m + pz]
+                            and mask[m - 1] and mask[m + 1]):
+                        best_e, at_e, m_e = dd, j, m
             code, at, dd = -1, -1, np.inf
             if erode and at_e >= 0:
                 code, at, dd = 1, at_e, best_e
@@ -220,12 +237,13 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
             elif mode == 2 and final and at_u >= 0:
                 code, at, dd = 5, at_u, best_u
             if code >= 0:
+                m = found[at]
                 out_code[k] = code
                 out_d2[k] = dd
-                out_vox[k, 0] = x0 + at // (ey * ez)
-                out_vox[k, 1] = y0 + (at // ez) % ey
-                out_vox[k, 2] = z0 + at % ez
-                out_label[k] = labs[at]
+                out_vox[k, 0] = x0 + m // syz - 1
+                out_vox[k, 1] = y0 + (m // pz) % (ey + 2) - 1
+                out_vox[k, 2] = z0 + m % pz - 1
+                out_label[k] = found_lab[at]
                 break
 
 
