@@ -3,11 +3,15 @@
 For each row ``search`` takes the search box of each pass radius (the ball's voxel box plus the
 1-voxel erosion margin, clipped to the volume), decodes the labels of the box from the encoded
 words of the storage chunks it touches (block header -> bit width, table offset, values offset;
-every read bounds-checked against its chunk's end; a block of at most ``_SKIP_BITS`` bits whose
-table holds none of the target's leaves is skipped unread), marks the voxels whose supervoxel is one of
-the row's own target's sorted leaves (remembered per block table entry, or per last label for
-blocks wider than 8 bits), and visits only the target voxels it found for the nearest voxel centre within
-the radius (anisotropic Euclidean distance; the first in x, y, z order among ties), eroded (all 6
+every read bounds-checked against its chunk's end; after its header's checks, a block, then a
+block line, with no voxel centre in the ball or next to one is skipped unread (tested with each
+axis's smallest squared offset, so a corrupt voxel index out of the ball's reach goes unreported),
+and so is a block of at most ``_SKIP_BITS`` bits whose table holds none of the target's leaves),
+marks the voxels whose supervoxel is one of the row's own target's sorted leaves (remembered per
+block table entry, or per last label for blocks wider than 8 bits) in a box mask padded with
+background, lists those within the radius with their squared distance (summed from per-axis
+tables of squared offsets, x + y first, then z), and visits only that list for the nearest voxel
+centre (anisotropic Euclidean distance; the first in x, y, z order among ties), eroded (all 6
 face neighbours target voxels; outside the volume is background) or not, and with ``fallback``
 the nearest uneroded voxel when erosion leaves none. A row settled in a smaller pass radius is
 settled exactly (every voxel as near lies inside that ball); only the others read the next box.
@@ -125,6 +129,16 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
             for i in range(ez):
                 d = (z0 + i + 0.5) * res[2] - p2
                 dz2[i] = d * d
+            xc, yc, zc = 0, 0, 0  # the box voxel whose centre is nearest per axis (each table's smallest)
+            for i in range(1, ex):
+                if dx2[i] < dx2[xc]:
+                    xc = i
+            for i in range(1, ey):
+                if dy2[i] < dy2[yc]:
+                    yc = i
+            for i in range(1, ez):
+                if dz2[i] < dz2[zc]:
+                    zc = i
             # 1. the target voxels of the box, chunk by chunk, block by block
             for q in range(row_ptr[k], row_ptr[k + 1]):
                 c = row_chunk[q]
@@ -153,6 +167,19 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
                             if bits > 0 and vbase + (((block_voxels - 1) * bits) >> 5) >= e:
                                 err[0], err[1] = c, 2
                                 return
+                            # the block's box part grown by the 1-voxel erosion margin: no centre in
+                            # the ball (the same sum as a voxel's distance, of each axis's smallest
+                            # term), so no voxel of the block is in the ball or next to one: not read
+                            cx, cy, cz = kx * bx, ky * by, kz * bz
+                            u0 = max(max(ax, cx) + ox - x0 - 1, 0)
+                            u1 = min(min(qx, cx + bx - 1) + ox - x0 + 1, ex - 1)
+                            v0 = max(max(ay, cy) + oy - y0 - 1, 0)
+                            v1 = min(min(qy, cy + by - 1) + oy - y0 + 1, ey - 1)
+                            w0 = max(max(az, cz) + oz - z0 - 1, 0)
+                            w1 = min(min(qz, cz + bz - 1) + oz - z0 + 1, ez - 1)
+                            dxm = dx2[min(max(xc, u0), u1)]
+                            if (dxm + dy2[min(max(yc, v0), v1)]) + dz2[min(max(zc, w0), w1)] > r2:
+                                continue
                             vmask = (np.int64(1) << bits) - 1
                             gen += 1
                             if bits <= _SKIP_BITS:  # a block whose table holds none of the target's leaves is skipped
@@ -173,13 +200,15 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
                                         maybe = True
                                 if not maybe:
                                     continue
-                            cx, cy, cz = kx * bx, ky * by, kz * bz
                             for lz in range(max(az, cz), min(qz, cz + bz - 1) + 1):
                                 for ly in range(max(ay, cy), min(qy, cy + by - 1) + 1):
                                     base_i = bx * ((ly - cy) + by * (lz - cz)) - cx
                                     iy, iz = oy + ly - y0, oz + lz - z0
                                     m_yz = (iy + 1) * pz + iz + 1
                                     dy2_l, dz2_l = dy2[iy], dz2[iz]
+                                    if (dxm + dy2[min(max(yc, iy - 1), iy + 1, ey - 1)]) + \
+                                            dz2[min(max(zc, iz - 1), iz + 1, ez - 1)] > r2:
+                                        continue  # the same test for the line (and its 4 neighbour lines)
                                     for lx in range(max(ax, cx), min(qx, cx + bx - 1) + 1):
                                         idx = np.int64(0)
                                         if bits > 0:
