@@ -3,11 +3,15 @@
 For each row ``search`` takes the search box of each pass radius (the ball's voxel box plus the
 1-voxel erosion margin, clipped to the volume), decodes the labels of the box from the encoded
 words of the storage chunks it touches (block header -> bit width, table offset, values offset;
-every read bounds-checked against its chunk's end; a block of at most ``_SKIP_BITS`` bits whose
-table holds none of the target's leaves is skipped unread), marks the voxels whose supervoxel is one of
-the row's own target's sorted leaves (remembered per block table entry, or per last label for
-blocks wider than 8 bits), and visits only the target voxels it found for the nearest voxel centre within
-the radius (anisotropic Euclidean distance; the first in x, y, z order among ties), eroded (all 6
+every read bounds-checked against its chunk's end; after its header's checks, a block, then a
+block line, with no voxel centre in the ball or next to one is skipped unread (tested with each
+axis's smallest squared offset, so a corrupt voxel index out of the ball's reach goes unreported),
+and so is a block of at most ``_SKIP_BITS`` bits whose table holds none of the target's leaves),
+marks the voxels whose supervoxel is one of the row's own target's sorted leaves (remembered per
+block table entry, or per last label for blocks wider than 8 bits) in a box mask padded with
+background, lists those within the radius with their squared distance (summed from per-axis
+tables of squared offsets, x + y first, then z), and visits only that list for the nearest voxel
+centre (anisotropic Euclidean distance; the first in x, y, z order among ties), eroded (all 6
 face neighbours target voxels; outside the volume is background) or not, and with ``fallback``
 the nearest uneroded voxel when erosion leaves none. A row settled in a smaller pass radius is
 settled exactly (every voxel as near lies inside that ball); only the others read the next box.
@@ -75,14 +79,23 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
     block_voxels = bx * by * bz
     big = 0
     for k in range(n_rows):
-        n = (box_hi[n_pass - 1, k, 0] - box_lo[n_pass - 1, k, 0] + 1) * \
-            (box_hi[n_pass - 1, k, 1] - box_lo[n_pass - 1, k, 1] + 1) * \
-            (box_hi[n_pass - 1, k, 2] - box_lo[n_pass - 1, k, 2] + 1)
+        n = (box_hi[n_pass - 1, k, 0] - box_lo[n_pass - 1, k, 0] + 3) * \
+            (box_hi[n_pass - 1, k, 1] - box_lo[n_pass - 1, k, 1] + 3) * \
+            (box_hi[n_pass - 1, k, 2] - box_lo[n_pass - 1, k, 2] + 3)
         if n > big:
             big = n
-    mask = np.zeros(max(big, 1), dtype=np.uint8)
-    labs = np.zeros(max(big, 1), dtype=np.uint64)
-    found = np.zeros(max(big, 1), dtype=np.int64)  # the box indices of the target voxels, as decoded
+    mask = np.zeros(max(big, 1), dtype=np.uint8)  # the box with a zero (background) 1-voxel pad
+    found = np.zeros(max(big, 1), dtype=np.int64)  # the padded box indices of the target voxels in the ball
+    found_d2 = np.zeros(max(big, 1), dtype=np.float64)  # their squared distances
+    found_lab = np.zeros(max(big, 1), dtype=np.uint64)  # their supervoxels
+    tab_len = 1
+    for ri in range(n_pass):
+        for k in range(n_rows):
+            for a in range(3):
+                tab_len = max(tab_len, box_hi[ri, k, a] - box_lo[ri, k, a] + 1)
+    dx2 = np.zeros(tab_len, dtype=np.float64)  # per box x (y, z): squared offset of the voxel centre
+    dy2 = np.zeros(tab_len, dtype=np.float64)
+    dz2 = np.zeros(tab_len, dtype=np.float64)
     memo_gen = np.zeros(256, dtype=np.int64)
     memo_hit = np.zeros(256, dtype=np.uint8)
     memo_lab = np.zeros(256, dtype=np.uint64)
@@ -101,8 +114,31 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
             if x1 < x0 or y1 < y0 or z1 < z0:
                 continue  # a ball wholly outside the volume
             ex, ey, ez = x1 - x0 + 1, y1 - y0 + 1, z1 - z0 + 1
-            mask[:ex * ey * ez] = 0
+            pz = ez + 2
+            syz = (ey + 2) * pz  # padded strides: m = (ix + 1) * syz + (iy + 1) * pz + iz + 1
+            mask[:(ex + 2) * syz] = 0
             n_found = 0
+            r2 = radii[ri] * radii[ri]
+            p0, p1, p2 = locs[k, 0], locs[k, 1], locs[k, 2]
+            for i in range(ex):
+                d = (x0 + i + 0.5) * res[0] - p0
+                dx2[i] = d * d
+            for i in range(ey):
+                d = (y0 + i + 0.5) * res[1] - p1
+                dy2[i] = d * d
+            for i in range(ez):
+                d = (z0 + i + 0.5) * res[2] - p2
+                dz2[i] = d * d
+            xc, yc, zc = 0, 0, 0  # the box voxel whose centre is nearest per axis (each table's smallest)
+            for i in range(1, ex):
+                if dx2[i] < dx2[xc]:
+                    xc = i
+            for i in range(1, ey):
+                if dy2[i] < dy2[yc]:
+                    yc = i
+            for i in range(1, ez):
+                if dz2[i] < dz2[zc]:
+                    zc = i
             # 1. the target voxels of the box, chunk by chunk, block by block
             for q in range(row_ptr[k], row_ptr[k + 1]):
                 c = row_chunk[q]
@@ -131,6 +167,19 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
                             if bits > 0 and vbase + (((block_voxels - 1) * bits) >> 5) >= e:
                                 err[0], err[1] = c, 2
                                 return
+                            # the block's box part grown by the 1-voxel erosion margin: no centre in
+                            # the ball (the same sum as a voxel's distance, of each axis's smallest
+                            # term), so no voxel of the block is in the ball or next to one: not read
+                            cx, cy, cz = kx * bx, ky * by, kz * bz
+                            u0 = max(max(ax, cx) + ox - x0 - 1, 0)
+                            u1 = min(min(qx, cx + bx - 1) + ox - x0 + 1, ex - 1)
+                            v0 = max(max(ay, cy) + oy - y0 - 1, 0)
+                            v1 = min(min(qy, cy + by - 1) + oy - y0 + 1, ey - 1)
+                            w0 = max(max(az, cz) + oz - z0 - 1, 0)
+                            w1 = min(min(qz, cz + bz - 1) + oz - z0 + 1, ez - 1)
+                            dxm = dx2[min(max(xc, u0), u1)]
+                            if (dxm + dy2[min(max(yc, v0), v1)]) + dz2[min(max(zc, w0), w1)] > r2:
+                                continue
                             vmask = (np.int64(1) << bits) - 1
                             gen += 1
                             if bits <= _SKIP_BITS:  # a block whose table holds none of the target's leaves is skipped
@@ -151,11 +200,15 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
                                         maybe = True
                                 if not maybe:
                                     continue
-                            cx, cy, cz = kx * bx, ky * by, kz * bz
                             for lz in range(max(az, cz), min(qz, cz + bz - 1) + 1):
                                 for ly in range(max(ay, cy), min(qy, cy + by - 1) + 1):
                                     base_i = bx * ((ly - cy) + by * (lz - cz)) - cx
-                                    m_yz = (oy + ly - y0) * ez + (oz + lz - z0)
+                                    iy, iz = oy + ly - y0, oz + lz - z0
+                                    m_yz = (iy + 1) * pz + iz + 1
+                                    dy2_l, dz2_l = dy2[iy], dz2[iz]
+                                    if (dxm + dy2[min(max(yc, iy - 1), iy + 1, ey - 1)]) + \
+                                            dz2[min(max(zc, iz - 1), iz + 1, ez - 1)] > r2:
+                                        continue  # the same test for the line (and its 4 neighbour lines)
                                     for lx in range(max(ax, cx), min(qx, cx + bx - 1) + 1):
                                         idx = np.int64(0)
                                         if bits > 0:
@@ -179,39 +232,32 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
                                             if bits <= 8:
                                                 memo_gen[idx], memo_hit[idx], memo_lab[idx] = gen, hit, lab
                                         if hit:
-                                            m = (ox + lx - x0) * (ey * ez) + m_yz
+                                            ix = ox + lx - x0
+                                            m = (ix + 1) * syz + m_yz
                                             mask[m] = 1
-                                            labs[m] = lab
-                                            found[n_found] = m
-                                            n_found += 1
+                                            dd = (dx2[ix] + dy2_l) + dz2_l
+                                            if dd <= r2:
+                                                found[n_found] = m
+                                                found_d2[n_found] = dd
+                                                found_lab[n_found] = lab
+                                                n_found += 1
             # 2. the nearest centre within the radius, x, y, z order (ties: the first)
-            r2 = radii[ri] * radii[ri]
-            p0, p1, p2 = locs[k, 0], locs[k, 1], locs[k, 2]
             best_e, best_u = np.inf, np.inf
-            at_e, at_u = -1, -1
+            at_e, at_u = -1, -1  # found index of the best
+            m_e, m_u = -1, -1  # its padded box index
             erode = mode != 0
             want_u = mode == 0 or (mode == 2 and final)
-            # only the target voxels found are visited; the box index m is x, y, z order, so
-            # the smallest (distance, m) is the nearest, first in that order among ties
+            # only the target voxels found within the radius are visited; the padded box index m is
+            # x, y, z order, so the smallest (distance, m) is the nearest, first in that order among ties
             for j in range(n_found):
                 m = found[j]
-                ix = m // (ey * ez)
-                iy = (m // ez) % ey
-                iz = m % ez
-                d0 = (x0 + ix + 0.5) * res[0] - p0
-                d1 = (y0 + iy + 0.5) * res[1] - p1
-                d01 = d0 * d0 + d1 * d1
-                d2 = (z0 + iz + 0.5) * res[2] - p2
-                dd = d01 + d2 * d2
-                if dd > r2:
-                    continue
-                if want_u and (dd < best_u or (dd == best_u and m < at_u)):
-                    best_u, at_u = dd, m
-                if erode and (dd < best_e or (dd == best_e and m < at_e)):  # the 6 face neighbours, inside the box
-                    if (ix > 0 and mask[m - ey * ez] and ix + 1 < ex and mask[m + ey * ez]
-                            and iy > 0 and mask[m - ez] and iy + 1 < ey and mask[m + ez]
-                            and iz > 0 and mask[m - 1] and iz + 1 < ez and mask[m + 1]):
-                        best_e, at_e = dd, m
+                dd = found_d2[j]
+                if want_u and (dd < best_u or (dd == best_u and m < m_u)):
+                    best_u, at_u, m_u = dd, j, m
+                if erode and (dd < best_e or (dd == best_e and m < m_e)):  # the 6 face neighbours (pad: background)
+                    if (mask[m - syz] and mask[m + syz] and mask[m - pz] and mask[m + pz]
+                            and mask[m - 1] and mask[m + 1]):
+                        best_e, at_e, m_e = dd, j, m
             code, at, dd = -1, -1, np.inf
             if erode and at_e >= 0:
                 code, at, dd = 1, at_e, best_e
@@ -220,12 +266,13 @@ def _search_rows(words, c_start, c_end, c_origin, c_shape, c_grid, row_ptr, row_
             elif mode == 2 and final and at_u >= 0:
                 code, at, dd = 5, at_u, best_u
             if code >= 0:
+                m = found[at]
                 out_code[k] = code
                 out_d2[k] = dd
-                out_vox[k, 0] = x0 + at // (ey * ez)
-                out_vox[k, 1] = y0 + (at // ez) % ey
-                out_vox[k, 2] = z0 + at % ez
-                out_label[k] = labs[at]
+                out_vox[k, 0] = x0 + m // syz - 1
+                out_vox[k, 1] = y0 + (m // pz) % (ey + 2) - 1
+                out_vox[k, 2] = z0 + m % pz - 1
+                out_label[k] = found_lab[at]
                 break
 
 

@@ -271,6 +271,31 @@ def test_a_voxel_exactly_at_the_radius_is_found(erode):
             assert got[1][0] == r * r and got[0][0].tolist() == [15 if erode is True else 14, 5, 4]
 
 
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("side", [1, -1])
+def test_erosion_reads_the_next_block_when_no_centre_of_it_is_in_the_ball(axis, side):
+    """A slab of the target whose one eroded voxel in the ball is the last (first) of its block along
+    ``axis``: its face neighbour lies in the next (previous) block, which holds no voxel centre within
+    the radius, yet decides the erosion; the answer is the brute force's, that voxel, at exactly r."""
+    vol = np.zeros((24, 24, 24), np.uint64)
+    cut = [slice(None)] * 3
+    cut[axis] = slice(6, None) if side == 1 else slice(0, 10)  # face at 6 (9): the eroded voxel at 7 (8)
+    vol[tuple(cut)] = 9
+    source = Source(vol, (16, 16, 16), (8, 8, 8), offset=(0, 0, 0))
+    at = np.full(3, 12)
+    at[axis] = 1 if side == 1 else 14  # the voxel centre 6 voxels from the eroded one
+    r = RES[axis] * 6
+    locs = ((at + 0.5) * RES)[None]
+    got = _snap_numba.search(source, locs, np.zeros(1), [np.array([9], np.uint64)], [r / 2, r], True, RES,
+                             source.meta.bounds(0), {})
+    want = _brute(vol, (0, 0, 0), locs, [np.array([9], np.uint64)], np.zeros(1, np.int64), r, True)
+    expect = at.copy()
+    expect[axis] = 7 if side == 1 else 8
+    assert want[2][0] == 1 and want[0][0].tolist() == expect.tolist() and want[1][0] == r * r
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
 def test_warm_up_compiles_the_search_for_the_types_a_search_uses():
     """``warm_up`` (a worker's one-time set-up in the scale benchmark) leaves the compiled search
     with the signature a real search calls it with, so no later call compiles again."""
