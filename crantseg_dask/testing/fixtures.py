@@ -14,7 +14,7 @@ from ..dataset.generate import make_dataset
 from ..dataset.layout import PRESETS
 from ..dataset.truth import Truth
 from ..sources.base import SourceSpec
-from .server import cave_home, cave_server, cave_spec  # noqa: F401  (fixtures: the local CAVE server)
+from .server import cave_home, cave_server, cave_spec, faulty_layer_server  # noqa: F401  (fixtures: the local CAVE server)
 
 
 @pytest.fixture(scope="session")

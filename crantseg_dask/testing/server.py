@@ -96,6 +96,17 @@ def cave_server(tiny_path, cave_home, request) -> RunningServer:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def faulty_layer_server(tiny_path, cave_home) -> RunningServer:
+    """The tiny dataset served with ``TEST_FAULTS`` on its layer's reads only (the chunk GETs;
+    the CAVE routes' faults are covered by the cave source's tests)."""
+    from ..server.storage import STORAGE_PREFIX
+
+    server = serve_in_thread(tiny_path, faults=Faults(**TEST_FAULTS, paths=STORAGE_PREFIX))
+    yield server
+    server.stop()
+
+
 def fast_spec(server: RunningServer, **options):
     """``SourceSpec`` of ``server`` with the token and test retry settings. Its other settings are
     not pinned: a source built from it directly reads this process's settings at each use (an

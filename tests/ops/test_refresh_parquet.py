@@ -59,6 +59,17 @@ def _write(table: pd.DataFrame, path, compression: str = "snappy") -> None:
                    compression=compression)
 
 
+def _first_interval_file(truth, tmp_path, n: int, seed: int):
+    """``_table`` of ``n`` rows between the first two materializations, written to ``t.parquet``:
+    (path, table, ta, tb, the refresh target "mat_<second version>")."""
+    versions = _versions(truth)
+    ta, tb = truth.materialization(versions[0]), truth.materialization(versions[1])
+    table = _table(truth, n, ta, tb, seed=seed)
+    path = tmp_path / "t.parquet"
+    _write(table, path)
+    return path, table, ta, tb, f"mat_{versions[1]}"
+
+
 def _check_against_truth(truth, table: pd.DataFrame, path, ta, tb, rep=None) -> pd.DataFrame:
     """The refreshed file equals the truth's table at ``tb`` row for row; the previous roots are
     those of the rows whose root changed; the other columns and the file's layout are kept."""
@@ -115,11 +126,7 @@ def test_the_check_reads_the_roots_as_they_were(tmp_path, truth, local_spec, mon
     must see the table's roots at its time, not the refreshed ones (roots created after it,
     which it would count as outdated already). Its read of the roots is held until the file is
     staged."""
-    versions = _versions(truth)
-    ta, tb = truth.materialization(versions[0]), truth.materialization(versions[1])
-    table = _table(truth, 200, ta, tb, seed=11)
-    path = tmp_path / "t.parquet"
-    _write(table, path)
+    path, table, ta, tb, to = _first_interval_file(truth, tmp_path, 200, seed=11)
     staged = threading.Event()
     real_check, real_stage = refresh_module._unique_roots, RefreshTable.stage
 
@@ -135,7 +142,7 @@ def test_the_check_reads_the_roots_as_they_were(tmp_path, truth, local_spec, mon
 
     monkeypatch.setattr(RefreshTable, "stage", stage)
     monkeypatch.setattr(refresh_module, "_unique_roots", check)
-    rep = refresh(path, f"mat_{versions[1]}", dataset=local_spec)
+    rep = refresh(path, to, dataset=local_spec)
     assert rep.stale_roots == 0 and rep.unknown_roots == 0
     _check_against_truth(truth, table, path, ta, tb, rep)
 
@@ -189,17 +196,13 @@ refresh(table, to, dataset=dataset)
 
 @pytest.mark.parametrize("stage", ["mid-write", "before-rename"])
 def test_killed_mid_write_leaves_the_old_file_and_the_rerun_completes(tmp_path, truth, local_spec, stage):
-    versions = _versions(truth)
-    ta, tb = truth.materialization(versions[0]), truth.materialization(versions[1])
-    table = _table(truth, 300, ta, tb, seed=2)
-    path = tmp_path / "t.parquet"
-    _write(table, path)
+    path, table, ta, tb, to = _first_interval_file(truth, tmp_path, 300, seed=2)
     before = pd.read_parquet(path)
-    kill_at(KILLED, [str(path), f"mat_{versions[1]}", str(local_spec.path), stage], stage)
+    kill_at(KILLED, [str(path), to, str(local_spec.path), stage], stage)
     leftovers = list(tmp_path.glob(".t.parquet.refresh-*"))
     assert leftovers, "the killed refresh left no work in progress: it was not killed mid-write"
     pd.testing.assert_frame_equal(pd.read_parquet(path), before)  # the old file, whole
-    rep = refresh(path, f"mat_{versions[1]}", dataset=local_spec)
+    rep = refresh(path, to, dataset=local_spec)
     assert rep.status == "refreshed"
     _check_against_truth(truth, table, path, ta, tb, rep)
 
@@ -229,11 +232,7 @@ def test_a_row_group_is_written_only_once_its_rows_are_final(tmp_path, truth, lo
     old roots, and the file would differ from the truth's table."""
     from crantseg_dask.ops import _refresh_parquet as rp
 
-    versions = _versions(truth)
-    ta, tb = truth.materialization(versions[0]), truth.materialization(versions[1])
-    table = _table(truth, 300, ta, tb, seed=9)
-    path = tmp_path / "t.parquet"
-    _write(table, path)
+    path, table, ta, tb, to = _first_interval_file(truth, tmp_path, 300, seed=9)
     later = threading.Event()
     real_group, real_successors = rp.ParquetStage._group, refresh_module._successors
     calls = []
@@ -251,7 +250,7 @@ def test_a_row_group_is_written_only_once_its_rows_are_final(tmp_path, truth, lo
 
     monkeypatch.setattr(rp.ParquetStage, "_group", group)
     monkeypatch.setattr(refresh_module, "_successors", successors)
-    rep = refresh(path, f"mat_{versions[1]}", dataset=local_spec)
+    rep = refresh(path, to, dataset=local_spec)
     assert len(calls) == 2, "the window's rows were not mapped in two waves"
     _check_against_truth(truth, table, path, ta, tb, rep)
 

@@ -16,20 +16,10 @@ from crantseg_dask.errors import SourceError
 from crantseg_dask.ops import _snap_kernel
 from crantseg_dask.ops._snap_kernel import STATUS, snap_kernel
 from crantseg_dask.ops._snap_stream import box_chunks, in_background, stream_groups
-from crantseg_dask.server.app import serve_in_thread
-from crantseg_dask.server.state import Faults
-from crantseg_dask.server.storage import STORAGE_PREFIX
 from crantseg_dask.sources._chunks import ChunkReader
-from crantseg_dask.testing.server import TEST_FAULTS, fast_spec
+from crantseg_dask.testing.server import fast_spec
 
 R = 120.0
-
-
-@pytest.fixture(scope="module")
-def faulty_layer_server(tiny_path, cave_home):
-    server = serve_in_thread(tiny_path, faults=Faults(**TEST_FAULTS, paths=STORAGE_PREFIX))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

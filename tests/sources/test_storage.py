@@ -53,13 +53,6 @@ def faulty_sharded_server(tiny_sharded_path, cave_home):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def faulty_http_server(tiny_path, cave_home):
-    server = serve_in_thread(tiny_path, faults=Faults(**TEST_FAULTS, paths=STORAGE_PREFIX))
-    yield server
-    server.stop()
-
-
 class TestShardedLocal(SourceConformance):
     @pytest.fixture
     def source(self, tiny_sharded_path):
@@ -104,8 +97,8 @@ class TestHttpUnderFaults(SourceConformance):
     slow_tests = GRAPH_ONLY
 
     @pytest.fixture(scope="class")
-    def source(self, faulty_http_server):
-        return CaveSource(fast_spec(faulty_http_server))
+    def source(self, faulty_layer_server):
+        return CaveSource(fast_spec(faulty_layer_server))
 
 
 def test_faults_limited_to_a_path_prefix(faulty_sharded_server):
